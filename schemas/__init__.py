@@ -1,0 +1,37 @@
+"""The contract between scimflow's services and with consumers of its topics.
+
+Imports only msgspec. ``schemas.codecs`` builds one encoder/decoder per topic;
+``schemas/json/`` holds the JSON Schema generated from these Structs for each topic.
+"""
+
+from schemas.messages import (
+    ActivityRecord,
+    CycleMarker,
+    DirectoryChange,
+    DirectoryMessage,
+    ErrorRecord,
+    ManagedObject,
+    MatchingAttribute,
+    Message,
+    ModifiedProperty,
+    Origin,
+    ProvisioningCommand,
+    ProvisioningMessage,
+    Step,
+)
+
+__all__ = [
+    "ActivityRecord",
+    "CycleMarker",
+    "DirectoryChange",
+    "DirectoryMessage",
+    "ErrorRecord",
+    "ManagedObject",
+    "MatchingAttribute",
+    "Message",
+    "ModifiedProperty",
+    "Origin",
+    "ProvisioningCommand",
+    "ProvisioningMessage",
+    "Step",
+]
