@@ -1,0 +1,330 @@
+"""The provisioning config: one YAML file -> msgspec Structs, validated at start-up.
+
+Errors name the file, the line and what was expected::
+
+    examples/demo.yaml:14: Expected `str`, got `int` (at $.applications[0].target.base_url)
+
+Secrets are never written in the file: a secret field holds a reference, ``env:NAME`` or
+``file:/path`` (relative paths resolve against the config file's folder), resolved when the
+process starts and shown only as ``Secret('env:NAME')``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+import yaml
+
+from services.runtime.errors import ConfigError
+
+__all__ = [
+    "Application",
+    "Assignments",
+    "AttributeMapping",
+    "Config",
+    "FileSource",
+    "LoadedConfig",
+    "ObjectMapping",
+    "Secret",
+    "Target",
+    "load_config",
+]
+
+Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)]
+SecretRef = Annotated[str, msgspec.Meta(pattern=r"^(env|file):\S+$")]
+
+
+class Secret:
+    """A resolved secret. Its value is reachable only through :meth:`reveal`."""
+
+    __slots__ = ("_value", "ref")
+
+    def __init__(self, ref: str, value: str) -> None:
+        self.ref = ref
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret({self.ref!r})"
+
+    __str__ = __repr__
+
+
+class _Base(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class Target(_Base, frozen=True):
+    """How to reach an application's SCIM 2.0 API."""
+
+    base_url: Annotated[str, msgspec.Meta(pattern=r"^https?://\S+$")]
+    token: SecretRef
+    """Bearer token reference: ``env:NAME`` or ``file:/path``."""
+    dialect: Literal["rfc7644", "entra"] = "rfc7644"
+    timeout: float = 10.0
+    max_connections: int = 32
+
+
+class AttributeMapping(_Base, frozen=True):
+    """One target attribute and where its value comes from (Entra's mapping types)."""
+
+    target: str
+    type: Literal["direct", "constant", "expression", "none"] = "direct"
+    source: str | None = None
+    """Source attribute (``direct``)."""
+    value: Any = None
+    """The constant (``constant``)."""
+    expression: str | None = None
+    """Entra expression (``expression``)."""
+    default: Any = None
+    """Default value if null; applied only when the object is created."""
+    apply: Literal["always", "on_create"] = "always"
+    matching: int | None = None
+    """Matching precedence (1 first); set on the attributes used to find existing objects."""
+
+
+class ObjectMapping(_Base, frozen=True):
+    enabled: bool = True
+    actions: list[Literal["create", "update", "delete"]] = msgspec.field(
+        default_factory=lambda: ["create", "update", "delete"])
+    attributes: list[AttributeMapping] = []
+
+
+class Mappings(_Base, frozen=True):
+    user: ObjectMapping
+    group: ObjectMapping | None = None
+
+
+class Assignments(_Base, frozen=True):
+    users: list[str] = []
+    groups: list[str] = []
+
+
+class Application(_Base, frozen=True):
+    """One target application (Entra's enterprise app with automatic provisioning)."""
+
+    name: Name
+    target: Target
+    mappings: Mappings
+    mode: Literal["automatic", "manual"] = "automatic"
+    status: Literal["on", "off"] = "on"
+    scope: Literal["assigned", "all"] = "assigned"
+    """``assigned``: assigned users and members of assigned groups; ``all``: everyone."""
+    assignments: Assignments = Assignments()
+    skip_out_of_scope_deletions: bool = False
+    disabled_attribute: str = "accountEnabled"
+    """Source attribute that says whether the account is enabled (false -> disable)."""
+
+
+class FileSource(_Base, frozen=True, tag="file", tag_field="type"):
+    """A YAML or JSON file of users and groups; the embedded demo source."""
+
+    name: Name
+    path: str
+    full_scan_interval: float = 600.0
+    poll_interval: float = 0.25
+
+
+Source = FileSource
+
+
+class Config(_Base, frozen=True):
+    applications: list[Application]
+    sources: list[Source]
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A validated config plus where each of its values came from."""
+
+    config: Config
+    file: str
+    lines: dict[str, int] = field(default_factory=dict)
+    secrets: dict[str, Secret] = field(default_factory=dict)
+
+    def error(self, path: str, message: str) -> ConfigError:
+        """A ConfigError for the value at JSON path ``path`` (e.g. ``$.applications[0]``)."""
+        return ConfigError(f"{message} (at {path})", file=self.file, line=_line_for(self.lines, path))
+
+    def secret(self, ref: str) -> Secret:
+        return self.secrets[ref]
+
+    def resolve_path(self, relative: str) -> Path:
+        """A path from the config, relative to the config file's folder."""
+        p = Path(relative)
+        return p if p.is_absolute() else Path(self.file).parent / p
+
+    def application(self, name: str) -> Application:
+        for app in self.config.applications:
+            if app.name == name:
+                return app
+        known = ", ".join(a.name for a in self.config.applications)
+        raise ConfigError(f"no application named {name!r} (known: {known})", file=self.file)
+
+
+def load_config(path: str | Path, *, resolve_secrets: bool = True) -> LoadedConfig:
+    """Read, parse and validate the config file; raise ConfigError naming file and line."""
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config: {exc.strerror}", file=file) from exc
+    try:
+        data, lines = _parse_yaml(text, file)
+    except ConfigError as exc:
+        if exc.file is None:
+            raise ConfigError(exc.reason, file=file, line=exc.line) from None
+        raise
+    try:
+        config = msgspec.convert(data, Config)
+    except msgspec.ValidationError as exc:
+        raise _validation_error(str(exc), file, lines) from None
+    loaded = LoadedConfig(config=config, file=file, lines=lines)
+    _check(loaded)
+    if resolve_secrets:
+        loaded.secrets.update(_resolve_secrets(loaded))
+    return loaded
+
+
+def _parse_yaml(text: str, file: str) -> tuple[Any, dict[str, int]]:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else None
+        raise ConfigError(f"invalid YAML: {exc.problem}", file=file, line=line) from None
+    if node is None:
+        raise ConfigError("the file is empty; expected a mapping with `applications` and `sources`",
+                          file=file, line=1)
+    lines: dict[str, int] = {}
+    return _to_python(node, "$", lines), lines
+
+
+def _to_python(node: yaml.Node, path: str, lines: dict[str, int]) -> Any:
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            out[key] = _to_python(value_node, f"{path}.{key}", lines)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_to_python(n, f"{path}[{i}]", lines) for i, n in enumerate(node.value)]
+    # Scalars: let PyYAML's resolver give bool/int/float/null their usual meaning.
+    value = _SCALARS.construct_object(node, deep=True)
+    if isinstance(value, str) and "${" in value:
+        value = _interpolate(value, path, lines)
+    return value
+
+
+_VAR = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
+
+
+def _interpolate(value: str, path: str, lines: dict[str, int]) -> str:
+    """Expand ``${NAME}`` and ``${NAME:-default}`` from the environment (not for secrets)."""
+
+    def one(match: re.Match[str]) -> str:
+        name, default = match.group("name"), match.group("default")
+        found = os.environ.get(name, default)
+        if found is None:
+            raise ConfigError(f"environment variable {name} is not set and has no default "
+                              f"(write ${{{name}:-default}}) (at {path})", line=lines[path])
+        return found
+
+    return _VAR.sub(one, value)
+
+
+_SCALARS = yaml.SafeLoader("")
+_AT = re.compile(r" - at `(?P<path>\$[^`]*)`$")
+_UNKNOWN = re.compile(r"unknown field `(?P<field>[^`]+)`")
+_MISSING = re.compile(r"missing required field `(?P<field>[^`]+)`")
+
+
+def _validation_error(message: str, file: str, lines: dict[str, int]) -> ConfigError:
+    match = _AT.search(message)
+    path = match.group("path") if match else "$"
+    text = _AT.sub("", message)
+    unknown = _UNKNOWN.search(text)
+    if unknown:
+        path = f"{path}.{unknown.group('field')}"
+        text = f"unknown field `{unknown.group('field')}`"
+    elif _MISSING.search(text):
+        text = text.replace("Object missing", "missing")
+    return ConfigError(f"{text} (at {path})", file=file, line=_line_for(lines, path))
+
+
+def _line_for(lines: dict[str, int], path: str) -> int | None:
+    while path:
+        if path in lines:
+            return lines[path]
+        cut = max(path.rfind("."), path.rfind("["))
+        if cut <= 0:
+            break
+        path = path[:cut]
+    return lines.get("$")
+
+
+def _check(loaded: LoadedConfig) -> None:
+    """Rules msgspec's types cannot say; each error points at the offending value."""
+    cfg = loaded.config
+    _unique(loaded, [a.name for a in cfg.applications], "$.applications", "application")
+    _unique(loaded, [s.name for s in cfg.sources], "$.sources", "source")
+    if not cfg.sources:
+        raise loaded.error("$.sources", "expected at least one source")
+    for i, app in enumerate(cfg.applications):
+        _check_object_mapping(loaded, app.mappings.user, f"$.applications[{i}].mappings.user")
+        if app.mappings.group is not None:
+            _check_object_mapping(loaded, app.mappings.group, f"$.applications[{i}].mappings.group")
+
+
+def _unique(loaded: LoadedConfig, names: list[str], path: str, what: str) -> None:
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        if name in seen:
+            raise loaded.error(f"{path}[{i}].name", f"duplicate {what} name {name!r}")
+        seen.add(name)
+
+
+def _check_object_mapping(loaded: LoadedConfig, mapping: ObjectMapping, path: str) -> None:
+    targets: set[str] = set()
+    for j, attr in enumerate(mapping.attributes):
+        here = f"{path}.attributes[{j}]"
+        needed = {"direct": "source", "constant": "value", "expression": "expression"}.get(attr.type)
+        if needed is not None and getattr(attr, needed) is None:
+            raise loaded.error(here, f"a `{attr.type}` mapping needs `{needed}`")
+        if attr.target in targets:
+            raise loaded.error(f"{here}.target", f"target attribute {attr.target!r} is mapped twice")
+        targets.add(attr.target)
+    if mapping.enabled and not any(a.matching is not None for a in mapping.attributes):
+        raise loaded.error(f"{path}.attributes",
+                           "expected at least one attribute with `matching: <precedence>` "
+                           "to find existing objects in the target")
+
+
+def _secret_refs(loaded: LoadedConfig) -> Iterator[tuple[str, str]]:
+    for i, app in enumerate(loaded.config.applications):
+        yield f"$.applications[{i}].target.token", app.target.token
+
+
+def _resolve_secrets(loaded: LoadedConfig) -> dict[str, Secret]:
+    resolved: dict[str, Secret] = {}
+    for path, ref in _secret_refs(loaded):
+        kind, _, name = ref.partition(":")
+        if kind == "env":
+            value = os.environ.get(name)
+            if value is None:
+                raise loaded.error(path, f"environment variable {name} is not set (secret {ref})")
+        else:
+            try:
+                value = loaded.resolve_path(name).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise loaded.error(path, f"cannot read secret file ({exc.strerror})") from None
+        resolved[ref] = Secret(ref, value)
+    return resolved

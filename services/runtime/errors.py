@@ -1,0 +1,97 @@
+"""The one exception tree of scimflow.
+
+Errors are classified by what the worker does next, not by where they came from:
+
+- ``TransientError``  -> retry with backoff (network, timeout, 429, 5xx)
+- ``RejectedError``   -> error topic, move on (bad payload, other 4xx)
+- ``ConflictError``   -> look up and reconcile (409)
+- ``NotFoundError``   -> look up and reconcile (404 on a known object)
+- ``CredentialsError``-> stop calling that target, quarantine (401/403 after refresh)
+- ``ConfigError``     -> fail at start-up with file, line and what was expected
+
+Library errors (httpx, Kafka) are wrapped at the boundary with ``raise ... from exc`` so
+domain code never sees them.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "ConflictError",
+    "CredentialsError",
+    "NotFoundError",
+    "RejectedError",
+    "ScimflowError",
+    "TargetError",
+    "TransientError",
+]
+
+
+class ScimflowError(Exception):
+    """Root of every error scimflow raises on purpose."""
+
+
+class ConfigError(ScimflowError):
+    """A configuration file or setting is invalid; raised at start-up."""
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None) -> None:
+        self.file = file
+        self.line = line
+        self.reason = message
+        where = file or "<config>"
+        if line is not None:
+            where = f"{where}:{line}"
+        super().__init__(f"{where}: {message}")
+
+
+class TargetError(ScimflowError):
+    """A call to a target application failed.
+
+    ``status`` is the HTTP status when there was a response; ``detail`` is the target's
+    own message (SCIM error ``detail``), already free of credentials.
+    """
+
+    code = "TargetError"
+    recommended_action = "Check the target application's logs for this request."
+
+    def __init__(self, message: str, *, status: int | None = None, detail: str | None = None,
+                 retry_after: float | None = None) -> None:
+        self.status = status
+        self.detail = detail
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class TransientError(TargetError):
+    """Worth retrying: network failure, timeout, 429 or 5xx."""
+
+    code = "TransientTargetError"
+    recommended_action = "None needed if it recovers; otherwise check the target's availability."
+
+
+class RejectedError(TargetError):
+    """The target refused the request as invalid; retrying the same request will not help."""
+
+    code = "RequestRejected"
+    recommended_action = "Fix the attribute mapping or the source value the target rejected."
+
+
+class ConflictError(TargetError):
+    """The object already exists in the target (409)."""
+
+    code = "EntryConflict"
+    recommended_action = "scimflow looks the object up by its matching attribute and adopts it."
+
+
+class NotFoundError(TargetError):
+    """The object we addressed does not exist in the target (404)."""
+
+    code = "EntryNotFound"
+    recommended_action = "The object was removed in the target; scimflow recreates it if it manages it."
+
+
+class CredentialsError(TargetError):
+    """The target refused our credentials (401/403)."""
+
+    code = "InvalidCredentials"
+    recommended_action = "Renew the application's admin credentials, then restart provisioning."

@@ -1,0 +1,159 @@
+"""The one module that owns Kafka clients.
+
+faust apps for the three workers, and kafka-python for everything outside a worker:
+waiting for a broker, creating topics, and the plain producer/consumer used by the CLI
+(``scimflow tail``) and the test harness.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import faust
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from services.runtime.errors import ScimflowError
+from services.runtime.settings import Settings
+from services.runtime.topics import Topics, TopicSpec
+
+__all__ = [
+    "BrokerUnavailableError",
+    "consume",
+    "create_topics",
+    "faust_app",
+    "plain_producer",
+    "raw_schema",
+    "raw_topic",
+    "run_worker",
+    "wait_until_ready",
+]
+
+
+class BrokerUnavailableError(ScimflowError):
+    """The broker did not answer in time."""
+
+
+def wait_until_ready(bootstrap: str, timeout: float = 60.0) -> None:
+    """Block until the broker at ``bootstrap`` answers a metadata request."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000,
+                                     client_id="scimflow-probe")
+        except KafkaError as exc:
+            last = exc
+            time.sleep(0.25)
+            continue
+        try:
+            admin.list_topics()
+        except KafkaError as exc:
+            last = exc
+            time.sleep(0.25)
+        else:
+            return
+        finally:
+            admin.close()
+    raise BrokerUnavailableError(f"broker at {bootstrap} did not answer within {timeout:.0f}s: {last}")
+
+
+def create_topics(bootstrap: str, specs: Iterable[TopicSpec]) -> list[str]:
+    """Create the topics that do not exist yet; returns the names created."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="scimflow-admin")
+    try:
+        existing = set(admin.list_topics())
+        new = [
+            NewTopic(
+                name=s.name,
+                num_partitions=s.partitions,
+                replication_factor=1 if _single_node(admin) else -1,
+                topic_configs={"cleanup.policy": "compact"} if s.compacted else {},
+            )
+            for s in specs
+            if s.name not in existing
+        ]
+        if new:
+            # A concurrent creator may win the race; the topic is then what we asked for.
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics(new, timeout_ms=30000)
+        return [t.name for t in new]
+    finally:
+        admin.close()
+
+
+def _single_node(admin: Any) -> bool:
+    return len(admin.describe_cluster().get("brokers", [])) <= 1
+
+
+def plain_producer(bootstrap: str) -> Any:
+    """A kafka-python producer for tools and tests (bytes in, bytes out)."""
+    return KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+
+
+def consume(bootstrap: str, topic: str, *, from_beginning: bool = True,
+            idle_timeout: float = 1.0) -> Iterator[Any]:
+    """Yield records of ``topic`` until it has been idle for ``idle_timeout`` seconds."""
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest" if from_beginning else "latest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=int(idle_timeout * 1000),
+    )
+    try:
+        yield from consumer
+    finally:
+        consumer.close()
+
+
+def faust_app(service: str, settings: Settings, bootstrap: str) -> Any:
+    """The faust app of one service: its id is the consumer group, state is in changelogs.
+
+    Tables use the in-memory store and are rebuilt from their changelog topic at start-up,
+    so a replacement pod needs no volume. Offsets are committed only after the producer
+    has flushed what the events produced (faust does this), which gives at-least-once.
+    """
+    topics = Topics(settings.topic_prefix, settings.partitions)
+    servers = ";".join(f"kafka://{hp.strip()}" for hp in bootstrap.split(","))
+    datadir = Path(settings.data_dir) / "faust" / topics.app_id(service)
+    datadir.mkdir(parents=True, exist_ok=True)
+    return faust.App(
+        topics.app_id(service),
+        broker=servers,
+        store="memory://",
+        topic_partitions=settings.partitions,
+        topic_disable_leader=True,  # no leader topic: we never use app.is_leader()
+        topic_allow_declare=True,
+        web_enabled=False,
+        datadir=str(datadir),
+        producer_acks=-1,
+        broker_commit_interval=1.0,
+        # A crashed worker's partitions move to a live one after this long (Kafka: 45 s).
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=3.0,
+        consumer_auto_offset_reset="earliest",
+        stream_wait_empty=False,
+    )
+
+
+def raw_schema() -> Any:
+    """Keys and values as bytes: every message is encoded/decoded with msgspec by us."""
+    return faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw",
+                        value_serializer="raw")
+
+
+def raw_topic(app: Any, name: str) -> Any:
+    """A faust topic of raw bytes: we decode with msgspec so bad input reaches the error topic."""
+    return app.topic(name, schema=raw_schema())
+
+
+def run_worker(app: Any, *, loglevel: str = "info") -> None:
+    """Run a faust worker in the foreground until SIGTERM/SIGINT (clean shutdown)."""
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()

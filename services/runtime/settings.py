@@ -1,0 +1,60 @@
+"""Deployment knobs, read once per process from ``SCIMFLOW_*`` environment variables.
+
+The provisioning config (applications, sources, mappings) is YAML and lives in
+``config.py``; this module holds only what differs between deployments of the same config.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import msgspec
+
+from services.runtime.errors import ConfigError
+
+__all__ = ["Settings", "load_settings"]
+
+_PREFIX = "SCIMFLOW_"
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One process's deployment settings."""
+
+    kafka_bootstrap: str | None = None
+    """``host:port[,host:port]`` of an existing cluster; unset -> the project starts a broker."""
+    topic_prefix: str = "scimflow."
+    partitions: int = 6
+    config: str | None = None
+    """Path of the provisioning config YAML."""
+    data_dir: str = str(Path.home() / ".cache" / "scimflow")
+    """Where the embedded broker, faust and caches keep their files."""
+    log_format: str = "auto"
+    """``json``, ``console`` or ``auto`` (console on a TTY, JSON otherwise)."""
+    log_level: str = "info"
+    metrics_port: int = 0
+    """Port for ``/metrics``; 0 disables the endpoint."""
+    writer_concurrency: int = 16
+    """Target calls in flight per writer process (distinct objects only)."""
+    writer_batch: int = 256
+    target_timeout: float = 10.0
+    target_attempts: int = 5
+    """Attempts per target call before the object is reported on the error topic."""
+    kafka_version: str = "4.1.1"
+    """Apache Kafka version the embedded broker resolves from Maven Central."""
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Read ``SCIMFLOW_*`` variables into :class:`Settings`; ``overrides`` win."""
+    env = os.environ if environ is None else environ
+    raw: dict[str, object] = {}
+    for field in Settings.__struct_fields__:
+        value = env.get(_PREFIX + field.upper())
+        if value is not None and value != "":
+            raw[field] = value
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(str(exc), file="environment (SCIMFLOW_*)") from exc

@@ -1,0 +1,73 @@
+"""Every Kafka topic scimflow uses, named once.
+
+All names share a configurable prefix (default ``scimflow.``). The faust changelog topics
+are listed too so that the broker module can create every topic up front with the right
+partition count and cleanup policy; brokers like Tansu cannot create them on demand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["TopicSpec", "Topics"]
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """A topic to create: name, partitions and whether it is compacted (state/changelog)."""
+
+    name: str
+    partitions: int
+    compacted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """Topic names for one deployment (one prefix)."""
+
+    prefix: str = "scimflow."
+    partitions: int = 6
+
+    @property
+    def changes(self) -> str:
+        return f"{self.prefix}directory.changes"
+
+    @property
+    def commands(self) -> str:
+        return f"{self.prefix}provisioning.commands"
+
+    @property
+    def activity(self) -> str:
+        return f"{self.prefix}provisioning.activity"
+
+    @property
+    def errors(self) -> str:
+        return f"{self.prefix}provisioning.errors"
+
+    @property
+    def control(self) -> str:
+        return f"{self.prefix}control"
+
+    def app_id(self, service: str) -> str:
+        """The faust app id (= consumer group) of a service."""
+        return f"{self.prefix}{service}"
+
+    def changelog(self, service: str, table: str) -> str:
+        """The changelog topic faust uses for ``table`` of ``service``."""
+        return f"{self.app_id(service)}-{table}-changelog"
+
+    @property
+    def writer_state(self) -> str:
+        return self.changelog("writer", "managed")
+
+    def specs(self) -> list[TopicSpec]:
+        """Every topic of the pipeline, ready to create."""
+        n = self.partitions
+        return [
+            TopicSpec(self.changes, n),
+            TopicSpec(self.commands, n),
+            TopicSpec(self.activity, n),
+            TopicSpec(self.errors, n),
+            TopicSpec(self.control, 1, compacted=True),
+            TopicSpec(self.writer_state, n, compacted=True),
+        ]
