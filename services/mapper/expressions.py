@@ -1,0 +1,227 @@
+"""Entra-compatible attribute-mapping expressions: compile once, evaluate per object.
+
+>>> expr = compile_expression('Join("@", NormalizeDiacritics(StripSpaces([givenName])), '
+...                           '"contoso.com")')
+>>> expr.evaluate({"givenName": "Zoë Ann"})
+'ZoeAnn@contoso.com'
+
+``compile_expression`` parses the text once, checks every function name, argument count
+and constant argument (regexes, date formats, intervals) and builds a tree of closures;
+``Expression.evaluate`` runs them against one object's attributes. Pure code, no I/O.
+The language, every function, and where scimflow deliberately differs from Microsoft
+are described in docs/expressions.md.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Final
+
+from services.mapper.expr_calls import (
+    ARG,
+    TOP,
+    Attrs,
+    CallSite,
+    Eval,
+    FunctionSpec,
+    Now,
+    attribute_getter,
+)
+from services.mapper.expr_functions import REGISTRY, UNSUPPORTED, compare
+from services.mapper.expr_parser import (
+    Attr,
+    Call,
+    Compare,
+    Const,
+    ExpressionError,
+    Node,
+    Omitted,
+    parse,
+)
+from services.mapper.expr_values import (
+    IGNORE,
+    EvaluationError,
+    InvalidValue,
+    RoleAssignments,
+    UniqueCandidates,
+)
+
+__all__ = [
+    "FUNCTIONS",
+    "IGNORE",
+    "EvaluationError",
+    "Expression",
+    "ExpressionError",
+    "RoleAssignments",
+    "UniqueCandidates",
+    "compile_expression",
+]
+
+FUNCTIONS: Final = tuple(sorted(REGISTRY, key=str.lower))
+"""Every function name the engine knows, as Microsoft spells it."""
+
+
+class Expression:
+    """A compiled expression.
+
+    ``attributes`` is every attribute it reads; ``redacted`` is True when it uses Redact,
+    so its value must show as "[Redact]" in activity and error records and in logs.
+    """
+
+    __slots__ = ("_reads_clock", "_run", "attributes", "redacted", "text")
+
+    def __init__(self, text: str, run: Eval, attributes: frozenset[str], *, redacted: bool,
+                 reads_clock: bool) -> None:
+        self.text = text
+        self.attributes = attributes
+        self.redacted = redacted
+        self._run = run
+        self._reads_clock = reads_clock
+
+    def evaluate(self, attrs: Mapping[str, object], *, now: datetime | None = None) -> object:
+        """The value for one object: str, bool, int, list, None, a UTC datetime, or
+        IGNORE / UniqueCandidates / RoleAssignments. ``now`` fixes Now() (default: the
+        clock). Raises EvaluationError when this object's values don't fit a function."""
+        if self._reads_clock:
+            now = datetime.now(UTC) if now is None else _as_utc(now)
+        return self._run(attrs, now)
+
+    def __repr__(self) -> str:
+        return f"Expression({self.text!r})"
+
+
+def compile_expression(text: str, *, file: str | None = None,
+                       line: int | None = None) -> Expression:
+    """Parse and check ``text`` once; ``file``/``line`` locate it in the config for errors."""
+    compiler = _Compiler()
+    try:
+        run = compiler.compile(parse(text), TOP)
+    except ExpressionError as exc:
+        raise exc.located(text, file=file, line=line) from None
+    return Expression(text, run, frozenset(compiler.attributes), redacted=compiler.redacted,
+                      reads_clock=compiler.reads_clock)
+
+
+def _as_utc(now: datetime) -> datetime:
+    return now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
+
+
+class _Compiler:
+    """Walks the syntax tree once, checking calls and building closures."""
+
+    def __init__(self) -> None:
+        self.attributes: set[str] = set()
+        self.redacted = False
+        self.reads_clock = False
+
+    def compile(self, node: Node, ctx: str) -> Eval:
+        if isinstance(node, Const):
+            value = node.value
+            return lambda attrs, now: value
+        if isinstance(node, Attr):
+            return self.attribute(node.name)
+        if isinstance(node, Omitted):
+            return lambda attrs, now: None
+        if isinstance(node, Compare):
+            return self.comparison(node)
+        return self.call(node, ctx)
+
+    def attribute(self, name: str) -> Eval:
+        self.attributes.add(name)
+        return attribute_getter(name)
+
+    def comparison(self, node: Compare) -> Eval:
+        op, left, right = node.op, self.compile(node.left, ARG), self.compile(node.right, ARG)
+
+        def run(attrs: Attrs, now: Now) -> bool:
+            try:
+                return compare(op, left(attrs, now), right(attrs, now))
+            except InvalidValue as exc:
+                raise EvaluationError(f"comparison {op}", str(exc)) from None
+
+        return run
+
+    def call(self, node: Call, ctx: str) -> Eval:
+        spec = _lookup(node)
+        _check_placement(spec, node, ctx)
+        _check_arguments(spec, node)
+        args = tuple(self.compile(arg, spec.child_context(i, ctx))
+                     for i, arg in enumerate(node.args))
+        self.redacted = self.redacted or spec.redacts
+        self.reads_clock = self.reads_clock or spec.reads_clock
+        site = CallSite(spec, node, args, self.attribute)
+        for check in spec.checks:
+            check(site)
+        run = spec.build(site)
+        return run if spec.guarded else _guarded(spec.name, run)
+
+
+def _guarded(name: str, run: Eval) -> Eval:
+    """Turn a conversion problem inside ``name`` into an EvaluationError naming it."""
+    def guarded(attrs: Attrs, now: Now) -> object:
+        try:
+            return run(attrs, now)
+        except InvalidValue as exc:
+            raise EvaluationError(name, str(exc)) from None
+    return guarded
+
+
+def _lookup(node: Call) -> FunctionSpec:
+    spec = REGISTRY.get(node.name)
+    if spec is not None:
+        return spec
+    if node.name in UNSUPPORTED:
+        raise _error(UNSUPPORTED[node.name], node.pos, "a supported function")
+    suggestion = _suggest(node.name)
+    if suggestion:
+        raise _error(f'unknown function "{node.name}" (did you mean "{suggestion}"?)',
+                     node.pos, f'"{suggestion}"')
+    names = ", ".join(FUNCTIONS)
+    raise _error(f'unknown function "{node.name}" (expected one of {names})', node.pos,
+                 f"one of {names}")
+
+
+def _suggest(name: str) -> str | None:
+    """The function the author probably meant: same name in other case, or a near miss."""
+    for known in REGISTRY:
+        if known.lower() == name.lower():
+            return known
+    close = difflib.get_close_matches(name, list(REGISTRY), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _check_placement(spec: FunctionSpec, node: Call, ctx: str) -> None:
+    if spec.placement == "top" and ctx != TOP:
+        raise _error(f"{spec.name} must be the whole expression; it can't be nested in "
+                     "another function", node.pos, f"{spec.name}(...) as the whole expression")
+    if spec.placement == "flow" and ctx == ARG:
+        raise _error(f"{spec.name} decides whether the attribute flows at all, so it must wrap "
+                     "the whole expression (or an IIF/Switch result), not be an argument",
+                     node.pos, f"{spec.name}(...) around the whole expression")
+
+
+def _check_arguments(spec: FunctionSpec, node: Call) -> None:
+    count = len(node.args)
+    if count < spec.min_args or (spec.max_args is not None and count > spec.max_args):
+        raise _error(f"{spec.name} takes {_arity(spec)}, got {count}", node.pos, spec.signature)
+    for i, arg in enumerate(node.args):
+        if isinstance(arg, Omitted) and spec.param(i) not in spec.optional:
+            raise _error(f"argument {i + 1} ({spec.param(i)}) of {spec.name} can't be empty",
+                         arg.pos, spec.signature)
+
+
+def _arity(spec: FunctionSpec) -> str:
+    low, high = spec.min_args, spec.max_args
+    if high is None:
+        text = f"at least {low}"
+    elif low == high:
+        text = "no" if low == 0 else str(low)
+    else:
+        text = f"{low} to {high}"
+    return f"{text} argument{'' if low == high == 1 else 's'}"
+
+
+def _error(message: str, position: int, expected: str) -> ExpressionError:
+    return ExpressionError(message, position=position, expected=expected)
