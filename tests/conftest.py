@@ -1,0 +1,174 @@
+"""Shared fixtures: one real broker per test session, a real scim2-server per test, and a
+factory that runs the whole pipeline (three real worker processes) on unique topics."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+import yaml
+
+from schemas import ActivityRecord, ErrorRecord
+from services.runtime.broker import Broker, start_broker
+from services.runtime.kafka import consume, create_topics
+from services.runtime.scim_target import ScimTarget, start_scim_target
+from services.runtime.settings import load_settings
+from services.runtime.supervisor import Supervisor
+from services.runtime.topics import Topics
+
+PARTITIONS = 3
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[Broker]:
+    with start_broker(load_settings(partitions=PARTITIONS)) as b:
+        yield b
+
+
+@pytest.fixture
+def scim_target() -> Iterator[ScimTarget]:
+    with start_scim_target() as target:
+        yield target
+
+
+class Scim:
+    """A small synchronous view of the target for assertions (not the code under test)."""
+
+    def __init__(self, target: ScimTarget) -> None:
+        self.http = httpx.Client(base_url=target.base_url, timeout=10,
+                                 headers={"Authorization": f"Bearer {target.token}"})
+
+    def users(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        start = 1
+        while True:
+            page = self.http.get("/Users", params={"startIndex": start, "count": 500}).json()
+            resources = page.get("Resources", [])
+            out.extend(resources)
+            if not resources or len(out) >= page.get("totalResults", 0):
+                return out
+            start += len(resources)
+
+    def count(self) -> int:
+        """How many users the target holds (one cheap request)."""
+        total: int = self.http.get("/Users", params={"count": 1}).json()["totalResults"]
+        return total
+
+    def by_username(self) -> dict[str, dict[str, Any]]:
+        return {u["userName"]: u for u in self.users()}
+
+    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        schemas = ["urn:ietf:params:scim:schemas:core:2.0:User"]
+        r = self.http.post("/Users", json={"schemas": schemas, **body})
+        r.raise_for_status()
+        result: dict[str, Any] = r.json()
+        return result
+
+
+def user(i: int, **extra: Any) -> dict[str, Any]:
+    return {"id": f"u{i:05d}", "userPrincipalName": f"user{i}@example.com", "givenName": f"Given{i}",
+            "surname": f"Sur{i}", "displayName": f"User {i}", "mail": f"user{i}@example.com",
+            "department": "Engineering", "accountEnabled": True, **extra}
+
+
+APP = {
+    "name": "app",
+    "target": {"base_url": "${TEST_SCIM_URL}", "token": "env:TEST_SCIM_TOKEN"},
+    "assignments": {"groups": ["g-all"]},
+    "mappings": {"user": {"attributes": [
+        {"target": "userName", "source": "userPrincipalName", "matching": 1},
+        {"target": "externalId", "source": "id"},
+        {"target": "displayName", "source": "displayName"},
+        {"target": "name.givenName", "source": "givenName"},
+        {"target": "name.familyName", "source": "surname"},
+        {"target": "title", "type": "constant", "value": "Staff"},
+    ]}},
+}
+
+
+@dataclass
+class Pipeline:
+    dir: Path
+    topics: Topics
+    bootstrap: str
+    scim: Scim
+    sup: Supervisor
+    directory_file: Path
+    _activity: list[ActivityRecord] = field(default_factory=list)
+    _errors: list[ErrorRecord] = field(default_factory=list)
+
+    def write_directory(self, users: list[dict[str, Any]],
+                        groups: list[dict[str, Any]] | None = None) -> None:
+        if groups is None:
+            groups = [{"id": "g-all", "displayName": "All", "members": [u["id"] for u in users]}]
+        tmp = self.directory_file.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump({"users": users, "groups": groups}, sort_keys=False))
+        tmp.replace(self.directory_file)  # atomic, like an editor's save
+
+    def activity(self) -> list[ActivityRecord]:
+        self._activity = _read_all(self.bootstrap, self.topics.activity, ActivityRecord)
+        return self._activity
+
+    def errors(self) -> list[ErrorRecord]:
+        self._errors = _read_all(self.bootstrap, self.topics.errors, ErrorRecord)
+        return self._errors
+
+    def wait_for(self, what: str, check: Callable[[], bool], timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if check():
+                return
+            dead = self.sup.dead()
+            assert not dead, f"workers died: {dead}; logs in {self.dir / 'logs'}"
+            time.sleep(0.3)
+        raise AssertionError(f"timed out after {timeout}s waiting for: {what}; logs in {self.dir / 'logs'}")
+
+
+def _read_all(bootstrap: str, topic: str, kind: type[Any]) -> list[Any]:
+    dec = msgspec.json.Decoder(kind)
+    out = []
+    for m in consume(bootstrap, topic, idle_timeout=0.5):
+        try:
+            out.append(dec.decode(m.value))
+        except msgspec.DecodeError:
+            continue
+    return out
+
+
+@pytest.fixture
+def pipeline_factory(broker: Broker, scim_target: ScimTarget,
+                     tmp_path: Path) -> Iterator[Callable[..., Pipeline]]:
+    started: list[Pipeline] = []
+
+    def make(users: list[dict[str, Any]], *, app: dict[str, Any] | None = None,
+             groups: list[dict[str, Any]] | None = None, start: bool = True) -> Pipeline:
+        prefix = f"t{uuid.uuid4().hex[:8]}."
+        topics = Topics(prefix, PARTITIONS)
+        create_topics(broker.bootstrap, topics.specs())
+        config = {"sources": [{"name": "hr", "type": "file", "path": "directory.yaml",
+                               "poll_interval": 0.1}],
+                  "applications": [app or APP]}
+        (tmp_path / "scimflow.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        env = {"SCIMFLOW_KAFKA_BOOTSTRAP": broker.bootstrap, "SCIMFLOW_TOPIC_PREFIX": prefix,
+               "SCIMFLOW_PARTITIONS": str(PARTITIONS), "SCIMFLOW_DATA_DIR": str(tmp_path / "data"),
+               "SCIMFLOW_LOG_FORMAT": "json", "SCIMFLOW_LOG_LEVEL": os.environ.get("TEST_LOG_LEVEL", "info"),
+               "TEST_SCIM_URL": scim_target.base_url, "TEST_SCIM_TOKEN": scim_target.token}
+        sup = Supervisor(config=tmp_path / "scimflow.yaml", env=env, log_dir=tmp_path / "logs")
+        p = Pipeline(tmp_path, topics, broker.bootstrap, Scim(scim_target), sup, tmp_path / "directory.yaml")
+        p.write_directory(users, groups)
+        started.append(p)
+        if start:
+            sup.start()
+        return p
+
+    yield make
+    for p in started:
+        p.sup.stop()

@@ -1,0 +1,129 @@
+"""The whole pipeline: file source -> ingest -> mapper -> writer -> real scim2-server.
+
+Every test runs the three workers as real processes on a real broker, with topics of its
+own, and checks the outcome in the target and on the activity/error topics.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+
+import pytest
+
+from services.runtime.kafka import plain_producer
+from tests.conftest import Pipeline, user
+
+pytestmark = pytest.mark.e2e
+
+Factory = Callable[..., Pipeline]
+
+
+def test_initial_sync_of_200_users_lands_exactly_200_mapped_users(pipeline_factory: Factory) -> None:
+    users = [user(i) for i in range(200)]
+    p = pipeline_factory(users)
+    p.wait_for("200 users in the target", lambda: p.scim.count() >= 200)
+    target = p.scim.by_username()
+    assert len(p.scim.users()) == 200
+    assert set(target) == {u["userPrincipalName"] for u in users}
+    u7 = target["user7@example.com"]
+    assert u7["externalId"] == "u00007"
+    assert u7["name"]["givenName"] == "Given7" and u7["name"]["familyName"] == "Sur7"
+    assert u7["title"] == "Staff" and u7["displayName"] == "User 7" and u7["active"] is True
+    p.wait_for("200 create records", lambda: len([a for a in p.activity() if a.action == "create"]) == 200)
+    creates = [a for a in p.activity() if a.action == "create"]
+    assert all(a.status == "success" and a.target_id for a in creates)
+    assert {s.name for s in creates[0].steps} >= {"import", "scope", "match", "action", "export"}
+    assert p.errors() == []
+
+
+def test_one_changed_attribute_is_one_patch_of_that_attribute(pipeline_factory: Factory) -> None:
+    users = [user(i) for i in range(20)]
+    p = pipeline_factory(users)
+    p.wait_for("initial sync", lambda: len(p.scim.users()) == 20)
+    p.wait_for("20 creates", lambda: sum(a.action == "create" for a in p.activity()) == 20)
+    users[3] = {**users[3], "givenName": "Renamed"}
+    p.write_directory(users)
+    p.wait_for("the rename in the target",
+               lambda: p.scim.by_username()["user3@example.com"]["name"]["givenName"] == "Renamed")
+    p.wait_for("the update record", lambda: any(a.action == "update" for a in p.activity()))
+    updates = [a for a in p.activity() if a.action == "update"]
+    assert len(updates) == 1
+    assert updates[0].source_id == "u00003"
+    assert [(m.name, m.old_value, m.new_value) for m in updates[0].modified_properties] == [
+        ("name.givenName", "Given3", "Renamed")]
+    assert p.scim.by_username()["user3@example.com"]["name"]["familyName"] == "Sur3"
+
+
+def test_unassigned_user_is_disabled_and_deleted_user_is_deleted(pipeline_factory: Factory) -> None:
+    users = [user(i) for i in range(10)]
+    p = pipeline_factory(users)
+    p.wait_for("initial sync", lambda: len(p.scim.users()) == 10)
+    members = [u["id"] for u in users if u["id"] != "u00002"]
+    p.write_directory(users, [{"id": "g-all", "displayName": "All", "members": members}])
+    p.wait_for("user2 disabled", lambda: p.scim.by_username()["user2@example.com"]["active"] is False)
+    disabled = [a for a in p.activity() if a.action == "disable"]
+    assert [a.source_id for a in disabled] == ["u00002"]
+    assert "not assigned" in (disabled[0].reason or "")
+
+    remaining = [u for u in users if u["id"] != "u00005"]
+    p.write_directory(remaining, [{"id": "g-all", "displayName": "All",
+                                   "members": [m for m in members if m != "u00005"]}])
+    p.wait_for("user5 deleted", lambda: "user5@example.com" not in p.scim.by_username())
+    assert len(p.scim.users()) == 9  # the disabled one stays, soft-deleted
+    assert [a.source_id for a in p.activity() if a.action == "delete"] == ["u00005"]
+
+
+def test_existing_account_is_adopted_and_unmanaged_one_is_left_alone(pipeline_factory: Factory) -> None:
+    users = [user(i) for i in range(5)]
+    p = pipeline_factory(users, start=False)
+    existing = p.scim.create({"userName": "user1@example.com", "title": "Old title", "active": True})
+    stranger = p.scim.create({"userName": "stranger@example.com", "title": "Keep me", "active": True})
+    p.sup.start()
+    p.wait_for("5 outcomes", lambda: len(p.activity()) >= 5)
+    target = p.scim.by_username()
+    assert len(target) == 6  # 4 created + 1 adopted + the stranger
+    assert target["user1@example.com"]["id"] == existing["id"]
+    assert target["user1@example.com"]["title"] == "Staff"
+    assert target["stranger@example.com"] == p.scim.http.get(f"/Users/{stranger['id']}").json()
+    assert target["stranger@example.com"]["title"] == "Keep me"
+    adopted = [a for a in p.activity() if a.action == "adopt"]
+    assert [a.target_id for a in adopted] == [existing["id"]]
+    # Deprovisioning everyone still leaves the stranger alone.
+    p.write_directory(users, [{"id": "g-all", "displayName": "All", "members": []}])
+    p.wait_for("5 disabled", lambda: sum(not u["active"] for u in p.scim.users()) == 5)
+    assert p.scim.by_username()["stranger@example.com"]["active"] is True
+
+
+def test_kill_9_writer_mid_sync_ends_with_exactly_2000_users(pipeline_factory: Factory) -> None:
+    users = [user(i) for i in range(2000)]
+    p = pipeline_factory(users)
+    p.wait_for("sync under way", lambda: p.scim.count() >= 200, timeout=120)
+    p.sup.kill("writer")
+    midway = p.scim.count()
+    assert midway < 2000, "the sync finished before the kill; the test proves nothing"
+    p.sup.start_one("writer")
+    p.wait_for("2000 users", lambda: p.scim.count() >= 2000, timeout=300)
+    names = Counter(u["userName"] for u in p.scim.users())
+    assert len(names) == 2000
+    assert max(names.values()) == 1, "duplicates in the target"
+    assert set(names) == {u["userPrincipalName"] for u in users}
+
+
+def test_malformed_change_goes_to_error_topic_and_pipeline_goes_on(pipeline_factory: Factory) -> None:
+    p = pipeline_factory([user(1)])
+    p.wait_for("first user", lambda: len(p.scim.users()) == 1)
+    producer = plain_producer(p.bootstrap)
+    producer.send(p.topics.changes, key=b"bad", value=b'{"type":"directory.change.v1","object_id":')
+    producer.send(p.topics.changes, key=b"bad2", value=b'{"type":"nonsense.v0"}')
+    producer.flush()
+    producer.close()
+    p.write_directory([user(1), user(2)])
+    p.wait_for("second user after the bad messages", lambda: len(p.scim.users()) == 2)
+    p.wait_for("two error records", lambda: len(p.errors()) >= 2)
+    errors = sorted(p.errors(), key=lambda e: e.origin.offset if e.origin else -1)
+    assert {e.error_code for e in errors} == {"MalformedMessage"}
+    assert {e.service for e in errors} == {"mapper"}
+    assert all(e.origin is not None and e.origin.topic == p.topics.changes for e in errors)
+    assert any("nonsense.v0" in (e.payload or "") for e in errors)
+    assert all(e.reason for e in errors)

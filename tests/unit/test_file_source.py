@@ -1,0 +1,54 @@
+"""The file source turns edits into exactly the changes they are."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.ingest.file_source import DirectoryFileError, diff, parse_directory
+
+BASE = """
+users:
+  - {id: u1, userPrincipalName: a@x.com, givenName: Ada}
+  - {id: u2, userPrincipalName: b@x.com, givenName: Bob}
+groups:
+  - {id: g1, displayName: Eng, members: [u1]}
+"""
+
+
+def test_memberships_are_derived_from_groups() -> None:
+    snap = parse_directory(BASE)
+    assert snap[("user", "u1")].memberships == ("g1",)
+    assert snap[("user", "u2")].memberships == ()
+    assert snap[("group", "g1")].members == ("u1",)
+
+
+def test_one_attribute_edit_is_one_upsert() -> None:
+    changes = list(diff(parse_directory(BASE), parse_directory(BASE.replace("Bob", "Robert"))))
+    assert [(op, o.object_id, o.attributes["givenName"]) for op, o in changes] == [("upsert", "u2", "Robert")]
+
+
+def test_removed_user_is_a_delete_and_group_change() -> None:
+    new = BASE.replace("  - {id: u2, userPrincipalName: b@x.com, givenName: Bob}\n", "")
+    assert sorted((op, o.object_id) for op, o in diff(parse_directory(BASE), parse_directory(new))) == [
+        ("delete", "u2")]
+
+
+def test_membership_change_updates_the_user_and_the_group() -> None:
+    new = BASE.replace("members: [u1]", "members: [u1, u2]")
+    changed = sorted((op, o.object_id) for op, o in diff(parse_directory(BASE), parse_directory(new)))
+    assert changed == [("upsert", "g1"), ("upsert", "u2")]
+
+
+def test_unchanged_file_has_no_changes() -> None:
+    assert list(diff(parse_directory(BASE), parse_directory(BASE))) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [("users: [", "not valid YAML"), ("users: {a: 1}", "`users` must be a list"),
+     ("users: [{name: x}]", "users[0] must be a mapping with an `id`"),
+     ("users: [{id: a}, {id: a}]", "duplicate id 'a'")],
+)
+def test_bad_files_are_rejected_with_a_reason(text: str, reason: str) -> None:
+    with pytest.raises(DirectoryFileError, match=reason.replace("[", r"\[")):
+        parse_directory(text)

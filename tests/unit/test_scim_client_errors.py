@@ -1,0 +1,386 @@
+"""ScimClient against answers a real server won't give on demand (httpx.MockTransport):
+429 with Retry-After, timeouts, 5xx, odd bodies; and the token never leaking into errors.
+
+Everything a real server does (CRUD, 404, 409, 401, wrong path) is tested against
+scim2-server in tests/integration/test_scim_client.py.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import re
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from stamina.instrumentation import RetryDetails, get_on_retry_hooks, set_on_retry_hooks
+
+from services.runtime.errors import (
+    ConflictError,
+    CredentialsError,
+    NotFoundError,
+    RejectedError,
+    TargetError,
+    TransientError,
+)
+from services.writer.scim_client import (
+    SCIM_JSON,
+    Backoff,
+    ScimClient,
+    ScimResource,
+    attempts_of,
+    parse_retry_after,
+)
+
+pytestmark = pytest.mark.anyio
+
+BASE = "https://app.example.com/scim/v2"
+TOKEN = "s3cr3t-T0ken-value"
+NO_WAIT = Backoff(wait_initial=0.0, wait_max=0.0, wait_jitter=0.0, retry_after_cap=0.0)
+USER = {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "id": "u-1",
+        "userName": "ada@example.com", "meta": {"version": 'W/"3"'}}
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class Script:
+    """A MockTransport handler answering from a list, one answer per request, recording them."""
+
+    def __init__(self, *answers: httpx.Response | Exception) -> None:
+        self.answers = list(answers)
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        answer = self.answers[min(len(self.requests), len(self.answers)) - 1]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def client(handler: Handler, *, attempts: int = 3, backoff: Backoff = NO_WAIT) -> ScimClient:
+    return ScimClient(BASE, TOKEN, attempts=attempts, backoff=backoff,
+                      transport=httpx.MockTransport(handler))
+
+
+def scim(status: int, body: object = None, **headers: str) -> httpx.Response:
+    content = b"" if body is None else json.dumps(body).encode()
+    return httpx.Response(status, content=content,
+                          headers={"Content-Type": SCIM_JSON, **headers})
+
+
+def scim_error(status: int, detail: str, scim_type: str | None = None, **headers: str) -> httpx.Response:
+    body = {"schemas": ["urn:ietf:params:scim:api:messages:2.0:Error"], "status": str(status),
+            "detail": detail, **({"scimType": scim_type} if scim_type else {})}
+    return scim(status, body, **headers)
+
+
+@pytest.fixture
+def retry_waits() -> Iterator[list[float]]:
+    """The wait stamina scheduled before each retry."""
+    waits: list[float] = []
+    previous = get_on_retry_hooks()
+
+    def record(details: RetryDetails) -> None:
+        waits.append(details.wait_for)
+
+    set_on_retry_hooks([record])
+    yield waits
+    set_on_retry_hooks(previous)
+
+
+# -- transient: retried --------------------------------------------------------------------
+
+
+async def test_429_with_retry_after_seconds_is_retried_then_succeeds(retry_waits: list[float]) -> None:
+    # wait_initial=5 would make a test run slow if Retry-After: 0 were not what is honoured.
+    script = Script(scim_error(429, "slow down", **{"Retry-After": "0"}), scim(200, USER))
+    async with client(script, backoff=Backoff(wait_initial=5.0, wait_jitter=0.0)) as c:
+        user = await c.get_user("u-1")
+    assert user == ScimResource(id="u-1", body=USER, etag='W/"3"')
+    assert len(script.requests) == 2
+    assert retry_waits == [0.0]
+
+
+async def test_retry_after_is_capped(retry_waits: list[float]) -> None:
+    script = Script(scim_error(429, "slow down", **{"Retry-After": "3600"}), scim(200, USER))
+    async with client(script, backoff=Backoff(retry_after_cap=0.01)) as c:
+        await c.get_user("u-1")
+    assert retry_waits == [0.01]
+
+
+async def test_429_with_retry_after_http_date_is_retried_then_succeeds(
+        retry_waits: list[float]) -> None:
+    later = email.utils.format_datetime(datetime.now(UTC) + timedelta(hours=1), usegmt=True)
+    script = Script(scim_error(429, "slow down", **{"Retry-After": later}), scim(200, USER))
+    async with client(script, backoff=Backoff(retry_after_cap=0.02)) as c:
+        assert (await c.get_user("u-1")).id == "u-1"
+    assert retry_waits == [0.02]  # an hour away, so the cap applies
+
+
+async def test_429_every_time_raises_transient_with_retry_after_and_attempts() -> None:
+    later = email.utils.format_datetime(datetime.now(UTC) + timedelta(seconds=90), usegmt=True)
+    script = Script(scim_error(429, "quota exceeded", **{"Retry-After": later}))
+    async with client(script, attempts=4) as c:
+        with pytest.raises(TransientError) as info:
+            await c.find_users("userName", "ada@example.com")
+    assert len(script.requests) == 4
+    assert attempts_of(info.value) == 4
+    assert info.value.status == 429
+    assert info.value.retry_after is not None
+    assert 85 <= info.value.retry_after <= 90
+    assert "429 Too Many Requests: quota exceeded" in str(info.value)
+
+
+async def test_timeouts_raise_transient_after_all_attempts() -> None:
+    script = Script(httpx.ReadTimeout("timed out"))
+    async with client(script, attempts=3) as c:
+        with pytest.raises(TransientError, match="timed out after 10s waiting for the answer") as info:
+            await c.create_user({"userName": "x"})
+    assert len(script.requests) == 3
+    assert attempts_of(info.value) == 3
+    assert isinstance(info.value.__cause__, httpx.ReadTimeout)
+    assert info.value.status is None
+
+
+async def test_500_is_retried_then_succeeds() -> None:
+    script = Script(scim_error(500, "boom"), scim_error(503, "busy"), scim(201, USER))
+    async with client(script, attempts=3) as c:
+        assert (await c.create_user({"userName": "ada@example.com"})).id == "u-1"
+    assert len(script.requests) == 3
+    # a retried request is the same request: same body, same media type
+    assert {r.content for r in script.requests} == {b'{"userName":"ada@example.com"}'}
+    assert {r.headers["Content-Type"] for r in script.requests} == {SCIM_JSON}
+
+
+async def test_dropped_connection_is_transient() -> None:
+    script = Script(httpx.RemoteProtocolError("Server disconnected without sending a response."))
+    async with client(script, attempts=2) as c:
+        with pytest.raises(TransientError, match="RemoteProtocolError: Server disconnected"):
+            await c.delete_user("u-1")
+    assert len(script.requests) == 2
+
+
+# -- not transient: raised at once ---------------------------------------------------------
+
+
+async def test_400_is_not_retried_and_carries_the_scim_detail() -> None:
+    script = Script(scim_error(400, "Attribute 'userName' is required", "invalidValue"))
+    async with client(script, attempts=5) as c:
+        with pytest.raises(RejectedError) as info:
+            await c.create_user({"displayName": "x"})
+    assert len(script.requests) == 1
+    assert attempts_of(info.value) == 1
+    assert info.value.status == 400
+    assert info.value.detail == "Attribute 'userName' is required"
+    assert str(info.value) == (f"POST {BASE}/Users -> 400 Bad Request [invalidValue]: "
+                               "Attribute 'userName' is required")
+
+
+@pytest.mark.parametrize(
+    ("status", "error_class"),
+    [(401, CredentialsError), (403, CredentialsError), (404, NotFoundError), (409, ConflictError),
+     (412, ConflictError), (400, RejectedError), (422, RejectedError), (501, RejectedError)],
+)
+async def test_status_maps_to_error_class_without_retry(status: int,
+                                                         error_class: type[TargetError]) -> None:
+    script = Script(scim_error(status, "nope"))
+    async with client(script) as c:
+        with pytest.raises(TargetError) as info:
+            await c.patch_user("u-1", [{"op": "replace", "path": "active", "value": False}])
+    assert type(info.value) is error_class
+    assert (info.value.status, info.value.detail) == (status, "nope")
+    assert len(script.requests) == 1
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504])
+async def test_transient_statuses_are_retried(status: int) -> None:
+    script = Script(scim_error(status, "later"))
+    async with client(script, attempts=2) as c:
+        with pytest.raises(TransientError):
+            await c.get_user("u-1")
+    assert len(script.requests) == 2
+
+
+async def test_non_scim_error_pages_are_summarised() -> None:
+    page = httpx.Response(502, text="<html><body>Bad gateway</body></html>",
+                          headers={"Content-Type": "text/html"})
+    async with client(Script(page), attempts=1) as c:
+        with pytest.raises(TransientError) as info:
+            await c.get_user("u-1")
+    assert info.value.detail == "an HTML page, not a SCIM error"
+
+
+async def test_redirect_is_reported_not_followed() -> None:
+    script = Script(httpx.Response(301, headers={"Location": "https://new.example.com/scim/v2/Users"}))
+    async with client(script) as c:
+        with pytest.raises(RejectedError, match=re.escape("redirected to https://new.example.com/scim/v2/Users")):
+            await c.get_user("u-1")
+    assert len(script.requests) == 1
+
+
+# -- the token never leaks -----------------------------------------------------------------
+
+
+def echo_token(request: httpx.Request) -> httpx.Response:
+    return scim_error(400, f"bad header {request.headers['Authorization']}", "invalidValue")
+
+
+async def test_token_is_redacted_from_an_echoing_target() -> None:
+    async with client(echo_token) as c:
+        with pytest.raises(RejectedError) as info:
+            await c.get_user("u-1")
+    error = info.value
+    for text in (str(error), repr(error), error.detail or "", repr(c)):
+        assert TOKEN not in text
+    assert error.detail == "bad header Bearer [redacted]"
+
+
+async def test_token_is_redacted_from_transport_errors() -> None:
+    script = Script(httpx.ConnectError(f"proxy said no to {TOKEN}"))
+    async with client(script, attempts=1) as c:
+        with pytest.raises(TransientError) as info:
+            await c.get_user("u-1")
+    assert TOKEN not in str(info.value)
+    assert TOKEN not in repr(info.value)
+    cause = info.value.__cause__
+    assert isinstance(cause, httpx.ConnectError)
+    assert TOKEN not in repr(cause.request.headers)  # httpx masks Authorization itself
+
+
+def test_token_is_never_in_the_client_repr() -> None:
+    c = ScimClient("https://user:pw@app.example.com/scim/v2", TOKEN)
+    assert repr(c) == "ScimClient(base_url='https://app.example.com/scim/v2/')"
+
+
+@pytest.mark.parametrize("token", ["", "two words", "line\nbreak", "naïve"])
+def test_unusable_tokens_are_refused_without_echoing_them(token: str) -> None:
+    with pytest.raises(ValueError, match="bearer token must be") as info:
+        ScimClient(BASE, token)
+    if token:
+        assert token not in str(info.value)
+
+
+# -- request shapes and answers a real server won't give on demand --------------------------
+
+
+async def test_find_users_escapes_the_value_and_sends_scim_headers() -> None:
+    script = Script(scim(200, {"totalResults": 0, "Resources": []}))
+    async with client(script) as c:
+        assert await c.find_users("userName", 'o"hara\\x') == []
+    request = script.requests[0]
+    assert request.url.params["filter"] == 'userName eq "o\\"hara\\\\x"'
+    assert request.headers["Accept"] == SCIM_JSON
+    assert request.headers["Authorization"] == f"Bearer {TOKEN}"
+
+
+async def test_find_users_follows_pages() -> None:
+    def paged(request: httpx.Request) -> httpx.Response:
+        start = int(request.url.params.get("startIndex", "1"))
+        user = {**USER, "id": f"u-{start}"}
+        return scim(200, {"totalResults": 3, "startIndex": start, "itemsPerPage": 1,
+                          "Resources": [user]})
+
+    async with client(paged) as c:
+        found = await c.find_users("urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:"
+                                   "department", "R&D")
+    assert [u.id for u in found] == ["u-1", "u-2", "u-3"]
+
+
+async def test_find_users_stops_when_a_target_ignores_start_index() -> None:
+    script = Script(scim(200, {"totalResults": 5, "Resources": [USER]}))
+    async with client(script) as c:
+        assert [u.id for u in await c.find_users("userName", "ada@example.com")] == ["u-1"]
+    assert len(script.requests) == 2
+
+
+async def test_patch_accepts_200_with_body_and_204() -> None:
+    script = Script(scim(200, {**USER, "active": False}), httpx.Response(204))
+    op = [{"op": "replace", "path": "active", "value": False}]
+    async with client(script) as c:
+        updated = await c.patch_user("u-1", op, if_match='W/"3"')
+        assert updated is not None
+        assert updated.body["active"] is False
+        assert await c.patch_user("u-1", op) is None
+    first: dict[str, Any] = json.loads(script.requests[0].content)
+    assert first == {"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": op}
+    assert script.requests[0].headers["If-Match"] == 'W/"3"'
+    assert "If-Match" not in script.requests[1].headers
+
+
+async def test_an_empty_patch_is_refused_before_any_call() -> None:
+    script = Script(httpx.Response(204))
+    async with client(script) as c:
+        with pytest.raises(ValueError, match="at least one operation"):
+            await c.patch_user("u-1", [])
+    assert script.requests == []
+
+
+async def test_ids_cannot_escape_the_users_endpoint() -> None:
+    script = Script(scim(200, USER))
+    async with client(script) as c:
+        await c.get_user("../Groups/g-1")
+    assert script.requests[0].url.raw_path == b"/scim/v2/Users/..%2FGroups%2Fg-1"
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        (httpx.Response(200, text="<html>Welcome</html>", headers={"Content-Type": "text/html"}),
+         "not SCIM JSON (Content-Type: text/html)"),
+        (scim(200, {"status": "ok"}), "not a SCIM ListResponse"),
+        (scim(200, {"totalResults": 1, "Resources": [USER]}),
+         "returned 1 user(s) instead of none: the target ignores or misapplies the filter"),
+    ],
+)
+async def test_connection_rejects_answers_that_are_not_an_empty_list(
+        answer: httpx.Response, message: str) -> None:
+    async with client(Script(answer)) as c:
+        with pytest.raises(RejectedError, match="test connection failed") as info:
+            await c.test_connection()
+    assert message in str(info.value)
+
+
+async def test_connection_does_not_retry() -> None:
+    script = Script(scim_error(503, "maintenance"))
+    async with client(script, attempts=5) as c:
+        with pytest.raises(TransientError, match=r"test connection failed: .* 503 Service"):
+            await c.test_connection("externalId")
+    assert len(script.requests) == 1
+    assert script.requests[0].url.params["filter"].startswith('externalId eq "')
+
+
+async def test_resources_without_id_are_rejected() -> None:
+    async with client(Script(scim(201, {"userName": "x"}))) as c:
+        with pytest.raises(RejectedError, match="resource without an `id`"):
+            await c.create_user({"userName": "x"})
+
+
+# -- Retry-After parsing -------------------------------------------------------------------
+
+NOW = datetime(2026, 1, 15, 12, 0, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("120", 120.0),
+        (" 7 ", 7.0),
+        ("Thu, 15 Jan 2026 12:01:30 GMT", 90.0),
+        ("Thu, 15 Jan 2026 11:00:00 GMT", 0.0),  # in the past: retry now
+        ("soon", None),
+        ("-5", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_parse_retry_after(header: str | None, seconds: float | None) -> None:
+    assert parse_retry_after(header, now=NOW) == seconds
