@@ -112,6 +112,9 @@ class ProvisioningCommand(Message, tag="provisioning.command.v1", frozen=True, k
     matching: list[MatchingAttribute] = []
     redacted: list[str] = []
     """Target paths whose values must show as ``[Redact]`` in records and logs."""
+    unique_candidates: dict[str, list[Any]] = {}
+    """Target path -> SelectUniqueValue candidates; on create the writer takes the first
+    one no target account uses yet. Never changed afterwards."""
     display_name: str | None = None
     """A human identity for reports (e.g. the userPrincipalName)."""
     change_id: str

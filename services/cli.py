@@ -7,6 +7,7 @@ import os
 import secrets
 import signal
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from schemas import ActivityRecord, ErrorRecord
+from schemas import ActivityRecord, DirectoryChange, ErrorRecord
 from services.runtime.config import LoadedConfig, load_config
 from services.runtime.errors import ConfigError, ScimflowError
 from services.runtime.logs import configure_logging
@@ -67,25 +68,80 @@ def validate(config: Annotated[Path, typer.Argument(help="Config file to check."
 
 
 @cli.command()
-def expr(expression: Annotated[str, typer.Argument(help="An Entra mapping expression.")],
-         attrs: Annotated[str, typer.Option("--attrs", help="Source attributes as a JSON object.")] = "{}",
-         ) -> None:
-    """Evaluate one mapping expression against the given attributes."""
+def expr(
+    expression: Annotated[str | None, typer.Argument(help="An Entra mapping expression.")] = None,
+    attrs: Annotated[str, typer.Option("--attrs", help="Source attributes as a JSON object.")] = "{}",
+    config: Annotated[Path | None, typer.Option(help="Show one object's mapping under this config.")] = None,
+    app: Annotated[str | None, typer.Option(help="Application (with --config).")] = None,
+    object_id: Annotated[str | None, typer.Option(
+        "--object", help="Source object id (with --config).")] = None,
+    source_file: Annotated[Path | None, typer.Option(help="Directory file (default: the config's).")] = None,
+) -> None:
+    """Evaluate one expression, or show the SCIM resource one object maps to (--config)."""
+    try:
+        if config is not None:
+            _expr_object(config, app, object_id, source_file)
+            return
+        if expression is None:
+            raise ConfigError("give an EXPRESSION, or --config with --app and --object")
+        _expr_one(expression, attrs)
+    except ScimflowError as exc:
+        raise _fail(exc) from None
+
+
+def _expr_one(expression: str, attrs: str) -> None:
     from services.mapper.expressions import IGNORE, compile_expression
 
     try:
         values = json.loads(attrs)
-        if not isinstance(values, dict):
-            raise ConfigError("--attrs must be a JSON object")
-        result = compile_expression(expression).evaluate(values)
     except json.JSONDecodeError as exc:
-        raise _fail(ConfigError(f"--attrs is not valid JSON: {exc}")) from None
-    except ScimflowError as exc:
-        raise _fail(exc) from None
-    if result is IGNORE:
-        out.print("(attribute does not flow: IgnoreFlowIfNullOrEmpty)")
-        return
-    out.print_json(msgspec.json.encode(result, enc_hook=str).decode())
+        raise ConfigError(f"--attrs is not valid JSON: {exc}") from None
+    if not isinstance(values, dict):
+        raise ConfigError("--attrs must be a JSON object")
+    result = compile_expression(expression).evaluate(values)
+    _print_json({"ignored": True} if result is IGNORE else result)
+
+
+def _expr_object(config: Path, app_name: str | None, object_id: str | None,
+                 source_file: Path | None) -> None:
+    """The Entra 'test an expression' harness: the full mapped resource of one object."""
+    from services.ingest.file_source import read_directory
+    from services.mapper.main import compile_apps
+    from services.mapper.planner import plan
+    from services.writer.decide import desired_state
+    from services.writer.scim_paths import build_resource
+
+    if not app_name or not object_id:
+        raise ConfigError("--config needs --app and --object")
+    loaded = _load(config, resolve_secrets=False)
+    compiled = next((c for c in compile_apps(loaded) if c.app.name == app_name), None)
+    if compiled is None:
+        raise ConfigError(f"no application named {app_name!r}", file=str(config))
+    path = source_file or loaded.resolve_path(loaded.config.sources[0].path)
+    obj = read_directory(path).get(("user", object_id))
+    if obj is None:
+        raise ConfigError(f"no user with id {object_id!r} in {path}")
+    change = DirectoryChange(source=loaded.config.sources[0].name, object_type="user",
+                             object_id=obj.object_id, operation="upsert", attributes=obj.attributes,
+                             memberships=list(obj.memberships), change_id="expr",
+                             observed_at=datetime.now(UTC))
+    cmd = plan(compiled, change)
+    if cmd is None:
+        raise ConfigError(f"application {app_name!r} does not provision users")
+    shown = dict.fromkeys(cmd.redacted, "[Redact]")
+    _print_json({
+        "operation": cmd.operation,
+        "scope": cmd.reason,
+        "matching": [{"attribute": m.target, "value": shown.get(m.target, m.value),
+                      "precedence": m.precedence} for m in cmd.matching],
+        "resource_on_create": build_resource({**cmd.create_only, **desired_state(cmd), **shown}),
+        "only_on_create": sorted(cmd.create_only),
+        "select_unique_value": cmd.unique_candidates,
+    })
+
+
+def _print_json(value: Any) -> None:
+    out.print_json(msgspec.json.encode(value, enc_hook=str).decode())
 
 
 def _worker(service: str, config: Path) -> None:

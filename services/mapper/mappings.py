@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Protocol
 
+from services.mapper.expressions import UniqueCandidates
 from services.runtime.config import AttributeMapping, LoadedConfig, ObjectMapping
 from services.runtime.errors import ConfigError
 
@@ -20,6 +21,7 @@ __all__ = ["CompiledMapping", "Evaluator", "MappedObject", "compile_object_mappi
 class Evaluator(Protocol):
     """A compiled expression: the seam to the expression engine."""
 
+    text: str
     redacted: bool
 
     def evaluate(self, attrs: Mapping[str, object]) -> object: ...
@@ -46,6 +48,7 @@ class MappedObject:
     create_only: dict[str, Any] = field(default_factory=dict)
     matching: list[tuple[int, str, Any]] = field(default_factory=list)
     redacted: list[str] = field(default_factory=list)
+    unique: dict[str, list[Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,12 +56,23 @@ class CompiledMapping:
     enabled: bool
     actions: frozenset[str]
     attributes: tuple[_Attribute, ...]
+    direct: tuple[tuple[str, str], ...] = ()
+    """(target, source) of plain Direct mappings: the hot path, no per-value branching."""
 
     def apply(self, attrs: Mapping[str, Any]) -> MappedObject:
         """Map source attributes to target attributes (evaluation errors propagate)."""
         out = MappedObject()
+        values = out.attributes
+        for target, source in self.direct:
+            v = attrs.get(source)
+            values[target] = v if type(v) in _WIRE_TYPES else _plain(v)
         for a in self.attributes:
-            value = _plain(a.value(attrs))
+            raw = a.value(attrs)
+            if isinstance(raw, UniqueCandidates):
+                # Chosen by the writer against the target, once, when the object is created.
+                out.unique[a.target] = list(raw)
+                continue
+            value = _plain(raw)
             if value is _DROP:
                 continue
             if value is None and a.default is not None:
@@ -74,18 +88,25 @@ class CompiledMapping:
 
 
 _DROP = object()
+_WIRE_TYPES = frozenset({str, int, bool, float, type(None)})
 
 
 def compile_object_mapping(loaded: LoadedConfig, mapping: ObjectMapping, path: str,
                            compile_expression: ExpressionCompiler | None = None,
                            ignore: object = None) -> CompiledMapping:
     """Compile one object mapping; ``path`` is its JSON path in the config (for errors)."""
+    direct = tuple((a.target, a.source or "") for a in mapping.attributes if _is_plain_direct(a))
     attrs = tuple(
         _compile_attribute(loaded, a, f"{path}.attributes[{i}]", compile_expression, ignore)
         for i, a in enumerate(mapping.attributes)
-        if a.type != "none"
+        if a.type != "none" and not _is_plain_direct(a)
     )
-    return CompiledMapping(mapping.enabled, frozenset(mapping.actions), attrs)
+    return CompiledMapping(mapping.enabled, frozenset(mapping.actions), attrs, direct)
+
+
+def _is_plain_direct(a: AttributeMapping) -> bool:
+    return (a.type == "direct" and a.source is not None and a.default is None
+            and a.apply == "always" and a.matching is None)
 
 
 def _compile_attribute(loaded: LoadedConfig, a: AttributeMapping, path: str,
@@ -107,6 +128,10 @@ def _compile_attribute(loaded: LoadedConfig, a: AttributeMapping, path: str,
         except ConfigError as exc:
             raise loaded.error(f"{path}.expression", f"mapping {a.target!r}: {exc}") from None
         redacted = compiled.redacted
+        if a.matching is not None and compiled.text.lstrip().startswith("SelectUniqueValue"):
+            raise loaded.error(f"{path}.matching",
+                               f"{a.target!r} comes from SelectUniqueValue, so it cannot find an "
+                               "existing account; match on another attribute (e.g. externalId)")
         value = _expression_value(compiled, ignore)
     return _Attribute(a.target, value, a.default, a.apply == "on_create", a.matching, redacted)
 

@@ -48,6 +48,7 @@ def plan(compiled: CompiledApp, change: DirectoryChange) -> ProvisioningCommand 
         create_only=mapped.create_only,
         matching=[MatchingAttribute(target=t, value=v, precedence=p) for p, t, v in mapped.matching],
         redacted=mapped.redacted,
+        unique_candidates=mapped.unique,
     )
 
 

@@ -219,7 +219,8 @@ def _to_python(node: yaml.Node, path: str, lines: dict[str, int]) -> Any:
         return [_to_python(n, f"{path}[{i}]", lines) for i, n in enumerate(node.value)]
     # Scalars: let PyYAML's resolver give bool/int/float/null their usual meaning.
     value = _SCALARS.construct_object(node, deep=True)
-    if isinstance(value, str) and "${" in value:
+    # Entra expressions use ${group} in Replace(); they are never environment-expanded.
+    if isinstance(value, str) and "${" in value and not path.endswith(".expression"):
         value = _interpolate(value, path, lines)
     return value
 

@@ -112,7 +112,11 @@ class Writer:
         return None, f"no target account matches ({tried})"
 
     async def _create(self, cmd: ProvisioningCommand, decision: Decision, trace: _Trace) -> Outcome:
-        body = build_resource(_without_none(decision.changes))
+        values = _without_none(decision.changes)
+        for path, candidates in cmd.unique_candidates.items():
+            values[path] = await self._first_free(cmd, path, candidates)
+            trace.step("action", "success", f"SelectUniqueValue chose a free {path}")
+        body = build_resource(values)
         try:
             created = await self.client.create_user(body)
         except ConflictError:
@@ -121,8 +125,17 @@ class Writer:
             return await self._lookup_then_write(cmd, trace)
         trace.step("action", "success", "create")
         trace.step("export", "success", f"POST /Users -> 201, id {created.id}")
-        managed = self._managed(cmd, created.id, desired_state(cmd), "created", None)
+        chosen = {p: values[p] for p in cmd.unique_candidates}
+        managed = self._managed(cmd, created.id, desired_state(cmd) | chosen, "created", None)
         return Outcome(managed, self._activity(cmd, "create", "success", decision, managed, trace))
+
+    async def _first_free(self, cmd: ProvisioningCommand, path: str, candidates: list[Any]) -> Any:
+        """SelectUniqueValue: the first candidate no target account uses yet."""
+        for candidate in candidates:
+            if not await self.client.find_users(path, str(candidate)):
+                return candidate
+        shown = [self._show(cmd, path, c) for c in candidates]
+        raise RejectedError(f"SelectUniqueValue: every candidate for {path} is taken: {shown}")
 
     async def _adopt(self, cmd: ProvisioningCommand, found: ScimResource, decision: Decision,
                      trace: _Trace) -> Outcome:

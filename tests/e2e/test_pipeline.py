@@ -12,7 +12,7 @@ from collections.abc import Callable
 import pytest
 
 from services.runtime.kafka import plain_producer
-from tests.conftest import Pipeline, user
+from tests.conftest import APP, Pipeline, user
 
 pytestmark = pytest.mark.e2e
 
@@ -127,3 +127,48 @@ def test_malformed_change_goes_to_error_topic_and_pipeline_goes_on(pipeline_fact
     assert all(e.origin is not None and e.origin.topic == p.topics.changes for e in errors)
     assert any("nonsense.v0" in (e.payload or "") for e in errors)
     assert all(e.reason for e in errors)
+
+
+def test_expression_mappings_land_as_evaluated(pipeline_factory: Factory) -> None:
+    from services.mapper.expressions import compile_expression
+
+    expressions = {
+        "displayName": 'Join(" ", [givenName], [surname])',
+        "nickName": 'ToLower(NormalizeDiacritics(StripSpaces(Join(".", [givenName], [surname]))))',
+        "title": 'Switch([department], "Staff", "Engineering", "Engineer", "Sales", "Seller")',
+        "userType": 'IgnoreFlowIfNullOrEmpty([employeeType])',
+        "locale": 'Redact(Left([countryCode], 2))',
+    }
+    app = {**APP, "mappings": {"user": {"attributes": [
+        {"target": "userName", "source": "userPrincipalName", "matching": 1},
+        *({"target": t, "type": "expression", "expression": e} for t, e in expressions.items()),
+        {"target": "externalId", "type": "expression",
+         "expression": 'SelectUniqueValue(Join("-", "ext", [id]), Join("-", "ext2", [id]))'},
+    ]}}}
+    people = [user(1, givenName="José", surname="Da Silva", department="Engineering",
+                   employeeType="Contractor", countryCode="PTG"),
+              user(2, givenName="Zoë", surname="Ng", department="Sales", countryCode="NZL"),
+              user(3, givenName="Ann", surname="Lee", department="Legal", countryCode="US")]
+    p = pipeline_factory(people, app=app, start=False)
+    # ext-u00002 is taken in the target, so SelectUniqueValue must pick ext2-u00002.
+    p.scim.create({"userName": "someone.else@example.com", "externalId": "ext-u00002"})
+    p.sup.start()
+    p.wait_for("3 users", lambda: p.scim.count() == 4)
+    target = p.scim.by_username()
+    for person in people:
+        got = target[person["userPrincipalName"]]
+        for attr, text in expressions.items():
+            expected = compile_expression(text).evaluate(person)
+            if attr == "userType" and not person.get("employeeType"):
+                assert attr not in got  # IgnoreFlowIfNullOrEmpty: the attribute did not flow
+            else:
+                assert got[attr] == expected, (attr, got.get(attr), expected)
+    assert target["user1@example.com"]["nickName"] == "jose.dasilva"
+    assert target["user1@example.com"]["title"] == "Engineer"
+    assert target["user3@example.com"]["title"] == "Staff"
+    assert target["user1@example.com"]["externalId"] == "ext-u00001"
+    assert target["user2@example.com"]["externalId"] == "ext2-u00002"
+    p.wait_for("3 creates", lambda: sum(a.action == "create" for a in p.activity()) == 3)
+    for record in (a for a in p.activity() if a.action == "create"):
+        locale = [m for m in record.modified_properties if m.name == "locale"]
+        assert [m.new_value for m in locale] == ["[Redact]"], "Redact() values must not reach the log"

@@ -108,3 +108,13 @@ def test_demo_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DEMO_SCIM_TOKEN", "x")
     loaded = load_config(Path(__file__).parents[2] / "examples" / "demo.yaml")
     assert [a.name for a in loaded.config.applications] == ["demo"]
+
+
+def test_expressions_are_not_environment_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("T_TOKEN", "x")
+    expression = 'Replace([mail], , "(?<user>[^@]+)@.*", , "${user}@corp.example", , )'
+    text = GOOD.replace("          - {target: title, type: constant, value: Engineer}",
+                        f"          - target: mail\n            type: expression\n"
+                        f"            expression: '{expression}'")
+    loaded = load_config(write(tmp_path, text))
+    assert loaded.application("app1").mappings.user.attributes[1].expression == expression
