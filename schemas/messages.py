@@ -78,6 +78,11 @@ class CycleMarker(Message, tag="directory.cycle.v1", frozen=True, kw_only=True):
     at: datetime
     app: str | None = None
     """Set when the mapper forwards the marker to one application's commands."""
+    origin_partition: int | None = None
+    """Set by the mapper: the directory.changes partition this frame came through. The mapper
+    forwards every frame to every commands partition, so a writer knows a scan is over on
+    its partition once it has the ``end`` of all ``origin_partitions``."""
+    origin_partitions: int | None = None
 
 
 DirectoryMessage = DirectoryChange | CycleMarker

@@ -63,11 +63,15 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
                                     value=encode(command))
 
     async def on_marker(marker: CycleMarker, partition: int) -> None:
-        # Forward the frame on the same partition so the writer sees it after the
-        # commands of that partition's part of the scan.
+        # Every commands partition gets this partition's frame, after every command this
+        # mapper produced from the frame's part of the scan: a writer partition has seen
+        # the whole scan once it holds the end frame of every changes partition.
         for compiled in apps:
-            await commands.send(key=marker.cycle_id.encode(), partition=partition,
-                                value=encode(msgspec.structs.replace(marker, app=compiled.app.name)))
+            value = encode(msgspec.structs.replace(
+                marker, app=compiled.app.name, origin_partition=partition,
+                origin_partitions=settings.partitions))
+            for target in range(settings.partitions):
+                await commands.send(key=marker.cycle_id.encode(), partition=target, value=value)
 
     @app.agent(changes, name="map")  # type: ignore[untyped-decorator]
     async def map_changes(stream: Any) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from aiokafka.partitioner import murmur2
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
@@ -27,6 +28,7 @@ __all__ = [
     "consume",
     "create_topics",
     "faust_app",
+    "partition_for",
     "plain_producer",
     "raw_schema",
     "raw_topic",
@@ -110,6 +112,12 @@ def consume(bootstrap: str, topic: str, *, from_beginning: bool = True,
         yield from consumer
     finally:
         consumer.close()
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives ``key`` (murmur2, as in Java)."""
+    hashed: int = murmur2(key)
+    return (hashed & 0x7FFFFFFF) % partitions
 
 
 def faust_app(service: str, settings: Settings, bootstrap: str) -> Any:

@@ -53,6 +53,16 @@ class Supervisor:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
 
+    def stop_one(self, name: str, timeout: float = 20.0) -> None:
+        """Stop one worker cleanly (SIGTERM), as a rolling restart would."""
+        proc = self.procs.pop(name)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
     def dead(self) -> list[str]:
         return [n for n, p in self.procs.items() if p.poll() is not None]
 

@@ -1,10 +1,14 @@
 """Entry point of the writer worker: commands in, target calls, activity/errors out.
 
-Commands arrive keyed by ``app/source_id``. The agent takes them in small batches; within
-a batch, commands for different objects run concurrently (up to ``writer_concurrency``)
-while commands for the same object run one after another, in offset order. Offsets are
-committed only after the whole batch is done, so a crash replays it, and every write is
-idempotent (state compare, then lookup-before-create).
+Commands arrive keyed by ``app/source_id``. Commands for different objects run
+concurrently (up to ``writer_concurrency`` target calls, ``writer_batch`` commands in
+flight) while commands for the same object run one after another, in offset order.
+
+Acks are manual and in offset order per partition: an offset is acknowledged only when it
+and every offset before it on its partition are done. (faust commits the first run of
+consecutive acked offsets, so acking out of order could commit past a command still in
+flight; a crash would then lose it.) A crash replays whatever was not acknowledged, and
+every write is idempotent: state compare, then lookup-before-create.
 
 The managed-object table is a faust Table whose changelog uses the same key bytes and
 partitioner as the commands topic, so an object's state lives on its commands' partition.
@@ -13,21 +17,26 @@ partitioner as the commands topic, so an object's state lives on its commands' p
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
+import uuid
+from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 import structlog
 
-from schemas import CycleMarker
+from schemas import CycleMarker, ErrorRecord, ManagedObject, ProvisioningCommand
 from schemas.codecs import decoder, encode
 from services.runtime.config import LoadedConfig
-from services.runtime.kafka import faust_app, raw_topic
+from services.runtime.kafka import faust_app, partition_for, raw_topic
 from services.runtime.records import malformed_message
 from services.runtime.settings import Settings
 from services.runtime.topics import Topics
+from services.writer.cycles import CycleTracker, FinishedScan
 from services.writer.scim_client import ScimClient
-from services.writer.worker import Outcome, Writer
+from services.writer.worker import Writer
 
 __all__ = ["build_app"]
 
@@ -50,63 +59,190 @@ def build_writers(settings: Settings, loaded: LoadedConfig) -> dict[str, Writer]
 def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
     app = faust_app("writer", settings, bootstrap)
     topics = Topics(settings.topic_prefix, settings.partitions)
-    commands = raw_topic(app, topics.commands)
-    activity = raw_topic(app, topics.activity)
-    errors = raw_topic(app, topics.errors)
     managed = app.Table("managed", key_type=bytes, value_type=bytes,
                         partitions=settings.partitions, use_partitioner=True)
     # faust derives a table's codecs from its types and would pick JSON for bytes; set raw
     # before the store and changelog topic are created (both are built lazily), so the
     # changelog key is byte-for-byte the commands key and lands on the same partition.
     managed.key_serializer = managed.value_serializer = "raw"
-    writers = build_writers(settings, loaded)
-    limit = asyncio.Semaphore(settings.writer_concurrency)
+    processor = CommandProcessor(settings, build_writers(settings, loaded), managed,
+                                 activity=raw_topic(app, topics.activity),
+                                 errors=raw_topic(app, topics.errors))
 
-    async def publish(key: bytes, outcome: Outcome) -> None:
-        if outcome.activity is not None:
-            await activity.send(key=key, value=encode(outcome.activity))
-        if outcome.error is not None:
-            await errors.send(key=key, value=encode(outcome.error))
-
-    async def one(event: Any) -> None:
-        key: bytes = event.key or b""
-        try:
-            message = _commands.decode(event.value)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            await errors.send(key=key, value=encode(malformed_message("writer", event, str(exc))))
-            return
-        if isinstance(message, CycleMarker):
-            return
-        writer = writers.get(message.app)
-        if writer is None:
-            reason = f"unknown application {message.app!r}"
-            await errors.send(key=key, value=encode(malformed_message("writer", event, reason)))
-            return
-        raw = managed.get(key)
-        outcome = await writer.handle(message, _state.decode(raw) if raw else None)
-        if outcome.changed_state:
-            if outcome.managed is None:
-                managed.pop(key, None)
-            else:
-                managed[key] = encode(outcome.managed)
-        await publish(key, outcome)
-
-    async def in_order(events: list[Any]) -> None:
-        async with limit:
-            for event in events:
-                await one(event)
-
-    @app.agent(commands, name="write")  # type: ignore[untyped-decorator]
+    @app.agent(raw_topic(app, topics.commands), name="write")  # type: ignore[untyped-decorator]
     async def write(stream: Any) -> None:
-        async for batch in stream.take_events(settings.writer_batch, within=0.05):
-            by_key: dict[bytes, list[Any]] = defaultdict(list)
-            for event in batch:
-                by_key[event.key or b""].append(event)
-            await asyncio.gather(*(in_order(evs) for evs in by_key.values()))
+        manual = stream.noack()
+        async for event in manual.events():
+            await processor.submit(event, manual.ack)
 
     @app.on_before_shutdown.connect  # type: ignore[untyped-decorator]
     async def close_clients(app: Any, **_: Any) -> None:
-        await asyncio.gather(*(w.client.aclose() for w in writers.values()))
+        await processor.close()
 
     return app
 
+
+Ack = Callable[[Any], Awaitable[Any]]
+
+
+@dataclass(eq=False)
+class _Ticket:
+    event: Any
+    done: bool = False
+
+
+class _InOrderAcks:
+    """Acknowledges events per partition strictly in offset order."""
+
+    def __init__(self) -> None:
+        self._queues: dict[int, deque[_Ticket]] = defaultdict(deque)
+        self._lock = asyncio.Lock()
+
+    def track(self, event: Any) -> _Ticket:
+        ticket = _Ticket(event)
+        self._queues[event.message.partition].append(ticket)
+        return ticket
+
+    async def done(self, ticket: _Ticket, ack: Ack) -> None:
+        ticket.done = True
+        async with self._lock:
+            queue = self._queues[ticket.event.message.partition]
+            while queue and queue[0].done:
+                await ack(queue.popleft().event)
+
+
+class CommandProcessor:
+    """Applies commands: objects concurrently, each object's commands in order."""
+
+    def __init__(self, settings: Settings, writers: dict[str, Writer], managed: Any, *,
+                 activity: Any, errors: Any) -> None:
+        self.settings = settings
+        self.writers = writers
+        self.managed = managed
+        self.activity = activity
+        self.errors = errors
+        self.cycles = CycleTracker()
+        self.limit = asyncio.Semaphore(settings.writer_concurrency)
+        self.window = asyncio.Semaphore(settings.writer_batch)
+        self.acks = _InOrderAcks()
+        self.tails: dict[bytes, asyncio.Task[None]] = {}
+        self.inflight: set[asyncio.Task[None]] = set()
+
+    async def submit(self, event: Any, ack: Ack) -> None:
+        """Take one event; returns once it is scheduled (or handled, for frames)."""
+        ticket = self.acks.track(event)
+        message = await self._decode(event)
+        partition = event.message.partition
+        if isinstance(message, ProvisioningCommand):
+            key = event.key or b""
+            self.cycles.saw(partition, message.app, message.cycle_id, key)
+            await self.window.acquire()
+            task = asyncio.create_task(self._after(self.tails.get(key), key, message, ticket, ack))
+            self.tails[key] = task
+            self.inflight.add(task)
+            task.add_done_callback(lambda t, key=key: self._finished(t, key))  # type: ignore[misc]
+            return
+        if isinstance(message, CycleMarker):
+            # A frame waits for every command before it, so a scan's end means its commands ran.
+            await self.drain()
+            await self._on_marker(partition, message)
+        await self.acks.done(ticket, ack)
+
+    async def drain(self) -> None:
+        while self.inflight:
+            await asyncio.wait(set(self.inflight))
+
+    def _finished(self, task: asyncio.Task[None], key: bytes) -> None:
+        self.inflight.discard(task)
+        self.window.release()
+        if self.tails.get(key) is task:
+            del self.tails[key]
+
+    async def _after(self, previous: asyncio.Task[None] | None, key: bytes,
+                     command: ProvisioningCommand, ticket: _Ticket, ack: Ack) -> None:
+        if previous is not None:
+            await asyncio.wait({previous})  # same object: strictly after the one before
+        try:
+            await self._limited(key, command)
+        except Exception as exc:
+            log.exception("command failed", app=command.app, source_id=command.source_id)
+            await self._error(key, _writer_failure(command, exc))
+        await self.acks.done(ticket, ack)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(w.client.aclose() for w in self.writers.values()))
+
+    async def _decode(self, event: Any) -> ProvisioningCommand | CycleMarker | None:
+        key: bytes = event.key or b""
+        try:
+            message: ProvisioningCommand | CycleMarker = _commands.decode(event.value)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            await self._error(key, malformed_message("writer", event, str(exc)))
+            return None
+        if isinstance(message, ProvisioningCommand) and message.app not in self.writers:
+            reason = f"unknown application {message.app!r}"
+            await self._error(key, malformed_message("writer", event, reason))
+            return None
+        return message
+
+    async def _apply(self, key: bytes, command: ProvisioningCommand) -> None:
+        raw = self.managed.get(key)
+        outcome = await self.writers[command.app].handle(command, _state.decode(raw) if raw else None)
+        if outcome.changed_state:
+            if outcome.managed is None:
+                self.managed.pop(key, None)
+            else:
+                self.managed[key] = encode(outcome.managed)
+        if outcome.activity is not None:
+            await self.activity.send(key=key, value=encode(outcome.activity))
+        if outcome.error is not None:
+            await self._error(key, outcome.error)
+
+    async def _error(self, key: bytes, record: ErrorRecord) -> None:
+        await self.errors.send(key=key, value=encode(record))
+
+    async def _on_marker(self, partition: int, marker: CycleMarker) -> None:
+        finished = self.cycles.on_marker(partition, marker)
+        if finished is None:
+            return
+        if not finished.sweep:
+            log.info("full scan not used to find deletions", app=finished.app,
+                     cycle_id=finished.cycle_id, reason=finished.reason)
+            return
+        await self._sweep(finished)
+
+    async def _sweep(self, scan: FinishedScan) -> None:
+        """Objects we manage that a complete full scan did not mention: deleted in source."""
+        prefix = f"{scan.app}/".encode()
+        states = ((k, _state.decode(v)) for k, v in list(self.managed.items()) if k.startswith(prefix))
+        gone = [
+            (key, state) for key, state in states
+            if key not in scan.seen and state.created_at < scan.started
+            and partition_for(key, self.settings.partitions) == scan.partition
+        ]
+        log.info("full scan finished", app=scan.app, cycle_id=scan.cycle_id,
+                 partition=scan.partition, seen=len(scan.seen), absent=len(gone))
+        await asyncio.gather(*(self._limited(key, _absent(scan, state)) for key, state in gone))
+
+    async def _limited(self, key: bytes, command: ProvisioningCommand) -> None:
+        async with self.limit:
+            await self._apply(key, command)
+
+
+def _absent(scan: FinishedScan, state: ManagedObject) -> ProvisioningCommand:
+    return ProvisioningCommand(
+        app=state.app, object_type=state.object_type, source=scan.source, source_id=state.source_id,
+        operation="delete", display_name=state.display_name, cycle_id=scan.cycle_id,
+        change_id=f"{scan.cycle_id}/absent", observed_at=datetime.now(UTC),
+        reason=f"absent from the completed full scan {scan.cycle_id}: deleted in source",
+    )
+
+
+def _writer_failure(command: ProvisioningCommand, exc: Exception) -> ErrorRecord:
+    return ErrorRecord(
+        id=str(uuid.uuid4()), at=datetime.now(UTC), service="writer", error_code="WriterFailure",
+        reason=f"{type(exc).__name__}: {exc}", app=command.app, object_type=command.object_type,
+        recommended_action="A bug in scimflow's writer: report it with this record; the "
+                           "object is retried at the next full scan.",
+        source_id=command.source_id, change_id=command.change_id, cycle_id=command.cycle_id,
+    )

@@ -103,7 +103,13 @@ def test_kill_9_writer_mid_sync_ends_with_exactly_2000_users(pipeline_factory: F
     midway = p.scim.count()
     assert midway < 2000, "the sync finished before the kill; the test proves nothing"
     p.sup.start_one("writer")
-    p.wait_for("2000 users", lambda: p.scim.count() >= 2000, timeout=300)
+    try:
+        p.wait_for("2000 users", lambda: p.scim.count() >= 2000, timeout=150)
+    except AssertionError:
+        have = {u["userName"] for u in p.scim.users()}
+        missing = [u["id"] for u in users if u["userPrincipalName"] not in have]
+        seen = [(a.source_id, a.action, a.status, a.reason) for a in p.activity() if a.source_id in missing]
+        raise AssertionError(f"missing {missing}; their activity: {seen}; errors: {p.errors()}") from None
     names = Counter(u["userName"] for u in p.scim.users())
     assert len(names) == 2000
     assert max(names.values()) == 1, "duplicates in the target"
@@ -172,3 +178,45 @@ def test_expression_mappings_land_as_evaluated(pipeline_factory: Factory) -> Non
     for record in (a for a in p.activity() if a.action == "create"):
         locale = [m for m in record.modified_properties if m.name == "locale"]
         assert [m.new_value for m in locale] == ["[Redact]"], "Redact() values must not reach the log"
+
+
+def _frames(p: Pipeline, cycle_id: str, *, complete: bool) -> None:
+    """Write a scan's frames by hand, as an ingest that died mid-scan (or not) would."""
+    from datetime import UTC, datetime
+
+    from schemas import CycleMarker
+    from schemas.codecs import encode
+
+    producer = plain_producer(p.bootstrap)
+    for phase in ("start", "end"):
+        frame = CycleMarker(source="hr", cycle_id=cycle_id, phase=phase, total=0,
+                            complete=complete, at=datetime.now(UTC))
+        for partition in range(p.topics.partitions):
+            producer.send(p.topics.changes, key=cycle_id.encode(), value=encode(frame),
+                          partition=partition)
+    producer.flush()
+    producer.close()
+
+
+def test_full_scan_missing_3_users_removes_exactly_those_3(pipeline_factory: Factory) -> None:
+    users = [user(i) for i in range(10)]
+    p = pipeline_factory(users)
+    p.wait_for("initial sync", lambda: p.scim.count() == 10)
+    p.sup.stop_one("ingest")
+    # An interrupted scan that mentioned nobody must remove nobody.
+    _frames(p, "interrupted-scan", complete=False)
+    log = p.dir / "logs" / "writer.log"
+    p.wait_for("the writer to discard the interrupted scan",
+               lambda: log.read_text().count("the scan was interrupted") >= p.topics.partitions)
+    assert p.scim.count() == 10
+    assert all(u["active"] for u in p.scim.users())
+    # Three users vanish while ingest is down: no delete events, only the next full scan.
+    gone = {"u00002", "u00005", "u00007"}
+    p.write_directory([u for u in users if u["id"] not in gone])
+    p.sup.start_one("ingest")
+    p.wait_for("3 deletions", lambda: p.scim.count() == 7)
+    deletes = [a for a in p.activity() if a.action == "delete"]
+    assert {a.source_id for a in deletes} == gone
+    assert all("absent from the completed full scan" in (a.reason or "") for a in deletes)
+    assert all(u["active"] for u in p.scim.users())
+    assert set(p.scim.by_username()) == {u["userPrincipalName"] for u in users if u["id"] not in gone}

@@ -1,0 +1,82 @@
+"""Full-scan bookkeeping for one writer: which managed objects a completed scan did not see.
+
+A scan of the source is framed by start/end markers that reach every commands partition
+once per changes partition. On one commands partition a scan is *complete* when the end
+marker of every changes partition has arrived, every one of them says the scan ran to the
+end, and this writer also saw every start marker (so it saw every command in between).
+Only then may objects it manages that the scan did not mention be treated as deleted in
+the source. Anything less (an interrupted scan, a writer restarted mid-scan) sweeps
+nothing. Pure; no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from schemas import CycleMarker
+
+__all__ = ["CycleTracker", "FinishedScan"]
+
+
+@dataclass
+class _Scan:
+    started: datetime
+    expected: int
+    starts: set[int] = field(default_factory=set)
+    ends: set[int] = field(default_factory=set)
+    complete: bool = True
+    seen: set[bytes] = field(default_factory=set)
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedScan:
+    app: str
+    source: str
+    cycle_id: str
+    partition: int
+    started: datetime
+    sweep: bool
+    """True only for a complete scan this writer saw from its first frame."""
+    reason: str
+    seen: frozenset[bytes]
+
+
+class CycleTracker:
+    def __init__(self) -> None:
+        self._scans: dict[tuple[int, str, str], _Scan] = {}
+
+    def saw(self, partition: int, app: str, cycle_id: str | None, key: bytes) -> None:
+        """Note that a scan mentioned the object ``key`` (commands of a scan carry its id)."""
+        if cycle_id is not None:
+            scan = self._scans.get((partition, app, cycle_id))
+            if scan is not None:
+                scan.seen.add(key)
+
+    def on_marker(self, partition: int, marker: CycleMarker) -> FinishedScan | None:
+        """Record a frame; returns the finished scan when its last end frame arrives."""
+        if marker.app is None or marker.origin_partition is None or not marker.origin_partitions:
+            return None
+        slot = (partition, marker.app, marker.cycle_id)
+        scan = self._scans.setdefault(slot, _Scan(marker.at, marker.origin_partitions))
+        scan.started = min(scan.started, marker.at)
+        if marker.phase == "start":
+            scan.starts.add(marker.origin_partition)
+            return None
+        scan.ends.add(marker.origin_partition)
+        scan.complete = scan.complete and marker.complete
+        if len(scan.ends) < scan.expected:
+            return None
+        del self._scans[slot]
+        return self._finish(partition, marker, scan)
+
+    def _finish(self, partition: int, marker: CycleMarker, scan: _Scan) -> FinishedScan:
+        if not scan.complete:
+            reason = "the scan was interrupted"
+        elif len(scan.starts) < scan.expected:
+            reason = "this writer did not see the scan from its start"
+        else:
+            reason = "complete"
+        return FinishedScan(app=marker.app or "", source=marker.source, cycle_id=marker.cycle_id,
+                            partition=partition, started=scan.started, sweep=reason == "complete",
+                            reason=reason, seen=frozenset(scan.seen))
