@@ -137,22 +137,22 @@ def _every(holds: Callable[[object], bool]) -> Test:
 
 # ------------------------------------------------------------- operands, at load time
 
-class _BadValue(Exception):
+class _ClauseError(Exception):
     """The clause's value does not suit its operator (wrapped into ScopingError)."""
 
 
 def _no_value(name: str, value: str | None) -> None:
     if value not in (None, ""):
-        raise _BadValue(f"{name} takes no value, got {_quote(value)}")
+        raise _ClauseError(f"{name} takes no value, got {_quote(value)}")
 
 
 def _text_value(name: str, value: str | None) -> str:
     if value is None:
-        raise _BadValue(f"{name} needs a value")
+        raise _ClauseError(f"{name} needs a value")
     if not isinstance(value, str):
-        raise _BadValue(f"{name} needs a text value, got {type(value).__name__}")
+        raise _ClauseError(f"{name} needs a text value, got {type(value).__name__}")
     if not value:
-        raise _BadValue(f"{name} needs a non-empty value (an empty attribute is tested with IS NULL)")
+        raise _ClauseError(f"{name} needs a non-empty value (an empty attribute is tested with IS NULL)")
     return value
 
 
@@ -161,7 +161,7 @@ def _regex_value(name: str, value: str | None) -> re.Pattern[str]:
     try:
         return re.compile(text)
     except re.error as exc:
-        raise _BadValue(f"invalid regular expression {_quote(text)}: {exc}") from None
+        raise _ClauseError(f"invalid regular expression {_quote(text)}: {exc}") from None
 
 
 def _integer_value(name: str, value: str | None) -> int:
@@ -169,7 +169,7 @@ def _integer_value(name: str, value: str | None) -> int:
         return value
     number = _integer(_text_value(name, value))
     if number is None:
-        raise _BadValue(f"{name} needs an integer value, got {_quote(value)}")
+        raise _ClauseError(f"{name} needs an integer value, got {_quote(value)}")
     return number
 
 
@@ -178,7 +178,7 @@ def _integer_value(name: str, value: str | None) -> int:
 @dataclass(frozen=True, slots=True)
 class _Operator:
     name: str                                    # Microsoft's spelling, shown in reasons
-    build: Callable[[str, str | None], Test]     # (name, clause value) -> test; may raise _BadValue
+    build: Callable[[str, str | None], Test]     # (name, clause value) -> test; may raise _ClauseError
     show_value: Callable[[str | None], str]      # the clause's value as shown in reasons
     expects: str | None = None                   # what each value must be, when it's not any text
     accepts: Callable[[object], bool] | None = None
@@ -298,7 +298,7 @@ def _resolve(name: str) -> _Operator:
         return found
     close = difflib.get_close_matches(_operator_key(str(name)), _REGISTRY, n=1)
     hint = f' (did you mean "{_REGISTRY[close[0]].name}"?)' if close else ""
-    raise _BadValue(f"unknown operator {_quote(name)}{hint}; expected one of: {', '.join(OPERATORS)}")
+    raise _ClauseError(f"unknown operator {_quote(name)}{hint}; expected one of: {', '.join(OPERATORS)}")
 
 
 # ------------------------------------------------------------------ compiled filters
@@ -395,17 +395,21 @@ def _compile_filter(index: int, clauses: Sequence[Clause], name: str) -> _Compil
 
 def _compile_clause(filter_index: int, clause_index: int, clause: Clause) -> _CompiledClause:
     try:
-        if not isinstance(clause.attribute, str) or not clause.attribute.strip():
-            raise _BadValue(f"expected an attribute name, got {_quote(clause.attribute)}")
+        _check_attribute(clause.attribute)
         op = _resolve(clause.operator)
         test = op.build(op.name, clause.value)
-    except _BadValue as exc:
+    except _ClauseError as exc:
         where = f"scoping filter {filter_index}, clause {clause_index}"
         subject = f"{clause.attribute} {clause.operator}".strip()
         raise ScopingError(f"{where} ({subject}): {exc}", filter_index=filter_index,
                            clause_index=clause_index) from None
     shown = f"{clause.attribute} {op.name}{op.show_value(clause.value)}"
     return _CompiledClause(clause.attribute, clause.attribute.casefold(), test, op, shown)
+
+
+def _check_attribute(name: str) -> None:
+    if not isinstance(name, str) or not name.strip():
+        raise _ClauseError(f"expected an attribute name, got {_quote(name)}")
 
 
 # --------------------------------------------------------------------------- reasons
