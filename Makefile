@@ -8,21 +8,33 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: run test lint bench deps system-deps kafka schemas clean
+.PHONY: run test lint bench deps system-deps ldap-deps kafka schemas clean
 
 deps: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml | ldap-deps
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-# A JDK (>= 17) and Maven run the real Apache Kafka broker; installed only if missing.
+# A JDK (>= 17) and Maven run the real Apache Kafka broker; promtool (Debian package
+# prometheus) checks the alert rules and /metrics output. Installed only if missing.
 system-deps:
 	@if ! command -v java >/dev/null || ! command -v mvn >/dev/null; then \
 	  echo "installing Java and Maven from Debian packages"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jdk-headless maven; \
+	fi
+	@if ! command -v promtool >/dev/null; then \
+	  echo "installing promtool (Debian package prometheus)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
+	fi
+
+# OpenLDAP: headers to build python-ldap (no wheels on PyPI), slapd + ldap-utils for the LDAP tests.
+ldap-deps:
+	@if ! test -x /usr/sbin/slapd || ! test -f /usr/include/ldap.h || ! test -f /usr/include/sasl/sasl.h; then \
+	  echo "installing OpenLDAP (slapd, ldap-utils, headers) from Debian packages"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slapd ldap-utils libldap2-dev libsasl2-dev build-essential; \
 	fi
 
 kafka: deps system-deps

@@ -1,0 +1,662 @@
+"""deploy/, the Dockerfile and the metric names they rely on, checked without a cluster.
+
+- Prometheus: ``promtool check rules`` and ``promtool test rules`` on the alert rules;
+  every metric an alert or a dashboard panel queries is one scimflow exports.
+- Kubernetes: the kustomizations are rendered by a small renderer below (the subset of
+  kustomize they use: resources, namespace, images, replicas, configMapGenerator,
+  strategic-merge patches; it refuses any other field, so it cannot silently skip one),
+  and every rendered object is validated against the Kubernetes OpenAPI schemas shipped in
+  ``kubernetes-validate`` (strict: unknown fields fail). prometheus-operator objects
+  (ServiceMonitor, PrometheusRule) are not in those schemas and are checked structurally.
+  On top of the schemas: the wiring between objects (selectors, ports, ConfigMaps, Secret
+  references, HPA vs partitions), the restricted Pod Security profile, and the config the
+  ConfigMap carries passes ``scimflow validate``.
+- Dockerfile: no engine here, so its structure is linted (stages, non-root user, entry
+  point, no remote ADD, no secrets) along with the .dockerignore allow-list.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate  # type: ignore[import-untyped, unused-ignore]
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from services.runtime.config import load_config
+from services.runtime.metrics import METRIC_NAMES
+from services.runtime.settings import load_settings
+from services.runtime.topics import Topics
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+ALERTS = DEPLOY / "prometheus" / "alerts.yaml"
+ALERT_TESTS = DEPLOY / "prometheus" / "alerts_test.yaml"
+DASHBOARD = DEPLOY / "grafana" / "scimflow.json"
+BASE = DEPLOY / "k8s" / "base"
+OVERLAY = DEPLOY / "k8s" / "overlays" / "example"
+SERVICES = ("ingest", "mapper", "writer")
+# Oldest Kubernetes minor we support, and the newest the schemas know.
+K8S_VERSIONS = ("1.28", kubernetes_validate.utils.latest_version())
+
+Resource = dict[str, Any]
+
+
+# --- PromQL: which metrics does an expression read? -------------------------------------
+
+_STRINGS = re.compile(r'"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])*\'|`[^`]*`')
+_GRAFANA_VARS = re.compile(r"\$\{[^}]*\}|\$\w+")
+_MATCHERS = re.compile(r"\{[^{}]*\}")
+_RANGES = re.compile(r"\[[^\[\]]*\]")
+_OFFSET_AT = re.compile(r"\b(?:offset\s+-?[0-9a-zA-Z_]+|@\s*[0-9.]+)")
+_GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^()]*\)")
+_IDENTIFIER = re.compile(r"(?<![\w.:])[A-Za-z_:][A-Za-z0-9_:]*")
+_KEYWORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right",
+             "bool", "offset", "inf", "nan"}
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression selects (functions, labels, durations removed)."""
+    text = _STRINGS.sub('""', expr)          # first: strings may hold braces or parentheses
+    text = _GRAFANA_VARS.sub("", text)
+    text = _MATCHERS.sub("", text)
+    text = _RANGES.sub("", text)
+    text = _OFFSET_AT.sub("", text)
+    text = _GROUPING.sub("", text)
+    names = set()
+    for match in _IDENTIFIER.finditer(text):
+        name = match.group()
+        if text[match.end():].lstrip().startswith("("):
+            continue  # a function or aggregation call
+        if name.lower() not in _KEYWORDS:
+            names.add(name)
+    return names
+
+
+@pytest.mark.parametrize(("expr", "expected"), [
+    ("scimflow_staged_deletes > 0", {"scimflow_staged_deletes"}),
+    ('sum by (app, le) (rate(a_bucket{app=~"x|y", q="}(by"}[$__rate_interval] offset 1h))', {"a_bucket"}),
+    ("histogram_quantile(0.95, sum(rate(b_bucket[5m])) by (le)) > 1e3", {"b_bucket"}),
+    ("rate(c_total[5m]) * on (job, instance) group_left (version) d_info", {"c_total", "d_info"}),
+    ("time() - max without (pod) (e_seconds{source=~\"${source}\"}) > bool 2 * 600", {"e_seconds"}),
+    ("f unless g or ignoring(x) h_total @ 1700000000", {"f", "g", "h_total"}),
+    ("max_over_time(i[1h:5m]) and sum by(app)(j)", {"i", "j"}),
+])
+def test_metric_names_parser(expr: str, expected: set[str]) -> None:
+    assert metric_names(expr) == expected
+
+
+def _unknown_metrics(expr: str) -> set[str]:
+    names = metric_names(expr)
+    assert names, f"no metric found in {expr!r}"
+    return names - METRIC_NAMES
+
+
+def _promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.skip("promtool not installed (Debian package `prometheus`; `make system-deps` installs it)")
+    return path
+
+
+def _run(*argv: str, cwd: Path | None = None) -> None:
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False, cwd=cwd)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- Prometheus alert rules --------------------------------------------------------------
+
+
+def _alerts() -> list[dict[str, Any]]:
+    return [rule for group in yaml.safe_load(ALERTS.read_text())["groups"] for rule in group["rules"]]
+
+
+def test_promtool_check_rules() -> None:
+    _run(_promtool(), "check", "rules", str(ALERTS))
+
+
+def test_promtool_test_rules() -> None:
+    _run(_promtool(), "test", "rules", ALERT_TESTS.name, cwd=ALERT_TESTS.parent)
+
+
+def test_required_alerts_exist_with_severity_and_runbook() -> None:
+    alerts = {rule["alert"]: rule for rule in _alerts()}
+    assert {"ScimflowAppQuarantined", "ScimflowErrorRateHigh", "ScimflowEscrowGrowing",
+            "ScimflowStagedDeletesWaiting", "ScimflowNoSuccessfulCycle", "ScimflowConsumerLagGrowing",
+            "ScimflowTargetLatencyHigh"} <= set(alerts)
+    for name, rule in alerts.items():
+        assert rule["labels"]["severity"] in {"critical", "warning"}, name
+        assert rule["annotations"]["summary"], name
+        assert len(rule["annotations"]["description"]) > 100, f"{name}: say what to do"
+
+
+def test_every_alert_is_unit_tested_firing_and_quiet() -> None:
+    cases = [case for test in yaml.safe_load(ALERT_TESTS.read_text())["tests"]
+             for case in test["alert_rule_test"]]
+    for rule in _alerts():
+        mine = [c for c in cases if c["alertname"] == rule["alert"]]
+        assert any(c["exp_alerts"] for c in mine), f"{rule['alert']}: no firing case"
+        assert any(not c["exp_alerts"] for c in mine), f"{rule['alert']}: no quiet case"
+
+
+def test_alerts_query_only_exported_metrics() -> None:
+    for rule in _alerts():
+        assert not _unknown_metrics(rule["expr"]), rule["alert"]
+
+
+def test_no_successful_cycle_waits_two_default_intervals() -> None:
+    rule = next(r for r in _alerts() if r["alert"] == "ScimflowNoSuccessfulCycle")
+    config = load_config(BASE / "config" / "scimflow.yaml", resolve_secrets=False)
+    interval = max(s.full_scan_interval for s in config.config.sources)
+    assert f"> {2 * interval:.0f}" in rule["expr"]
+
+
+# --- Grafana dashboard -------------------------------------------------------------------
+
+
+def _dashboard() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(DASHBOARD.read_text())
+    return data
+
+
+def _panels() -> list[dict[str, Any]]:
+    out = []
+    for panel in _dashboard()["panels"]:
+        out.extend([panel, *panel.get("panels", [])])
+    return [p for p in out if p["type"] != "row"]
+
+
+def _panel_exprs() -> Iterator[tuple[str, str]]:
+    for panel in _panels():
+        for target in panel["targets"]:
+            yield panel["title"], target["expr"]
+
+
+def test_dashboard_is_importable_as_is() -> None:
+    dash = _dashboard()
+    assert dash["schemaVersion"] >= 39
+    assert dash["uid"] and dash["title"] and dash.get("id") is None
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    assert variables["app"]["query"]["query"] == "label_values(scimflow_managed_objects, app)"
+    for panel in _panels():
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == "${datasource}", panel["title"]
+    ids = [p["id"] for p in _dashboard()["panels"]]
+    assert len(ids) == len(set(ids))
+
+
+def test_dashboard_panels_do_not_overlap() -> None:
+    boxes = [(p["title"], p["gridPos"]) for p in _dashboard()["panels"]]
+    for i, (a_title, a) in enumerate(boxes):
+        assert a["x"] + a["w"] <= 24, a_title
+        for b_title, b in boxes[i + 1:]:
+            apart = (a["x"] + a["w"] <= b["x"] or b["x"] + b["w"] <= a["x"]
+                     or a["y"] + a["h"] <= b["y"] or b["y"] + b["h"] <= a["y"])
+            assert apart, f"{a_title} overlaps {b_title}"
+
+
+def test_dashboard_queries_only_exported_metrics() -> None:
+    for title, expr in _panel_exprs():
+        assert not _unknown_metrics(expr), title
+
+
+def test_dashboard_shows_every_scimflow_metric() -> None:
+    used = set().union(*(metric_names(e) for _, e in _panel_exprs()))
+    for name in METRIC_NAMES:
+        family = re.sub(r"_(bucket|count|sum)$", "", name)
+        siblings = {family + s for s in ("_bucket", "_count", "_sum")} if family != name else {name}
+        if name.startswith("scimflow_"):
+            assert used & siblings, f"no panel shows {name}"
+
+
+def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
+    promtool = _promtool()
+    substitutions = {"$__rate_interval": "5m", "${source}": ".*", "$source": ".*", "$app": ".*"}
+    rules = []
+    for i, (_, expr) in enumerate(_panel_exprs()):
+        concrete = expr
+        for var, value in substitutions.items():
+            concrete = concrete.replace(var, value)
+        rules.append({"record": f"dashboard:panel_{i}", "expr": concrete})
+    path = tmp_path / "dashboard.rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    _run(promtool, "check", "rules", str(path))
+
+
+# --- Kubernetes: a small kustomize ---------------------------------------------------------
+
+_KUSTOMIZE_FIELDS = {"apiVersion", "kind", "resources", "namespace", "images", "replicas",
+                     "configMapGenerator", "patches"}
+_CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
+
+
+def render(directory: Path) -> list[Resource]:
+    """``kustomize build`` for the subset our kustomizations use (no name hash suffixes)."""
+    spec = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    assert set(spec) <= _KUSTOMIZE_FIELDS, f"renderer does not know {set(spec) - _KUSTOMIZE_FIELDS}"
+    resources: list[Resource] = []
+    for entry in spec.get("resources", []):
+        path = directory / entry
+        if path.is_dir():
+            resources += render(path)
+        else:
+            resources += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    for generator in spec.get("configMapGenerator", []):
+        _generate_config_map(directory, generator, resources)
+    for patch in spec.get("patches", []):
+        assert set(patch) == {"path"}, "only file patches (strategic merge) are supported"
+        doc = yaml.safe_load((directory / patch["path"]).read_text())
+        _merge(_find(resources, doc["kind"], doc["metadata"]["name"]), doc)
+    for replicas in spec.get("replicas", []):
+        _find(resources, "Deployment", replicas["name"])["spec"]["replicas"] = replicas["count"]
+    for image in spec.get("images", []):
+        for container in _containers(resources):
+            if container["image"].split(":")[0] == image["name"]:
+                container["image"] = f"{image['newName']}:{image['newTag']}"
+    if "namespace" in spec:
+        for resource in resources:
+            if resource["kind"] not in _CLUSTER_SCOPED:
+                resource["metadata"]["namespace"] = spec["namespace"]
+    return resources
+
+
+def _generate_config_map(directory: Path, generator: dict[str, Any], resources: list[Resource]) -> None:
+    data: dict[str, str] = {}
+    for file in generator.get("files", []):
+        key, _, source = file.rpartition("=")
+        data[key or Path(source).name] = (directory / source).read_text()
+    for literal in generator.get("literals", []):
+        key, _, value = literal.partition("=")
+        data[key] = value
+    if generator.get("behavior", "create") == "merge":
+        _find(resources, "ConfigMap", generator["name"])["data"].update(data)
+    else:
+        names = {r["metadata"]["name"] for r in resources if r["kind"] == "ConfigMap"}
+        assert generator["name"] not in names, f"ConfigMap {generator['name']} generated twice"
+        resources.append({"apiVersion": "v1", "kind": "ConfigMap",
+                          "metadata": {"name": generator["name"]}, "data": data})
+
+
+def _merge(target: Any, patch: Any) -> None:
+    """Strategic merge: maps merge, lists of named maps merge by name, other lists replace."""
+    for key, value in patch.items():
+        current = target.get(key)
+        if isinstance(value, dict) and isinstance(current, dict):
+            _merge(current, value)
+        elif isinstance(value, list) and isinstance(current, list) and _named(value) and _named(current):
+            by_name = {item["name"]: item for item in current}
+            for item in value:
+                if item["name"] in by_name:
+                    _merge(by_name[item["name"]], item)
+                else:
+                    current.append(item)
+        else:
+            target[key] = copy.deepcopy(value)
+
+
+def _named(items: list[Any]) -> bool:
+    return all(isinstance(i, dict) and "name" in i for i in items)
+
+
+def _find(resources: list[Resource], kind: str, name: str) -> Resource:
+    found = [r for r in resources if r["kind"] == kind and r["metadata"]["name"] == name]
+    assert len(found) == 1, f"{kind}/{name}: {len(found)} found"
+    return found[0]
+
+
+def _pod(resources: list[Resource], service: str) -> dict[str, Any]:
+    """The pod spec of a worker's Deployment."""
+    spec: dict[str, Any] = _find(resources, "Deployment", f"scimflow-{service}")["spec"]["template"]["spec"]
+    return spec
+
+
+def _pod_specs(resources: list[Resource]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for r in resources:
+        if r["kind"] in {"Deployment", "Job"}:
+            yield f"{r['kind']}/{r['metadata']['name']}", r["spec"]["template"]["spec"]
+
+
+def _containers(resources: list[Resource]) -> Iterator[dict[str, Any]]:
+    for _, pod in _pod_specs(resources):
+        yield from pod["containers"]
+
+
+@pytest.fixture(scope="module")
+def base() -> list[Resource]:
+    return render(BASE)
+
+
+@pytest.fixture(scope="module")
+def overlay() -> list[Resource]:
+    return render(OVERLAY)
+
+
+@pytest.fixture(params=["base", "overlay"])
+def rendered(request: pytest.FixtureRequest) -> list[Resource]:
+    resources: list[Resource] = request.getfixturevalue(request.param)
+    return resources
+
+
+def test_renderer_applies_the_overlay(base: list[Resource], overlay: list[Resource]) -> None:
+    assert _find(overlay, "Namespace", "identity")
+    assert all(r["metadata"].get("namespace") == "identity" for r in overlay if r["kind"] != "Namespace")
+    assert all(c["image"] == "registry.example.com/platform/scimflow:0.1.0" for c in _containers(overlay))
+    assert _find(overlay, "Deployment", "scimflow-mapper")["spec"]["replicas"] == 3
+
+    def writer_resources(rs: list[Resource]) -> Any:
+        return _pod(rs, "writer")["containers"][0]["resources"]
+
+    assert writer_resources(overlay) != writer_resources(base)
+    assert writer_resources(overlay)["limits"]["memory"] == "2Gi"
+    settings = _find(overlay, "ConfigMap", "scimflow-settings")["data"]
+    assert settings["SCIMFLOW_PARTITIONS"] == "12"
+    assert settings["SCIMFLOW_METRICS_PORT"] == "9100"  # merged, not replaced
+
+
+def test_manifests_match_the_kubernetes_schemas(rendered: list[Resource]) -> None:
+    checked = 0
+    for resource in rendered:
+        if resource["apiVersion"].startswith("monitoring.coreos.com/"):
+            continue  # CRDs: structural tests below
+        for version in K8S_VERSIONS:
+            try:
+                kubernetes_validate.validate(resource, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                where = ".".join(str(p) for p in exc.path)
+                pytest.fail(f"{resource['kind']}/{resource['metadata']['name']} (k8s {version}): "
+                            f"{where}: {exc.message}")
+        checked += 1
+    assert checked >= 14  # all but the two prometheus-operator kinds
+
+
+def test_each_service_has_its_objects(rendered: list[Resource]) -> None:
+    kinds = {(r["kind"], r["metadata"]["name"]) for r in rendered}
+    for svc in SERVICES:
+        for kind in ("Deployment", "Service", "ServiceMonitor", "PodDisruptionBudget"):
+            assert (kind, f"scimflow-{svc}") in kinds
+    assert ("HorizontalPodAutoscaler", "scimflow-writer") in kinds
+    assert ("Job", "scimflow-topics") in kinds
+    assert ("PrometheusRule", "scimflow") in kinds
+
+
+def test_workers_run_their_command_and_probe_metrics(rendered: list[Resource]) -> None:
+    settings = load_settings(environ=_find(rendered, "ConfigMap", "scimflow-settings")["data"])
+    for svc in SERVICES:
+        pod = _pod(rendered, svc)
+        (container,) = pod["containers"]
+        assert container["command"] + container["args"] == [
+            "scimflow", svc, "--config", "/etc/scimflow/scimflow.yaml"]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports["metrics"] == settings.metrics_port == 9100
+        for probe in ("livenessProbe", "readinessProbe"):
+            assert container[probe]["httpGet"] == {"path": "/metrics", "port": "metrics"}, (svc, probe)
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes[mounts["/etc/scimflow"]]["configMap"]["name"] == "scimflow-config"
+        assert "emptyDir" in volumes[mounts[settings.data_dir]]
+        assert container["envFrom"] == [{"configMapRef": {"name": "scimflow-settings"}}]
+
+
+def test_ingest_is_a_single_replica(rendered: list[Resource]) -> None:
+    ingest = _find(rendered, "Deployment", "scimflow-ingest")["spec"]
+    assert ingest["replicas"] == 1
+    assert ingest["strategy"]["type"] == "Recreate"
+
+
+def test_pods_meet_the_restricted_security_profile(rendered: list[Resource]) -> None:
+    for name, pod in _pod_specs(rendered):
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["securityContext"]["runAsUser"] == 10001, name
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert pod["automountServiceAccountToken"] is False, name
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        for volume in volumes.values():
+            assert set(volume) - {"name"} <= {"configMap", "emptyDir", "secret", "projected"}, name
+        for c in pod["containers"]:
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False, name
+            assert sc["readOnlyRootFilesystem"] is True, name
+            assert sc["capabilities"] == {"drop": ["ALL"]}, name
+            for kind in ("requests", "limits"):
+                assert set(c["resources"][kind]) == {"cpu", "memory"}, (name, kind)
+            tmp = next(m for m in c["volumeMounts"] if m["mountPath"] == "/tmp")  # noqa: S108
+            assert "emptyDir" in volumes[tmp["name"]], name
+
+
+def test_credentials_come_from_secrets_only(rendered: list[Resource], tmp_path: Path) -> None:
+    assert not [r for r in rendered if r["kind"] == "Secret"], "never ship a Secret with a value"
+    config = _write_config(rendered, tmp_path)
+    refs = {a.target.token.removeprefix("env:")
+            for a in load_config(config, resolve_secrets=False).config.applications}
+    assert refs
+    for svc in SERVICES:
+        (container,) = _pod(rendered, svc)["containers"]
+        env = {e["name"]: e for e in container["env"]}
+        for name in refs:
+            assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "scimflow-credentials", (svc, name)
+        assert all("value" not in e for e in env.values()), f"{svc}: plain env values belong in settings"
+
+
+def _write_config(rendered: list[Resource], tmp_path: Path) -> Path:
+    for key, text in _find(rendered, "ConfigMap", "scimflow-config")["data"].items():
+        (tmp_path / key).write_text(text)
+    return tmp_path / "scimflow.yaml"
+
+
+def test_configmap_config_passes_scimflow_validate(rendered: list[Resource], tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.cli import cli
+
+    monkeypatch.setenv("CRM_SCIM_TOKEN", "not-a-real-token")
+    result = CliRunner().invoke(cli, ["validate", str(_write_config(rendered, tmp_path))])
+    assert result.exit_code == 0, result.output
+    assert "OK (1 applications: crm; 1 sources)" in " ".join(result.output.split())
+
+
+def test_settings_configmap_is_valid_settings(rendered: list[Resource]) -> None:
+    data = _find(rendered, "ConfigMap", "scimflow-settings")["data"]
+    fields = {"SCIMFLOW_" + f.upper() for f in load_settings().__struct_fields__}
+    assert set(data) <= fields, f"unknown settings {set(data) - fields}"
+    settings = load_settings(environ=data)
+    assert settings.kafka_bootstrap
+    assert settings.log_format == "json"
+
+
+def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def test_selectors_wire_services_monitors_and_budgets(rendered: list[Resource]) -> None:
+    for svc in SERVICES:
+        deployment = _find(rendered, "Deployment", f"scimflow-{svc}")
+        pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert _matches(deployment["spec"]["selector"]["matchLabels"], pod_labels)
+        others = [_find(rendered, "Deployment", f"scimflow-{o}") for o in SERVICES if o != svc]
+        service = _find(rendered, "Service", f"scimflow-{svc}")
+        assert _matches(service["spec"]["selector"], pod_labels)
+        assert not any(_matches(service["spec"]["selector"], o["spec"]["template"]["metadata"]["labels"])
+                       for o in others), f"{svc}: the Service selects other workers' pods"
+        assert service["spec"]["ports"] == [{"name": "metrics", "port": 9100, "targetPort": "metrics",
+                                             "protocol": "TCP"}]
+        pdb = _find(rendered, "PodDisruptionBudget", f"scimflow-{svc}")
+        assert _matches(pdb["spec"]["selector"]["matchLabels"], pod_labels)
+        assert pdb["spec"]["maxUnavailable"] == 1
+
+
+def test_service_monitors_are_well_formed(rendered: list[Resource]) -> None:
+    services = [r for r in rendered if r["kind"] == "Service"]
+    monitors = [r for r in rendered if r["kind"] == "ServiceMonitor"]
+    assert len(monitors) == len(SERVICES)
+    for monitor in monitors:
+        assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+        assert set(monitor) <= {"apiVersion", "kind", "metadata", "spec"}
+        spec = monitor["spec"]
+        assert set(spec) <= {"selector", "endpoints", "namespaceSelector", "jobLabel", "targetLabels"}
+        selector = spec["selector"]["matchLabels"]
+        (service,) = [s for s in services if _matches(selector, s["metadata"]["labels"])]
+        ports = {p["name"] for p in service["spec"]["ports"]}
+        assert spec["endpoints"]
+        for endpoint in spec["endpoints"]:
+            assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout"}
+            assert endpoint["port"] in ports
+            assert endpoint["path"] == "/metrics"
+            assert re.fullmatch(r"\d+[smh]", endpoint["interval"])
+            assert re.fullmatch(r"\d+[smh]", endpoint["scrapeTimeout"])
+
+
+def test_prometheus_rule_is_alerts_yaml(rendered: list[Resource]) -> None:
+    rule = _find(rendered, "PrometheusRule", "scimflow")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert set(rule["spec"]) == {"groups"}
+    assert rule["spec"]["groups"] == yaml.safe_load(ALERTS.read_text())["groups"], (
+        "deploy/k8s/base/prometheusrule.yaml drifted from deploy/prometheus/alerts.yaml")
+
+
+def test_writer_autoscaler_stays_within_the_partitions(rendered: list[Resource]) -> None:
+    hpa = _find(rendered, "HorizontalPodAutoscaler", "scimflow-writer")["spec"]
+    partitions = load_settings(environ=_find(rendered, "ConfigMap", "scimflow-settings")["data"]).partitions
+    assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "scimflow-writer"}
+    assert 1 <= hpa["minReplicas"] <= hpa["maxReplicas"] <= partitions
+    # The HPA owns the writer's replica count; a replicas field would fight it on apply.
+    assert "replicas" not in _find(rendered, "Deployment", "scimflow-writer")["spec"]
+    for svc in ("ingest", "mapper"):
+        assert _find(rendered, "Deployment", f"scimflow-{svc}")["spec"]["replicas"] <= partitions
+
+
+def test_topics_job_creates_every_topic(base: list[Resource], monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from services.runtime import kafka
+
+    (container,) = _find(base, "Job", "scimflow-topics")["spec"]["template"]["spec"]["containers"]
+    assert container["envFrom"] == [{"configMapRef": {"name": "scimflow-settings"}}]
+    python, flag, script = container["command"]
+    assert (python, flag) == ("python", "-c")
+    settings = _find(base, "ConfigMap", "scimflow-settings")["data"]
+    for key, value in settings.items():
+        monkeypatch.setenv(key, value)
+    calls: dict[str, Any] = {}
+    monkeypatch.setattr(kafka, "wait_until_ready",
+                        lambda bootstrap, timeout: calls.update(ready=bootstrap))
+
+    def create_topics(bootstrap: str, specs: Any) -> list[str]:
+        calls.update(bootstrap=bootstrap, specs=list(specs))
+        return [calls["specs"][0].name]
+
+    monkeypatch.setattr(kafka, "create_topics", create_topics)
+    exec(compile(script, "topics-job.yaml", "exec"), {"__name__": "__main__"})  # noqa: S102 - our own manifest
+    expected = Topics(settings["SCIMFLOW_TOPIC_PREFIX"], int(settings["SCIMFLOW_PARTITIONS"])).specs()
+    assert calls["ready"] == calls["bootstrap"] == settings["SCIMFLOW_KAFKA_BOOTSTRAP"]
+    assert calls["specs"] == expected
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith(f"created  {expected[0].name}")
+    assert printed[1].startswith(f"exists   {expected[1].name}")
+    assert len(printed) == len(expected)
+
+
+# --- Dockerfile --------------------------------------------------------------------------
+
+
+def _instructions() -> list[tuple[str, str]]:
+    text = (ROOT / "Dockerfile").read_text()
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    joined = re.sub(r"\\\n", " ", "\n".join(lines))
+    out = []
+    for line in joined.splitlines():
+        if line.strip():
+            instruction, _, args = line.strip().partition(" ")
+            out.append((instruction.upper(), args.strip()))
+    return out
+
+
+def _stages() -> list[list[tuple[str, str]]]:
+    stages: list[list[tuple[str, str]]] = []
+    for instruction, args in _instructions():
+        if instruction == "FROM":
+            stages.append([])
+        if stages:
+            stages[-1].append((instruction, args))
+    return stages
+
+
+def test_dockerfile_builds_in_one_stage_and_runs_in_another() -> None:
+    stages = _stages()
+    assert len(stages) >= 2
+    final = stages[-1]
+    assert any(i == "COPY" and a.startswith("--from=builder ") for i, a in final)
+    assert not any(i == "RUN" and re.search(r"pip install|apt-get install", a) for i, a in final), (
+        "install in the builder, copy the result")
+    defaults = dict(a.split("=", 1) for i, a in _instructions() if i == "ARG" and "=" in a)
+    for _, args in (stage[0] for stage in stages):
+        image = args.split()[0]
+        image = re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], image)
+        assert re.fullmatch(r"[\w./-]+:[\w.-]+(@sha256:[0-9a-f]{64})?", image), image
+        assert not image.endswith(":latest"), image
+
+
+def test_dockerfile_runs_as_non_root_scimflow() -> None:
+    final = _stages()[-1]
+    users = [a for i, a in final if i == "USER"]
+    assert users and users[-1].split(":")[0] == "10001"
+    entrypoint = [a for i, a in final if i == "ENTRYPOINT"]
+    assert json.loads(entrypoint[-1]) == ["scimflow"]
+    assert [a for i, a in final if i == "EXPOSE"] == ["9100"]
+
+
+def test_dockerfile_bakes_in_no_secrets_or_remote_files() -> None:
+    for instruction, args in _instructions():
+        assert not (instruction == "ADD" and re.search(r"https?://|git@", args)), "ADD of a URL"
+        if instruction in {"ENV", "ARG"}:
+            assert not re.search(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|PRIVATE)", args, re.I), args
+
+
+def test_dockerfile_settings_match_the_deployment(base: list[Resource]) -> None:
+    env = dict(re.findall(r"(SCIMFLOW_\w+)=(\S+)", " ".join(a for i, a in _instructions() if i == "ENV")))
+    fields = {"SCIMFLOW_" + f.upper() for f in load_settings().__struct_fields__}
+    assert set(env) <= fields
+    settings = _find(base, "ConfigMap", "scimflow-settings")["data"]
+    for key in ("SCIMFLOW_DATA_DIR", "SCIMFLOW_METRICS_PORT"):
+        assert env[key] == settings[key], key
+
+
+def _ignored(path: str) -> bool:
+    """Docker's .dockerignore rule: the last pattern matching the path or a parent wins."""
+    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    parts = path.split("/")
+    candidates = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    ignored = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        glob = pattern.lstrip("!").rstrip("/").removeprefix("**/")
+        if any(fnmatch.fnmatchcase(c, glob) or fnmatch.fnmatchcase(c.split("/")[-1], glob)
+               if pattern.lstrip("!").startswith("**/") else fnmatch.fnmatchcase(c, glob)
+               for c in candidates):
+            ignored = not negate
+    return ignored
+
+
+def test_dockerignore_sends_only_the_sources() -> None:
+    sources = [a.split()[:-1] for i, a in _stages()[0] if i == "COPY"]
+    copied = [s for group in sources for s in group]
+    assert copied
+    for source in copied:
+        assert (ROOT / source).exists(), source
+        assert not _ignored(source), source
+    assert not _ignored("services/runtime/metrics.py")
+    assert not _ignored("schemas/json/provisioning.activity.schema.json")
+    for path in (".venv/bin/python", ".git/config", ".env", "tests/conftest.py",
+                 "services/__pycache__/cli.cpython-311.pyc", "deploy/k8s/base/kustomization.yaml"):
+        assert _ignored(path), path
