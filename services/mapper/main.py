@@ -19,7 +19,8 @@ from schemas.codecs import decoder, encode
 from services.mapper.expressions import IGNORE, compile_expression
 from services.mapper.mappings import compile_object_mapping
 from services.mapper.planner import CompiledApp, command_key, plan
-from services.runtime.config import LoadedConfig
+from services.mapper.scoping_filters import Clause, CompiledFilters, ScopingError, compile_filters
+from services.runtime.config import LoadedConfig, ObjectMapping
 from services.runtime.kafka import faust_app, raw_topic
 from services.runtime.records import malformed_message
 from services.runtime.settings import Settings
@@ -33,13 +34,35 @@ _changes = decoder("directory.changes")
 
 
 def compile_apps(loaded: LoadedConfig) -> list[CompiledApp]:
-    """Compile every app's mappings (expressions included); ConfigError on any mistake."""
-    return [
-        CompiledApp(app, compile_object_mapping(
-            loaded, app.mappings.user, f"$.applications[{i}].mappings.user",
-            compile_expression, IGNORE))
-        for i, app in enumerate(loaded.config.applications)
-    ]
+    """Compile every app's mappings and scoping filters; ConfigError on any mistake."""
+    compiled = []
+    for i, app in enumerate(loaded.config.applications):
+        path = f"$.applications[{i}].mappings.user"
+        mapping = compile_object_mapping(loaded, app.mappings.user, path, compile_expression, IGNORE)
+        compiled.append(CompiledApp(app, mapping, _filters(loaded, app.mappings.user, path)))
+    return compiled
+
+
+def _filters(loaded: LoadedConfig, mapping: ObjectMapping, path: str) -> CompiledFilters | None:
+    if not mapping.scoping_filters:
+        return None
+    filters = [[Clause(c.attribute, c.operator, None if c.value is None else _text(c.value))
+                for c in f.clauses] for f in mapping.scoping_filters]
+    names = [f.name or f"filter {n}" for n, f in enumerate(mapping.scoping_filters, 1)]
+    try:
+        return compile_filters(filters, names=names)
+    except ScopingError as exc:
+        where = f"{path}.scoping_filters"
+        if exc.filter_index is not None:
+            where += f"[{exc.filter_index - 1}]"
+            if exc.clause_index is not None:
+                where += f".clauses[{exc.clause_index - 1}]"
+        raise loaded.error(where, exc.reason) from None
+
+
+def _text(value: str | int | bool) -> str:
+    # YAML reads `value: 1000` as an int and `value: true` as a bool; Entra's values are text.
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:

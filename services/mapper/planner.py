@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from schemas import DirectoryChange, MatchingAttribute, ProvisioningCommand
 from services.mapper.mappings import CompiledMapping
-from services.mapper.scoping import in_scope, is_enabled
+from services.mapper.scoping import ScopeDecision, in_scope, is_enabled
+from services.mapper.scoping_filters import CompiledFilters
 from services.runtime.config import Application
 
 __all__ = ["CompiledApp", "command_key", "plan"]
@@ -21,6 +22,7 @@ __all__ = ["CompiledApp", "command_key", "plan"]
 class CompiledApp:
     app: Application
     user: CompiledMapping
+    filters: CompiledFilters | None = None
 
 
 def command_key(app: str, source_id: str) -> bytes:
@@ -35,7 +37,7 @@ def plan(compiled: CompiledApp, change: DirectoryChange) -> ProvisioningCommand 
         return None
     if change.operation == "delete":
         return _command(app.name, change, "delete", "deleted in source")
-    scope = in_scope(app, change)
+    scope = _scope(compiled, change)
     if not scope.in_scope:
         return _command(app.name, change, "deprovision", scope.reason)
     if not is_enabled(app, change):
@@ -50,6 +52,17 @@ def plan(compiled: CompiledApp, change: DirectoryChange) -> ProvisioningCommand 
         redacted=mapped.redacted,
         unique_candidates=mapped.unique,
     )
+
+
+def _scope(compiled: CompiledApp, change: DirectoryChange) -> ScopeDecision:
+    """Assignment first, then the object mapping's scoping filters (Entra's order)."""
+    assigned = in_scope(compiled.app, change)
+    if not assigned.in_scope or compiled.filters is None:
+        return assigned
+    filtered = compiled.filters.evaluate(change.attributes)
+    if not filtered.in_scope:
+        return ScopeDecision(False, f"scoping filters: {filtered.reason}")
+    return ScopeDecision(True, f"{assigned.reason}; {filtered.reason}")
 
 
 def _command(app: str, change: DirectoryChange, operation: str, reason: str,

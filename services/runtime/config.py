@@ -31,6 +31,8 @@ __all__ = [
     "FileSource",
     "LoadedConfig",
     "ObjectMapping",
+    "ScopingClause",
+    "ScopingFilter",
     "Secret",
     "Target",
     "load_config",
@@ -91,8 +93,24 @@ class AttributeMapping(_Base, frozen=True):
     """Matching precedence (1 first); set on the attributes used to find existing objects."""
 
 
+class ScopingClause(_Base, frozen=True):
+    """One clause of an Entra scoping filter: ``{attribute: dept, operator: EQUALS, value: Sales}``."""
+
+    attribute: str
+    operator: str
+    value: str | int | bool | None = None
+
+
+class ScopingFilter(_Base, frozen=True):
+    """Clauses that must all hold (AND); an object is in scope if any filter holds (OR)."""
+
+    clauses: list[ScopingClause]
+    name: str | None = None
+
+
 class ObjectMapping(_Base, frozen=True):
     enabled: bool = True
+    scoping_filters: list[ScopingFilter] = []
     actions: list[Literal["create", "update", "delete"]] = msgspec.field(
         default_factory=lambda: ["create", "update", "delete"])
     attributes: list[AttributeMapping] = []

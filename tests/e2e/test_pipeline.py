@@ -220,3 +220,30 @@ def test_full_scan_missing_3_users_removes_exactly_those_3(pipeline_factory: Fac
     assert all("absent from the completed full scan" in (a.reason or "") for a in deletes)
     assert all(u["active"] for u in p.scim.users())
     assert set(p.scim.by_username()) == {u["userPrincipalName"] for u in users if u["id"] not in gone}
+
+
+def test_leaving_scope_by_filter_disables_and_returning_reenables_same_account(
+        pipeline_factory: Factory) -> None:
+    app = {**APP, "mappings": {"user": {
+        **APP["mappings"]["user"],  # type: ignore[index]
+        "scoping_filters": [{"name": "engineering", "clauses": [
+            {"attribute": "department", "operator": "EQUALS", "value": "Engineering"}]}],
+    }}}
+    users = [user(i) for i in range(4)] + [user(9, department="Sales")]
+    p = pipeline_factory(users, app=app)
+    p.wait_for("4 in-scope users", lambda: p.scim.count() == 4)
+    assert "user9@example.com" not in p.scim.by_username()  # out of scope: never created
+    original = p.scim.by_username()["user1@example.com"]["id"]
+    users[1] = {**users[1], "department": "Marketing"}
+    p.write_directory(users)
+    p.wait_for("user1 disabled", lambda: p.scim.by_username()["user1@example.com"]["active"] is False)
+    disabled = next(a for a in p.activity() if a.action == "disable")
+    assert "scoping filters: no filter matched" in (disabled.reason or "")
+    assert "department EQUALS" in (disabled.reason or "")
+    users[1] = {**users[1], "department": "Engineering"}
+    p.write_directory(users)
+    p.wait_for("user1 re-enabled", lambda: p.scim.by_username()["user1@example.com"]["active"] is True)
+    assert p.scim.by_username()["user1@example.com"]["id"] == original
+    assert p.scim.count() == 4
+    assert not any(a.action == "create" and a.source_id == "u00001" and a.status == "success"
+                   and a.at > disabled.at for a in p.activity())

@@ -95,3 +95,55 @@ def test_groups_are_not_provisioned_yet(apps: dict[str, CompiledApp]) -> None:
     group = DirectoryChange(source="hr", object_type="group", object_id="g-eng", operation="upsert",
                             change_id="c", observed_at=datetime.now(UTC))
     assert plan(apps["app1"], group) is None
+
+
+FILTERED = CONFIG.replace("""          - {target: nickName, source: nick, default: none-given}
+""", """          - {target: nickName, source: nick, default: none-given}
+        scoping_filters:
+          - name: staff in sales
+            clauses:
+              - {attribute: department, operator: EQUALS, value: Sales}
+              - {attribute: employeeId, operator: Greater_Than, value: 1000}
+          - clauses:
+              - {attribute: upn, operator: ENDS_WITH, value: "@partner.example"}
+""")
+
+
+def filtered_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str = FILTERED) -> CompiledApp:
+    monkeypatch.setenv("T", "x")
+    (tmp_path / "c.yaml").write_text(text)
+    return compile_apps(load_config(tmp_path / "c.yaml"))[0]
+
+
+def test_scoping_filters_narrow_assignment_and_explain(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    app = filtered_app(tmp_path, monkeypatch)
+    inside = plan(app, change(groups=["g-eng"], department="Sales", employeeId="1001"))
+    assert inside is not None and inside.operation == "upsert"
+    assert "member of assigned group g-eng" in inside.reason
+    assert "staff in sales" in inside.reason and "matched" in inside.reason
+    partner = plan(app, change("p1", groups=["g-eng"], upn="p1@partner.example"))
+    assert partner is not None and partner.operation == "upsert"
+    out = plan(app, change(groups=["g-eng"], department="Sales", employeeId="999"))
+    assert out is not None and out.operation == "deprovision"
+    assert out.reason.startswith("scoping filters: no filter matched")
+    assert "employeeId Greater_Than" in out.reason
+    unassigned = plan(app, change(groups=["g-other"], department="Sales", employeeId="5000"))
+    assert unassigned is not None and unassigned.operation == "deprovision"
+    assert "not assigned" in unassigned.reason
+
+
+def test_bad_scoping_filter_is_a_config_error_with_its_line(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.runtime.errors import ConfigError
+
+    bad = FILTERED.replace("operator: Greater_Than, value: 1000", "operator: BIGGER_THAN, value: 1000")
+    with pytest.raises(ConfigError) as info:
+        filtered_app(tmp_path, monkeypatch, bad)
+    assert "BIGGER_THAN" in str(info.value)
+    assert info.value.line == bad.splitlines().index(
+        "              - {attribute: employeeId, operator: BIGGER_THAN, value: 1000}") + 1
+    regex = FILTERED.replace("operator: ENDS_WITH, value: \"@partner.example\"",
+                             "operator: REGEX MATCH, value: \"([a-z\"")
+    with pytest.raises(ConfigError, match=r"regex|regular expression"):
+        filtered_app(tmp_path, monkeypatch, regex)
