@@ -155,6 +155,7 @@ def _worker(service: str, config: Path) -> None:
     except ScimflowError as exc:
         raise _fail(exc) from None
     from services.runtime.kafka import run_worker
+    from services.runtime.metrics import start_metrics_server
 
     if service == "ingest":
         from services.ingest.main import build_app
@@ -162,7 +163,9 @@ def _worker(service: str, config: Path) -> None:
         from services.mapper.main import build_app
     else:
         from services.writer.main import build_app
-    run_worker(build_app(settings, loaded, settings.kafka_bootstrap), loglevel=settings.log_level)
+    app = build_app(settings, loaded, settings.kafka_bootstrap)
+    start_metrics_server(settings.metrics_port)
+    run_worker(app, loglevel=settings.log_level)
 
 
 @cli.command()

@@ -4,6 +4,7 @@ factory that runs the whole pipeline (three real worker processes) on unique top
 from __future__ import annotations
 
 import os
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -132,6 +133,17 @@ class Pipeline:
         raise AssertionError(f"timed out after {timeout}s waiting for: {what}; logs in {self.dir / 'logs'}")
 
 
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def _read_all(bootstrap: str, topic: str, kind: type[Any]) -> list[Any]:
     dec = msgspec.json.Decoder(kind)
     out = []
@@ -149,7 +161,8 @@ def pipeline_factory(broker: Broker, scim_target: ScimTarget,
     started: list[Pipeline] = []
 
     def make(users: list[dict[str, Any]], *, app: dict[str, Any] | None = None,
-             groups: list[dict[str, Any]] | None = None, start: bool = True) -> Pipeline:
+             groups: list[dict[str, Any]] | None = None, start: bool = True,
+             metrics: bool = False) -> Pipeline:
         prefix = f"t{uuid.uuid4().hex[:8]}."
         topics = Topics(prefix, PARTITIONS)
         create_topics(broker.bootstrap, topics.specs())
@@ -161,7 +174,9 @@ def pipeline_factory(broker: Broker, scim_target: ScimTarget,
                "SCIMFLOW_PARTITIONS": str(PARTITIONS), "SCIMFLOW_DATA_DIR": str(tmp_path / "data"),
                "SCIMFLOW_LOG_FORMAT": "json", "SCIMFLOW_LOG_LEVEL": os.environ.get("TEST_LOG_LEVEL", "info"),
                "TEST_SCIM_URL": scim_target.base_url, "TEST_SCIM_TOKEN": scim_target.token}
-        sup = Supervisor(config=tmp_path / "scimflow.yaml", env=env, log_dir=tmp_path / "logs")
+        ports = dict(zip(("ingest", "mapper", "writer"), free_ports(3), strict=True)) if metrics else {}
+        sup = Supervisor(config=tmp_path / "scimflow.yaml", env=env, log_dir=tmp_path / "logs",
+                         metrics_ports=ports)
         p = Pipeline(tmp_path, topics, broker.bootstrap, Scim(scim_target), sup, tmp_path / "directory.yaml")
         p.write_directory(users, groups)
         started.append(p)

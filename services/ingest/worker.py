@@ -19,6 +19,7 @@ import structlog
 
 from schemas import CycleMarker, DirectoryChange, ErrorRecord
 from services.ingest.file_source import DirectoryFileError, Snapshot, SourceObject, diff, read_directory
+from services.runtime import metrics
 from services.runtime.config import FileSource
 
 __all__ = ["FileIngest", "Publisher"]
@@ -64,15 +65,21 @@ class FileIngest:
         if snapshot is None:
             return None
         cycle_id = str(uuid.uuid4())
+        started = time.monotonic()
+        metrics.cycle_started(self.source.name)
         await self.publish.marker(self._marker(cycle_id, "start", len(snapshot)))
-        for obj in snapshot.values():
+        for done, obj in enumerate(snapshot.values(), 1):
             await self.publish.change(self._change(obj, "upsert", cycle_id))
+            if done % 500 == 0:
+                metrics.set_cycle_progress(self.source.name, done, len(snapshot))
         # Deletions seen since the last snapshot are events too, even inside a scan.
         for op, obj in diff(self.snapshot, snapshot):
             if op == "delete":
                 await self.publish.change(self._change(obj, "delete", None))
         await self.publish.marker(self._marker(cycle_id, "end", len(snapshot)))
         self.snapshot = snapshot
+        metrics.cycle_finished(self.source.name, time.monotonic() - started, complete=True,
+                               ended_at=time.time())
         log.info("full scan done", source=self.source.name, cycle_id=cycle_id, objects=len(snapshot))
         return cycle_id
 
@@ -108,6 +115,7 @@ class FileIngest:
             if stamp != self._bad_stamp:
                 self._bad_stamp = stamp
                 log.warning("directory file rejected", source=self.source.name, reason=str(exc))
+                metrics.ERRORS.labels(service="ingest", error_code="SourceReadFailed").inc()
                 await self.publish.error(_file_error(str(exc)))
             self._stamp = stamp
             return None
@@ -115,6 +123,7 @@ class FileIngest:
         return snapshot
 
     def _change(self, obj: SourceObject, op: Any, cycle_id: str | None) -> DirectoryChange:
+        metrics.CHANGES_INGESTED.labels(source=self.source.name, operation=op).inc()
         return DirectoryChange(
             source=self.source.name,
             object_type=obj.object_type,

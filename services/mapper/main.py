@@ -20,8 +20,9 @@ from services.mapper.expressions import IGNORE, compile_expression
 from services.mapper.mappings import compile_object_mapping
 from services.mapper.planner import CompiledApp, command_key, plan
 from services.mapper.scoping_filters import Clause, CompiledFilters, ScopingError, compile_filters
+from services.runtime import metrics
 from services.runtime.config import LoadedConfig, ObjectMapping
-from services.runtime.kafka import faust_app, raw_topic
+from services.runtime.kafka import faust_app, raw_topic, report_consumer_lag
 from services.runtime.records import malformed_message
 from services.runtime.settings import Settings
 from services.runtime.topics import Topics
@@ -78,10 +79,12 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
             try:
                 command = plan(compiled, change)
             except Exception as exc:
+                metrics.ERRORS.labels(service="mapper", error_code="AttributeMappingFailed").inc()
                 await errors.send(key=change.object_id.encode(), value=encode(
                     _mapping_failed(compiled.app.name, change, exc)))
                 continue
             if command is not None:
+                metrics.COMMANDS.labels(app=command.app, operation=command.operation).inc()
                 await commands.send(key=command_key(command.app, command.source_id),
                                     value=encode(command))
 
@@ -104,6 +107,8 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 log.warning("malformed change", partition=event.message.partition,
                             offset=event.message.offset, reason=str(exc))
+                metrics.MALFORMED_MESSAGES.labels(service="mapper", topic="directory.changes").inc()
+                metrics.ERRORS.labels(service="mapper", error_code="MalformedMessage").inc()
                 await errors.send(key=event.key, value=encode(malformed_message("mapper", event, str(exc))))
                 continue
             if isinstance(message, CycleMarker):
@@ -111,6 +116,7 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
             else:
                 await on_change(message)
 
+    report_consumer_lag(app, "mapper")
     return app
 
 

@@ -19,6 +19,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from services.runtime import metrics
 from services.runtime.errors import ScimflowError
 from services.runtime.settings import Settings
 from services.runtime.topics import Topics, TopicSpec
@@ -32,6 +33,7 @@ __all__ = [
     "plain_producer",
     "raw_schema",
     "raw_topic",
+    "report_consumer_lag",
     "run_worker",
     "wait_until_ready",
 ]
@@ -148,6 +150,23 @@ def faust_app(service: str, settings: Settings, bootstrap: str) -> Any:
         consumer_auto_offset_reset="earliest",
         stream_wait_empty=False,
     )
+
+
+def report_consumer_lag(app: Any, service: str, every: float = 5.0) -> None:
+    """Export ``scimflow_consumer_lag{service,topic}``: high-water mark minus committed offset
+    over the partitions this process owns (changelog topics excluded)."""
+    @app.timer(every)  # type: ignore[untyped-decorator]
+    async def lag() -> None:
+        consumer = app.consumer
+        per_topic: dict[str, int] = {}
+        for tp in consumer.assignment():
+            if tp.topic.endswith("-changelog"):
+                continue
+            # faust has no public getter for the committed offset of a partition.
+            committed = consumer._committed_offset.get(tp) or 0
+            per_topic[tp.topic] = per_topic.get(tp.topic, 0) + max(0, consumer.highwater(tp) - committed)
+        for topic, value in per_topic.items():
+            metrics.CONSUMER_LAG.labels(service=service, topic=topic).set(value)
 
 
 def raw_schema() -> Any:

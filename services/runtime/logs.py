@@ -28,3 +28,5 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
+    # One line per HTTP request is noise next to one line per outcome; keep httpx's warnings.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

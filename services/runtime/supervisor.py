@@ -29,6 +29,8 @@ class Supervisor:
     env: Mapping[str, str]
     log_dir: Path
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    metrics_ports: dict[str, int] = field(default_factory=dict)
+    """Per-worker ``/metrics`` port (one machine, so each worker needs its own)."""
 
     def start(self, services: Sequence[str] = SERVICES) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -39,13 +41,17 @@ class Supervisor:
         log = (self.log_dir / f"{name}.log").open("ab")
         proc = subprocess.Popen(
             [sys.executable, "-m", "services.cli", name, "--config", str(self.config)],
-            env={**os.environ, **self.env},
+            env={**os.environ, **self.env, **self._metrics_env(name)},
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,  # we stop workers ourselves, in order, after Ctrl-C
         )
         log.close()
         self.procs[name] = proc
         return proc
+
+    def _metrics_env(self, name: str) -> dict[str, str]:
+        port = self.metrics_ports.get(name)
+        return {} if port is None else {"SCIMFLOW_METRICS_PORT": str(port)}
 
     def kill(self, name: str) -> None:
         """SIGKILL one worker (tests use this to prove crash recovery)."""

@@ -27,10 +27,11 @@ from typing import Any
 import msgspec
 import structlog
 
-from schemas import CycleMarker, ErrorRecord, ManagedObject, ProvisioningCommand
+from schemas import ActivityRecord, CycleMarker, ErrorRecord, ManagedObject, ProvisioningCommand
 from schemas.codecs import decoder, encode
+from services.runtime import metrics
 from services.runtime.config import LoadedConfig
-from services.runtime.kafka import faust_app, partition_for, raw_topic
+from services.runtime.kafka import faust_app, partition_for, raw_topic, report_consumer_lag
 from services.runtime.records import malformed_message
 from services.runtime.settings import Settings
 from services.runtime.topics import Topics
@@ -51,7 +52,7 @@ def build_writers(settings: Settings, loaded: LoadedConfig) -> dict[str, Writer]
     for app in loaded.config.applications:
         client = ScimClient(app.target.base_url, loaded.secret(app.target.token).reveal(),
                             timeout=app.target.timeout, max_connections=app.target.max_connections,
-                            attempts=settings.target_attempts)
+                            attempts=settings.target_attempts, app=app.name)
         writers[app.name] = Writer(app, client)
     return writers
 
@@ -74,6 +75,12 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
         manual = stream.noack()
         async for event in manual.events():
             await processor.submit(event, manual.ack)
+
+    @app.timer(5.0)  # type: ignore[untyped-decorator]
+    async def gauges() -> None:
+        processor.count_managed()
+
+    report_consumer_lag(app, "writer")
 
     @app.on_before_shutdown.connect  # type: ignore[untyped-decorator]
     async def close_clients(app: Any, **_: Any) -> None:
@@ -177,6 +184,7 @@ class CommandProcessor:
         try:
             message: ProvisioningCommand | CycleMarker = _commands.decode(event.value)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            metrics.MALFORMED_MESSAGES.labels(service="writer", topic="provisioning.commands").inc()
             await self._error(key, malformed_message("writer", event, str(exc)))
             return None
         if isinstance(message, ProvisioningCommand) and message.app not in self.writers:
@@ -194,12 +202,24 @@ class CommandProcessor:
             else:
                 self.managed[key] = encode(outcome.managed)
         if outcome.activity is not None:
+            _count(outcome.activity, command)
             await self.activity.send(key=key, value=encode(outcome.activity))
         if outcome.error is not None:
             await self._error(key, outcome.error)
 
     async def _error(self, key: bytes, record: ErrorRecord) -> None:
+        metrics.ERRORS.labels(service="writer", error_code=record.error_code).inc()
         await self.errors.send(key=key, value=encode(record))
+
+    def count_managed(self) -> None:
+        """Set ``scimflow_managed_objects`` from the partitions this writer owns now."""
+        counts: dict[tuple[str, str], int] = dict.fromkeys(
+            ((app, "user") for app in self.writers), 0)
+        for raw in list(self.managed.values()):
+            state = _state.decode(raw)
+            counts[(state.app, state.object_type)] = counts.get((state.app, state.object_type), 0) + 1
+        for (app, object_type), n in counts.items():
+            metrics.MANAGED_OBJECTS.labels(app=app, object_type=object_type).set(n)
 
     async def _on_marker(self, partition: int, marker: CycleMarker) -> None:
         finished = self.cycles.on_marker(partition, marker)
@@ -246,3 +266,11 @@ def _writer_failure(command: ProvisioningCommand, exc: Exception) -> ErrorRecord
                            "object is retried at the next full scan.",
         source_id=command.source_id, change_id=command.change_id, cycle_id=command.cycle_id,
     )
+
+
+def _count(activity: ActivityRecord, command: ProvisioningCommand) -> None:
+    metrics.OUTCOMES.labels(app=activity.app, object_type=activity.object_type,
+                            action=activity.action, status=activity.status).inc()
+    if activity.status == "success":
+        seconds = (activity.at - command.observed_at).total_seconds()
+        metrics.PROVISIONING_LATENCY.labels(app=activity.app).observe(max(0.0, seconds))

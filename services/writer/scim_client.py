@@ -25,6 +25,7 @@ from __future__ import annotations
 import email.utils
 import socket
 import ssl
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ import httpx
 import msgspec
 import stamina
 
+from services.runtime import metrics
 from services.runtime.errors import (
     ConflictError,
     CredentialsError,
@@ -121,8 +123,9 @@ class ScimClient:
 
     def __init__(self, base_url: str, token: str, *, timeout: float = 10.0,
                  max_connections: int = 32, attempts: int = 5, backoff: Backoff | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None, app: str = "") -> None:
         _check_token(token)
+        self._app = app  # the metrics label; "" when used outside a writer (tests, tools)
         if attempts < 1:
             raise ValueError(f"attempts must be at least 1, not {attempts}")
         self._base = httpx.URL(base_url.rstrip("/") + "/")
@@ -241,6 +244,8 @@ class ScimClient:
             wait_initial=backoff.wait_initial, wait_max=backoff.wait_max,
             wait_jitter=backoff.wait_jitter)
         async for attempt in retrying:
+            if attempt.num > 1:
+                metrics.TARGET_RETRIES.labels(app=self._app).inc()
             with attempt:
                 try:
                     return await self._send_once(request, ok)
@@ -251,10 +256,14 @@ class ScimClient:
 
     async def _send_once(self, request: httpx.Request, ok: tuple[int, ...]) -> httpx.Response:
         where = _describe(request)
+        started = time.perf_counter()
         try:
             response = await self._http.send(request)
         except httpx.HTTPError as exc:
+            metrics.observe_target_request(self._app, request.method, None, time.perf_counter() - started)
             raise self._transport_error(where, exc) from exc
+        metrics.observe_target_request(self._app, request.method, response.status_code,
+                                       time.perf_counter() - started)
         if response.status_code in ok:
             return response
         raise self._status_error(where, response)
