@@ -138,6 +138,9 @@ class Application(_Base, frozen=True):
     """``assigned``: assigned users and members of assigned groups; ``all``: everyone."""
     assignments: Assignments = Assignments()
     skip_out_of_scope_deletions: bool = False
+    deletion_threshold: int = 500
+    """Accidental-deletion prevention: more disables + deletes than this in one cycle are
+    held as ``stagedDelete`` until an operator allows them (0 turns the check off)."""
     disabled_attribute: str = "accountEnabled"
     """Source attribute that says whether the account is enabled (false -> disable)."""
 
