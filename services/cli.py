@@ -332,6 +332,27 @@ def tail(kind: Annotated[str, typer.Argument(help="activity or errors")],
         pass
 
 
+@cli.command("allow-deletes")
+def allow_deletes(app: Annotated[str, typer.Argument(help="Application whose held removals to run.")],
+                  by: Annotated[str, typer.Option(help="Who allows it (audit).")] = "",
+                  ) -> None:
+    """Release the disables/deletes held by the app's deletion threshold."""
+    from schemas.codecs import encode
+    from schemas.control import AllowDeletes
+    from services.runtime.kafka import plain_producer
+
+    settings = load_settings()
+    if not settings.kafka_bootstrap:
+        raise _fail(ConfigError("SCIMFLOW_KAFKA_BOOTSTRAP is not set"))
+    who = by or os.environ.get("USER", "cli")
+    message = AllowDeletes(app=app, before=datetime.now(UTC), by=who)
+    producer = plain_producer(settings.kafka_bootstrap)
+    topics = Topics(settings.topic_prefix, settings.partitions)
+    producer.send(topics.control, key=f"{app}/allow-deletes".encode(), value=encode(message)).get(timeout=30)
+    producer.close()
+    out.print(f"allowed the removals held for {app} (staged before {message.before:%H:%M:%S} UTC)")
+
+
 def main() -> None:
     cli()
 

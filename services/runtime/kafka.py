@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import murmur2
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
@@ -29,6 +30,7 @@ __all__ = [
     "consume",
     "create_topics",
     "faust_app",
+    "follow_topic",
     "partition_for",
     "plain_producer",
     "raw_schema",
@@ -150,6 +152,25 @@ def faust_app(service: str, settings: Settings, bootstrap: str) -> Any:
         consumer_auto_offset_reset="earliest",
         stream_wait_empty=False,
     )
+
+
+async def follow_topic(bootstrap: str, topic: str) -> AsyncIterator[bytes]:
+    """Every value of ``topic`` from the beginning, then new ones as they come, without a
+    consumer group: each process that follows a control topic sees all of it."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        if not partitions:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic) or {0}
+        consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
+        async for record in consumer:
+            if record.value is not None:
+                yield record.value
+    finally:
+        await consumer.stop()
 
 
 def report_consumer_lag(app: Any, service: str, every: float = 5.0) -> None:

@@ -38,6 +38,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     writer_concurrency: int = 16
     """Target calls in flight per writer process (distinct objects only)."""
     writer_batch: int = 256
+    removal_grace: float = 2.0
+    """Seconds a disable/delete waits so a burst is seen whole by the deletion threshold."""
     target_timeout: float = 10.0
     target_attempts: int = 5
     """Attempts per target call before the object is reported on the error topic."""

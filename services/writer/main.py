@@ -29,13 +29,21 @@ import structlog
 
 from schemas import ActivityRecord, CycleMarker, ErrorRecord, ManagedObject, ProvisioningCommand
 from schemas.codecs import decoder, encode
+from schemas.control import AllowDeletes
 from services.runtime import metrics
 from services.runtime.config import LoadedConfig
-from services.runtime.kafka import faust_app, partition_for, raw_topic, report_consumer_lag
+from services.runtime.kafka import (
+    faust_app,
+    follow_topic,
+    partition_for,
+    raw_topic,
+    report_consumer_lag,
+)
 from services.runtime.records import malformed_message
 from services.runtime.settings import Settings
 from services.runtime.topics import Topics
 from services.writer.cycles import CycleTracker, FinishedScan
+from services.writer.deletion_guard import DeletionGuard, Staged
 from services.writer.scim_client import ScimClient
 from services.writer.worker import Writer
 
@@ -45,6 +53,7 @@ log = structlog.get_logger("scimflow.writer")
 
 _commands = decoder("provisioning.commands")
 _state = decoder("writer.managed")
+_control = msgspec.json.Decoder(AllowDeletes)
 
 
 def build_writers(settings: Settings, loaded: LoadedConfig) -> dict[str, Writer]:
@@ -79,6 +88,20 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
     @app.timer(5.0)  # type: ignore[untyped-decorator]
     async def gauges() -> None:
         processor.count_managed()
+
+    @app.timer(0.5)  # type: ignore[untyped-decorator]
+    async def guard() -> None:
+        await processor.tick_guard()
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def control() -> None:
+        # Every writer replica reads the whole control topic (no consumer group).
+        async for value in follow_topic(bootstrap, topics.control):
+            try:
+                message = _control.decode(value)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue  # other kinds of control message are for other services
+            processor.allow_deletes(message)
 
     report_consumer_lag(app, "writer")
 
@@ -123,6 +146,8 @@ class CommandProcessor:
 
     def __init__(self, settings: Settings, writers: dict[str, Writer], managed: Any, *,
                  activity: Any, errors: Any) -> None:
+        self.guard = DeletionGuard({name: w.app.deletion_threshold for name, w in writers.items()},
+                                   grace=settings.removal_grace)
         self.settings = settings
         self.writers = writers
         self.managed = managed
@@ -143,17 +168,55 @@ class CommandProcessor:
         if isinstance(message, ProvisioningCommand):
             key = event.key or b""
             self.cycles.saw(partition, message.app, message.cycle_id, key)
-            await self.window.acquire()
-            task = asyncio.create_task(self._after(self.tails.get(key), key, message, ticket, ack))
-            self.tails[key] = task
-            self.inflight.add(task)
-            task.add_done_callback(lambda t, key=key: self._finished(t, key))  # type: ignore[misc]
+            await self._schedule(key, message, ticket, ack)
             return
         if isinstance(message, CycleMarker):
             # A frame waits for every command before it, so a scan's end means its commands ran.
             await self.drain()
             await self._on_marker(partition, message)
         await self.acks.done(ticket, ack)
+
+    async def _schedule(self, key: bytes, command: ProvisioningCommand, ticket: _Ticket | None,
+                        ack: Ack | None, *, releasing: bool = False) -> None:
+        """Run ``command`` after every earlier command for the same object."""
+        await self.window.acquire()
+        task = asyncio.create_task(
+            self._after(self.tails.get(key), key, command, ticket, ack, releasing=releasing))
+        self.tails[key] = task
+        self.inflight.add(task)
+        task.add_done_callback(lambda t, key=key: self._finished(t, key))  # type: ignore[misc]
+
+    async def tick_guard(self) -> None:
+        """Run removals that are due; report the ones a threshold just held."""
+        now = datetime.now(UTC)
+        for app, writer in self.writers.items():
+            if not self.guard.guards(app):
+                continue
+            release = self.guard.tick(app, now)
+            for staged in release.run:
+                await self._schedule(staged.key, staged.command, None, None, releasing=True)
+            if release.newly_held:
+                await self._held(writer, release.newly_held)
+            metrics.STAGED_DELETES.labels(app=app).set(self.guard.waiting(app))
+
+    async def _held(self, writer: Writer, held: list[Staged]) -> None:
+        app = writer.app
+        reason = (f"{len(held)} removals exceed the deletion threshold ({app.deletion_threshold}) "
+                  f"of this cycle; held until `scimflow allow-deletes {app.name}`")
+        log.warning("removals held", app=app.name, count=len(held), threshold=app.deletion_threshold)
+        await self._error(app.name.encode(), _threshold_exceeded(app.name, reason))
+        for staged in held:
+            await self._report_staged(writer, staged, reason)
+
+    async def _report_staged(self, writer: Writer, staged: Staged, reason: str) -> None:
+        raw = self.managed.get(staged.key)
+        record = writer.staged(staged.command, _state.decode(raw) if raw else None, reason)
+        _count(record, staged.command)
+        await self.activity.send(key=staged.key, value=encode(record))
+
+    def allow_deletes(self, control: AllowDeletes) -> None:
+        log.info("removals allowed", app=control.app, before=control.before.isoformat(), by=control.by)
+        self.guard.allow(control.app, control.before)
 
     async def drain(self) -> None:
         while self.inflight:
@@ -166,15 +229,17 @@ class CommandProcessor:
             del self.tails[key]
 
     async def _after(self, previous: asyncio.Task[None] | None, key: bytes,
-                     command: ProvisioningCommand, ticket: _Ticket, ack: Ack) -> None:
+                     command: ProvisioningCommand, ticket: _Ticket | None, ack: Ack | None, *,
+                     releasing: bool = False) -> None:
         if previous is not None:
             await asyncio.wait({previous})  # same object: strictly after the one before
         try:
-            await self._limited(key, command)
+            await self._limited(key, command, releasing=releasing)
         except Exception as exc:
             log.exception("command failed", app=command.app, source_id=command.source_id)
             await self._error(key, _writer_failure(command, exc))
-        await self.acks.done(ticket, ack)
+        if ticket is not None and ack is not None:
+            await self.acks.done(ticket, ack)
 
     async def close(self) -> None:
         await asyncio.gather(*(w.client.aclose() for w in self.writers.values()))
@@ -193,9 +258,20 @@ class CommandProcessor:
             return None
         return message
 
-    async def _apply(self, key: bytes, command: ProvisioningCommand) -> None:
+    async def _apply(self, key: bytes, command: ProvisioningCommand, *,
+                     releasing: bool = False) -> None:
         raw = self.managed.get(key)
-        outcome = await self.writers[command.app].handle(command, _state.decode(raw) if raw else None)
+        state = _state.decode(raw) if raw else None
+        writer = self.writers[command.app]
+        if not releasing and self.guard.guards(command.app):
+            self.guard.drop(command.app, key)  # this command supersedes a waiting removal
+            if writer.preview(command, state).action in ("disable", "delete"):
+                if self.guard.stage(Staged(key, command, datetime.now(UTC))):
+                    reason = (f"removals of {command.app} are held by the deletion threshold; "
+                              f"`scimflow allow-deletes {command.app}` releases them")
+                    await self._report_staged(writer, Staged(key, command, datetime.now(UTC)), reason)
+                return
+        outcome = await writer.handle(command, state)
         if outcome.changed_state:
             if outcome.managed is None:
                 self.managed.pop(key, None)
@@ -203,6 +279,9 @@ class CommandProcessor:
                 self.managed[key] = encode(outcome.managed)
         if outcome.activity is not None:
             _count(outcome.activity, command)
+            log.info("outcome", app=command.app, source_id=command.source_id,
+                     action=outcome.activity.action, status=outcome.activity.status,
+                     target_id=outcome.activity.target_id, change_id=command.change_id)
             await self.activity.send(key=key, value=encode(outcome.activity))
         if outcome.error is not None:
             await self._error(key, outcome.error)
@@ -242,11 +321,13 @@ class CommandProcessor:
         ]
         log.info("full scan finished", app=scan.app, cycle_id=scan.cycle_id,
                  partition=scan.partition, seen=len(scan.seen), absent=len(gone))
+        self.guard.cycle_finished(scan.app)
         await asyncio.gather(*(self._limited(key, _absent(scan, state)) for key, state in gone))
 
-    async def _limited(self, key: bytes, command: ProvisioningCommand) -> None:
+    async def _limited(self, key: bytes, command: ProvisioningCommand, *,
+                       releasing: bool = False) -> None:
         async with self.limit:
-            await self._apply(key, command)
+            await self._apply(key, command, releasing=releasing)
 
 
 def _absent(scan: FinishedScan, state: ManagedObject) -> ProvisioningCommand:
@@ -274,3 +355,12 @@ def _count(activity: ActivityRecord, command: ProvisioningCommand) -> None:
     if activity.status == "success":
         seconds = (activity.at - command.observed_at).total_seconds()
         metrics.PROVISIONING_LATENCY.labels(app=activity.app).observe(max(0.0, seconds))
+
+
+def _threshold_exceeded(app: str, reason: str) -> ErrorRecord:
+    return ErrorRecord(
+        id=str(uuid.uuid4()), at=datetime.now(UTC), service="writer",
+        error_code="DeletionThresholdExceeded", reason=reason, app=app,
+        recommended_action=f"Check why so many objects left scope or the source; if intended, "
+                           f"run `scimflow allow-deletes {app}`. Nothing was removed.",
+    )

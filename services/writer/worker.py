@@ -59,12 +59,27 @@ class Writer:
         self.client = client
         self.actions = frozenset(app.mappings.user.actions)
 
-    async def handle(self, cmd: ProvisioningCommand, managed: ManagedObject | None) -> Outcome:
+    def preview(self, cmd: ProvisioningCommand, managed: ManagedObject | None) -> Decision:
+        """What ``handle`` would do first, without doing it (pure)."""
+        return decide(cmd, managed, self.actions,
+                      skip_out_of_scope_deletions=self.app.skip_out_of_scope_deletions)
+
+    def staged(self, cmd: ProvisioningCommand, managed: ManagedObject | None,
+               reason: str) -> ActivityRecord:
+        """The ``stagedDelete`` record of a removal held by accidental-deletion prevention."""
+        trace = self._trace(cmd)
+        trace.step("action", "skipped", reason)
+        return self._activity(cmd, "stagedDelete", "skipped", Decision("skip", reason), managed, trace)
+
+    def _trace(self, cmd: ProvisioningCommand) -> _Trace:
         trace = _Trace()
         trace.step("import", "success", f"{cmd.object_type} {cmd.source_id} from source {cmd.source}")
         trace.step("scope", "success" if cmd.operation == "upsert" else "skipped", cmd.reason)
-        decision = decide(cmd, managed, self.actions,
-                          skip_out_of_scope_deletions=self.app.skip_out_of_scope_deletions)
+        return trace
+
+    async def handle(self, cmd: ProvisioningCommand, managed: ManagedObject | None) -> Outcome:
+        trace = self._trace(cmd)
+        decision = self.preview(cmd, managed)
         try:
             return await self._apply(cmd, managed, decision, trace)
         except TargetError as exc:

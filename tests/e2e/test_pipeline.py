@@ -247,3 +247,34 @@ def test_leaving_scope_by_filter_disables_and_returning_reenables_same_account(
     assert p.scim.count() == 4
     assert not any(a.action == "create" and a.source_id == "u00001" and a.status == "success"
                    and a.at > disabled.at for a in p.activity())
+
+
+def test_threshold_holds_600_removals_until_allowed(pipeline_factory: Factory) -> None:
+    import os
+    import subprocess
+    import sys
+
+    users = [user(i) for i in range(1000)]
+    p = pipeline_factory(users, app={**APP, "deletion_threshold": 500})
+    p.wait_for("1000 users", lambda: p.scim.count() == 1000, timeout=240)
+    stranger = p.scim.create({"userName": "stranger@example.com", "active": True})
+    keep = [u["id"] for u in users[600:]]
+    p.write_directory(users, [{"id": "g-all", "displayName": "All", "members": keep}])
+    p.wait_for("600 stagedDelete records",
+               lambda: sum(a.action == "stagedDelete" for a in p.activity()) >= 600, timeout=120)
+    staged = [a for a in p.activity() if a.action == "stagedDelete"]
+    assert len(staged) == 600
+    assert {a.source_id for a in staged} == {u["id"] for u in users[:600]}
+    assert all(a.status == "skipped" and "deletion threshold" in (a.reason or "") for a in staged)
+    assert sum(u["active"] for u in p.scim.users()) == 1001  # nothing removed
+    assert any(e.error_code == "DeletionThresholdExceeded" for e in p.errors())
+
+    env = {**os.environ, **p.sup.env}
+    done = subprocess.run([sys.executable, "-m", "services.cli", "allow-deletes", "app", "--by", "test"],
+                          env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    p.wait_for("600 disabled", lambda: sum(not u["active"] for u in p.scim.users()) == 600, timeout=120)
+    active = {u["userName"] for u in p.scim.users() if u["active"]}
+    assert active == {u["userPrincipalName"] for u in users[600:]} | {"stranger@example.com"}
+    assert p.scim.http.get(f"/Users/{stranger['id']}").json()["active"] is True
+    assert sum(a.action == "disable" and a.status == "success" for a in p.activity()) == 600

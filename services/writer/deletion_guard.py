@@ -1,0 +1,112 @@
+"""Accidental-deletion prevention: hold a cycle's removals when there are too many.
+
+Every disable or delete first waits here for a short grace period, so that a burst of
+removals (a group emptied, a filter changed, a source that returns nothing) is seen as a
+whole before any of it runs. If the removals of one cycle (those executed since the last
+completed full scan plus those waiting) exceed the app's threshold, none of the waiting
+ones runs: each is reported as ``stagedDelete`` and the app is *held* until an operator
+allows them (``scimflow allow-deletes APP``). A later command for a held object replaces
+its removal (back in scope: nothing is removed). Pure bookkeeping; no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from schemas import ProvisioningCommand
+
+__all__ = ["DeletionGuard", "Release", "Staged"]
+
+
+@dataclass(frozen=True, slots=True)
+class Staged:
+    key: bytes
+    command: ProvisioningCommand
+    at: datetime
+
+
+@dataclass(slots=True)
+class Release:
+    """What the guard decided for one app at one tick."""
+
+    run: list[Staged] = field(default_factory=list)
+    """Removals to execute now."""
+    newly_held: list[Staged] = field(default_factory=list)
+    """Removals to report as ``stagedDelete`` (the app just crossed its threshold)."""
+
+
+@dataclass(slots=True)
+class _App:
+    threshold: int
+    pending: dict[bytes, Staged] = field(default_factory=dict)
+    removed: int = 0
+    held: bool = False
+    allowed_before: datetime | None = None
+
+
+class DeletionGuard:
+    def __init__(self, thresholds: dict[str, int], *, grace: float = 2.0) -> None:
+        self._apps = {app: _App(threshold) for app, threshold in thresholds.items()}
+        self.grace = timedelta(seconds=grace)
+
+    def guards(self, app: str) -> bool:
+        """Whether removals for ``app`` go through the guard (threshold 0 turns it off)."""
+        state = self._apps.get(app)
+        return state is not None and state.threshold > 0
+
+    def held(self, app: str) -> bool:
+        return self._apps[app].held
+
+    def waiting(self, app: str) -> int:
+        return len(self._apps[app].pending)
+
+    def stage(self, staged: Staged) -> bool:
+        """Queue a removal; True when the app is held (report it as ``stagedDelete`` now)."""
+        state = self._apps[staged.command.app]
+        state.pending[staged.key] = staged
+        return state.held
+
+    def drop(self, app: str, key: bytes) -> bool:
+        """A newer command for ``key`` supersedes its waiting removal."""
+        state = self._apps.get(app)
+        return state is not None and state.pending.pop(key, None) is not None
+
+    def allow(self, app: str, before: datetime) -> None:
+        """An operator allowed the removals staged before ``before``."""
+        state = self._apps.get(app)
+        if state is not None and (state.allowed_before is None or before > state.allowed_before):
+            state.allowed_before = before
+
+    def cycle_finished(self, app: str) -> None:
+        """A full scan completed: the next cycle's count starts at zero."""
+        state = self._apps.get(app)
+        if state is not None:
+            state.removed = 0
+
+    def tick(self, app: str, now: datetime) -> Release:
+        state = self._apps[app]
+        release = Release()
+        allowed = state.allowed_before
+        if allowed is not None:
+            release.run = self._take(state, lambda s: s.at <= allowed)
+            if release.run and not state.pending:
+                state.held, state.removed = False, 0
+        if state.held:
+            return release
+        if state.removed + len(state.pending) > state.threshold:
+            state.held = True
+            release.newly_held = list(state.pending.values())
+            return release
+        ready = self._take(state, lambda s: now - s.at >= self.grace)
+        state.removed += len(ready)
+        release.run += ready
+        return release
+
+    @staticmethod
+    def _take(state: _App, due: Callable[[Staged], bool]) -> list[Staged]:
+        chosen = [s for s in state.pending.values() if due(s)]
+        for s in chosen:
+            del state.pending[s.key]
+        return chosen

@@ -1,0 +1,77 @@
+"""A burst of removals above the threshold is held whole; allowing releases exactly it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from schemas import ProvisioningCommand
+from services.writer.deletion_guard import DeletionGuard, Staged
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def removal(i: int, at: datetime = T0) -> Staged:
+    cmd = ProvisioningCommand(app="a", object_type="user", source="s", source_id=f"u{i}",
+                              operation="deprovision", reason="not assigned", change_id="c",
+                              observed_at=at)
+    return Staged(f"a/u{i}".encode(), cmd, at)
+
+
+def test_removals_below_threshold_run_after_the_grace_period() -> None:
+    guard = DeletionGuard({"a": 5}, grace=2)
+    for i in range(5):
+        assert guard.stage(removal(i)) is False
+    assert guard.tick("a", T0 + timedelta(seconds=1)).run == []
+    release = guard.tick("a", T0 + timedelta(seconds=2))
+    assert sorted(s.command.source_id for s in release.run) == [f"u{i}" for i in range(5)]
+    assert guard.waiting("a") == 0
+
+
+def test_burst_above_threshold_holds_all_then_allow_releases_exactly_them() -> None:
+    guard = DeletionGuard({"a": 5}, grace=2)
+    for i in range(6):
+        guard.stage(removal(i))
+    release = guard.tick("a", T0 + timedelta(seconds=3))
+    assert release.run == []
+    assert len(release.newly_held) == 6
+    assert guard.held("a")
+    assert guard.stage(removal(7, T0 + timedelta(seconds=4))) is True  # reported while held
+    assert guard.tick("a", T0 + timedelta(seconds=9)).run == []
+    guard.allow("a", T0 + timedelta(seconds=3))
+    released = guard.tick("a", T0 + timedelta(seconds=10)).run
+    assert sorted(s.command.source_id for s in released) == [f"u{i}" for i in range(6)]
+    assert guard.waiting("a") == 1  # u7 was staged after the allowed moment
+    guard.allow("a", T0 + timedelta(seconds=5))
+    assert [s.command.source_id for s in guard.tick("a", T0 + timedelta(seconds=11)).run] == ["u7"]
+    assert not guard.held("a")
+
+
+def test_executed_removals_count_until_the_cycle_ends() -> None:
+    guard = DeletionGuard({"a": 3}, grace=0)
+    for i in range(3):
+        guard.stage(removal(i))
+    assert len(guard.tick("a", T0).run) == 3
+    guard.stage(removal(9))
+    assert guard.tick("a", T0).newly_held != []  # 3 done + 1 waiting > 3
+    guard2 = DeletionGuard({"a": 3}, grace=0)
+    for i in range(3):
+        guard2.stage(removal(i))
+    guard2.tick("a", T0)
+    guard2.cycle_finished("a")
+    guard2.stage(removal(9))
+    assert [s.command.source_id for s in guard2.tick("a", T0).run] == ["u9"]
+
+
+def test_a_newer_command_supersedes_a_held_removal() -> None:
+    guard = DeletionGuard({"a": 1}, grace=0)
+    guard.stage(removal(1))
+    guard.stage(removal(2))
+    assert len(guard.tick("a", T0).newly_held) == 2
+    assert guard.drop("a", b"a/u1") is True
+    assert guard.waiting("a") == 1
+
+
+def test_threshold_zero_turns_the_guard_off() -> None:
+    assert DeletionGuard({"a": 0}).guards("a") is False
+    assert DeletionGuard({"a": 500}).guards("a") is True
+    assert DeletionGuard({"a": 500}).guards("other") is False
