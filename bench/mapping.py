@@ -1,4 +1,7 @@
-"""Mapping throughput: a 20-attribute mapping set (Direct + Expression) over N users.
+"""Mapping throughput: 20-attribute mapping sets (Direct + Expression) over N users.
+
+Two mixes: an expression-heavy one (10 Direct, 10 Expression including regex Replace and
+NormalizeDiacritics) and Entra's default SCIM user mapping (18 Direct, 2 Expression).
 
     python bench/mapping.py [--users 100000]
 
@@ -47,12 +50,26 @@ TARGETS = ["userName", "externalId", "name.givenName", "name.familyName",
            'phoneNumbers[type eq "mobile"].value', 'addresses[type eq "work"].locality']
 
 
-def config_text() -> str:
+# Entra's default "Azure AD -> SCIM" user mapping: 18 Direct, 2 Expression.
+ENTRA_DEFAULT_DIRECT = dict(zip(
+    [*TARGETS, "title", "preferredLanguage", "displayName", "nickName", "locale", "timezone",
+     'addresses[type eq "work"].postalCode', 'addresses[type eq "work"].country'],
+    [*DIRECT, "jobTitle", "preferredLanguage", "displayName", "id", "countryCode", "city",
+     "employeeId", "countryCode"], strict=True))
+ENTRA_DEFAULT_EXPRESSIONS = {
+    "active": 'Switch([IsSoftDeleted], , "False", "True", "True", "False")',
+    'emails[type eq "other"].value': 'Join("@", [id], "example.com")',
+}
+
+
+def config_text(direct: dict[str, str] | None = None, expressions: dict[str, str] | None = None) -> str:
+    direct = dict(zip(TARGETS, DIRECT, strict=True)) if direct is None else direct
+    expressions = EXPRESSIONS if expressions is None else expressions
     attrs: list[dict[str, Any]] = [
         {"target": t, "source": s, **({"matching": 1} if t == "userName" else {})}
-        for t, s in zip(TARGETS, DIRECT, strict=True)
+        for t, s in direct.items()
     ]
-    attrs += [{"target": t, "type": "expression", "expression": e} for t, e in EXPRESSIONS.items()]
+    attrs += [{"target": t, "type": "expression", "expression": e} for t, e in expressions.items()]
     return yaml.safe_dump({
         "sources": [{"name": "hr", "type": "file", "path": "directory.yaml"}],
         "applications": [{"name": "bench", "target": {"base_url": "http://127.0.0.1:1/v2", "token": "env:X"},
@@ -65,16 +82,28 @@ def person(i: int) -> dict[str, Any]:
             "surname": f"Ng-Sørensen{i % 13}", "mail": f"user{i}@example.com", "jobTitle": "Engineer",
             "department": ("Engineering", "Sales", "Legal")[i % 3], "employeeId": str(100000 + i),
             "mobilePhone": "+1 555 0100", "city": "Lisbon", "employeeType": ("Contractor", "FTE")[i % 2],
-            "countryCode": "PRT", "accountEnabled": True}
+            "countryCode": "PRT", "accountEnabled": True, "IsSoftDeleted": "False"}
 
 
 def run_mapping(users: int) -> dict[str, Any]:
+    """Both mixes: the expression-heavy one (10 + 10) and Entra's default (18 + 2)."""
+    heavy = _run(users, config_text())
+    default = _run(users, config_text(ENTRA_DEFAULT_DIRECT, ENTRA_DEFAULT_EXPRESSIONS))
+    return {"mapping_users": users, "mapping_attributes": 20,
+            "mapping_10expr_users_per_cpu_s": heavy[0],
+            "mapping_10expr_with_encoding_users_per_cpu_s": heavy[1],
+            "mapping_entra_default_users_per_cpu_s": default[0],
+            "mapping_entra_default_with_encoding_users_per_cpu_s": default[1]}
+
+
+def _run(users: int, text: str) -> tuple[int, int]:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.yaml"
-        path.write_text(config_text())
+        path.write_text(text)
         loaded = load_config(path, resolve_secrets=False)
     compiled = compile_apps(loaded)[0]
-    assert len(compiled.user.attributes) + len(compiled.user.direct) == 20
+    user = compiled.user
+    assert len(user.attributes) + len(user.direct) + len(user.simple) == 20
     now = datetime.now(UTC)
     changes = [DirectoryChange(source="hr", object_type="user", object_id=p["id"], operation="upsert",
                                attributes=p, change_id="c", observed_at=now)
@@ -88,9 +117,7 @@ def run_mapping(users: int) -> dict[str, Any]:
     for change in changes:
         encode(plan(compiled, change))  # type: ignore[arg-type]
     with_encoding = time.process_time() - t0
-    return {"mapping_users": users, "mapping_attributes": 20,
-            "mapping_users_per_cpu_s": round(users / mapped),
-            "mapping_with_encoding_users_per_cpu_s": round(users / with_encoding)}
+    return round(users / mapped), round(users / with_encoding)
 
 
 def main() -> None:

@@ -34,10 +34,13 @@ ExpressionCompiler = Callable[[str], Evaluator]
 class _Attribute:
     target: str
     value: Callable[[Mapping[str, Any]], Any]
+    """Direct/Constant: reads the value; Expression: ``_expression_value`` of it."""
     default: Any
     on_create_only: bool
     matching: int | None
     redacted: bool
+    evaluate: Callable[[Mapping[str, Any]], Any] | None = None
+    """The bare expression (for the fast path), when this is an Expression mapping."""
 
 
 @dataclass(slots=True)
@@ -58,6 +61,10 @@ class CompiledMapping:
     attributes: tuple[_Attribute, ...]
     direct: tuple[tuple[str, str], ...] = ()
     """(target, source) of plain Direct mappings: the hot path, no per-value branching."""
+    simple: tuple[tuple[str, Callable[[Mapping[str, Any]], Any]], ...] = ()
+    """(target, evaluate) of plain Expression mappings (no default, matching or redaction)."""
+    ignore: object = None
+    """The expression engine's IgnoreFlowIfNullOrEmpty sentinel."""
 
     def apply(self, attrs: Mapping[str, Any]) -> MappedObject:
         """Map source attributes to target attributes (evaluation errors propagate)."""
@@ -66,6 +73,14 @@ class CompiledMapping:
         for target, source in self.direct:
             v = attrs.get(source)
             values[target] = v if type(v) in _WIRE_TYPES else _plain(v)
+        for target, evaluate in self.simple:
+            v = evaluate(attrs)
+            if type(v) in _WIRE_TYPES:
+                values[target] = v
+            elif isinstance(v, UniqueCandidates):
+                out.unique[target] = list(v)  # the writer picks one, once, on create
+            elif v is not self.ignore:
+                values[target] = _plain(v)
         for a in self.attributes:
             raw = a.value(attrs)
             if isinstance(raw, UniqueCandidates):
@@ -95,18 +110,24 @@ def compile_object_mapping(loaded: LoadedConfig, mapping: ObjectMapping, path: s
                            compile_expression: ExpressionCompiler | None = None,
                            ignore: object = None) -> CompiledMapping:
     """Compile one object mapping; ``path`` is its JSON path in the config (for errors)."""
-    direct = tuple((a.target, a.source or "") for a in mapping.attributes if _is_plain_direct(a))
-    attrs = tuple(
-        _compile_attribute(loaded, a, f"{path}.attributes[{i}]", compile_expression, ignore)
-        for i, a in enumerate(mapping.attributes)
-        if a.type != "none" and not _is_plain_direct(a)
-    )
-    return CompiledMapping(mapping.enabled, frozenset(mapping.actions), attrs, direct)
+    direct = tuple((a.target, a.source or "") for a in mapping.attributes
+                   if a.type == "direct" and _is_plain(a))
+    simple: list[tuple[str, Callable[[Mapping[str, Any]], Any]]] = []
+    general: list[_Attribute] = []
+    for i, a in enumerate(mapping.attributes):
+        if a.type == "none" or (a.type == "direct" and _is_plain(a)):
+            continue
+        compiled = _compile_attribute(loaded, a, f"{path}.attributes[{i}]", compile_expression, ignore)
+        if compiled.evaluate is not None and _is_plain(a) and not compiled.redacted:
+            simple.append((a.target, compiled.evaluate))
+        else:
+            general.append(compiled)
+    return CompiledMapping(mapping.enabled, frozenset(mapping.actions), tuple(general), direct,
+                           tuple(simple), ignore)
 
 
-def _is_plain_direct(a: AttributeMapping) -> bool:
-    return (a.type == "direct" and a.source is not None and a.default is None
-            and a.apply == "always" and a.matching is None)
+def _is_plain(a: AttributeMapping) -> bool:
+    return a.default is None and a.apply == "always" and a.matching is None
 
 
 def _compile_attribute(loaded: LoadedConfig, a: AttributeMapping, path: str,
@@ -133,6 +154,8 @@ def _compile_attribute(loaded: LoadedConfig, a: AttributeMapping, path: str,
                                f"{a.target!r} comes from SelectUniqueValue, so it cannot find an "
                                "existing account; match on another attribute (e.g. externalId)")
         value = _expression_value(compiled, ignore)
+        return _Attribute(a.target, value, a.default, a.apply == "on_create", a.matching,
+                          redacted, compiled.evaluate)
     return _Attribute(a.target, value, a.default, a.apply == "on_create", a.matching, redacted)
 
 
