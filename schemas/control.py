@@ -6,10 +6,11 @@ Key: ``"{app}/{kind}"`` so each kind of request keeps its latest value under com
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from schemas.messages import Message
 
-__all__ = ["AllowDeletes"]
+__all__ = ["AllowDeletes", "AppStatus", "ControlMessage"]
 
 
 class AllowDeletes(Message, tag="control.allow-deletes.v1", frozen=True, kw_only=True):
@@ -19,3 +20,16 @@ class AllowDeletes(Message, tag="control.allow-deletes.v1", frozen=True, kw_only
     before: datetime
     by: str
     """Who asked (user or token name), for the audit trail."""
+
+
+class AppStatus(Message, tag="control.status.v1", frozen=True, kw_only=True):
+    """Provisioning status of one app: ``off`` pauses every write to its target; ``on``
+    resumes and applies what changed meanwhile. Overrides the config's ``status``."""
+
+    app: str
+    status: Literal["on", "off"]
+    by: str
+    at: datetime
+
+
+ControlMessage = AllowDeletes | AppStatus

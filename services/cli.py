@@ -332,25 +332,56 @@ def tail(kind: Annotated[str, typer.Argument(help="activity or errors")],
         pass
 
 
-@cli.command("allow-deletes")
-def allow_deletes(app: Annotated[str, typer.Argument(help="Application whose held removals to run.")],
-                  by: Annotated[str, typer.Option(help="Who allows it (audit).")] = "",
-                  ) -> None:
-    """Release the disables/deletes held by the app's deletion threshold."""
+def _control(app: str, kind: str, message: msgspec.Struct) -> None:
+    """Publish a control message for ``app`` (compacted topic, key ``app/kind``)."""
     from schemas.codecs import encode
-    from schemas.control import AllowDeletes
     from services.runtime.kafka import plain_producer
 
     settings = load_settings()
     if not settings.kafka_bootstrap:
         raise _fail(ConfigError("SCIMFLOW_KAFKA_BOOTSTRAP is not set"))
-    who = by or os.environ.get("USER", "cli")
-    message = AllowDeletes(app=app, before=datetime.now(UTC), by=who)
-    producer = plain_producer(settings.kafka_bootstrap)
     topics = Topics(settings.topic_prefix, settings.partitions)
-    producer.send(topics.control, key=f"{app}/allow-deletes".encode(), value=encode(message)).get(timeout=30)
-    producer.close()
+    producer = plain_producer(settings.kafka_bootstrap)
+    try:
+        producer.send(topics.control, key=f"{app}/{kind}".encode(), value=encode(message)).get(timeout=30)
+    finally:
+        producer.close()
+
+
+def _who(by: str) -> str:
+    return by or os.environ.get("USER", "cli")
+
+
+ByOpt = Annotated[str, typer.Option(help="Who asks (recorded with the request).")]
+
+
+@cli.command("allow-deletes")
+def allow_deletes(app: Annotated[str, typer.Argument(help="Application whose held removals to run.")],
+                  by: ByOpt = "") -> None:
+    """Release the disables/deletes held by the app's deletion threshold."""
+    from schemas.control import AllowDeletes
+
+    message = AllowDeletes(app=app, before=datetime.now(UTC), by=_who(by))
+    _control(app, "allow-deletes", message)
     out.print(f"allowed the removals held for {app} (staged before {message.before:%H:%M:%S} UTC)")
+
+
+@cli.command()
+def stop(app: Annotated[str, typer.Argument(help="Application to pause.")], by: ByOpt = "") -> None:
+    """Provisioning status Off: nothing is created, updated or removed in APP's target."""
+    from schemas.control import AppStatus
+
+    _control(app, "status", AppStatus(app=app, status="off", by=_who(by), at=datetime.now(UTC)))
+    out.print(f"{app}: provisioning is off (changes are kept and applied by `scimflow start {app}`)")
+
+
+@cli.command()
+def start(app: Annotated[str, typer.Argument(help="Application to resume.")], by: ByOpt = "") -> None:
+    """Provisioning status On: resume APP, applying what changed while it was off."""
+    from schemas.control import AppStatus
+
+    _control(app, "status", AppStatus(app=app, status="on", by=_who(by), at=datetime.now(UTC)))
+    out.print(f"{app}: provisioning is on")
 
 
 def main() -> None:

@@ -162,13 +162,13 @@ def pipeline_factory(broker: Broker, scim_target: ScimTarget,
 
     def make(users: list[dict[str, Any]], *, app: dict[str, Any] | None = None,
              groups: list[dict[str, Any]] | None = None, start: bool = True,
-             metrics: bool = False) -> Pipeline:
+             metrics: bool = False, more_apps: list[dict[str, Any]] | None = None) -> Pipeline:
         prefix = f"t{uuid.uuid4().hex[:8]}."
         topics = Topics(prefix, PARTITIONS)
         create_topics(broker.bootstrap, topics.specs())
         config = {"sources": [{"name": "hr", "type": "file", "path": "directory.yaml",
                                "poll_interval": 0.1}],
-                  "applications": [app or APP]}
+                  "applications": [app or APP, *(more_apps or [])]}
         (tmp_path / "scimflow.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         env = {"SCIMFLOW_KAFKA_BOOTSTRAP": broker.bootstrap, "SCIMFLOW_TOPIC_PREFIX": prefix,
                "SCIMFLOW_PARTITIONS": str(PARTITIONS), "SCIMFLOW_DATA_DIR": str(tmp_path / "data"),

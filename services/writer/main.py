@@ -29,7 +29,7 @@ import structlog
 
 from schemas import ActivityRecord, CycleMarker, ErrorRecord, ManagedObject, ProvisioningCommand
 from schemas.codecs import decoder, encode
-from schemas.control import AllowDeletes
+from schemas.control import AllowDeletes, AppStatus, ControlMessage
 from services.runtime import metrics
 from services.runtime.config import LoadedConfig
 from services.runtime.kafka import (
@@ -53,7 +53,7 @@ log = structlog.get_logger("scimflow.writer")
 
 _commands = decoder("provisioning.commands")
 _state = decoder("writer.managed")
-_control = msgspec.json.Decoder(AllowDeletes)
+_control = msgspec.json.Decoder(ControlMessage)
 
 
 def build_writers(settings: Settings, loaded: LoadedConfig) -> dict[str, Writer]:
@@ -101,7 +101,10 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
                 message = _control.decode(value)
             except (msgspec.DecodeError, msgspec.ValidationError):
                 continue  # other kinds of control message are for other services
-            processor.allow_deletes(message)
+            if isinstance(message, AllowDeletes):
+                processor.allow_deletes(message)
+            else:
+                await processor.set_status(message)
 
     report_consumer_lag(app, "writer")
 
@@ -146,6 +149,9 @@ class CommandProcessor:
 
     def __init__(self, settings: Settings, writers: dict[str, Writer], managed: Any, *,
                  activity: Any, errors: Any) -> None:
+        self.paused: dict[str, dict[bytes, ProvisioningCommand] | None] = {
+            name: ({} if w.app.status == "off" else None) for name, w in writers.items()}
+        """Per app: None while on; while off, the latest command of each object, to apply on resume."""
         self.guard = DeletionGuard({name: w.app.deletion_threshold for name, w in writers.items()},
                                    grace=settings.removal_grace)
         self.settings = settings
@@ -214,6 +220,23 @@ class CommandProcessor:
         _count(record, staged.command)
         await self.activity.send(key=staged.key, value=encode(record))
 
+    async def set_status(self, control: AppStatus) -> None:
+        """Off pauses an app's writes (other apps go on); on applies what changed meanwhile."""
+        if control.app not in self.paused:
+            return
+        waiting = self.paused[control.app]
+        if control.status == "off":
+            if waiting is None:
+                log.info("provisioning paused", app=control.app, by=control.by)
+                self.paused[control.app] = {}
+            return
+        if waiting is None:
+            return
+        self.paused[control.app] = None
+        log.info("provisioning resumed", app=control.app, by=control.by, pending=len(waiting))
+        for key, command in waiting.items():
+            await self._schedule(key, command, None, None)
+
     def allow_deletes(self, control: AllowDeletes) -> None:
         log.info("removals allowed", app=control.app, before=control.before.isoformat(), by=control.by)
         self.guard.allow(control.app, control.before)
@@ -260,6 +283,12 @@ class CommandProcessor:
 
     async def _apply(self, key: bytes, command: ProvisioningCommand, *,
                      releasing: bool = False) -> None:
+        waiting = self.paused.get(command.app)
+        if waiting is not None:
+            # Off: nothing reaches the target; the latest desired state waits for On.
+            waiting[key] = command
+            self.guard.drop(command.app, key)
+            return
         raw = self.managed.get(key)
         state = _state.decode(raw) if raw else None
         writer = self.writers[command.app]
