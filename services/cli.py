@@ -384,6 +384,41 @@ def start(app: Annotated[str, typer.Argument(help="Application to resume.")], by
     out.print(f"{app}: provisioning is on")
 
 
+@cli.command()
+def status(config: ConfigOpt,
+           app: Annotated[str | None, typer.Argument(help="Only this application.")] = None,
+           as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+           ) -> None:
+    """Sync details per app: status, managed users, cycles, outcomes, held removals, last error."""
+    from rich.table import Table
+
+    from services.runtime.status import read_status
+
+    settings = load_settings()
+    if not settings.kafka_bootstrap:
+        raise _fail(ConfigError("SCIMFLOW_KAFKA_BOOTSTRAP is not set"))
+    try:
+        loaded = load_config(config, resolve_secrets=False)
+    except ScimflowError as exc:
+        raise _fail(exc) from None
+    reports = [r for r in read_status(loaded, settings.kafka_bootstrap,
+                                      Topics(settings.topic_prefix, settings.partitions))
+               if app is None or r.app == app]
+    if as_json:
+        sys.stdout.write(msgspec.json.encode(reports).decode() + "\n")
+        return
+    table = Table("app", "mode", "status", "managed users", "disabled", "last cycle",
+                  "cycle s", "held removals", "last error")
+    for r in reports:
+        last = f"{r.last_cycle_end:%Y-%m-%d %H:%M:%S}" if r.last_cycle_end else "-"
+        if r.cycle_running:
+            last += " (running)"
+        seconds = f"{r.last_cycle_seconds:.1f}" if r.last_cycle_seconds is not None else "-"
+        table.add_row(r.app, r.mode, r.status, str(r.managed_users), str(r.disabled_users), last,
+                      seconds, str(r.held_removals), (r.last_error or "-")[:60])
+    out.print(table)
+
+
 def main() -> None:
     cli()
 
