@@ -17,6 +17,7 @@ from schemas.messages import (
     Origin,
     ProvisioningCommand,
     ProvisioningMessage,
+    SourcePosition,
     Step,
 )
 
@@ -33,5 +34,6 @@ __all__ = [
     "Origin",
     "ProvisioningCommand",
     "ProvisioningMessage",
+    "SourcePosition",
     "Step",
 ]

@@ -2,7 +2,8 @@
 
 Topics are named by their role, not their full name, because the prefix is a deployment
 setting: ``directory.changes``, ``provisioning.commands``, ``provisioning.activity``,
-``provisioning.errors``, and the writer's state changelog ``writer.managed``.
+``provisioning.errors``, the writer's state changelog ``writer.managed``, and where each
+source's change feed stopped, ``source.positions``.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ from typing import Any
 
 import msgspec
 
+from schemas.control import ControlMessage
 from schemas.messages import (
     ActivityRecord,
     DirectoryMessage,
     ErrorRecord,
     ManagedObject,
     ProvisioningMessage,
+    SourcePosition,
 )
 
 __all__ = ["TOPIC_TYPES", "decoder", "encode", "json_schema"]
@@ -27,6 +30,8 @@ TOPIC_TYPES: dict[str, Any] = {
     "provisioning.activity": ActivityRecord,
     "provisioning.errors": ErrorRecord,
     "writer.managed": ManagedObject,
+    "source.positions": SourcePosition,
+    "control": ControlMessage,
 }
 
 _encoder = msgspec.json.Encoder()

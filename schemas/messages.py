@@ -26,6 +26,7 @@ __all__ = [
     "Origin",
     "ProvisioningCommand",
     "ProvisioningMessage",
+    "SourcePosition",
     "Step",
 ]
 
@@ -221,3 +222,18 @@ class ManagedObject(Message, tag="writer.managed.v1", frozen=True, kw_only=True)
     display_name: str | None = None
     created_at: datetime
     updated_at: datetime
+
+
+class SourcePosition(Message, tag="source.position.v1", frozen=True, kw_only=True):
+    """Where a source's change feed stopped: ingest resumes from here after a restart.
+
+    Key on the (compacted) topic: ``source``, so the topic keeps the latest position of
+    every source. For an LDAP source the position is the RFC 4533 syncrepl cookie.
+    """
+
+    source: str
+    """Name of the source (from the config)."""
+    position: str
+    """The opaque position (e.g. the syncrepl cookie), as base64 text."""
+    at: datetime
+    """When ingest stored it, after every change it covers was on the changes topic."""

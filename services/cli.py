@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from schemas import ActivityRecord, DirectoryChange, ErrorRecord
-from services.runtime.config import LoadedConfig, load_config
+from services.runtime.config import FileSource, LoadedConfig, load_config
 from services.runtime.errors import ConfigError, ScimflowError
 from services.runtime.logs import configure_logging
 from services.runtime.settings import load_settings
@@ -117,11 +117,15 @@ def _expr_object(config: Path, app_name: str | None, object_id: str | None,
     compiled = next((c for c in compile_apps(loaded) if c.app.name == app_name), None)
     if compiled is None:
         raise ConfigError(f"no application named {app_name!r}", file=str(config))
-    path = source_file or loaded.resolve_path(loaded.config.sources[0].path)
+    files = [s for s in loaded.config.sources if isinstance(s, FileSource)]
+    if source_file is None and not files:
+        raise ConfigError("the config has no file source: give --source-file", file=str(config))
+    path = source_file or loaded.resolve_path(files[0].path)
     obj = read_directory(path).get(("user", object_id))
     if obj is None:
         raise ConfigError(f"no user with id {object_id!r} in {path}")
-    change = DirectoryChange(source=loaded.config.sources[0].name, object_type="user",
+    source_name = files[0].name if files else loaded.config.sources[0].name
+    change = DirectoryChange(source=source_name, object_type="user",
                              object_id=obj.object_id, operation="upsert", attributes=obj.attributes,
                              memberships=list(obj.memberships), change_id="expr",
                              observed_at=datetime.now(UTC))
@@ -243,7 +247,10 @@ def _announce(loaded: LoadedConfig, bootstrap: str, env: dict[str, str], run_dir
         out.print(f"look at target  curl -s -H \"Authorization: Bearer $(cat {token_file})\" "
                   f"'{env['DEMO_SCIM_URL']}/Users?count=5'")
     for source in loaded.config.sources:
-        out.print(f"edit source     {loaded.resolve_path(source.path)}  (changes apply in seconds)")
+        if isinstance(source, FileSource):
+            out.print(f"edit source     {loaded.resolve_path(source.path)}  (changes apply in seconds)")
+        else:
+            out.print(f"ldap source     {source.url} {source.base_dn}  (changes apply in seconds)")
     out.print("tail activity   scimflow tail activity   (Ctrl-C here stops everything)")
 
 
@@ -252,7 +259,7 @@ def _watch(loaded: LoadedConfig, bootstrap: str, topics: Topics, sup: Any) -> No
     from services.ingest.file_source import read_directory
 
     total = sum(
-        1 for s in loaded.config.sources
+        1 for s in loaded.config.sources if isinstance(s, FileSource)
         for key in read_directory(loaded.resolve_path(s.path)) if key[0] == "user"
     ) * len(loaded.config.applications)
     seen: set[tuple[str, str]] = set()

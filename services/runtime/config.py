@@ -29,11 +29,13 @@ __all__ = [
     "AttributeMapping",
     "Config",
     "FileSource",
+    "LdapSource",
     "LoadedConfig",
     "ObjectMapping",
     "ScopingClause",
     "ScopingFilter",
     "Secret",
+    "Source",
     "Target",
     "load_config",
 ]
@@ -154,7 +156,36 @@ class FileSource(_Base, frozen=True, tag="file", tag_field="type"):
     poll_interval: float = 0.25
 
 
-Source = FileSource
+LdapFilter = Annotated[str, msgspec.Meta(pattern=r"^\(.*\)$")]
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+
+
+class LdapSource(_Base, frozen=True, tag="ldap", tag_field="type"):
+    """An LDAP directory read with RFC 4533 syncrepl (OpenLDAP ``syncprov``); see docs/sources.md.
+
+    The optional search settings left unset (``None``) take the LDAP source's own defaults
+    (``services/ingest/ldap_source.py``, ``LdapSettings``), documented in docs/sources.md.
+    """
+
+    name: Name
+    url: Annotated[str, msgspec.Meta(pattern=r"^(?i:ldaps?|ldapi)://\S*$")]
+    base_dn: Annotated[str, msgspec.Meta(min_length=1)]
+    bind_dn: Annotated[str, msgspec.Meta(min_length=1)]
+    password: SecretRef
+    """Bind password reference: ``env:NAME`` or ``file:/path``."""
+    user_filter: LdapFilter | None = None
+    group_filter: LdapFilter | None = None
+    attributes: Annotated[list[str], msgspec.Meta(min_length=1)] | None = None
+    group_classes: Annotated[list[str], msgspec.Meta(min_length=1)] | None = None
+    member_attributes: Annotated[list[str], msgspec.Meta(min_length=1)] | None = None
+    timeout: Seconds = 10.0
+    """Seconds to connect, and for each search page."""
+    reconnect_initial: Seconds = 0.2
+    reconnect_max: Seconds = 30.0
+    full_scan_interval: Seconds = 600.0
+
+
+Source = FileSource | LdapSource
 
 
 class Config(_Base, frozen=True):
@@ -300,10 +331,23 @@ def _check(loaded: LoadedConfig) -> None:
     _unique(loaded, [s.name for s in cfg.sources], "$.sources", "source")
     if not cfg.sources:
         raise loaded.error("$.sources", "expected at least one source")
+    for i, source in enumerate(cfg.sources):
+        if isinstance(source, LdapSource):
+            _check_ldap_source(loaded, source, f"$.sources[{i}]")
     for i, app in enumerate(cfg.applications):
         _check_object_mapping(loaded, app.mappings.user, f"$.applications[{i}].mappings.user")
         if app.mappings.group is not None:
             _check_object_mapping(loaded, app.mappings.group, f"$.applications[{i}].mappings.group")
+
+
+def _check_ldap_source(loaded: LoadedConfig, source: LdapSource, path: str) -> None:
+    if source.reconnect_max < source.reconnect_initial:
+        raise loaded.error(f"{path}.reconnect_max",
+                           f"expected at least reconnect_initial ({source.reconnect_initial:g})")
+    for key in ("user_filter", "group_filter"):
+        value: str | None = getattr(source, key)
+        if value is not None and value.count("(") != value.count(")"):
+            raise loaded.error(f"{path}.{key}", f"unbalanced parentheses in LDAP filter {value!r}")
 
 
 def _unique(loaded: LoadedConfig, names: list[str], path: str, what: str) -> None:
@@ -333,6 +377,9 @@ def _check_object_mapping(loaded: LoadedConfig, mapping: ObjectMapping, path: st
 def _secret_refs(loaded: LoadedConfig) -> Iterator[tuple[str, str]]:
     for i, app in enumerate(loaded.config.applications):
         yield f"$.applications[{i}].target.token", app.target.token
+    for i, source in enumerate(loaded.config.sources):
+        if isinstance(source, LdapSource):
+            yield f"$.sources[{i}].password", source.password
 
 
 def _resolve_secrets(loaded: LoadedConfig) -> dict[str, Secret]:

@@ -19,6 +19,7 @@ from aiokafka.partitioner import murmur2
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.structs import TopicPartition as KafkaPartition
 
 from services.runtime import metrics
 from services.runtime.errors import ScimflowError
@@ -35,6 +36,7 @@ __all__ = [
     "plain_producer",
     "raw_schema",
     "raw_topic",
+    "read_latest",
     "report_consumer_lag",
     "run_worker",
     "wait_until_ready",
@@ -205,3 +207,48 @@ def run_worker(app: Any, *, loglevel: str = "info") -> None:
     """Run a faust worker in the foreground until SIGTERM/SIGINT (clean shutdown)."""
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
+
+
+def read_latest(bootstrap: str, topic: str, *, timeout: float = 30.0) -> dict[bytes, bytes]:
+    """The latest value of every key of a compacted ``topic``, as of its end offsets now.
+
+    Reads every partition from the beginning to the end offsets taken at the start, with
+    manual assignment (no consumer group); a tombstone (null value) removes its key. A
+    topic that does not exist holds nothing. Raises BrokerUnavailableError if the broker
+    does not answer, or the read does not reach the end within ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    try:
+        consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                 client_id="scimflow-read-latest", request_timeout_ms=int(timeout * 1000))
+    except KafkaError as exc:
+        raise BrokerUnavailableError(f"cannot read {topic} from {bootstrap}: {exc}") from exc
+    try:
+        return _read_to_end(consumer, topic, deadline)
+    except KafkaError as exc:
+        raise BrokerUnavailableError(f"cannot read {topic} from {bootstrap}: {exc}") from exc
+    finally:
+        consumer.close()
+
+
+def _read_to_end(consumer: Any, topic: str, deadline: float) -> dict[bytes, bytes]:
+    partitions = consumer.partitions_for_topic(topic)
+    if not partitions:
+        return {}
+    assigned = [KafkaPartition(topic, p) for p in sorted(partitions)]
+    consumer.assign(assigned)
+    consumer.seek_to_beginning(*assigned)
+    ends: dict[Any, int] = consumer.end_offsets(assigned)
+    latest: dict[bytes, bytes] = {}
+    while any(consumer.position(tp) < ends[tp] for tp in assigned):
+        if time.monotonic() > deadline:
+            raise BrokerUnavailableError(f"reading {topic} did not reach its end offsets in time")
+        for tp, records in consumer.poll(timeout_ms=200).items():
+            for record in records:
+                if record.offset >= ends[tp] or record.key is None:
+                    continue
+                if record.value is None:
+                    latest.pop(record.key, None)
+                else:
+                    latest[record.key] = record.value
+    return latest

@@ -48,6 +48,11 @@ class Topics:
     def control(self) -> str:
         return f"{self.prefix}control"
 
+    @property
+    def source_positions(self) -> str:
+        """Compacted; key: source name, value: where its change feed stopped (SourcePosition)."""
+        return f"{self.prefix}source.positions"
+
     def app_id(self, service: str) -> str:
         """The faust app id (= consumer group) of a service."""
         return f"{self.prefix}{service}"
@@ -70,4 +75,6 @@ class Topics:
             TopicSpec(self.errors, n),
             TopicSpec(self.control, 1, compacted=True),
             TopicSpec(self.writer_state, n, compacted=True),
+            # A handful of keys (one per source), read whole at ingest start: one partition.
+            TopicSpec(self.source_positions, 1, compacted=True),
         ]

@@ -1,0 +1,259 @@
+"""The whole pipeline from an LDAP source: real slapd (syncprov) -> ingest -> mapper -> writer
+-> real scim2-server, the three workers as real processes on a real broker.
+
+Changes travel over syncrepl as the directory makes them; the ingest stores its cookie in
+``source.positions`` and, restarted, resumes from it instead of re-reading the directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from schemas import DirectoryChange
+from schemas.codecs import decoder
+from schemas.messages import SourcePosition
+from services.ingest.positions import Positions
+from services.ingest.worker import LdapIngest, Publisher, ldap_settings
+from services.runtime.broker import Broker
+from services.runtime.config import LdapSource as LdapSourceConfig
+from services.runtime.kafka import consume, create_topics
+from services.runtime.scim_target import ScimTarget
+from services.runtime.supervisor import Supervisor
+from services.runtime.topics import Topics
+from tests.conftest import PARTITIONS, Pipeline, Scim
+from tests.support.slapd import Slapd, slapd_binary, start_slapd
+
+pytestmark = pytest.mark.e2e
+
+SOURCE = "corp-ldap"
+USERS = 20  # in the assigned group; one more user is outside it
+CHANGE_WITHIN = 15.0  # seconds from an LDAP write to the target
+
+
+@pytest.fixture
+def slapd() -> Iterator[Slapd]:
+    if slapd_binary("slapd") is None or slapd_binary("slapadd") is None:
+        pytest.skip("OpenLDAP slapd is not installed: apt-get install slapd ldap-utils")
+    with start_slapd() as server:
+        yield server
+
+
+def _app(group_id: str) -> dict[str, Any]:
+    return {
+        "name": "app",
+        "target": {"base_url": "${TEST_SCIM_URL}", "token": "env:TEST_SCIM_TOKEN"},
+        "assignments": {"groups": [group_id]},
+        "mappings": {"user": {"attributes": [
+            {"target": "userName", "source": "mail", "matching": 1},
+            {"target": "externalId", "source": "uid"},
+            {"target": "displayName", "source": "cn"},
+            {"target": "name.givenName", "source": "givenName"},
+            {"target": "name.familyName", "source": "sn"},
+        ]}},
+    }
+
+
+@pytest.fixture
+def ldap_pipeline(broker: Broker, scim_target: ScimTarget, slapd: Slapd,
+                  tmp_path: Path) -> Iterator[Callable[[str], Pipeline]]:
+    """Starts the pipeline with ``slapd`` as its one source, ``group_id`` assigned to the app."""
+    started: list[Supervisor] = []
+
+    def make(group_id: str) -> Pipeline:
+        prefix = f"t{uuid.uuid4().hex[:8]}."
+        topics = Topics(prefix, PARTITIONS)
+        create_topics(broker.bootstrap, topics.specs())
+        source = {"name": SOURCE, "type": "ldap", "url": slapd.url, "base_dn": slapd.base_dn,
+                  "bind_dn": slapd.bind_dn, "password": "env:TEST_LDAP_PASSWORD", "full_scan_interval": 600,
+                  "reconnect_initial": 0.1, "reconnect_max": 2}
+        config = {"sources": [source], "applications": [_app(group_id)]}
+        (tmp_path / "scimflow.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        env = {"SCIMFLOW_KAFKA_BOOTSTRAP": broker.bootstrap, "SCIMFLOW_TOPIC_PREFIX": prefix,
+               "SCIMFLOW_PARTITIONS": str(PARTITIONS), "SCIMFLOW_DATA_DIR": str(tmp_path / "data"),
+               "SCIMFLOW_LOG_FORMAT": "json", "SCIMFLOW_LOG_LEVEL": os.environ.get("TEST_LOG_LEVEL", "info"),
+               "TEST_SCIM_URL": scim_target.base_url, "TEST_SCIM_TOKEN": scim_target.token,
+               "TEST_LDAP_PASSWORD": slapd.password}
+        sup = Supervisor(config=tmp_path / "scimflow.yaml", env=env, log_dir=tmp_path / "logs")
+        started.append(sup)
+        sup.start()
+        return Pipeline(tmp_path, topics, broker.bootstrap, Scim(scim_target), sup, tmp_path / "unused")
+
+    yield make
+    for sup in started:
+        sup.stop()
+
+
+def _changes(p: Pipeline) -> list[DirectoryChange]:
+    """The change events on the changes topic (not the full scans' objects, not markers)."""
+    dec = decoder("directory.changes")
+    messages = (dec.decode(m.value) for m in consume(p.bootstrap, p.topics.changes, idle_timeout=0.5))
+    return [m for m in messages if isinstance(m, DirectoryChange) and m.cycle_id is None]
+
+
+def _positions(p: Pipeline) -> list[SourcePosition]:
+    dec = decoder("source.positions")
+    return [dec.decode(m.value) for m in consume(p.bootstrap, p.topics.source_positions, idle_timeout=0.5)]
+
+
+def test_ldap_users_are_provisioned_changed_deleted_and_resumed_from_the_cookie(
+        ldap_pipeline: Callable[[str], Pipeline], slapd: Slapd) -> None:
+    dns = [slapd.add_user(f"user{i:02d}", givenName=f"Given{i}") for i in range(USERS)]
+    slapd.add_user("outsider", givenName="Out")
+    group = slapd.add_group("staff", dns)
+    uuid_of = {dn: slapd.entry_uuid(dn) for dn in dns}
+    p = ldap_pipeline(slapd.entry_uuid(group))
+
+    # Initial cycle: the group's members, and nobody else.
+    p.wait_for(f"{USERS} users in the target", lambda: p.scim.count() >= USERS)
+    target = p.scim.by_username()
+    assert set(target) == {f"user{i:02d}@example.com" for i in range(USERS)}
+    user0 = target["user00@example.com"]
+    assert user0["externalId"] == "user00" and user0["name"]["givenName"] == "Given0"
+    assert user0["displayName"] == "User00" and user0["name"]["familyName"] == "User00"
+
+    # A change in the directory reaches the target within seconds.
+    slapd.modify(dns[0], givenName="Renamed")
+    p.wait_for("the new givenName in the target",
+               lambda: p.scim.by_username()["user00@example.com"]["name"]["givenName"] == "Renamed",
+               timeout=CHANGE_WITHIN)
+
+    # So does a deletion.
+    slapd.delete(dns[1])
+    p.wait_for("user01 deleted in the target", lambda: "user01@example.com" not in p.scim.by_username(),
+               timeout=CHANGE_WITHIN)
+    assert len(p.scim.users()) == USERS - 1
+
+    # The cookie after the deletion is stored before ingest stops.
+    deleted = next(c for c in _changes(p) if c.operation == "delete")
+    assert deleted.object_id == uuid_of[dns[1]]
+    p.wait_for("a cookie stored after the deletion",
+               lambda: any(pos.at > deleted.observed_at for pos in _positions(p)))
+    stored = _positions(p)
+    assert {pos.source for pos in stored} == {SOURCE}
+    assert all(base64.b64decode(pos.position) for pos in stored)
+    p.sup.stop_one("ingest")
+    before = {c.change_id for c in _changes(p)}
+
+    # A change made while ingest is down arrives once it is back, through the stored cookie.
+    slapd.modify(dns[2], givenName="WhileDown")
+    p.sup.start_one("ingest")
+    p.wait_for("the change made while ingest was down",
+               lambda: p.scim.by_username()["user02@example.com"]["name"]["givenName"] == "WhileDown")
+    resumed = [c for c in _changes(p) if c.change_id not in before]
+    # Resumed, not re-read: the only change event is the one change (re-reading would send
+    # every user and the group again).
+    assert {c.object_id for c in resumed} == {uuid_of[dns[2]]}, [c.attributes.get("dn") for c in resumed]
+    assert len(resumed) == 1
+    assert p.errors() == []
+    assert "outsider@example.com" not in p.scim.by_username()
+
+
+# -- the ingest loop alone, against the same real slapd, with a recording publisher -----------
+
+
+class _Recorder(Positions):
+    """Records what the ingest publishes and stores, in order; holds no position to start from."""
+
+    def __init__(self) -> None:
+        super().__init__("unused:9092", "unused", self._send)
+        self.log: list[tuple[str, Any]] = []
+        self.publisher = Publisher(self._record("change"), self._record("marker"), self._record("error"),
+                                   self._flush)
+
+    def _record(self, kind: str) -> Callable[[Any], Awaitable[None]]:
+        async def record(message: Any) -> None:
+            self.log.append((kind, message))
+        return record
+
+    async def _flush(self) -> None:
+        self.log.append(("flush", None))
+
+    async def _send(self, key: bytes, value: bytes) -> None:
+        self.log.append(("position", decoder("source.positions").decode(value)))
+
+    async def load(self, source: str) -> bytes | None:
+        return None
+
+    def kinds(self) -> list[str]:
+        return [kind for kind, _ in self.log]
+
+    def of(self, kind: str) -> list[Any]:
+        return [message for k, message in self.log if k == kind]
+
+
+def _ingest(slapd: Slapd, recorder: _Recorder) -> LdapIngest:
+    config = LdapSourceConfig(name=SOURCE, url=slapd.url, base_dn=slapd.base_dn, bind_dn=slapd.bind_dn,
+                              password="env:UNUSED", reconnect_initial=0.1, reconnect_max=0.5)
+    return LdapIngest(config, ldap_settings(config, slapd.password), recorder.publisher, recorder)
+
+
+async def _until(what: str, check: Callable[[], bool], within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, f"not within {within}s: {what}"
+        await asyncio.sleep(0.01)
+
+
+def test_cookie_is_stored_after_the_changes_it_covers_are_flushed(slapd: Slapd) -> None:
+    ada = slapd.add_user("ada", givenName="Ada")
+    recorder = _Recorder()
+
+    async def scenario() -> None:
+        ingest = _ingest(slapd, recorder)
+        task = asyncio.create_task(ingest.run())
+        try:
+            await _until("the first cookie", lambda: bool(recorder.of("position")))
+            # The start-up full scan runs beside the feed; let it finish so that what follows
+            # the mark is the feed's change alone.
+            await _until("the first scan", lambda: any(m.phase == "end" for m in recorder.of("marker")))
+            mark = len(recorder.log)
+            slapd.modify(ada, givenName="Ada2")
+            await _until("the change's cookie", lambda: "position" in recorder.kinds()[mark:])
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        after = recorder.log[mark:]
+        kinds = [kind for kind, _ in after]
+        stored = kinds.index("position")
+        assert kinds[stored - 2:stored + 1] == ["change", "flush", "position"]
+        change = next(m for k, m in after if k == "change")
+        assert change.cycle_id is None and change.attributes["givenName"] == "Ada2"
+        position = next(m for k, m in after if k == "position")
+        assert position.source == SOURCE and base64.b64decode(position.position)
+
+    asyncio.run(scenario())
+
+
+def test_failed_scan_ends_incomplete_and_is_reported_without_the_password(slapd: Slapd) -> None:
+    slapd.add_user("ada")
+    recorder = _Recorder()
+
+    async def scenario() -> None:
+        ingest = _ingest(slapd, recorder)
+        await ingest.start()
+        assert await ingest.full_scan() is not None
+        slapd.stop()
+        assert await ingest.full_scan() is None
+
+    asyncio.run(scenario())
+    good_start, good_end, bad_start, bad_end = recorder.of("marker")
+    assert (good_start.phase, good_start.total, good_end.phase, good_end.total, good_end.complete) == (
+        "start", None, "end", 1, True)
+    assert [c.cycle_id for c in recorder.of("change")] == [good_start.cycle_id]
+    assert bad_start.cycle_id == bad_end.cycle_id != good_start.cycle_id
+    assert (bad_end.phase, bad_end.complete) == ("end", False)
+    [error] = recorder.of("error")
+    assert error.error_code == "LdapUnavailable" and error.service == "ingest"
+    assert SOURCE in error.reason and slapd.password not in error.reason
