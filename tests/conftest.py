@@ -29,8 +29,15 @@ PARTITIONS = 3
 
 
 @pytest.fixture(scope="session")
-def broker() -> Iterator[Broker]:
-    with start_broker(load_settings(partitions=PARTITIONS)) as b:
+def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+
+    def show(line: str) -> None:
+        # CI must show which broker the suite ran on; pytest would otherwise capture the line.
+        with capture.global_and_fixture_disabled():
+            print(f"\n{line}", flush=True)
+
+    with start_broker(load_settings(partitions=PARTITIONS), log=show) as b:
         yield b
 
 
