@@ -324,3 +324,35 @@ def test_off_pauses_one_app_and_on_applies_what_changed(pipeline_factory: Factor
         p.wait_for("app to catch up", lambda: sum(
             u["name"]["givenName"].startswith("Changed") for u in p.scim.users()) == 50, timeout=60)
         assert p.scim.count() == 50
+
+
+def test_delete_action_and_skip_out_of_scope_deletions(pipeline_factory: Factory, tmp_path_factory:
+                                                       pytest.TempPathFactory) -> None:
+    from services.runtime.scim_target import start_scim_target
+    from tests.conftest import Scim
+
+    secrets = tmp_path_factory.mktemp("secrets")
+    no_delete = {**APP, "mappings": {"user": {**APP["mappings"]["user"],  # type: ignore[index]
+                                              "actions": ["create", "update"]}}}
+    with start_scim_target() as second:
+        (secrets / "token").write_text(second.token)
+        keep_out_of_scope = {**APP, "name": "lenient", "skip_out_of_scope_deletions": True,
+                             "target": {"base_url": second.base_url, "token": f"file:{secrets / 'token'}"}}
+        users = [user(i) for i in range(5)]
+        p = pipeline_factory(users, app=no_delete, more_apps=[keep_out_of_scope])
+        lenient = Scim(second)
+        p.wait_for("both synced", lambda: p.scim.count() == 5 and lenient.count() == 5)
+        remaining = [u for u in users if u["id"] != "u00001"]  # user1 hard-deleted in the source
+        members = [u["id"] for u in remaining if u["id"] != "u00002"]  # user2 unassigned
+        p.write_directory(remaining, [{"id": "g-all", "displayName": "All", "members": members}])
+        p.wait_for("the strict app to disable user1 and user2", lambda: {
+            u["userName"] for u in p.scim.users() if not u["active"]} == {
+            "user1@example.com", "user2@example.com"})
+        p.wait_for("the lenient app to delete user1", lambda: lenient.count() == 4)
+        assert p.scim.count() == 5  # Delete action off: disabled, never deleted
+        assert lenient.by_username()["user2@example.com"]["active"] is True  # out of scope: kept
+        skips = [a for a in p.activity() if a.app == "lenient" and a.source_id == "u00002"
+                 and a.action == "skip"]
+        assert skips and "skip_out_of_scope_deletions" in (skips[-1].reason or "")
+        disabled = {a.source_id: a.reason for a in p.activity() if a.app == "app" and a.action == "disable"}
+        assert "Delete action is off" in (disabled["u00001"] or "")
