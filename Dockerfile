@@ -15,10 +15,9 @@ FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
-# A compiler for any dependency without a wheel for this platform (python-ldap will also
-# need libldap2-dev and libsasl2-dev here, and libldap-2.5-0 in the runtime stage).
+# A compiler and OpenLDAP's headers: python-ldap (the LDAP source) ships no wheels.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends build-essential \
+ && apt-get install -y --no-install-recommends build-essential libldap2-dev libsasl2-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -34,6 +33,10 @@ FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="scimflow" \
       org.opencontainers.image.description="Kafka-based automatic user provisioning into SCIM 2.0 apps" \
       org.opencontainers.image.licenses="Apache-2.0"
+# Only the shared libraries python-ldap links against; everything else comes from the builder.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libldap-2.5-0 libsasl2-2 \
+ && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 scimflow \
  && useradd --system --uid 10001 --gid scimflow --home-dir /var/lib/scimflow --no-create-home \
       --shell /usr/sbin/nologin scimflow \

@@ -596,8 +596,13 @@ def test_dockerfile_builds_in_one_stage_and_runs_in_another() -> None:
     assert len(stages) >= 2
     final = stages[-1]
     assert any(i == "COPY" and a.startswith("--from=builder ") for i, a in final)
-    assert not any(i == "RUN" and re.search(r"pip install|apt-get install", a) for i, a in final), (
+    assert not any(i == "RUN" and "pip install" in a for i, a in final), (
         "install in the builder, copy the result")
+    # The runtime stage may add shared libraries (python-ldap links libldap), nothing else.
+    for i, a in final:
+        if i == "RUN" and "apt-get install" in a:
+            packages = re.sub(r".*apt-get install -y --no-install-recommends ", "", a).split("&&")[0]
+            assert all(p.startswith("lib") for p in packages.split()), packages
     defaults = dict(a.split("=", 1) for i, a in _instructions() if i == "ARG" and "=" in a)
     for _, args in (stage[0] for stage in stages):
         image = args.split()[0]
