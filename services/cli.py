@@ -251,7 +251,10 @@ def _announce(loaded: LoadedConfig, bootstrap: str, env: dict[str, str], run_dir
             out.print(f"edit source     {loaded.resolve_path(source.path)}  (changes apply in seconds)")
         else:
             out.print(f"ldap source     {source.url} {source.base_dn}  (changes apply in seconds)")
-    out.print("tail activity   scimflow tail activity   (Ctrl-C here stops everything)")
+    prefix = f"SCIMFLOW_KAFKA_BOOTSTRAP={bootstrap}"
+    out.print(f"tail activity   {prefix} scimflow tail activity")
+    out.print(f"sync details    {prefix} scimflow status --config {loaded.file}")
+    out.print("stop            Ctrl-C here stops the workers, the target and the broker")
 
 
 def _watch(loaded: LoadedConfig, bootstrap: str, topics: Topics, sup: Any) -> None:
