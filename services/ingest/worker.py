@@ -30,6 +30,7 @@ from services.ingest.positions import Positions
 from services.runtime import metrics
 from services.runtime.config import FileSource
 from services.runtime.config import LdapSource as LdapSourceConfig
+from services.runtime.records import error_record
 
 __all__ = ["FileIngest", "LdapIngest", "Publisher", "ldap_settings"]
 
@@ -338,5 +339,4 @@ def _file_error(reason: str) -> ErrorRecord:
 
 
 def _error(code: str, reason: str, action: str) -> ErrorRecord:
-    return ErrorRecord(id=str(uuid.uuid4()), at=datetime.now(UTC), service="ingest", error_code=code,
-                       reason=reason, recommended_action=action)
+    return error_record("ingest", code, reason, action)

@@ -7,8 +7,6 @@ an ErrorRecord and the stream goes on.
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -23,7 +21,7 @@ from services.mapper.scoping_filters import Clause, CompiledFilters, ScopingErro
 from services.runtime import metrics
 from services.runtime.config import LoadedConfig, ObjectMapping
 from services.runtime.kafka import faust_app, raw_topic, report_consumer_lag
-from services.runtime.records import malformed_message
+from services.runtime.records import error_record, malformed_message
 from services.runtime.settings import Settings
 from services.runtime.topics import Topics
 
@@ -121,10 +119,9 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
 
 
 def _mapping_failed(app: str, change: DirectoryChange, exc: Exception) -> ErrorRecord:
-    return ErrorRecord(
-        id=str(uuid.uuid4()), at=datetime.now(UTC), service="mapper",
-        error_code="AttributeMappingFailed", reason=f"{type(exc).__name__}: {exc}",
-        recommended_action="Fix the attribute mapping or the source value; other objects go on.",
+    return error_record(
+        "mapper", "AttributeMappingFailed", f"{type(exc).__name__}: {exc}",
+        "Fix the attribute mapping or the source value; other objects go on.",
         app=app, object_type=change.object_type, source_id=change.object_id,
         change_id=change.change_id, cycle_id=change.cycle_id,
     )

@@ -17,7 +17,6 @@ accidental-deletion prevention (``deletion_guard``) and provisioning status Off/
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from schemas.codecs import decoder, encode
 from schemas.control import AllowDeletes, AppStatus
 from services.runtime import metrics
 from services.runtime.kafka import partition_for
-from services.runtime.records import malformed_message
+from services.runtime.records import error_record, malformed_message
 from services.runtime.settings import Settings
 from services.writer.cycles import CycleTracker, FinishedScan
 from services.writer.deletion_guard import DeletionGuard, Staged
@@ -300,12 +299,12 @@ def _absent(scan: FinishedScan, state: ManagedObject) -> ProvisioningCommand:
 
 
 def _writer_failure(command: ProvisioningCommand, exc: Exception) -> ErrorRecord:
-    return ErrorRecord(
-        id=str(uuid.uuid4()), at=datetime.now(UTC), service="writer", error_code="WriterFailure",
-        reason=f"{type(exc).__name__}: {exc}", app=command.app, object_type=command.object_type,
-        recommended_action="A bug in scimflow's writer: report it with this record; the "
-                           "object is retried at the next full scan.",
-        source_id=command.source_id, change_id=command.change_id, cycle_id=command.cycle_id,
+    return error_record(
+        "writer", "WriterFailure", f"{type(exc).__name__}: {exc}",
+        "A bug in scimflow's writer: report it with this record; the object is retried at the "
+        "next full scan.",
+        app=command.app, object_type=command.object_type, source_id=command.source_id,
+        change_id=command.change_id, cycle_id=command.cycle_id,
     )
 
 
@@ -318,9 +317,9 @@ def _count(activity: ActivityRecord, command: ProvisioningCommand) -> None:
 
 
 def _threshold_exceeded(app: str, reason: str) -> ErrorRecord:
-    return ErrorRecord(
-        id=str(uuid.uuid4()), at=datetime.now(UTC), service="writer",
-        error_code="DeletionThresholdExceeded", reason=reason, app=app,
-        recommended_action=f"Check why so many objects left scope or the source; if intended, "
-                           f"run `scimflow allow-deletes {app}`. Nothing was removed.",
+    return error_record(
+        "writer", "DeletionThresholdExceeded", reason,
+        f"Check why so many objects left scope or the source; if intended, "
+        f"run `scimflow allow-deletes {app}`. Nothing was removed.",
+        app=app,
     )

@@ -20,6 +20,7 @@ import structlog
 from schemas import ActivityRecord, ErrorRecord, ManagedObject, ModifiedProperty, ProvisioningCommand, Step
 from services.runtime.config import Application
 from services.runtime.errors import ConflictError, NotFoundError, RejectedError, TargetError
+from services.runtime.records import error_record
 from services.writer.decide import Decision, after_lookup, decide, desired_state
 from services.writer.scim_client import ScimClient, ScimResource
 from services.writer.scim_paths import build_resource, patch_operations, read_path
@@ -231,10 +232,9 @@ class Writer:
         trace.step("export", "failure", str(exc))
         action = {"lookup": "create", "noop": "skip"}.get(decision.action, decision.action)
         activity = self._activity(cmd, action, "failure", decision, managed, trace, error_code=exc.code)
-        error = ErrorRecord(
-            id=str(uuid.uuid4()), at=datetime.now(UTC), service="writer", error_code=exc.code,
-            reason=str(exc) + (f" (target said: {exc.detail})" if exc.detail else ""),
-            recommended_action=exc.recommended_action, attempts=int(getattr(exc, "attempts", 1)),
+        error = error_record(
+            "writer", exc.code, str(exc) + (f" (target said: {exc.detail})" if exc.detail else ""),
+            exc.recommended_action, attempts=int(getattr(exc, "attempts", 1)),
             app=cmd.app, object_type=cmd.object_type, source_id=cmd.source_id,
             change_id=cmd.change_id, cycle_id=cmd.cycle_id, target_status=exc.status,
         )
