@@ -42,7 +42,7 @@ _LAUNCHER = (
     "import os, sys\n"
     "from scim2_server.testserver.cli import main\n"
     f"token = os.environ.pop({_TOKEN_ENV!r})\n"
-    "sys.argv = ['scim2-server', *sys.argv[1:], '--bearer-token', token]\n"
+    "sys.argv = ['scim2-server', *sys.argv[1:], '--bearer-token=' + token]\n"
     "main()\n"
 )
 
