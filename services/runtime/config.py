@@ -31,7 +31,11 @@ __all__ = [
     "FileSource",
     "LdapSource",
     "LoadedConfig",
+    "OAuth2",
     "ObjectMapping",
+    "Quarantine",
+    "RateLimit",
+    "Retries",
     "ScopingClause",
     "ScopingFilter",
     "Secret",
@@ -66,15 +70,72 @@ class _Base(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     pass
 
 
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+Count = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class OAuth2(_Base, frozen=True):
+    """OAuth2 client credentials (RFC 6749 section 4.4) for a target's admin API."""
+
+    token_url: Annotated[str, msgspec.Meta(pattern=r"^https?://\S+$")]
+    client_id: Annotated[str, msgspec.Meta(min_length=1)]
+    client_secret: SecretRef
+    """Client secret reference: ``env:NAME`` or ``file:/path``."""
+    scope: str | None = None
+
+
+class RateLimit(_Base, frozen=True):
+    """The most scimflow asks of one target; lowered on 429s and raised again slowly (AIMD)."""
+
+    max_concurrency: Count = 16
+    """Target calls in flight at once for this app."""
+    max_requests_per_second: Positive = 50.0
+
+
+class Retries(_Base, frozen=True):
+    """Transient failures (network, timeouts, 429, 5xx): exponential backoff with jitter."""
+
+    attempts: Count = 5
+    """Attempts of one target call before the object waits for a delayed retry."""
+    escrow_after: Count = 10
+    """Failed attempts of one object before it is escrowed: reported, retried on later cycles."""
+    initial_wait: Positive = 0.5
+    max_wait: Positive = 60.0
+
+
+class Quarantine(_Base, frozen=True):
+    """An app whose recent calls mostly fail backs off as a whole until a probe succeeds."""
+
+    failure_ratio: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.8
+    min_calls: Count = 20
+    """Calls in the window before the ratio counts."""
+    window: Positive = 300.0
+    """Seconds of recent calls the ratio looks at."""
+    probe_initial: Positive = 5.0
+    """Seconds to the first probe once quarantined; doubles up to ``probe_max``."""
+    probe_max: Positive = 600.0
+
+
 class Target(_Base, frozen=True):
     """How to reach an application's SCIM 2.0 API."""
 
     base_url: Annotated[str, msgspec.Meta(pattern=r"^https?://\S+$")]
-    token: SecretRef
-    """Bearer token reference: ``env:NAME`` or ``file:/path``."""
+    token: SecretRef | None = None
+    """Bearer token reference: ``env:NAME`` or ``file:/path``. Or give ``oauth2``."""
+    oauth2: OAuth2 | None = None
     dialect: Literal["rfc7644", "entra"] = "rfc7644"
-    timeout: float = 10.0
-    max_connections: int = 32
+    """``rfc7644``: strict RFC 7644; ``entra``: the requests Entra's SCIM client sends."""
+    update_method: Literal["patch", "put"] = "patch"
+    """PATCH changed attributes (falls back to PUT on 405/501), or always PUT."""
+    max_patch_operations: Count = 100
+    """Most operations (or group members) in one PATCH request; larger changes are chunked."""
+    page_size: Count | None = None
+    """``count`` asked for when listing; unset lets the target choose."""
+    timeout: Positive = 10.0
+    max_connections: Count = 32
+    rate_limit: RateLimit = RateLimit()
+    retries: Retries = Retries()
+    quarantine: Quarantine = Quarantine()
 
 
 class AttributeMapping(_Base, frozen=True):
@@ -126,6 +187,8 @@ class Mappings(_Base, frozen=True):
 class Assignments(_Base, frozen=True):
     users: list[str] = []
     groups: list[str] = []
+    expand_nested_groups: bool = False
+    """Members of groups nested (at any depth) in an assigned group are in scope too."""
 
 
 class Application(_Base, frozen=True):
@@ -145,6 +208,8 @@ class Application(_Base, frozen=True):
     held as ``stagedDelete`` until an operator allows them (0 turns the check off)."""
     disabled_attribute: str = "accountEnabled"
     """Source attribute that says whether the account is enabled (false -> disable)."""
+    dry_run: bool = False
+    """Compute and report every action (status ``dryRun``) but write nothing to the target."""
 
 
 class FileSource(_Base, frozen=True, tag="file", tag_field="type"):
@@ -335,6 +400,9 @@ def _check(loaded: LoadedConfig) -> None:
         if isinstance(source, LdapSource):
             _check_ldap_source(loaded, source, f"$.sources[{i}]")
     for i, app in enumerate(cfg.applications):
+        if (app.target.token is None) == (app.target.oauth2 is None):
+            raise loaded.error(f"$.applications[{i}].target",
+                               "expected exactly one of `token` (bearer) and `oauth2` (client credentials)")
         _check_object_mapping(loaded, app.mappings.user, f"$.applications[{i}].mappings.user")
         if app.mappings.group is not None:
             _check_object_mapping(loaded, app.mappings.group, f"$.applications[{i}].mappings.group")
@@ -376,7 +444,10 @@ def _check_object_mapping(loaded: LoadedConfig, mapping: ObjectMapping, path: st
 
 def _secret_refs(loaded: LoadedConfig) -> Iterator[tuple[str, str]]:
     for i, app in enumerate(loaded.config.applications):
-        yield f"$.applications[{i}].target.token", app.target.token
+        if app.target.token is not None:
+            yield f"$.applications[{i}].target.token", app.target.token
+        if app.target.oauth2 is not None:
+            yield f"$.applications[{i}].target.oauth2.client_secret", app.target.oauth2.client_secret
     for i, source in enumerate(loaded.config.sources):
         if isinstance(source, LdapSource):
             yield f"$.sources[{i}].password", source.password

@@ -17,7 +17,7 @@ from services.runtime.kafka import faust_app, follow_topic, raw_topic, report_co
 from services.runtime.settings import Settings
 from services.runtime.topics import Topics
 from services.writer.processor import CommandProcessor
-from services.writer.scim_client import ScimClient
+from services.writer.scim_client import client_for
 from services.writer.worker import Writer
 
 __all__ = ["build_app", "build_writers"]
@@ -28,10 +28,7 @@ _control = msgspec.json.Decoder(ControlMessage)
 def build_writers(settings: Settings, loaded: LoadedConfig) -> dict[str, Writer]:
     writers = {}
     for app in loaded.config.applications:
-        client = ScimClient(app.target.base_url, loaded.secret(app.target.token).reveal(),
-                            timeout=app.target.timeout, max_connections=app.target.max_connections,
-                            attempts=settings.target_attempts, app=app.name)
-        writers[app.name] = Writer(app, client)
+        writers[app.name] = Writer(app, client_for(app, loaded, settings))
     return writers
 
 

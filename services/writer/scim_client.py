@@ -40,7 +40,9 @@ import msgspec
 import stamina
 
 from services.runtime import metrics
+from services.runtime.config import Application, LoadedConfig
 from services.runtime.errors import (
+    ConfigError,
     ConflictError,
     CredentialsError,
     NotFoundError,
@@ -48,6 +50,7 @@ from services.runtime.errors import (
     TargetError,
     TransientError,
 )
+from services.runtime.settings import Settings
 from services.writer.scim_paths import PATCH_OP, equality_filter
 
 __all__ = [
@@ -56,6 +59,7 @@ __all__ = [
     "ScimClient",
     "ScimResource",
     "attempts_of",
+    "client_for",
     "parse_retry_after",
 ]
 
@@ -470,3 +474,14 @@ def _connection_failed(exc: TargetError) -> TargetError:
                        detail=exc.detail, retry_after=exc.retry_after)
     _record_attempts(failed, attempts_of(exc))
     return failed
+
+
+def client_for(app: Application, loaded: LoadedConfig, settings: Settings) -> ScimClient:
+    """The client of one configured application, with its credentials resolved."""
+    target = app.target
+    if target.token is None:
+        raise ConfigError(f"application {app.name}: OAuth2 client credentials are not supported yet",
+                          file=loaded.file)
+    return ScimClient(target.base_url, loaded.secret(target.token).reveal(), timeout=target.timeout,
+                      max_connections=target.max_connections, attempts=settings.target_attempts,
+                      app=app.name)

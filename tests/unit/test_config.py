@@ -37,7 +37,7 @@ def test_valid_config_loads_and_resolves_env_secret(tmp_path: Path, monkeypatch:
     app = loaded.application("app1")
     assert app.scope == "assigned"
     assert app.mappings.user.actions == ["create", "update", "delete"]
-    secret = loaded.secret(app.target.token)
+    secret = loaded.secret(app.target.token or "")
     assert secret.reveal() == "s3cr3t-value"
     assert "s3cr3t" not in repr(secret) and "s3cr3t" not in str(loaded)
 
@@ -118,3 +118,31 @@ def test_expressions_are_not_environment_expanded(tmp_path: Path, monkeypatch: p
                         f"            expression: '{expression}'")
     loaded = load_config(write(tmp_path, text))
     assert loaded.application("app1").mappings.user.attributes[1].expression == expression
+
+
+def test_target_needs_exactly_one_credential(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("T_TOKEN", "x")
+    both = GOOD.replace("      token: env:T_TOKEN\n", "      token: env:T_TOKEN\n      oauth2: {token_url: 'https://idp.example/token', client_id: c, client_secret: env:T_TOKEN}\n")
+    with pytest.raises(ConfigError, match=r"exactly one of `token`.*\(at \$\.applications\[0\]\.target\)") as info:
+        load_config(write(tmp_path, both))
+    assert info.value.line == 6
+    neither = GOOD.replace("      token: env:T_TOKEN\n", "")
+    with pytest.raises(ConfigError, match="exactly one of"):
+        load_config(write(tmp_path, neither))
+
+
+def test_oauth2_client_secret_is_a_resolved_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("T_SECRET", "client-s3cret")
+    text = GOOD.replace("      token: env:T_TOKEN\n", "      oauth2: {token_url: 'https://idp.example/token', client_id: c, client_secret: env:T_SECRET}\n")
+    loaded = load_config(write(tmp_path, text))
+    oauth2 = loaded.application("app1").target.oauth2
+    assert oauth2 is not None and loaded.secret(oauth2.client_secret).reveal() == "client-s3cret"
+    assert "client-s3cret" not in repr(loaded)
+
+
+def test_rate_limit_and_quarantine_bounds_are_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("T_TOKEN", "x")
+    text = GOOD.replace("      token: env:T_TOKEN\n", "      token: env:T_TOKEN\n      quarantine: {failure_ratio: 1.5}\n")
+    with pytest.raises(ConfigError, match=r"<= 1.*quarantine\.failure_ratio") as info:
+        load_config(write(tmp_path, text))
+    assert info.value.line == 8

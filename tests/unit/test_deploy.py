@@ -439,7 +439,7 @@ def test_pods_meet_the_restricted_security_profile(rendered: list[Resource]) -> 
 def test_credentials_come_from_secrets_only(rendered: list[Resource], tmp_path: Path) -> None:
     assert not [r for r in rendered if r["kind"] == "Secret"], "never ship a Secret with a value"
     config = _write_config(rendered, tmp_path)
-    refs = {a.target.token.removeprefix("env:")
+    refs = {(a.target.token or "").removeprefix("env:")
             for a in load_config(config, resolve_secrets=False).config.applications}
     assert refs
     for svc in SERVICES:
