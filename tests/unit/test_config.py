@@ -120,29 +120,33 @@ def test_expressions_are_not_environment_expanded(tmp_path: Path, monkeypatch: p
     assert loaded.application("app1").mappings.user.attributes[1].expression == expression
 
 
+TOKEN = "      token: env:T_TOKEN\n"
+OAUTH2 = "      oauth2: {token_url: 'https://idp.example/token', client_id: c, client_secret: env:T_SECRET}\n"
+
+
 def test_target_needs_exactly_one_credential(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("T_TOKEN", "x")
-    both = GOOD.replace("      token: env:T_TOKEN\n", "      token: env:T_TOKEN\n      oauth2: {token_url: 'https://idp.example/token', client_id: c, client_secret: env:T_TOKEN}\n")
-    with pytest.raises(ConfigError, match=r"exactly one of `token`.*\(at \$\.applications\[0\]\.target\)") as info:
-        load_config(write(tmp_path, both))
+    monkeypatch.setenv("T_SECRET", "y")
+    where = r"exactly one of `token`.*\(at \$\.applications\[0\]\.target\)"
+    with pytest.raises(ConfigError, match=where) as info:
+        load_config(write(tmp_path, GOOD.replace(TOKEN, TOKEN + OAUTH2)))
     assert info.value.line == 6
-    neither = GOOD.replace("      token: env:T_TOKEN\n", "")
     with pytest.raises(ConfigError, match="exactly one of"):
-        load_config(write(tmp_path, neither))
+        load_config(write(tmp_path, GOOD.replace(TOKEN, "")))
 
 
 def test_oauth2_client_secret_is_a_resolved_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("T_SECRET", "client-s3cret")
-    text = GOOD.replace("      token: env:T_TOKEN\n", "      oauth2: {token_url: 'https://idp.example/token', client_id: c, client_secret: env:T_SECRET}\n")
-    loaded = load_config(write(tmp_path, text))
+    loaded = load_config(write(tmp_path, GOOD.replace(TOKEN, OAUTH2)))
     oauth2 = loaded.application("app1").target.oauth2
     assert oauth2 is not None and loaded.secret(oauth2.client_secret).reveal() == "client-s3cret"
     assert "client-s3cret" not in repr(loaded)
 
 
-def test_rate_limit_and_quarantine_bounds_are_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rate_limit_and_quarantine_bounds_are_checked(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("T_TOKEN", "x")
-    text = GOOD.replace("      token: env:T_TOKEN\n", "      token: env:T_TOKEN\n      quarantine: {failure_ratio: 1.5}\n")
+    text = GOOD.replace(TOKEN, TOKEN + "      quarantine: {failure_ratio: 1.5}\n")
     with pytest.raises(ConfigError, match=r"<= 1.*quarantine\.failure_ratio") as info:
         load_config(write(tmp_path, text))
     assert info.value.line == 8
