@@ -123,6 +123,13 @@ class ProvisioningCommand(Message, tag="provisioning.command.v1", frozen=True, k
     one no target account uses yet. Never changed afterwards."""
     display_name: str | None = None
     """A human identity for reports (e.g. the userPrincipalName)."""
+    references: dict[str, str] = {}
+    """Target path -> source id of the object the value refers to (e.g. the enterprise
+    ``manager``). The writer writes that object's target id once it manages it, and defers
+    the reference until then."""
+    members: list[str] = []
+    """Groups: source ids of the group's direct members. The writer adds the members it
+    manages in this app (as PATCH deltas) and the others as soon as they are provisioned."""
     change_id: str
     cycle_id: str | None = None
     observed_at: datetime

@@ -154,6 +154,9 @@ class AttributeMapping(_Base, frozen=True):
     apply: Literal["always", "on_create"] = "always"
     matching: int | None = None
     """Matching precedence (1 first); set on the attributes used to find existing objects."""
+    reference: Literal["user", "group"] | None = None
+    """The value is the source id of another object (e.g. ``manager``); the writer writes
+    that object's target id, deferring until it is provisioned."""
 
 
 class ScopingClause(_Base, frozen=True):
