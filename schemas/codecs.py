@@ -3,7 +3,8 @@
 Topics are named by their role, not their full name, because the prefix is a deployment
 setting: ``directory.changes``, ``provisioning.commands``, ``provisioning.activity``,
 ``provisioning.errors``, the writer's state changelog ``writer.managed``, and where each
-source's change feed stopped, ``source.positions``.
+source's change feed stopped, ``source.positions``; ``control`` and its audit trail
+``control.audit``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from schemas.control import ControlMessage
+from schemas.control import AuditRecord, ControlMessage
 from schemas.messages import (
     ActivityRecord,
     DirectoryMessage,
@@ -32,6 +33,7 @@ TOPIC_TYPES: dict[str, Any] = {
     "writer.managed": ManagedObject,
     "source.positions": SourcePosition,
     "control": ControlMessage,
+    "control.audit": AuditRecord,
 }
 
 _encoder = msgspec.json.Encoder()

@@ -1,16 +1,20 @@
 """Control messages: what operators ask of one application (topic ``control``, compacted).
 
 Key: ``"{app}/{kind}"`` so each kind of request keeps its latest value under compaction.
+Requests (restart, provision on demand) carry a ``request_id``: a service that reads one
+again after a restart of its own recognises it and does not act twice where that matters.
+
+Every control action is also recorded on the audit topic (``AuditRecord``).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from schemas.messages import Message
 
-__all__ = ["AllowDeletes", "AppStatus", "ControlMessage"]
+__all__ = ["AllowDeletes", "AppStatus", "AuditRecord", "ControlMessage", "ProvisionRequest", "Restart"]
 
 
 class AllowDeletes(Message, tag="control.allow-deletes.v1", frozen=True, kw_only=True):
@@ -32,4 +36,53 @@ class AppStatus(Message, tag="control.status.v1", frozen=True, kw_only=True):
     at: datetime
 
 
-ControlMessage = AllowDeletes | AppStatus
+class Restart(Message, tag="control.restart.v1", frozen=True, kw_only=True):
+    """Entra's "clear current state and restart synchronization" for one app.
+
+    The writer forgets the app's escrowed retries, quarantine and pending deferrals (and,
+    with ``reset_links``, which target account belongs to which source object: the next
+    cycle matches them again by the matching attributes, so nothing is duplicated); ingest
+    then runs a full scan of every source: the initial cycle again.
+    """
+
+    app: str
+    request_id: str
+    reset_links: bool = False
+    by: str
+    at: datetime
+
+
+class ProvisionRequest(Message, tag="control.provision.v1", frozen=True, kw_only=True):
+    """Provision one object now: ingest reads it from its source and publishes it on the
+    changes topic with ``change_id`` = ``request_id``; mapper and writer then treat it like any
+    change, so the trace (import, scope, match, action, export) can be followed by that id."""
+
+    app: str
+    object_id: str
+    object_type: Literal["user", "group"] = "user"
+    source: str | None = None
+    """The source to read it from; None: every source that has an object with this id."""
+    request_id: str
+    by: str
+    at: datetime
+
+
+ControlMessage = AllowDeletes | AppStatus | Restart | ProvisionRequest
+
+
+class AuditRecord(Message, tag="control.audit.v1", frozen=True, kw_only=True):
+    """One control action: who (the admin token's name or the CLI user), what, when.
+
+    Key on the audit topic: the app (or ``"-"`` for actions on no app)."""
+
+    id: str
+    at: datetime
+    by: str
+    action: str
+    """``start``, ``stop``, ``restart``, ``provision``, ``allow-deletes``, ``test-connection``..."""
+    app: str | None = None
+    outcome: Literal["accepted", "rejected", "failed", "succeeded"] = "accepted"
+    detail: dict[str, Any] = {}
+    """The request's parameters (never a credential)."""
+    remote: str | None = None
+    """Where the request came from (client address), when over HTTP."""

@@ -49,6 +49,11 @@ class Topics:
         return f"{self.prefix}control"
 
     @property
+    def audit(self) -> str:
+        """Every control action: who, what, when (AuditRecord)."""
+        return f"{self.prefix}control.audit"
+
+    @property
     def source_positions(self) -> str:
         """Compacted; key: source name, value: where its change feed stopped (SourcePosition)."""
         return f"{self.prefix}source.positions"
@@ -65,6 +70,11 @@ class Topics:
     def writer_state(self) -> str:
         return self.changelog("writer", "managed")
 
+    @property
+    def writer_escrow(self) -> str:
+        """Commands of objects that failed too often, retried on later cycles (compacted)."""
+        return self.changelog("writer", "escrow")
+
     def specs(self) -> list[TopicSpec]:
         """Every topic of the pipeline, ready to create."""
         n = self.partitions
@@ -74,7 +84,9 @@ class Topics:
             TopicSpec(self.activity, n),
             TopicSpec(self.errors, n),
             TopicSpec(self.control, 1, compacted=True),
+            TopicSpec(self.audit, 1),
             TopicSpec(self.writer_state, n, compacted=True),
+            TopicSpec(self.writer_escrow, n, compacted=True),
             # A handful of keys (one per source), read whole at ingest start: one partition.
             TopicSpec(self.source_positions, 1, compacted=True),
         ]
