@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from schemas.messages import Message
 
-__all__ = ["AllowDeletes", "AppStatus", "AuditRecord", "ControlMessage", "ProvisionRequest", "Restart"]
+__all__ = ["AllowDeletes", "AppHealth", "AppStatus", "AuditRecord", "ControlMessage", "ProvisionRequest", "Restart"]
 
 
 class AllowDeletes(Message, tag="control.allow-deletes.v1", frozen=True, kw_only=True):
@@ -67,7 +67,20 @@ class ProvisionRequest(Message, tag="control.provision.v1", frozen=True, kw_only
     at: datetime
 
 
-ControlMessage = AllowDeletes | AppStatus | Restart | ProvisionRequest
+class AppHealth(Message, tag="control.health.v1", frozen=True, kw_only=True):
+    """Published by the writer (key ``"{app}/health"``) when an app enters or leaves
+    quarantine, so status survives restarts and every reader sees the same answer."""
+
+    app: str
+    quarantined: bool
+    reason: str | None = None
+    """Why it is quarantined (e.g. ``credentials``, ``failure ratio 0.93 over 40 calls``)."""
+    since: datetime | None = None
+    next_probe: datetime | None = None
+    at: datetime
+
+
+ControlMessage = AllowDeletes | AppStatus | Restart | ProvisionRequest | AppHealth
 
 
 class AuditRecord(Message, tag="control.audit.v1", frozen=True, kw_only=True):
