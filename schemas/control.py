@@ -14,7 +14,15 @@ from typing import Any, Literal
 
 from schemas.messages import Message
 
-__all__ = ["AllowDeletes", "AppHealth", "AppStatus", "AuditRecord", "ControlMessage", "ProvisionRequest", "Restart"]
+__all__ = [
+    "AllowDeletes",
+    "AppHealth",
+    "AppStatus",
+    "AuditRecord",
+    "ControlMessage",
+    "ProvisionRequest",
+    "Restart",
+]
 
 
 class AllowDeletes(Message, tag="control.allow-deletes.v1", frozen=True, kw_only=True):
