@@ -1,8 +1,9 @@
 """Benchmark: initial sync of N users through the whole pipeline vs a plain httpx loop.
 
-    python bench/pipeline.py [--users 10000] [--changes 200] [--concurrency 16]
+    python bench/pipeline.py [--users 10000] [--changes 200] [--concurrency 16] [--target-threads 8]
 
-One run, same machine, same kind of target (a fresh scim2-server each time):
+One run, same machine, same kind of target (a fresh scim2-server each time, served with
+``--target-threads`` worker threads and HTTP/1.1 keep-alive):
 
 1. baseline: a plain asyncio + httpx loop does what the writer does for a new user
    (lookup by userName, then POST) at the same concurrency, straight to the target;
@@ -147,13 +148,14 @@ def write_directory(path: Path, people: list[dict[str, Any]]) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     people = users(args.users)
-    result: dict[str, Any] = {"users": args.users, "concurrency": args.concurrency}
-    with start_scim_target() as target:
+    result: dict[str, Any] = {"users": args.users, "concurrency": args.concurrency,
+                              "target_threads": args.target_threads}
+    with start_scim_target(threads=args.target_threads) as target:
         log(f"baseline: plain httpx loop, {args.users} users, concurrency {args.concurrency}")
         result["baseline_users_per_s"] = round(asyncio.run(baseline(target, people, args.concurrency)), 1)
     work = Path(tempfile.mkdtemp(prefix="scimflow-bench-"))
     settings = load_settings(partitions=args.partitions)
-    with start_broker(settings) as broker, start_scim_target() as target:
+    with start_broker(settings) as broker, start_scim_target(threads=args.target_threads) as target:
         result["broker"] = broker.kind
         topics = Topics(f"bench{uuid.uuid4().hex[:6]}.", args.partitions)
         create_topics(broker.bootstrap, topics.specs())
@@ -242,6 +244,8 @@ def main() -> None:
     parser.add_argument("--changes", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--target-threads", type=int, default=8,
+                        help="worker threads of the SCIM target (0: scim2-server's stock HTTP/1.0 server)")
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--mapping-users", type=int, default=100_000)
     args = parser.parse_args()

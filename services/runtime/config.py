@@ -89,7 +89,7 @@ class RateLimit(_Base, frozen=True):
 
     max_concurrency: Count = 16
     """Target calls in flight at once for this app."""
-    max_requests_per_second: Positive = 50.0
+    max_requests_per_second: Positive = 500.0
 
 
 class Retries(_Base, frozen=True):

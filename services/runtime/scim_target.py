@@ -11,6 +11,11 @@ any target the caller forgot.
 
 The bearer token reaches the server through an environment variable, not ``argv``: the
 command line of a process is readable by every local user (``ps``), its environment is not.
+
+``threads=N`` serves the same scim2-server application with waitress (HTTP/1.1 keep-alive,
+a pool of N worker threads) instead of its stock ``wsgiref`` server (HTTP/1.0, a new
+connection and thread per request). The benchmarks use it so that the target is not what
+they measure.
 """
 
 from __future__ import annotations
@@ -35,15 +40,28 @@ from services.runtime.errors import ScimflowError
 __all__ = ["ScimTarget", "ScimTargetError", "start_scim_target"]
 
 _TOKEN_ENV = "SCIMFLOW_SCIM_TARGET_TOKEN"  # noqa: S105 - a variable name, not a secret
+_THREADS_ENV = "SCIMFLOW_SCIM_TARGET_THREADS"
 
 # Runs scim2-server's own CLI entry point (the same code as the `scim2-server` script),
 # adding the token from the environment so it never appears in the process list.
+# With threads, scim2-server's own `make_server` is swapped for a waitress server.
 _LAUNCHER = (
     "import os, sys\n"
-    "from scim2_server.testserver.cli import main\n"
+    "from scim2_server.testserver import cli\n"
     f"token = os.environ.pop({_TOKEN_ENV!r})\n"
+    f"threads = int(os.environ.pop({_THREADS_ENV!r}, '0'))\n"
+    "if threads:\n"
+    "    from waitress.server import create_server\n"
+    "    class Waitress:\n"
+    "        def __init__(self, host, port, app, server_class=None):\n"
+    "            self.server = create_server(app, host=host, port=port, threads=threads,\n"
+    "                                        connection_limit=1000, ident='scim2-server')\n"
+    "        def __enter__(self): return self\n"
+    "        def __exit__(self, *exc): self.server.close()\n"
+    "        def serve_forever(self): self.server.run()\n"
+    "    cli.make_server = Waitress\n"
     "sys.argv = ['scim2-server', *sys.argv[1:], '--bearer-token=' + token]\n"
-    "main()\n"
+    "cli.main()\n"
 )
 
 _START_TIMEOUT = 20.0
@@ -105,12 +123,13 @@ def _stop_all() -> None:
 
 
 def start_scim_target(*, token: str | None = None, port: int = 0,
-                      log_file: Path | None = None) -> ScimTarget:
+                      log_file: Path | None = None, threads: int = 0) -> ScimTarget:
     """Start scim2-server on 127.0.0.1 and return once it answers HTTP.
 
     ``port=0`` picks a free port (and retries with another one if a concurrent process
     grabs it first). ``token`` defaults to a random one. The server's request log goes to
-    ``log_file``, or to a temporary file removed by :meth:`ScimTarget.stop`.
+    ``log_file``, or to a temporary file removed by :meth:`ScimTarget.stop`. ``threads > 0``
+    serves it with waitress and that many worker threads (HTTP/1.1 keep-alive).
     """
     token = token if token is not None else secrets.token_urlsafe(24)
     if not token:
@@ -119,7 +138,7 @@ def start_scim_target(*, token: str | None = None, port: int = 0,
     last: ScimTargetError | None = None
     for _ in range(tries):
         try:
-            return _start_once(token, port or _free_port(), log_file)
+            return _start_once(token, port or _free_port(), log_file, threads)
         except _PortTakenError as exc:
             last = exc
     raise ScimTargetError(f"could not start scim2-server after {tries} attempt(s): {last}")
@@ -129,10 +148,10 @@ class _PortTakenError(ScimTargetError):
     """The chosen port was taken between choosing it and the server binding it."""
 
 
-def _start_once(token: str, port: int, log_file: Path | None) -> ScimTarget:
+def _start_once(token: str, port: int, log_file: Path | None, threads: int) -> ScimTarget:
     owns_log = log_file is None
     log_path = log_file if log_file is not None else _temp_log()
-    process = _spawn(token, port, log_path)
+    process = _spawn(token, port, log_path, threads)
     target = ScimTarget(base_url=f"http://127.0.0.1:{port}/v2", token=token,
                         process=process, log_file=log_path, owns_log=owns_log)
     _LIVE.add(target)
@@ -144,8 +163,8 @@ def _start_once(token: str, port: int, log_file: Path | None) -> ScimTarget:
     return target
 
 
-def _spawn(token: str, port: int, log_path: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, _TOKEN_ENV: token, "PYTHONUNBUFFERED": "1"}
+def _spawn(token: str, port: int, log_path: Path, threads: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, _TOKEN_ENV: token, _THREADS_ENV: str(threads), "PYTHONUNBUFFERED": "1"}
     with log_path.open("ab") as log:
         # The child keeps its own copy of the log descriptor; ours can close at once.
         return subprocess.Popen(
@@ -178,7 +197,7 @@ def _wait_until_ready(target: ScimTarget) -> None:
 
 def _raise_exited(target: ScimTarget) -> None:
     tail = _log_tail(target.log_file)
-    if "Address already in use" in tail:
+    if "Address already in use" in tail or "address already in use" in tail:
         raise _PortTakenError(f"port of {target.base_url} already in use")
     raise ScimTargetError(f"scim2-server exited with status {target._process.returncode} "
                           f"before answering; log: {tail}")
