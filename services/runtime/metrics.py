@@ -31,15 +31,18 @@ import stamina.instrumentation
 from prometheus_client import Counter, Gauge, Histogram, Info
 
 __all__ = [
+    "ADMIN_REQUESTS",
     "APP_QUARANTINED",
     "BUILD_INFO",
     "CHANGES_INGESTED",
     "COMMANDS",
     "CONSUMER_LAG",
+    "CONTROL_ACTIONS",
     "CYCLES",
     "CYCLE_DURATION",
     "CYCLE_PROGRESS",
     "CYCLE_RUNNING",
+    "DEFERRED_REFERENCES",
     "ERRORS",
     "ESCROWED_OBJECTS",
     "LAST_SUCCESSFUL_CYCLE",
@@ -49,10 +52,14 @@ __all__ = [
     "OUTCOMES",
     "PROCESS_METRIC_NAMES",
     "PROVISIONING_LATENCY",
+    "QUARANTINES",
+    "RETRIES_WAITING",
     "STAGED_DELETES",
+    "TARGET_RATE_LIMIT",
     "TARGET_REQUESTS",
     "TARGET_REQUEST_DURATION",
     "TARGET_RETRIES",
+    "TARGET_THROTTLED",
     "cycle_finished",
     "cycle_started",
     "observe_target_request",
@@ -180,6 +187,45 @@ APP_QUARANTINED = _gauge(
     "scimflow_app_quarantined",
     "1 while the application is quarantined (with the reason), else 0 (reason `none`).",
     ("app", "reason"))
+
+TARGET_RATE_LIMIT = _gauge(
+    "scimflow_target_rate_limit",
+    "The writer's current limit on one target (AIMD: cut on 429, raised slowly), by kind: "
+    "`concurrency` (requests in flight) or `requests_per_second`.",
+    ("app", "limit"))
+
+TARGET_THROTTLED = _counter(
+    "scimflow_target_throttled_total",
+    "429 Too Many Requests answers from a target.",
+    ("app",))
+
+RETRIES_WAITING = _gauge(
+    "scimflow_retries_waiting",
+    "Objects waiting for a delayed retry after a transient failure (not yet escrowed).",
+    ("app",))
+
+DEFERRED_REFERENCES = _gauge(
+    "scimflow_deferred_references",
+    "Objects with a reference (manager, group member) waiting for the referenced object "
+    "to be provisioned.",
+    ("app",))
+
+QUARANTINES = _counter(
+    "scimflow_quarantines_total",
+    "Times an application entered quarantine, by reason.",
+    ("app", "reason"))
+
+# --- control plane ----------------------------------------------------------------------
+
+CONTROL_ACTIONS = _counter(
+    "scimflow_control_actions_total",
+    "Control actions (admin API and CLI), by action and outcome; each is also an audit record.",
+    ("action", "outcome"))
+
+ADMIN_REQUESTS = _counter(
+    "scimflow_admin_requests_total",
+    "Admin API requests, by route template and status class (401s included).",
+    ("route", "status_class"))
 
 # --- every service ----------------------------------------------------------------------
 

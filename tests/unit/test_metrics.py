@@ -18,7 +18,8 @@ from services.runtime import metrics as m
 
 # Label names a scimflow metric may carry: each has a small, closed set of values.
 BOUNDED_LABELS = {"app", "object_type", "action", "status", "source", "service", "method",
-                  "status_class", "reason", "operation", "error_code", "topic", "version", "le"}
+                  "status_class", "reason", "operation", "error_code", "topic", "version", "le",
+                  "limit", "route", "outcome"}
 
 
 def _touch_every_metric() -> None:
@@ -38,6 +39,13 @@ def _touch_every_metric() -> None:
     m.ERRORS.labels(service="writer", error_code="RequestRejected").inc()
     m.MALFORMED_MESSAGES.labels(service="mapper", topic="scimflow.directory.changes").inc()
     m.CONSUMER_LAG.labels(service="writer", topic="scimflow.provisioning.commands").set(3)
+    m.TARGET_RATE_LIMIT.labels(app="crm", limit="concurrency").set(16)
+    m.TARGET_THROTTLED.labels(app="crm").inc()
+    m.RETRIES_WAITING.labels(app="crm").set(0)
+    m.DEFERRED_REFERENCES.labels(app="crm").set(0)
+    m.QUARANTINES.labels(app="crm", reason="credentials").inc()
+    m.CONTROL_ACTIONS.labels(action="stop", outcome="accepted").inc()
+    m.ADMIN_REQUESTS.labels(route="/apps/{app}", status_class="2xx").inc()
 
 
 def _exposition() -> str:
