@@ -1,12 +1,16 @@
 """Entry point of the mapper worker: directory changes in, one command per app out.
 
-Stateless: everything it needs is in the change (attributes and group memberships) and
-the config. A change that cannot be decoded, or whose mapping fails for one app, becomes
-an ErrorRecord and the stream goes on.
+Everything it needs is in the change (attributes, memberships, members) and the config,
+except nested groups: when an app expands them, every replica keeps the group graph of the
+whole topic (:mod:`services.mapper.group_feed`) and plans no user before it has caught up.
+A change that cannot be decoded, or whose mapping fails for one app, becomes an
+ErrorRecord and the stream goes on.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 import msgspec
@@ -15,17 +19,19 @@ import structlog
 from schemas import CycleMarker, DirectoryChange, ErrorRecord
 from schemas.codecs import decoder, encode
 from services.mapper.expressions import IGNORE, compile_expression
+from services.mapper.group_feed import GroupFeed
+from services.mapper.groups import GroupGraph
 from services.mapper.mappings import compile_object_mapping
 from services.mapper.planner import CompiledApp, command_key, plan
 from services.mapper.scoping_filters import Clause, CompiledFilters, ScopingError, compile_filters
 from services.runtime import metrics
-from services.runtime.config import LoadedConfig, ObjectMapping
+from services.runtime.config import Application, LoadedConfig, ObjectMapping
 from services.runtime.kafka import faust_app, raw_topic, report_consumer_lag
 from services.runtime.records import error_record, malformed_message
 from services.runtime.settings import Settings
 from services.runtime.topics import Topics
 
-__all__ = ["build_app", "compile_apps"]
+__all__ = ["build_app", "compile_apps", "graph_for"]
 
 log = structlog.get_logger("scimflow.mapper")
 
@@ -34,12 +40,19 @@ _changes = decoder("directory.changes")
 
 def compile_apps(loaded: LoadedConfig) -> list[CompiledApp]:
     """Compile every app's mappings and scoping filters; ConfigError on any mistake."""
-    compiled = []
-    for i, app in enumerate(loaded.config.applications):
-        path = f"$.applications[{i}].mappings.user"
-        mapping = compile_object_mapping(loaded, app.mappings.user, path, compile_expression, IGNORE)
-        compiled.append(CompiledApp(app, mapping, _filters(loaded, app.mappings.user, path)))
-    return compiled
+    return [_compile_app(loaded, app, f"$.applications[{i}].mappings")
+            for i, app in enumerate(loaded.config.applications)]
+
+
+def _compile_app(loaded: LoadedConfig, app: Application, path: str) -> CompiledApp:
+    user = compile_object_mapping(loaded, app.mappings.user, f"{path}.user", compile_expression, IGNORE)
+    user_filters = _filters(loaded, app.mappings.user, f"{path}.user")
+    group = app.mappings.group
+    if group is None:
+        return CompiledApp(app, user, user_filters)
+    return CompiledApp(app, user, user_filters,
+                       compile_object_mapping(loaded, group, f"{path}.group", compile_expression, IGNORE),
+                       _filters(loaded, group, f"{path}.group"))
 
 
 def _filters(loaded: LoadedConfig, mapping: ObjectMapping, path: str) -> CompiledFilters | None:
@@ -71,11 +84,13 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
     commands = raw_topic(app, topics.commands)
     errors = raw_topic(app, topics.errors)
     apps = compile_apps(loaded)
+    feed = _group_feed(app, apps, bootstrap, topics.changes)
 
     async def on_change(change: DirectoryChange) -> None:
+        graph = await graph_for(feed, change)
         for compiled in apps:
             try:
-                command = plan(compiled, change)
+                command = plan(compiled, change, graph)
             except Exception as exc:
                 metrics.ERRORS.labels(service="mapper", error_code="AttributeMappingFailed").inc()
                 await errors.send(key=change.object_id.encode(), value=encode(
@@ -116,6 +131,45 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
 
     report_consumer_lag(app, "mapper")
     return app
+
+
+def _group_feed(app: Any, apps: list[CompiledApp], bootstrap: str, topic: str) -> GroupFeed | None:
+    """A feed of the group graph when some app expands nested groups (else no extra reads)."""
+    if not any(c.expands_nested_groups for c in apps):
+        return None
+    feed = GroupFeed(bootstrap, topic)
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def follow_groups() -> None:
+        await feed.run()
+
+    return feed
+
+
+async def graph_for(feed: GroupFeed | None, change: DirectoryChange) -> GroupGraph | None:
+    """The group graph to plan ``change`` with; for a user, only once the graph has caught up.
+
+    Waiting here holds back this partition's stream (in order, nothing skipped), so no user
+    is deprovisioned at start-up for want of a group the topic already holds.
+    """
+    if feed is None:
+        return None
+    if change.object_type == "user" and not feed.ready.is_set():
+        log.info("waiting for the group graph to catch up before planning users")
+        waited = 0.0
+        while not feed.ready.is_set():
+            # Planning users early could disable nested members wrongly: wait, but say so.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(feed.ready.wait(), _WAIT_REPORT)
+            waited += _WAIT_REPORT
+            if not feed.ready.is_set():
+                log.warning("still waiting for the group graph to catch up", seconds=round(waited),
+                            messages_read=feed.values_read)
+    return feed.graph
+
+
+_WAIT_REPORT = 15.0
+"""Seconds between warnings while users wait for the group graph at start-up."""
 
 
 def _mapping_failed(app: str, change: DirectoryChange, exc: Exception) -> ErrorRecord:

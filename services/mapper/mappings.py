@@ -41,6 +41,8 @@ class _Attribute:
     redacted: bool
     evaluate: Callable[[Mapping[str, Any]], Any] | None = None
     """The bare expression (for the fast path), when this is an Expression mapping."""
+    reference: bool = False
+    """The value is another object's source id (e.g. ``manager``): it goes to ``references``."""
 
 
 @dataclass(slots=True)
@@ -52,6 +54,8 @@ class MappedObject:
     matching: list[tuple[int, str, Any]] = field(default_factory=list)
     redacted: list[str] = field(default_factory=list)
     unique: dict[str, list[Any]] = field(default_factory=dict)
+    references: dict[str, str] = field(default_factory=dict)
+    """Target path -> source id of the object it refers to; the writer writes its target id."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +87,9 @@ class CompiledMapping:
                 values[target] = _plain(v)
         for a in self.attributes:
             raw = a.value(attrs)
+            if a.reference:
+                _refer(out, a.target, raw)
+                continue
             if isinstance(raw, UniqueCandidates):
                 # Chosen by the writer against the target, once, when the object is created.
                 out.unique[a.target] = list(raw)
@@ -106,6 +113,19 @@ _DROP = object()
 _WIRE_TYPES = frozenset({str, int, bool, float, type(None)})
 
 
+def _refer(out: MappedObject, target: str, raw: Any) -> None:
+    """A reference's value is one source id; null or empty means "none" (the writer clears it)."""
+    if raw is _DROP:
+        return
+    if raw is None or raw == "":
+        out.attributes[target] = None
+        return
+    if isinstance(raw, bool) or not isinstance(raw, str | int):
+        raise TypeError(f"{target!r} is a reference, so its value must be one source id, "
+                        f"got {type(raw).__name__}")
+    out.references[target] = str(raw)
+
+
 def compile_object_mapping(loaded: LoadedConfig, mapping: ObjectMapping, path: str,
                            compile_expression: ExpressionCompiler | None = None,
                            ignore: object = None) -> CompiledMapping:
@@ -117,6 +137,7 @@ def compile_object_mapping(loaded: LoadedConfig, mapping: ObjectMapping, path: s
     for i, a in enumerate(mapping.attributes):
         if a.type == "none" or (a.type == "direct" and _is_plain(a)):
             continue
+        _check_reference(loaded, a, f"{path}.attributes[{i}]")
         compiled = _compile_attribute(loaded, a, f"{path}.attributes[{i}]", compile_expression, ignore)
         if compiled.evaluate is not None and _is_plain(a) and not compiled.redacted:
             simple.append((a.target, compiled.evaluate))
@@ -127,7 +148,19 @@ def compile_object_mapping(loaded: LoadedConfig, mapping: ObjectMapping, path: s
 
 
 def _is_plain(a: AttributeMapping) -> bool:
-    return a.default is None and a.apply == "always" and a.matching is None
+    return a.default is None and a.apply == "always" and a.matching is None and a.reference is None
+
+
+def _check_reference(loaded: LoadedConfig, a: AttributeMapping, path: str) -> None:
+    """A reference is resolved by the writer whenever its object is provisioned, so it is
+    always applied, has no default and cannot find an account (no matching)."""
+    if a.reference is None:
+        return
+    for key, bad in (("apply", a.apply != "always"), ("default", a.default is not None),
+                     ("matching", a.matching is not None)):
+        if bad:
+            raise loaded.error(f"{path}.{key}", f"{a.target!r} is a reference (to a {a.reference}); "
+                               f"`{key}` cannot be set on a reference mapping")
 
 
 def _compile_attribute(loaded: LoadedConfig, a: AttributeMapping, path: str,
@@ -155,8 +188,9 @@ def _compile_attribute(loaded: LoadedConfig, a: AttributeMapping, path: str,
                                "existing account; match on another attribute (e.g. externalId)")
         value = _expression_value(compiled, ignore)
         return _Attribute(a.target, value, a.default, a.apply == "on_create", a.matching,
-                          redacted, compiled.evaluate)
-    return _Attribute(a.target, value, a.default, a.apply == "on_create", a.matching, redacted)
+                          redacted, compiled.evaluate, a.reference is not None)
+    return _Attribute(a.target, value, a.default, a.apply == "on_create", a.matching, redacted,
+                      reference=a.reference is not None)
 
 
 def _expression_value(compiled: Evaluator, ignore: object) -> Callable[[Mapping[str, Any]], Any]:

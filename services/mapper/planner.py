@@ -1,7 +1,9 @@
 """What each application should do about one directory change: pure, no I/O.
 
-For every application: scope (assignment), enabled state, then the attribute mappings,
-giving one ProvisioningCommand with the object's desired state in that app's target.
+For every application: scope (assignment, then the object mapping's scoping filters),
+enabled state, then the attribute mappings, giving one ProvisioningCommand with the
+object's desired state in that app's target. Users go through the user mapping; groups
+through the group mapping (when the app has one), with their direct members.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from schemas import DirectoryChange, MatchingAttribute, ProvisioningCommand
+from services.mapper.groups import GroupGraph
 from services.mapper.mappings import CompiledMapping
 from services.mapper.scoping import ScopeDecision, in_scope, is_enabled
 from services.mapper.scoping_filters import CompiledFilters
@@ -23,6 +26,20 @@ class CompiledApp:
     app: Application
     user: CompiledMapping
     filters: CompiledFilters | None = None
+    """The user mapping's scoping filters."""
+    group: CompiledMapping | None = None
+    group_filters: CompiledFilters | None = None
+
+    @property
+    def expands_nested_groups(self) -> bool:
+        """Whether this app's user scope needs the group graph."""
+        return self.app.scope == "assigned" and self.app.assignments.expand_nested_groups
+
+    def mapping_for(self, object_type: str) -> tuple[CompiledMapping | None, CompiledFilters | None]:
+        """The object mapping (None when the app does not provision this type) and its filters."""
+        if object_type == "user":
+            return self.user, self.filters
+        return self.group, self.group_filters
 
 
 def command_key(app: str, source_id: str) -> bytes:
@@ -30,36 +47,49 @@ def command_key(app: str, source_id: str) -> bytes:
     return f"{app}/{source_id}".encode()
 
 
-def plan(compiled: CompiledApp, change: DirectoryChange) -> ProvisioningCommand | None:
-    """The command for ``change`` in one app, or None when the app does not handle it."""
+def plan(compiled: CompiledApp, change: DirectoryChange,
+         graph: GroupGraph | None = None) -> ProvisioningCommand | None:
+    """The command for ``change`` in one app, or None when the app does not handle it.
+
+    ``graph`` (the group nesting) matters only for users of apps that expand nested groups.
+    """
     app = compiled.app
-    if app.mode != "automatic" or change.object_type != "user" or not compiled.user.enabled:
+    mapping, filters = compiled.mapping_for(change.object_type)
+    if app.mode != "automatic" or mapping is None or not mapping.enabled:
         return None
     if change.operation == "delete":
         return _command(app.name, change, "delete", "deleted in source")
-    scope = _scope(compiled, change)
+    scope = _scope(compiled, filters, change, graph)
     if not scope.in_scope:
         return _command(app.name, change, "deprovision", scope.reason)
-    if not is_enabled(app, change):
+    if change.object_type == "user" and not is_enabled(app, change):
         return _command(app.name, change, "deprovision",
                         f"disabled in source ({app.disabled_attribute} is false)")
-    mapped = compiled.user.apply(change.attributes)
+    return _upsert(app.name, mapping, change, scope.reason)
+
+
+def _upsert(app: str, mapping: CompiledMapping, change: DirectoryChange, reason: str) -> ProvisioningCommand:
+    mapped = mapping.apply(change.attributes)
     return _command(
-        app.name, change, "upsert", scope.reason,
+        app, change, "upsert", reason,
         attributes=mapped.attributes,
         create_only=mapped.create_only,
         matching=[MatchingAttribute(target=t, value=v, precedence=p) for p, t, v in mapped.matching],
         redacted=mapped.redacted,
         unique_candidates=mapped.unique,
+        references=mapped.references,
+        # Direct members only (users and groups): the writer adds those it manages in this app.
+        members=list(change.members) if change.object_type == "group" else [],
     )
 
 
-def _scope(compiled: CompiledApp, change: DirectoryChange) -> ScopeDecision:
+def _scope(compiled: CompiledApp, filters: CompiledFilters | None, change: DirectoryChange,
+           graph: GroupGraph | None) -> ScopeDecision:
     """Assignment first, then the object mapping's scoping filters (Entra's order)."""
-    assigned = in_scope(compiled.app, change)
-    if not assigned.in_scope or compiled.filters is None:
+    assigned = in_scope(compiled.app, change, graph)
+    if not assigned.in_scope or filters is None:
         return assigned
-    filtered = compiled.filters.evaluate(change.attributes)
+    filtered = filters.evaluate(change.attributes)
     if not filtered.in_scope:
         return ScopeDecision(False, f"scoping filters: {filtered.reason}")
     return ScopeDecision(True, f"{assigned.reason}; {filtered.reason}")

@@ -91,7 +91,7 @@ def test_delete_and_scope_all(apps: dict[str, CompiledApp]) -> None:
     assert command_key(everyone.app, everyone.source_id) == b"everyone/u9"
 
 
-def test_groups_are_not_provisioned_yet(apps: dict[str, CompiledApp]) -> None:
+def test_groups_are_not_planned_for_an_app_without_a_group_mapping(apps: dict[str, CompiledApp]) -> None:
     group = DirectoryChange(source="hr", object_type="group", object_id="g-eng", operation="upsert",
                             change_id="c", observed_at=datetime.now(UTC))
     assert plan(apps["app1"], group) is None
