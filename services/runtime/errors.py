@@ -48,17 +48,21 @@ class TargetError(ScimflowError):
     """A call to a target application failed.
 
     ``status`` is the HTTP status when there was a response; ``detail`` is the target's
-    own message (SCIM error ``detail``), already free of credentials.
+    own message (SCIM error ``detail``), already free of credentials. ``retry_after`` is the
+    wait (seconds) the target asked for with ``Retry-After``, and ``attempts`` how many
+    attempts the client made before giving up, so the writer can re-queue the object for
+    later instead of blocking its partition.
     """
 
     code = "TargetError"
     recommended_action = "Check the target application's logs for this request."
 
     def __init__(self, message: str, *, status: int | None = None, detail: str | None = None,
-                 retry_after: float | None = None) -> None:
+                 retry_after: float | None = None, attempts: int = 1) -> None:
         self.status = status
         self.detail = detail
         self.retry_after = retry_after
+        self.attempts = attempts
         super().__init__(message)
 
 
@@ -91,7 +95,8 @@ class NotFoundError(TargetError):
 
 
 class CredentialsError(TargetError):
-    """The target refused our credentials (401/403)."""
+    """The target (or its OAuth2 token endpoint) refused our credentials (401/403, after one
+    token refresh when the credentials can be refreshed). The app is quarantined at once."""
 
     code = "InvalidCredentials"
     recommended_action = "Renew the application's admin credentials, then restart provisioning."

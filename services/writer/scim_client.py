@@ -7,32 +7,48 @@ classified by what the writer does next:
 
 ======================================  ==========================================
 network error, timeout, 408, 429, 5xx   ``TransientError`` (retried here first)
-401, 403                                ``CredentialsError``
+401, 403 (after one token refresh)      ``CredentialsError`` (app quarantined at once)
 404                                     ``NotFoundError``
 409, 412                                ``ConflictError`` (look up and reconcile)
 3xx, 501, other 4xx, malformed answer   ``RejectedError`` with the target's ``detail``
 ======================================  ==========================================
 
-Transient errors are retried inside the client (stamina: exponential backoff with jitter,
-or the target's ``Retry-After`` up to a cap) for at most ``attempts`` attempts; the error
-finally raised says how many were made (:func:`attempts_of`). Other errors are raised at
-once. The bearer token lives only in the pool's default headers: it is never put in a
-message, a repr or a log line, and a target that echoes it back gets it redacted.
+Every request goes through three stages, in this order:
+
+1. the **quarantine gate** (:mod:`services.writer.quarantine`): closed while the app is
+   quarantined; calls wait there, nothing is dropped;
+2. a **rate-limit slot** (:mod:`services.writer.ratelimit`): at most the current AIMD
+   concurrency in flight, paced to the current requests/s; held only while the request is
+   on the wire;
+3. the request itself, with the ``Authorization`` header of :mod:`services.writer.auth`
+   (a 401 refreshes an OAuth2 token and is retried once).
+
+Transient errors are retried here (stamina: exponential backoff with jitter, or exactly the
+target's ``Retry-After``) for at most ``attempts`` attempts; while a call waits for its next
+attempt it holds no slot, so other objects keep flowing. A ``Retry-After`` longer than
+``Backoff.retry_after_cap`` is not waited for inside the call: the TransientError is raised
+at once with its ``retry_after``, so the writer can re-queue the object instead of holding
+its partition. Every TargetError says how many attempts were made (``attempts``).
+Credentials never appear in a message, a repr or a log line, and a target that echoes them
+back gets them redacted.
 """
 
 from __future__ import annotations
 
+import builtins
 import email.utils
+import logging
 import socket
 import ssl
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, Literal
 from urllib.parse import quote
 
 import httpx
@@ -40,7 +56,7 @@ import msgspec
 import stamina
 
 from services.runtime import metrics
-from services.runtime.config import Application, LoadedConfig
+from services.runtime.config import Application, LoadedConfig, Quarantine, RateLimit
 from services.runtime.errors import (
     ConfigError,
     ConflictError,
@@ -51,11 +67,22 @@ from services.runtime.errors import (
     TransientError,
 )
 from services.runtime.settings import Settings
-from services.writer.scim_paths import PATCH_OP, equality_filter
+from services.writer.auth import Auth, BearerToken, ClientCredentials
+from services.writer.quarantine import QuarantineEvent, QuarantineGate
+from services.writer.ratelimit import Limits, RateLimiter
+from services.writer.scim_paths import (
+    PATCH_OP,
+    apply_changes,
+    chunked,
+    equality_filter,
+    member_operations,
+    patch_operations,
+)
 
 __all__ = [
     "SCIM_JSON",
     "Backoff",
+    "Kind",
     "ScimClient",
     "ScimResource",
     "attempts_of",
@@ -65,8 +92,14 @@ __all__ = [
 
 SCIM_JSON: Final = "application/scim+json"
 
-_REDACTED = "[redacted]"
+Kind = Literal["user", "group"]
+_ENDPOINTS: Final[dict[str, str]] = {"user": "Users", "group": "Groups"}
+_PATCH_UNSUPPORTED = (405, 501)
+
+_log = logging.getLogger(__name__)
+
 _DETAIL_LIMIT = 500
+_RETRY_AFTER_CAP = 30.0
 _TIMEOUT_PHASES = {
     httpx.ConnectTimeout: "connecting",
     httpx.ReadTimeout: "waiting for the answer",
@@ -94,9 +127,10 @@ class Backoff:
     wait_initial: float = 0.5
     wait_max: float = 10.0
     wait_jitter: float = 1.0
-    retry_after_cap: float = 30.0
-    """Longest ``Retry-After`` honoured inside one call: longer pauses are the writer's
-    quarantine's job, not a call's that holds its Kafka partition meanwhile."""
+    retry_after_cap: float = _RETRY_AFTER_CAP
+    """Longest ``Retry-After`` waited for inside one call; a longer one is raised at once
+    (with ``retry_after``) for the writer to re-queue the object: a call must not hold its
+    Kafka partition for minutes."""
 
 
 def attempts_of(exc: BaseException) -> int:
@@ -123,24 +157,44 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
 
 
 class ScimClient:
-    """SCIM 2.0 calls on one target's ``/Users``, over one connection pool."""
+    """SCIM 2.0 calls on one target's ``/Users`` and ``/Groups``, over one connection pool.
 
-    def __init__(self, base_url: str, token: str, *, timeout: float = 10.0,
+    ``auth`` is a static bearer token (a ``str``) or an :class:`~services.writer.auth.Auth`.
+    ``rate_limit`` and ``quarantine`` (the app's config) turn on AIMD limits and the
+    quarantine gate; left None (tools, most tests) there is neither.
+    """
+
+    def __init__(self, base_url: str, auth: Auth | str, *, timeout: float = 10.0,
                  max_connections: int = 32, attempts: int = 5, backoff: Backoff | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None, app: str = "") -> None:
-        _check_token(token)
+                 transport: httpx.AsyncBaseTransport | None = None, app: str = "",
+                 dialect: Literal["rfc7644", "entra"] = "rfc7644",
+                 update_method: Literal["patch", "put"] = "patch", max_patch_operations: int = 100,
+                 page_size: int | None = None, rate_limit: RateLimit | None = None,
+                 quarantine: Quarantine | None = None) -> None:
+        self._auth: Auth = BearerToken(auth) if isinstance(auth, str) else auth
         self._app = app  # the metrics label; "" when used outside a writer (tests, tools)
         if attempts < 1:
             raise ValueError(f"attempts must be at least 1, not {attempts}")
+        if max_patch_operations < 1:
+            raise ValueError(f"max_patch_operations must be at least 1, not {max_patch_operations}")
         self._base = httpx.URL(base_url.rstrip("/") + "/")
         self._shown_base = _shown(self._base)
-        self._token = token
         self._timeout = timeout
         self._attempts = attempts
         self._backoff = backoff or Backoff()
+        self.dialect = dialect
+        self.max_patch_operations = max_patch_operations
+        self.page_size = page_size
+        self.uses_put = update_method == "put"
+        """PUT instead of PATCH for updates: configured, or learnt from a 405/501 to PATCH."""
+        self.limiter = (RateLimiter(rate_limit.max_concurrency, rate_limit.max_requests_per_second,
+                                    app=app)
+                        if rate_limit is not None else None)
+        self._quarantining = quarantine is not None
+        self.quarantine = QuarantineGate(quarantine or Quarantine(), app=app, probe=self._probe)
         self._http = httpx.AsyncClient(
             base_url=self._base,
-            headers={"Authorization": f"Bearer {token}", "Accept": SCIM_JSON},
+            headers={"Accept": SCIM_JSON},
             timeout=timeout,
             limits=httpx.Limits(max_connections=max_connections,
                                 max_keepalive_connections=max_connections),
@@ -160,59 +214,119 @@ class ScimClient:
         await self.aclose()
 
     async def aclose(self) -> None:
+        await self.quarantine.aclose()
         await self._http.aclose()
+        await self._auth.aclose()
 
-    # -- operations ----------------------------------------------------------------------
+    @property
+    def limits(self) -> Limits | None:
+        """The rate limits in force now (None when unlimited)."""
+        return self.limiter.limits if self.limiter is not None else None
 
-    async def find_users(self, attribute: str, value: str) -> list[ScimResource]:
-        """Users whose ``attribute`` (a mapping target path) equals ``value``.
+    def on_quarantine(self, listener: Callable[[QuarantineEvent], None]) -> None:
+        """Call ``listener`` when the app enters quarantine (once per reason) and leaves it."""
+        self.quarantine.on_quarantine(listener)
 
-        ``GET /Users?filter=<attribute> eq "<value>"``, following further pages if the
-        target paginates the answer.
-        """
-        expression = equality_filter(attribute, value)
+    # -- resources of any kind -----------------------------------------------------------
+
+    async def find(self, kind: Kind, attribute: str, value: str) -> builtins.list[ScimResource]:
+        """Resources whose ``attribute`` (a mapping target path) equals ``value``:
+        ``GET /<Kind>?filter=<attribute> eq "<value>"``, following every page."""
+        return await self.list(kind, equality_filter(attribute, value))
+
+    async def list(self, kind: Kind, filter: str | None = None) -> builtins.list[ScimResource]:
+        """Every resource of ``kind`` (matching the SCIM ``filter``, if given), page by page,
+        with whatever page size the target chooses (``page_size`` only asks for one)."""
         found: dict[str, ScimResource] = {}
         while True:
-            total, page = await self._search(expression, start=len(found) + 1 if found else None)
+            total, page = await self._page(kind, filter, start=len(found) + 1 if found else None)
             new = {r.id: r for r in page if r.id not in found}
             found.update(new)
             # Stop on a page without news too: a target that ignores startIndex would loop.
             if not new or len(found) >= total:
-                return list(found.values())
+                return builtins.list(found.values())
 
-    async def get_user(self, id: str) -> ScimResource:
-        return _resource(await self._call("GET", _user_path(id), ok=(200,)))
+    async def get(self, kind: Kind, id: str) -> ScimResource:
+        return _resource(await self._call("GET", _path(kind, id), ok=(200,)))
 
-    async def create_user(self, body: Mapping[str, Any]) -> ScimResource:
-        """``POST /Users``. A retried POST whose first try did land answers 409: callers
+    async def create(self, kind: Kind, body: Mapping[str, Any]) -> ScimResource:
+        """``POST /<Kind>``. A retried POST whose first try did land answers 409: callers
         treat ConflictError as "look it up and adopt it"."""
-        return _resource(await self._call("POST", "Users", body=body, ok=(200, 201)))
+        return _resource(await self._call("POST", _ENDPOINTS[kind], body=body, ok=(200, 201)))
 
-    async def patch_user(self, id: str, operations: list[dict[str, Any]], *,
-                         if_match: str | None = None) -> ScimResource | None:
-        """Apply a PatchOp; the updated resource when the target returns it (200), else None
-        (204). ``if_match`` makes the write conditional on the resource's ETag (412 ->
-        ConflictError)."""
+    async def delete(self, kind: Kind, id: str) -> None:
+        await self._call("DELETE", _path(kind, id), ok=(200, 204))
+
+    async def update(self, kind: Kind, id: str, changes: Mapping[str, Any], *,
+                     current: Mapping[str, Any] | ScimResource) -> None:
+        """Bring the changed attributes (``{target path: value}``, None removes) to the target.
+
+        PATCH of the changed attributes in the app's dialect, chunked to
+        ``max_patch_operations`` per request; or PUT of ``current`` with the changes applied
+        when the app is set to PUT or answered 405/501 to a PATCH (remembered). The write is
+        conditional (If-Match) when ``current`` has an ETag; on 412 the resource is read
+        again and the update retried once against it.
+        """
+        if not changes:
+            return
+        resource = current if isinstance(current, ScimResource) else _as_resource(id, current)
+        try:
+            await self._update_once(kind, resource, changes)
+        except ConflictError as exc:
+            if exc.status != 412:
+                raise
+            _log.info("%s changed meanwhile (412); re-reading it and updating once more",
+                      _path(kind, id))
+            await self._update_once(kind, await self.get(kind, id), changes)
+
+    async def patch(self, kind: Kind, id: str, operations: Sequence[Mapping[str, Any]], *,
+                    if_match: str | None = None) -> ScimResource | None:
+        """Send PatchOp ``operations``, at most ``max_patch_operations`` per request. The
+        updated resource when the target returns it (200), else None (204). ``if_match``
+        makes the (first) write conditional on the resource's ETag (412 -> ConflictError)."""
         if not operations:
             raise ValueError("a PATCH needs at least one operation; skip the call instead")
-        path = _user_path(id)
-        body = {"schemas": [PATCH_OP], "Operations": operations}
-        headers = {"If-Match": if_match} if if_match else None
-        response = await self._call("PATCH", path, body=body, ok=(200, 204), headers=headers)
-        if response.status_code == 204 or not response.content.strip():
-            return None
-        return _resource(response)
+        result: ScimResource | None = None
+        etag = if_match
+        for chunk in chunked(operations, self.max_patch_operations):
+            result, etag = await self._patch_once(kind, id, chunk, etag)
+        return result
+
+    async def patch_members(self, group_id: str, add: Sequence[str], remove: Sequence[str]) -> None:
+        """Add and remove group members by their target ids: the deltas only, never the
+        whole list, at most ``max_patch_operations`` members per request."""
+        requests = member_operations(add, remove, dialect=self.dialect,
+                                     max_values=self.max_patch_operations)
+        for operations in requests:
+            await self._patch_once("group", group_id, operations, None)
+
+    # -- users: what the writer's worker calls -------------------------------------------
+
+    async def find_users(self, attribute: str, value: str) -> builtins.list[ScimResource]:
+        return await self.find("user", attribute, value)
+
+    async def get_user(self, id: str) -> ScimResource:
+        return await self.get("user", id)
+
+    async def create_user(self, body: Mapping[str, Any]) -> ScimResource:
+        return await self.create("user", body)
+
+    async def patch_user(self, id: str, operations: builtins.list[dict[str, Any]], *,
+                         if_match: str | None = None) -> ScimResource | None:
+        return await self.patch("user", id, operations, if_match=if_match)
 
     async def delete_user(self, id: str) -> None:
-        await self._call("DELETE", _user_path(id), ok=(200, 204))
+        await self.delete("user", id)
+
+    # -- test connection -------------------------------------------------------------------
 
     async def test_connection(self, matching_attribute: str = "userName") -> None:
         """Entra's check: ``GET /Users?filter=<matching attribute> eq "<random GUID>"`` must
-        answer 200 with an empty list. One attempt, no retries; raises a TargetError
-        subclass whose message says exactly what failed."""
+        answer 200 with an empty list. One attempt, no retries, past the quarantine gate;
+        raises a TargetError subclass whose message says exactly what failed."""
         expression = equality_filter(matching_attribute, str(uuid.uuid4()))
         try:
-            total, page = await self._search(expression, attempts=1)
+            total, page = await self._page("user", expression, direct=True)
         except TargetError as exc:
             # Chain to the library error (DNS, TLS, ...) as any other call does.
             raise _connection_failed(exc) from (exc.__cause__ or exc)
@@ -224,24 +338,71 @@ class ScimClient:
                 "scimflow could not match existing accounts and would create duplicates",
                 status=200)
 
+    async def _probe(self) -> None:
+        """The quarantine gate's probe: the test connection."""
+        await self.test_connection()
+
+    # -- updates -------------------------------------------------------------------------
+
+    async def _update_once(self, kind: Kind, resource: ScimResource, changes: Mapping[str, Any]) -> None:
+        if not self.uses_put:
+            operations = patch_operations(changes, dialect=self.dialect, current=resource.body)
+            if not operations:
+                return  # the target already holds every value
+            try:
+                await self.patch(kind, resource.id, operations, if_match=resource.etag)
+            except RejectedError as exc:
+                if exc.status not in _PATCH_UNSUPPORTED:
+                    raise
+                _log.warning("%s answered %s to PATCH: using PUT for its updates from now on",
+                             self._shown_base, exc.status)
+                self.uses_put = True
+            else:
+                return
+        await self._put(kind, resource, changes)
+
+    async def _put(self, kind: Kind, resource: ScimResource, changes: Mapping[str, Any]) -> None:
+        body = apply_changes(resource.body, changes)
+        headers = {"If-Match": resource.etag} if resource.etag else None
+        await self._call("PUT", _path(kind, resource.id), body=body, ok=(200, 204), headers=headers)
+
+    async def _patch_once(self, kind: Kind, id: str, operations: Sequence[Mapping[str, Any]],
+                          if_match: str | None) -> tuple[ScimResource | None, str | None]:
+        """One PATCH request: (the resource if returned, its new ETag if known)."""
+        body = {"schemas": [PATCH_OP], "Operations": builtins.list(operations)}
+        headers = {"If-Match": if_match} if if_match else None
+        response = await self._call("PATCH", _path(kind, id), body=body, ok=(200, 204), headers=headers)
+        if response.status_code == 204 or not response.content.strip():
+            return None, response.headers.get("ETag")
+        resource = _resource(response)
+        return resource, resource.etag
+
     # -- one request ---------------------------------------------------------------------
 
-    async def _search(self, expression: str, *, start: int | None = None,
-                      attempts: int | None = None) -> tuple[int, list[ScimResource]]:
-        params = {"filter": expression}
+    async def _page(self, kind: Kind, expression: str | None, *, start: int | None = None,
+                    direct: bool = False) -> tuple[int, builtins.list[ScimResource]]:
+        params: dict[str, str] = {}
+        if expression is not None:
+            params["filter"] = expression
         if start is not None:
             params["startIndex"] = str(start)
-        response = await self._call("GET", "Users", params=params, ok=(200,), attempts=attempts)
+        if self.page_size is not None:
+            params["count"] = str(self.page_size)
+        response = await self._call("GET", _ENDPOINTS[kind], params=params, ok=(200,),
+                                    attempts=1 if direct else None, direct=direct)
         return _list_response(response)
 
     async def _call(self, method: str, path: str, *, ok: tuple[int, ...],
                     params: Mapping[str, str] | None = None, body: Mapping[str, Any] | None = None,
-                    headers: Mapping[str, str] | None = None,
-                    attempts: int | None = None) -> httpx.Response:
-        """Send with retries; the 2xx response in ``ok``, or the mapped TargetError."""
-        request = self._http.build_request(
-            method, path, params=params, headers=_with_content_type(headers, body),
-            content=None if body is None else msgspec.json.encode(body))
+                    headers: Mapping[str, str] | None = None, attempts: int | None = None,
+                    direct: bool = False) -> httpx.Response:
+        """Send with retries; the 2xx response in ``ok``, or the mapped TargetError.
+
+        ``direct`` calls (test connection, quarantine probes) skip the gate and do not count
+        in the quarantine's window.
+        """
+        request = _Request(method, path, ok, params, None if body is None else msgspec.json.encode(body),
+                           _with_content_type(headers, body), direct)
         backoff = self._backoff
         retrying = stamina.retry_context(
             on=self._retry_wait, attempts=attempts or self._attempts, timeout=None,
@@ -252,33 +413,70 @@ class ScimClient:
                 metrics.TARGET_RETRIES.labels(app=self._app).inc()
             with attempt:
                 try:
-                    return await self._send_once(request, ok)
+                    return await self._attempt(request)
                 except TargetError as exc:
-                    _record_attempts(exc, attempt.num)
+                    exc.attempts = attempt.num
                     raise
         raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
 
-    async def _send_once(self, request: httpx.Request, ok: tuple[int, ...]) -> httpx.Response:
-        where = _describe(request)
-        started = time.perf_counter()
+    async def _attempt(self, request: _Request) -> httpx.Response:
+        """One attempt: gate, slot, send (and resend once after a token refresh on 401)."""
+        if not request.direct:
+            await self.quarantine.wait()
         try:
-            response = await self._http.send(request)
-        except httpx.HTTPError as exc:
-            metrics.observe_target_request(self._app, request.method, None, time.perf_counter() - started)
-            raise self._transport_error(where, exc) from exc
-        metrics.observe_target_request(self._app, request.method, response.status_code,
+            response = await self._exchange(request)
+            if response.status_code == 401 and await self._auth.refresh(
+                    response.request.headers.get("Authorization", "")):
+                response = await self._exchange(request)
+            if response.status_code not in request.ok:
+                raise self._status_error(_describe(response.request), response)
+        except TargetError as exc:
+            self._observe(exc, request)
+            raise
+        self._observe(None, request)
+        return response
+
+    async def _exchange(self, request: _Request) -> httpx.Response:
+        """Send one HTTP request within a rate-limit slot; transport failures become TargetErrors."""
+        headers = {**request.headers, "Authorization": await self._auth.authorization()}
+        built = self._http.build_request(request.method, request.path, params=request.params,
+                                         headers=headers, content=request.content)
+        async with self._slot():
+            started = time.perf_counter()
+            try:
+                response = await self._http.send(built)
+            except httpx.HTTPError as exc:
+                metrics.observe_target_request(self._app, built.method, None, time.perf_counter() - started)
+                raise self._transport_error(_describe(built), exc) from exc
+        metrics.observe_target_request(self._app, built.method, response.status_code,
                                        time.perf_counter() - started)
-        if response.status_code in ok:
-            return response
-        raise self._status_error(where, response)
+        return response
+
+    def _slot(self) -> AbstractAsyncContextManager[None]:
+        return self.limiter.slot() if self.limiter is not None else _no_slot()
+
+    def _observe(self, exc: TargetError | None, request: _Request) -> None:
+        """Feed one outcome to the AIMD limits and the quarantine window."""
+        if self.limiter is not None:
+            if exc is not None and exc.status == 429:
+                self.limiter.throttled()
+            elif exc is None or not isinstance(exc, TransientError):
+                self.limiter.succeeded()
+        if request.direct or not self._quarantining:
+            return
+        if exc is None:
+            self.quarantine.succeeded()
+        else:
+            self.quarantine.failed(exc)
 
     def _retry_wait(self, exc: Exception) -> bool | float:
-        """stamina's hook: retry only TransientError; wait what ``Retry-After`` asked, capped."""
+        """stamina's hook: retry only TransientError; wait what ``Retry-After`` asked, unless
+        that is longer than the cap (then give up now: the writer re-queues the object)."""
         if not isinstance(exc, TransientError):
             return False
         if exc.retry_after is None:
             return True  # stamina's exponential backoff with jitter
-        return min(exc.retry_after, self._backoff.retry_after_cap)
+        return exc.retry_after if exc.retry_after <= self._backoff.retry_after_cap else False
 
     # -- errors --------------------------------------------------------------------------
 
@@ -315,7 +513,7 @@ class ScimClient:
         message = f"{where} -> {status} {_reason(response)}"
         message += f" [{scim_type}]" if scim_type else ""
         message += f": {detail}" if detail else ""
-        message += _status_hint(response)
+        message += _status_hint(response, oauth2=isinstance(self._auth, ClientCredentials))
         error_class = _error_class(status)
         retry_after = (parse_retry_after(response.headers.get("Retry-After"))
                        if error_class is TransientError else None)
@@ -323,23 +521,40 @@ class ScimClient:
                            retry_after=retry_after)
 
     def _redact(self, text: str) -> str:
-        return text.replace(self._token, _REDACTED)
+        return self._auth.redact(text)
 
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """One logical request, re-sent as is by every attempt (with a fresh Authorization)."""
+
+    method: str
+    path: str
+    ok: tuple[int, ...]
+    params: Mapping[str, str] | None
+    content: bytes | None
+    headers: dict[str, str]
+    direct: bool
+
+
+@asynccontextmanager
+async def _no_slot() -> AsyncIterator[None]:
+    yield
 
 
 # -- helpers without state ---------------------------------------------------------------
 
 
-def _check_token(token: str) -> None:
-    # Refuse early, and without echoing it, a token httpx would reject as a header value.
-    usable = token.isascii() and token.isprintable() and not any(c.isspace() for c in token)
-    if not token or not usable:
-        raise ValueError("the bearer token must be non-empty printable ASCII without spaces")
+def _path(kind: Kind, id: str) -> str:
+    # Quote everything: an id such as "../Groups" must not leave its endpoint.
+    return f"{_ENDPOINTS[kind]}/{quote(id, safe='')}"
 
 
-def _user_path(id: str) -> str:
-    # Quote everything: an id such as "../Groups" must not leave /Users.
-    return f"Users/{quote(id, safe='')}"
+def _as_resource(id: str, body: Mapping[str, Any]) -> ScimResource:
+    """A resource body the caller kept, with the version its ``meta`` holds as the ETag."""
+    meta = body.get("meta")
+    version = meta.get("version") if isinstance(meta, Mapping) else None
+    return ScimResource(id=id, body=dict(body), etag=version if isinstance(version, str) else None)
 
 
 def _with_content_type(headers: Mapping[str, str] | None,
@@ -348,11 +563,6 @@ def _with_content_type(headers: Mapping[str, str] | None,
     if body is not None:
         merged["Content-Type"] = SCIM_JSON
     return merged
-
-
-def _record_attempts(exc: TargetError, attempts: int) -> None:
-    # errors.py (not ours) declares no `attempts`; read it back with attempts_of().
-    setattr(exc, "attempts", attempts)  # noqa: B010
 
 
 def _error_class(status: int) -> type[TargetError]:
@@ -367,10 +577,11 @@ def _error_class(status: int) -> type[TargetError]:
     return RejectedError
 
 
-def _status_hint(response: httpx.Response) -> str:
+def _status_hint(response: httpx.Response, *, oauth2: bool) -> str:
     status = response.status_code
     if status == 401:
-        return " (the target refused the bearer token)"
+        return (" (the target refused the OAuth2 access token, also a freshly fetched one)" if oauth2
+                else " (the target refused the bearer token)")
     if status == 403:
         return " (the token was accepted but is not allowed to do this)"
     if 300 <= status < 400:
@@ -470,18 +681,33 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
 def _connection_failed(exc: TargetError) -> TargetError:
     """The same error class, its message prefixed and completed for a test connection."""
     hint = _CONNECTION_HINTS.get(exc.status or 0, "")
-    failed = type(exc)(f"test connection failed: {exc}{hint}", status=exc.status,
-                       detail=exc.detail, retry_after=exc.retry_after)
-    _record_attempts(failed, attempts_of(exc))
-    return failed
+    return type(exc)(f"test connection failed: {exc}{hint}", status=exc.status,
+                     detail=exc.detail, retry_after=exc.retry_after, attempts=exc.attempts)
 
 
-def client_for(app: Application, loaded: LoadedConfig, settings: Settings) -> ScimClient:
-    """The client of one configured application, with its credentials resolved."""
+def client_for(app: Application, loaded: LoadedConfig, settings: Settings, *,
+               transport: httpx.AsyncBaseTransport | None = None) -> ScimClient:
+    """The client of one configured application, with its credentials resolved and all of
+    its target settings (dialect, update method, paging, limits, retries, quarantine)."""
     target = app.target
-    if target.token is None:
-        raise ConfigError(f"application {app.name}: OAuth2 client credentials are not supported yet",
+    auth: Auth
+    if target.oauth2 is not None:
+        oauth2 = target.oauth2
+        auth = ClientCredentials(oauth2.token_url, oauth2.client_id,
+                                 loaded.secret(oauth2.client_secret).reveal(), oauth2.scope,
+                                 timeout=target.timeout)
+    elif target.token is not None:
+        auth = BearerToken(loaded.secret(target.token).reveal())
+    else:  # config validation requires one of them; say so if it was bypassed
+        raise ConfigError(f"application {app.name}: the target needs `token` or `oauth2`",
                           file=loaded.file)
-    return ScimClient(target.base_url, loaded.secret(target.token).reveal(), timeout=target.timeout,
-                      max_connections=target.max_connections, attempts=settings.target_attempts,
-                      app=app.name)
+    retries = target.retries
+    return ScimClient(
+        target.base_url, auth, timeout=target.timeout, max_connections=target.max_connections,
+        attempts=retries.attempts, app=app.name, transport=transport,
+        backoff=Backoff(wait_initial=retries.initial_wait, wait_max=retries.max_wait,
+                        wait_jitter=retries.initial_wait,
+                        retry_after_cap=min(_RETRY_AFTER_CAP, retries.max_wait)),
+        dialect=target.dialect, update_method=target.update_method,
+        max_patch_operations=target.max_patch_operations, page_size=target.page_size,
+        rate_limit=target.rate_limit, quarantine=target.quarantine)

@@ -17,9 +17,10 @@ attribute, and what Entra's mappings use.
 
 from __future__ import annotations
 
+import copy
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -31,8 +32,11 @@ __all__ = [
     "Dialect",
     "ScimPath",
     "ValueFilter",
+    "apply_changes",
     "build_resource",
+    "chunked",
     "equality_filter",
+    "member_operations",
     "parse_path",
     "patch_operations",
     "read_path",
@@ -46,6 +50,8 @@ PATCH_OP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 
 Dialect = Literal["rfc7644", "entra"]
 _C = TypeVar("_C", dict[str, Any], list[Any])
+_T = TypeVar("_T")
+_READ_ONLY = ("meta",)  # server-managed: never sent back in a PUT
 
 _CORE_PREFIX = "urn:ietf:params:scim:schemas:core:2.0:"
 _CORE_SCHEMAS = {"User": CORE_USER, "Group": CORE_GROUP}
@@ -236,6 +242,61 @@ def patch_operations(changes: Mapping[str, object | None], *, dialect: str = "rf
     return operations
 
 
+def apply_changes(resource: Mapping[str, Any], changes: Mapping[str, object | None]) -> dict[str, Any]:
+    """The full resource for a PUT: ``resource`` (as the target returned it) with ``changes``
+    applied (None removes), without the server-managed ``meta``.
+
+    A PUT replaces the whole resource (RFC 7644 §3.5.1), so everything the target holds that
+    scimflow does not map is sent back unchanged rather than lost.
+    """
+    body = {k: copy.deepcopy(v) for k, v in resource.items() if k.lower() not in _READ_ONLY}
+    schemas = body.setdefault("schemas", [])
+    for text, value in changes.items():
+        path = parse_path(text)
+        if value is None:
+            _delete(body, path)
+            continue
+        if path.schema is not None and path.schema not in schemas:
+            schemas.append(path.schema)
+        _put(_container(body, path, text), path, value, text)
+    return body
+
+
+def member_operations(add: Sequence[str], remove: Sequence[str], *, dialect: str = "rfc7644",
+                      max_values: int = 100) -> list[list[dict[str, Any]]]:
+    """The PATCH requests (each a list of operations) that add and remove group members.
+
+    Only the deltas are sent, never the whole member list, with at most ``max_values``
+    member ids per request. ``rfc7644`` adds with one ``add`` of many values and removes
+    with one ``remove`` per member, selected by ``members[value eq "id"]`` (RFC 7644
+    §3.5.2.2: a remove carries no value); ``entra`` sends what Entra's client sends:
+    ``Add``/``Remove`` with the members as the value.
+    """
+    add_ids, remove_ids = list(dict.fromkeys(add)), list(dict.fromkeys(remove))
+    both = set(add_ids) & set(remove_ids)
+    if both:
+        raise ValueError(f"{len(both)} member id(s) are both added and removed, e.g. {min(both)!r}")
+    if max_values < 1:
+        raise ValueError(f"max_values must be at least 1, not {max_values}")
+    names = _op_names(dialect)
+    requests = [[{"op": names[0], "path": "members", "value": _members(chunk)}]
+                for chunk in chunked(add_ids, max_values)]
+    for chunk in chunked(remove_ids, max_values):
+        if dialect == "entra":
+            requests.append([{"op": names[2], "path": "members", "value": _members(chunk)}])
+        else:
+            requests.append([{"op": names[2], "path": f"members[value eq {json.dumps(m)}]"}
+                             for m in chunk])
+    return requests
+
+
+def chunked(items: Sequence[_T], size: int) -> list[list[_T]]:
+    """``items`` in consecutive lists of at most ``size``."""
+    if size < 1:
+        raise ValueError(f"size must be at least 1, not {size}")
+    return [list(items[i:i + size]) for i in range(0, len(items), size)]
+
+
 # -- parsing -------------------------------------------------------------------------------
 
 
@@ -325,6 +386,44 @@ def _mark_primary(elements: list[dict[str, Any]]) -> None:
     """Make the first element primary unless one already is (RFC 7643: at most one)."""
     if elements and not any(_get(e, "primary") is True for e in elements):
         elements[0]["primary"] = True
+
+
+def _members(ids: Sequence[str]) -> list[dict[str, str]]:
+    return [{"value": member} for member in ids]
+
+
+def _delete(body: dict[str, Any], path: ScimPath) -> None:
+    """Remove what ``path`` names from a full resource (for a PUT); absent is fine."""
+    container = body if path.schema is None else _get(body, path.schema)
+    if not isinstance(container, dict):
+        return
+    key = _key(container, path.attribute)
+    if key is None:
+        return
+    if path.filter is not None:
+        elements = container[key]
+        if not isinstance(elements, list):
+            return
+        if path.sub_attribute in (None, "value"):  # an email without its address is meaningless
+            container[key] = [e for e in elements if not path.filter.matches(e)]
+        else:
+            for element in elements:
+                if path.filter.matches(element):
+                    element.pop(_key(element, path.sub_attribute) or path.sub_attribute, None)
+    elif path.sub_attribute is not None:
+        parent = container[key]
+        if isinstance(parent, dict):
+            parent.pop(_key(parent, path.sub_attribute) or path.sub_attribute, None)
+    else:
+        del container[key]
+
+
+def _key(mapping: Mapping[str, Any], name: str) -> str | None:
+    """The key ``mapping`` uses for attribute ``name`` (case-insensitive), if present."""
+    if name in mapping:
+        return name
+    folded = name.casefold()
+    return next((k for k in mapping if isinstance(k, str) and k.casefold() == folded), None)
 
 
 def _wire(path: ScimPath, value: object) -> object:

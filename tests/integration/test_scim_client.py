@@ -8,6 +8,7 @@ import re
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from urllib.parse import parse_qs
 
 import httpx
 import pytest
@@ -20,13 +21,15 @@ from services.runtime.errors import (
     TransientError,
 )
 from services.runtime.scim_target import ScimTarget, start_scim_target
-from services.writer.scim_client import Backoff, ScimClient, attempts_of
+from services.writer.scim_client import SCIM_JSON, Backoff, ScimClient, attempts_of
 from services.writer.scim_paths import (
+    CORE_USER,
     ENTERPRISE_USER,
     build_resource,
     patch_operations,
     read_path,
 )
+from tests.support.faultproxy import FaultProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
@@ -254,3 +257,153 @@ def test_target_starts_with_a_token_that_looks_like_an_option() -> None:
     # take it for an option (this once failed a whole CI run).
     with start_scim_target(token="-looks-like-an-option") as target:
         assert target.running
+
+
+# -- groups and the generic resource API ---------------------------------------------------
+
+
+@pytest.fixture
+def recorder(scim_target: ScimTarget) -> Iterator[FaultProxy]:
+    """A fault proxy without faults: it only records what the client sent."""
+    with FaultProxy(scim_target.base_url) as proxy:
+        yield proxy
+
+
+def bulk_create_users(target: ScimTarget, count: int) -> list[str]:
+    """Create ``count`` users with SCIM Bulk requests (test setup, not the code under test)."""
+    ids: list[str] = []
+    for start in range(0, count, 400):  # scim2-server takes at most 1 MiB per bulk request
+        operations = [{"method": "POST", "path": "/Users", "bulkId": str(i),
+                       "data": {"schemas": [CORE_USER], "userName": unique(f"m{i}")}}
+                      for i in range(start, min(count, start + 400))]
+        response = httpx.post(
+            f"{target.base_url}/Bulk", timeout=60, json={
+                "schemas": ["urn:ietf:params:scim:api:messages:2.0:BulkRequest"], "Operations": operations},
+            headers={"Authorization": f"Bearer {target.token}", "Content-Type": SCIM_JSON})
+        response.raise_for_status()
+        ids += [op["location"].rsplit("/", 1)[1] for op in response.json()["Operations"]]
+    assert len(set(ids)) == count
+    return ids
+
+
+def members_at_target(target: ScimTarget, group_id: str) -> set[str]:
+    response = httpx.get(f"{target.base_url}/Groups/{group_id}",
+                         headers={"Authorization": f"Bearer {target.token}"})
+    response.raise_for_status()
+    return {m["value"] for m in response.json().get("members", [])}
+
+
+async def test_group_lifecycle(client: ScimClient) -> None:
+    name = unique("group")
+    created = await client.create("group", build_resource({"displayName": name, "externalId": name},
+                                                          schemas_for="Group"))
+    assert created.etag is not None
+    assert [g.id for g in await client.find("group", "displayName", name)] == [created.id]
+    assert [g.id for g in await client.find("group", "externalId", name)] == [created.id]
+
+    await client.update("group", created.id, {"displayName": f"{name}-renamed"}, current=created)
+    renamed = await client.get("group", created.id)
+    assert read_path(renamed.body, "displayName") == f"{name}-renamed"
+    assert read_path(renamed.body, "externalId") == name
+
+    await client.delete("group", created.id)
+    with pytest.raises(NotFoundError):
+        await client.get("group", created.id)
+
+
+async def test_a_thousand_members_by_deltas_then_five_changes_send_only_those(
+        scim_target: ScimTarget, recorder: FaultProxy) -> None:
+    user_ids = bulk_create_users(scim_target, 1005)
+    first, later = user_ids[:1000], user_ids[1000:]
+    async with ScimClient(recorder.url, scim_target.token, backoff=NO_WAIT,
+                          max_patch_operations=100) as c:
+        group = await c.create("group", build_resource({"displayName": unique("big")}, schemas_for="Group"))
+        await c.patch_members(group.id, add=first, remove=[])
+        patches = recorder.requests("PATCH", f"/Groups/{group.id}$")
+        assert len(patches) == 10
+        assert all(len(p.json()["Operations"][0]["value"]) == 100 for p in patches)
+        assert members_at_target(scim_target, group.id) == set(first)
+
+        recorder.clear_log()
+        removed = first[:3]
+        await c.patch_members(group.id, add=later[:2], remove=removed)
+    sent = [p.json()["Operations"] for p in recorder.requests("PATCH")]
+    assert sent == [
+        [{"op": "add", "path": "members", "value": [{"value": later[0]}, {"value": later[1]}]}],
+        [{"op": "remove", "path": f'members[value eq "{m}"]'} for m in removed],
+    ]
+    assert members_at_target(scim_target, group.id) == set(first[3:]) | set(later[:2])
+
+
+async def test_list_follows_the_targets_pages(scim_target: ScimTarget, recorder: FaultProxy) -> None:
+    async with ScimClient(recorder.url, scim_target.token, page_size=3) as c:
+        tag = uuid.uuid4().hex[:8]
+        created = {(await c.create_user(build_resource({"userName": f"{tag}-{i}",
+                                                        "title": tag}))).id for i in range(7)}
+        recorder.clear_log()
+        found = await c.list("user", f'title eq "{tag}"')
+    assert {r.id for r in found} == created
+    pages = recorder.requests("GET", "/Users$")
+    assert [parse_qs(p.query)["startIndex"] for p in pages[1:]] == [["4"], ["7"]]
+    assert all(parse_qs(p.query)["count"] == ["3"] for p in pages)
+
+
+async def test_update_by_put_keeps_what_it_does_not_change(scim_target: ScimTarget) -> None:
+    async with ScimClient(scim_target.base_url, scim_target.token, update_method="put") as c:
+        created = await c.create_user(build_resource({"userName": unique(), "title": "kept",
+                                                      "name.givenName": "Ada", WORK_EMAIL: "w@x"}))
+        await c.update("user", created.id, {"name.givenName": "Augusta", WORK_EMAIL: None,
+                                            DEPARTMENT: "R&D"}, current=created)
+        current = await c.get_user(created.id)
+    assert read_path(current.body, "name.givenName") == "Augusta"
+    assert read_path(current.body, "title") == "kept"
+    assert read_path(current.body, "emails") in (None, [])
+    assert read_path(current.body, DEPARTMENT) == "R&D"
+
+
+@pytest.mark.parametrize("method", ["patch", "put"])
+async def test_a_stale_etag_is_re_read_and_the_update_retried_once(
+        scim_target: ScimTarget, recorder: FaultProxy, method: str) -> None:
+    async with ScimClient(recorder.url, scim_target.token, update_method=method) as c:  # type: ignore[arg-type]
+        created = await c.create_user(build_resource({"userName": unique(), "title": "v1"}))
+        await c.update("user", created.id, {"nickName": "someone else"}, current=created)  # now stale
+        recorder.clear_log()
+        await c.update("user", created.id, {"title": "v2"}, current=created)
+        current = await c.get_user(created.id)
+    assert [(e.method, e.status) for e in recorder.log][:3] == [
+        (method.upper(), 412), ("GET", 200), (method.upper(), 200 if method == "put" else 204)]
+    assert read_path(current.body, "title") == "v2"
+    assert read_path(current.body, "nickName") == "someone else"
+
+
+async def test_an_update_that_changes_nothing_sends_nothing(scim_target: ScimTarget,
+                                                           recorder: FaultProxy) -> None:
+    async with ScimClient(recorder.url, scim_target.token) as c:
+        created = await c.create_user(build_resource({"userName": unique()}))
+        recorder.clear_log()
+        await c.update("user", created.id, {}, current=created)
+        await c.update("user", created.id, {"nickName": None}, current=created)  # already absent
+    assert recorder.log == []
+
+
+async def test_large_patches_are_chunked(scim_target: ScimTarget, recorder: FaultProxy) -> None:
+    async with ScimClient(recorder.url, scim_target.token, max_patch_operations=2) as c:
+        created = await c.create_user(build_resource({"userName": unique()}))
+        changes = {"title": "t", "nickName": "n", "displayName": "d", "locale": "en-GB", "timezone": "UTC"}
+        recorder.clear_log()
+        await c.update("user", created.id, changes, current=created)
+        current = await c.get_user(created.id)
+    assert [len(p.json()["Operations"]) for p in recorder.requests("PATCH")] == [2, 2, 1]
+    assert all(read_path(current.body, k) == v for k, v in changes.items())
+
+
+async def test_entra_dialect_member_shapes_reach_the_target(scim_target: ScimTarget) -> None:
+    users = bulk_create_users(scim_target, 2)
+    async with ScimClient(scim_target.base_url, scim_target.token, dialect="entra") as c:
+        group = await c.create("group", build_resource({"displayName": unique("g")}, schemas_for="Group"))
+        await c.patch_members(group.id, add=users, remove=[])
+        assert members_at_target(scim_target, group.id) == set(users)
+        # scim2-server is strict RFC 7644: a remove with a value (Entra's shape) is refused,
+        # with the target's own words; that is why the dialect is per app.
+        with pytest.raises(RejectedError, match="remove operation carries no value"):
+            await c.patch_members(group.id, add=[], remove=users[:1])

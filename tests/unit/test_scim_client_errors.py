@@ -12,12 +12,14 @@ import json
 import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from stamina.instrumentation import RetryDetails, get_on_retry_hooks, set_on_retry_hooks
 
+from services.runtime.config import load_config
 from services.runtime.errors import (
     ConflictError,
     CredentialsError,
@@ -26,12 +28,16 @@ from services.runtime.errors import (
     TargetError,
     TransientError,
 )
+from services.runtime.settings import load_settings
+from services.writer.auth import ClientCredentials
+from services.writer.ratelimit import Limits
 from services.writer.scim_client import (
     SCIM_JSON,
     Backoff,
     ScimClient,
     ScimResource,
     attempts_of,
+    client_for,
     parse_retry_after,
 )
 
@@ -110,34 +116,51 @@ async def test_429_with_retry_after_seconds_is_retried_then_succeeds(retry_waits
     assert retry_waits == [0.0]
 
 
-async def test_retry_after_is_capped(retry_waits: list[float]) -> None:
+async def test_a_retry_after_beyond_the_cap_is_raised_at_once_for_the_writer_to_requeue(
+        retry_waits: list[float]) -> None:
+    # Waiting an hour inside the call would hold the object's partition: raise instead.
     script = Script(scim_error(429, "slow down", **{"Retry-After": "3600"}), scim(200, USER))
-    async with client(script, backoff=Backoff(retry_after_cap=0.01)) as c:
-        await c.get_user("u-1")
-    assert retry_waits == [0.01]
+    async with client(script, attempts=5, backoff=Backoff(retry_after_cap=30.0)) as c:
+        with pytest.raises(TransientError) as info:
+            await c.get_user("u-1")
+    assert len(script.requests) == 1
+    assert retry_waits == []
+    assert info.value.retry_after == 3600.0
+    assert attempts_of(info.value) == 1
 
 
 async def test_429_with_retry_after_http_date_is_retried_then_succeeds(
         retry_waits: list[float]) -> None:
-    later = email.utils.format_datetime(datetime.now(UTC) + timedelta(hours=1), usegmt=True)
-    script = Script(scim_error(429, "slow down", **{"Retry-After": later}), scim(200, USER))
-    async with client(script, backoff=Backoff(retry_after_cap=0.02)) as c:
+    soon = email.utils.format_datetime(datetime.now(UTC) + timedelta(seconds=1), usegmt=True)
+    script = Script(scim_error(429, "slow down", **{"Retry-After": soon}), scim(200, USER))
+    async with client(script, backoff=Backoff(retry_after_cap=30.0)) as c:
         assert (await c.get_user("u-1")).id == "u-1"
-    assert retry_waits == [0.02]  # an hour away, so the cap applies
+    assert len(retry_waits) == 1
+    assert 0.0 <= retry_waits[0] <= 1.0  # HTTP-dates have whole seconds
 
 
 async def test_429_every_time_raises_transient_with_retry_after_and_attempts() -> None:
-    later = email.utils.format_datetime(datetime.now(UTC) + timedelta(seconds=90), usegmt=True)
-    script = Script(scim_error(429, "quota exceeded", **{"Retry-After": later}))
+    script = Script(scim_error(429, "quota exceeded", **{"Retry-After": "0"}))
     async with client(script, attempts=4) as c:
         with pytest.raises(TransientError) as info:
             await c.find_users("userName", "ada@example.com")
     assert len(script.requests) == 4
     assert attempts_of(info.value) == 4
+    assert info.value.attempts == 4
     assert info.value.status == 429
+    assert info.value.retry_after == 0.0
+    assert "429 Too Many Requests: quota exceeded" in str(info.value)
+
+
+async def test_a_long_http_date_retry_after_is_reported_in_seconds() -> None:
+    later = email.utils.format_datetime(datetime.now(UTC) + timedelta(seconds=90), usegmt=True)
+    script = Script(scim_error(429, "quota exceeded", **{"Retry-After": later}))
+    async with client(script, attempts=4, backoff=Backoff(retry_after_cap=30.0)) as c:
+        with pytest.raises(TransientError) as info:
+            await c.find_users("userName", "ada@example.com")
+    assert len(script.requests) == 1
     assert info.value.retry_after is not None
     assert 85 <= info.value.retry_after <= 90
-    assert "429 Too Many Requests: quota exceeded" in str(info.value)
 
 
 async def test_timeouts_raise_transient_after_all_attempts() -> None:
@@ -384,3 +407,82 @@ NOW = datetime(2026, 1, 15, 12, 0, 0, tzinfo=UTC)
 )
 def test_parse_retry_after(header: str | None, seconds: float | None) -> None:
     assert parse_retry_after(header, now=NOW) == seconds
+
+
+# -- client_for: one constructor, every target setting --------------------------------------
+
+APP_CONFIG = """\
+sources:
+  - {name: hr, type: file, path: dir.yaml}
+applications:
+  - name: crm
+    target:
+      base_url: https://crm.example.com/scim/v2
+      oauth2: {token_url: "https://login.example.com/token", client_id: scimflow,
+               client_secret: env:CRM_SECRET, scope: scim}
+      dialect: entra
+      update_method: put
+      max_patch_operations: 25
+      page_size: 200
+      rate_limit: {max_concurrency: 4, max_requests_per_second: 10}
+      retries: {attempts: 7, initial_wait: 0.25, max_wait: 8}
+      quarantine: {failure_ratio: 0.6, min_calls: 10, probe_initial: 2}
+    mappings:
+      user:
+        attributes:
+          - {target: userName, source: upn, matching: 1}
+"""
+
+
+async def test_client_for_applies_every_target_setting(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRM_SECRET", "crm-client-s3cret")
+    (tmp_path / "scimflow.yaml").write_text(APP_CONFIG)
+    loaded = load_config(tmp_path / "scimflow.yaml")
+    async with client_for(loaded.config.applications[0], loaded, load_settings({})) as c:
+        assert c.dialect == "entra"
+        assert c.uses_put
+        assert c.max_patch_operations == 25
+        assert c.page_size == 200
+        assert c.limits == Limits(4, 10.0)
+        assert c.quarantine.settings.failure_ratio == 0.6
+        assert c._attempts == 7
+        assert c._backoff.wait_initial == 0.25
+        assert c._backoff.retry_after_cap == 8.0  # never longer than retries.max_wait
+        assert isinstance(c._auth, ClientCredentials)
+        assert "crm-client-s3cret" not in repr(c._auth)
+        assert "crm-client-s3cret" not in repr(c)
+
+
+# -- updates -----------------------------------------------------------------------------------
+
+
+async def test_a_second_412_after_re_reading_is_a_conflict() -> None:
+    script = Script(scim_error(412, "changed"), scim(200, USER, ETag='W/"4"'),
+                    scim_error(412, "changed again"))
+    async with client(script) as c:
+        with pytest.raises(ConflictError) as info:
+            await c.update("user", "u-1", {"title": "x"}, current=USER)
+    assert info.value.status == 412
+    assert [(r.method, r.headers.get("If-Match")) for r in script.requests] == [
+        ("PATCH", 'W/"3"'), ("GET", None), ("PATCH", 'W/"4"')]
+
+
+async def test_501_to_patch_falls_back_to_put_with_the_full_resource() -> None:
+    script = Script(scim_error(501, "PATCH not implemented"), scim(200, {**USER, "title": "x"}))
+    async with client(script) as c:
+        await c.update("user", "u-1", {"title": "x"}, current=USER)
+        assert c.uses_put
+    put = script.requests[1]
+    assert put.method == "PUT"
+    assert json.loads(put.content) == {"schemas": USER["schemas"], "id": "u-1",
+                                       "userName": "ada@example.com", "title": "x"}
+
+
+async def test_group_members_are_patched_in_chunks_on_the_group() -> None:
+    script = Script(scim(204))
+    async with ScimClient(BASE, TOKEN, max_patch_operations=100, backoff=NO_WAIT,
+                          transport=httpx.MockTransport(script)) as c:
+        await c.patch_members("g/1", add=[f"u{i}" for i in range(250)], remove=[])
+    assert [r.url.raw_path for r in script.requests] == [b"/scim/v2/Groups/g%2F1"] * 3
+    assert [len(json.loads(r.content)["Operations"][0]["value"]) for r in script.requests] == [100, 100, 50]

@@ -5,16 +5,20 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from scim2_models import Context, EnterpriseUser, PatchOp, User
+from scim2_models import Context, EnterpriseUser, Group, PatchOp, User
 
 from services.writer.scim_paths import (
     CORE_GROUP,
     CORE_USER,
     ENTERPRISE_USER,
+    PATCH_OP,
     ScimPath,
     ValueFilter,
+    apply_changes,
     build_resource,
+    chunked,
     equality_filter,
+    member_operations,
     parse_path,
     patch_operations,
     read_path,
@@ -262,8 +266,8 @@ def test_with_current_a_missing_element_is_added_whole() -> None:
 
 
 def test_with_current_an_existing_element_is_replaced_in_place() -> None:
-    assert patch_operations({WORK_EMAIL: "new@x"}, current=RETURNED) == [
-        {"op": "replace", "path": WORK_EMAIL, "value": "new@x"}]
+    assert patch_operations({WORK_EMAIL: "new@example.com"}, current=RETURNED) == [
+        {"op": "replace", "path": WORK_EMAIL, "value": "new@example.com"}]
 
 
 def test_with_current_removing_what_is_absent_sends_nothing() -> None:
@@ -305,3 +309,81 @@ def test_patch_operations_refuses_unknown_dialects_and_bad_paths() -> None:
 )
 def test_equality_filter(path: str, value: str, expected: str) -> None:
     assert equality_filter(path, value) == expected
+
+
+# -- group members -------------------------------------------------------------------------
+
+
+def test_member_additions_are_chunked_into_one_add_per_request() -> None:
+    ids = [f"u{i}" for i in range(250)]
+    requests = member_operations(ids, [], max_values=100)
+    assert [len(ops) for ops in requests] == [1, 1, 1]
+    assert [len(ops[0]["value"]) for ops in requests] == [100, 100, 50]
+    assert requests[0][0] == {"op": "add", "path": "members",
+                              "value": [{"value": f"u{i}"} for i in range(100)]}
+    assert [m["value"] for ops in requests for m in ops[0]["value"]] == ids
+
+
+def test_rfc7644_removes_each_member_by_a_value_filter() -> None:
+    requests = member_operations([], ["a", 'q"uote', "c"], max_values=2)
+    assert requests == [
+        [{"op": "remove", "path": 'members[value eq "a"]'},
+         {"op": "remove", "path": 'members[value eq "q\\"uote"]'}],
+        [{"op": "remove", "path": 'members[value eq "c"]'}],
+    ]
+    for ops in requests:  # each request is a valid PatchOp for scim2-models
+        PatchOp[Group].model_validate({"schemas": [PATCH_OP], "Operations": ops},
+                                      scim_ctx=Context.RESOURCE_PATCH_REQUEST)
+
+
+def test_entra_adds_and_removes_with_values_and_capitalised_ops() -> None:
+    requests = member_operations(["n1", "n2"], ["o1"], dialect="entra", max_values=100)
+    assert requests == [
+        [{"op": "Add", "path": "members", "value": [{"value": "n1"}, {"value": "n2"}]}],
+        [{"op": "Remove", "path": "members", "value": [{"value": "o1"}]}],
+    ]
+
+
+def test_no_deltas_no_requests_and_duplicates_are_sent_once() -> None:
+    assert member_operations([], []) == []
+    assert member_operations(["a", "a"], []) == [
+        [{"op": "add", "path": "members", "value": [{"value": "a"}]}]]
+
+
+def test_a_member_both_added_and_removed_is_refused() -> None:
+    with pytest.raises(ValueError, match="both added and removed"):
+        member_operations(["a", "b"], ["b"])
+
+
+def test_chunked() -> None:
+    assert chunked([1, 2, 3, 4, 5], 2) == [[1, 2], [3, 4], [5]]
+    assert chunked([], 3) == []
+    with pytest.raises(ValueError, match="at least 1"):
+        chunked([1], 0)
+
+
+# -- full resources for PUT ----------------------------------------------------------------
+
+
+def test_apply_changes_keeps_unmapped_attributes_and_drops_meta() -> None:
+    current: dict[str, Any] = {"schemas": [CORE_USER], "id": "u-1", "userName": "ada", "title": "kept",
+               "name": {"givenName": "Ada", "familyName": "Lovelace"},
+               "emails": [{"type": "work", "value": "old@example.com", "primary": True},
+                          {"type": "home", "value": "home@example.com"}],
+               "meta": {"version": 'W/"1"', "resourceType": "User"}}
+    body = apply_changes(current, {"name.givenName": "Augusta", WORK_EMAIL: "new@example.com",
+                                   DEPARTMENT: "R&D", "nickName": None,
+                                   'emails[type eq "home"].value': None})
+    assert body == {"schemas": [CORE_USER, ENTERPRISE_USER], "id": "u-1", "userName": "ada",
+                    "title": "kept", "name": {"givenName": "Augusta", "familyName": "Lovelace"},
+                    "emails": [{"type": "work", "value": "new@example.com", "primary": True}],
+                    ENTERPRISE_USER: {"department": "R&D"}}
+    assert current["name"]["givenName"] == "Ada"  # the input is not modified
+    User[EnterpriseUser].model_validate(body, scim_ctx=Context.RESOURCE_REPLACEMENT_REQUEST)
+
+
+def test_apply_changes_removes_attributes_and_sub_attributes() -> None:
+    current = {"schemas": [CORE_GROUP], "id": "g", "displayName": "G", "externalId": "e",
+               "name": {"givenName": "A", "familyName": "B"}}
+    assert apply_changes(current, {"externalId": None, "name.familyName": None, "absent": None}) == {
+        "schemas": [CORE_GROUP], "id": "g", "displayName": "G", "name": {"givenName": "A"}}
