@@ -51,7 +51,7 @@ lint: deps
 	$(VENV)/bin/mypy
 
 bench: kafka
-	$(PY) bench/pipeline.py $(BENCH_ARGS)
+	PYTHONPATH=. $(PY) bench/pipeline.py $(BENCH_ARGS)
 
 schemas: deps
 	$(PY) -m schemas.generate

@@ -11,7 +11,10 @@ One run, same machine, same kind of target (a fresh scim2-server each time, serv
    throughput is N over the time from the first change ingest saw to the last write;
 3. latency: 200 single-user edits of the file, one at a time; from the file write to the
    activity record of the SCIM write (p50/p99);
-4. peak RSS of each worker process, sampled every 0.2 s.
+4. peak RSS of each worker process, sampled every 0.2 s;
+5. faulted: ``--fault-users`` users again, through a fault-injecting proxy that answers
+   ``--fault-share`` (10 %) of the requests with 429 + ``Retry-After: 1``; the target must
+   end with exactly those users.
 
 The last line printed is one JSON object with every figure.
 """
@@ -45,6 +48,7 @@ from services.runtime.scim_target import ScimTarget, start_scim_target
 from services.runtime.settings import load_settings
 from services.runtime.supervisor import Supervisor
 from services.runtime.topics import Topics
+from tests.support.faultproxy import FaultProxy
 
 SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
 
@@ -153,53 +157,98 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with start_scim_target(threads=args.target_threads) as target:
         log(f"baseline: plain httpx loop, {args.users} users, concurrency {args.concurrency}")
         result["baseline_users_per_s"] = round(asyncio.run(baseline(target, people, args.concurrency)), 1)
-    work = Path(tempfile.mkdtemp(prefix="scimflow-bench-"))
     settings = load_settings(partitions=args.partitions)
-    with start_broker(settings) as broker, start_scim_target(threads=args.target_threads) as target:
+    with start_broker(settings) as broker:
         result["broker"] = broker.kind
-        topics = Topics(f"bench{uuid.uuid4().hex[:6]}.", args.partitions)
-        create_topics(broker.bootstrap, topics.specs())
-        # JSON, not YAML: parsing a 10,000-user YAML file takes ~0.3 s even with libyaml,
-        # which would measure the file format rather than the pipeline.
-        directory = work / "directory.json"
-        write_directory(directory, people)
-        config = {
-            "sources": [{"name": "hr", "type": "file", "path": str(directory), "poll_interval": 0.05}],
-            "applications": [{
-                "name": "bench", "target": {"base_url": target.base_url, "token": "env:BENCH_TOKEN",
-                                            "max_connections": args.concurrency},
-                "assignments": {"groups": ["g-all"]},
-                "mappings": {"user": {"attributes": [
-                    {"target": "userName", "source": "userPrincipalName", "matching": 1},
-                    {"target": "externalId", "source": "id"},
-                    {"target": "displayName", "source": "displayName"},
-                    {"target": "name.givenName", "source": "givenName"},
-                    {"target": "name.familyName", "source": "surname"}]}}}],
-        }
-        (work / "bench.yaml").write_text(yaml.safe_dump(config))
-        env = {"SCIMFLOW_KAFKA_BOOTSTRAP": broker.bootstrap, "SCIMFLOW_TOPIC_PREFIX": topics.prefix,
-               "SCIMFLOW_PARTITIONS": str(args.partitions), "SCIMFLOW_DATA_DIR": str(work / "data"),
-               "SCIMFLOW_WRITER_CONCURRENCY": str(args.concurrency), "SCIMFLOW_LOG_FORMAT": "json",
-               "SCIMFLOW_LOG_LEVEL": "warning", "BENCH_TOKEN": target.token}
-        sup = Supervisor(config=work / "bench.yaml", env=env, log_dir=work / "logs")
-        activity = Activity(broker.bootstrap, topics.activity)
-        rss = RssSampler(sup)
-        try:
-            log(f"scimflow: initial sync of {args.users} users (logs in {work / 'logs'})")
-            sup.start()
-            wait("initial sync", lambda: len(activity.records) >= args.users, args.timeout, sup)
-            first_seen = _first_change(broker.bootstrap, topics.changes)
-            last_write = max(r.at for r in activity.records)
-            elapsed = (last_write - first_seen).total_seconds()
-            result["scimflow_users_per_s"] = round(args.users / elapsed, 1)
-            result["initial_sync_s"] = round(elapsed, 2)
-            result["ratio_scimflow_to_baseline"] = round(
-                result["scimflow_users_per_s"] / result["baseline_users_per_s"], 3)
+        with start_scim_target(threads=args.target_threads) as target:
+            result.update(_pipeline(broker.bootstrap, target.base_url, target.token, people, args,
+                                    measure_latency=True))
+        result["ratio_scimflow_to_baseline"] = round(
+            result["scimflow_users_per_s"] / result["baseline_users_per_s"], 3)
+        if args.fault_users:
+            result.update(_faulted(broker.bootstrap, users(args.fault_users), args))
+            result["ratio_faulted_to_baseline"] = round(
+                result["faulted_users_per_s"] / result["baseline_users_per_s"], 3)
+    return result
+
+
+def _faulted(bootstrap: str, people: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    """The same initial sync through the fault proxy answering 10 % of requests with 429."""
+    with start_scim_target(threads=args.target_threads) as target, FaultProxy(target.base_url) as proxy:
+        proxy.fail(429, retry_after="1", probability=args.fault_share)
+        log(f"faulted: {len(people)} users, {args.fault_share:.0%} of requests answered 429 (Retry-After: 1)")
+        sync = _pipeline(bootstrap, proxy.url, target.token, people, args, measure_latency=False)
+        throttled = sum(1 for entry in proxy.log if entry.status == 429)
+        landed = _count_users(target)
+    if landed != len(people):
+        raise SystemExit(f"faulted run: the target holds {landed} users, expected {len(people)}")
+    return {"faulted_users": len(people), "faulted_users_per_s": sync["scimflow_users_per_s"],
+            "faulted_sync_s": sync["initial_sync_s"], "faulted_429s": throttled}
+
+
+def _count_users(target: ScimTarget) -> int:
+    r = httpx.get(f"{target.base_url}/Users", params={"count": 1},
+                  headers={"Authorization": f"Bearer {target.token}"})
+    r.raise_for_status()
+    total: int = r.json()["totalResults"]
+    return total
+
+
+def _pipeline(bootstrap: str, base_url: str, token: str, people: list[dict[str, Any]],
+              args: argparse.Namespace, *, measure_latency: bool) -> dict[str, Any]:
+    """Initial sync of ``people`` through ingest -> mapper -> writer into ``base_url``."""
+    result: dict[str, Any] = {}
+    work = Path(tempfile.mkdtemp(prefix="scimflow-bench-"))
+    topics = Topics(f"bench{uuid.uuid4().hex[:6]}.", args.partitions)
+    create_topics(bootstrap, topics.specs())
+    # JSON, not YAML: parsing a 10,000-user YAML file takes ~0.3 s even with libyaml,
+    # which would measure the file format rather than the pipeline.
+    directory = work / "directory.json"
+    write_directory(directory, people)
+    config = {
+        "sources": [{"name": "hr", "type": "file", "path": str(directory), "poll_interval": 0.05}],
+        "applications": [{
+            "name": "bench", "target": {"base_url": base_url, "token": "env:BENCH_TOKEN",
+                                        "max_connections": args.concurrency,
+                                        "rate_limit": {"max_concurrency": args.concurrency,
+                                                       "max_requests_per_second": 5000}},
+            "assignments": {"groups": ["g-all"]},
+            "mappings": {"user": {"attributes": [
+                {"target": "userName", "source": "userPrincipalName", "matching": 1},
+                {"target": "externalId", "source": "id"},
+                {"target": "displayName", "source": "displayName"},
+                {"target": "name.givenName", "source": "givenName"},
+                {"target": "name.familyName", "source": "surname"}]}}}],
+    }
+    (work / "bench.yaml").write_text(yaml.safe_dump(config))
+    env = {"SCIMFLOW_KAFKA_BOOTSTRAP": bootstrap, "SCIMFLOW_TOPIC_PREFIX": topics.prefix,
+           "SCIMFLOW_PARTITIONS": str(args.partitions), "SCIMFLOW_DATA_DIR": str(work / "data"),
+           "SCIMFLOW_WRITER_CONCURRENCY": str(args.concurrency), "SCIMFLOW_LOG_FORMAT": "json",
+           "SCIMFLOW_LOG_LEVEL": "warning", "BENCH_TOKEN": token}
+    sup = Supervisor(config=work / "bench.yaml", env=env, log_dir=work / "logs")
+    activity = Activity(bootstrap, topics.activity)
+    rss = RssSampler(sup)
+    try:
+        log(f"scimflow: initial sync of {len(people)} users (logs in {work / 'logs'})")
+        sup.start()
+
+        def synced() -> bool:
+            return sum(1 for r in activity.records if r.status == "success") >= len(people)
+
+        wait("initial sync", synced, args.timeout, sup)
+        first_seen = _first_change(bootstrap, topics.changes)
+        last_write = max(r.at for r in activity.records)
+        elapsed = (last_write - first_seen).total_seconds()
+        result["scimflow_users_per_s"] = round(len(people) / elapsed, 1)
+        result["initial_sync_s"] = round(elapsed, 2)
+        if measure_latency:
             result.update(latency(directory, people, activity, args.changes, sup))
-        finally:
-            result["peak_rss_mb"] = rss.close()
-            activity.close()
-            sup.stop()
+    finally:
+        peak = rss.close()
+        if measure_latency:
+            result["peak_rss_mb"] = peak
+        activity.close()
+        sup.stop()
     return result
 
 
@@ -244,6 +293,10 @@ def main() -> None:
     parser.add_argument("--changes", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--fault-users", type=int, default=2_000,
+                        help="users of the run through the fault proxy (0: skip it)")
+    parser.add_argument("--fault-share", type=float, default=0.10,
+                        help="share of requests the fault proxy answers with 429")
     parser.add_argument("--target-threads", type=int, default=8,
                         help="worker threads of the SCIM target (0: scim2-server's stock HTTP/1.0 server)")
     parser.add_argument("--timeout", type=float, default=3600)
