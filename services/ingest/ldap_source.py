@@ -45,6 +45,7 @@ from typing import Any, Literal
 
 import ldap  # type: ignore[import-untyped]
 import ldap.dn  # type: ignore[import-untyped]
+import ldap.filter  # type: ignore[import-untyped]
 import ldap.ldapobject  # type: ignore[import-untyped]
 import ldap.syncrepl  # type: ignore[import-untyped]
 import stamina
@@ -52,10 +53,11 @@ import structlog
 from ldap.controls import SimplePagedResultsControl  # type: ignore[import-untyped]
 
 from services.ingest.file_source import ObjectType, Snapshot, SourceObject
-from services.runtime.errors import ScimflowError
+from services.ingest.source import DirectorySource, OnPosition, SourceError, SourceUnavailableError
 
 __all__ = [
     "DirectoryIndex",
+    "LdapDirectory",
     "LdapEntry",
     "LdapSettings",
     "LdapSource",
@@ -117,7 +119,7 @@ class LdapSettings:
         return [*self.attributes, "objectClass", *self.member_attributes]
 
 
-class LdapSourceError(ScimflowError):
+class LdapSourceError(SourceError):
     """The LDAP source failed. As such (not an LdapUnavailableError) the directory refused what
     we asked (credentials, base DN, filter, limits, access): retrying will not help."""
 
@@ -126,7 +128,7 @@ class LdapSourceError(ScimflowError):
                           "and the bind DN's access and limits on the server.")
 
 
-class LdapUnavailableError(LdapSourceError):
+class LdapUnavailableError(LdapSourceError, SourceUnavailableError):
     """The directory could not be reached or went away; worth retrying."""
 
     code = "LdapUnavailable"
@@ -446,6 +448,19 @@ class LdapSource:
                 with attempt:
                     await self._session(on_change, on_cookie)
 
+    async def fetch(self, uuid: str) -> SourceObject | None:
+        """One entry by entryUUID, read now; its groups or members as the index knows them (a
+        full read if the index does not hold it yet). None if the filters select no such entry."""
+        entry = await asyncio.to_thread(_read_one, self.settings, uuid.lower())
+        if entry is None:
+            return None
+        index = self._state.index
+        if not index.has(entry.uuid):
+            return (await self.scan()).get((entry.object_type, entry.uuid))
+        known = index.object(entry.uuid)
+        return SourceObject(entry.object_type, entry.uuid, entry.attributes,
+                            memberships=known.memberships, members=known.members)
+
     def close(self) -> None:
         """Stop the sync thread (it notices within half a second). The source cannot watch again."""
         self._closed = True
@@ -505,6 +520,42 @@ class LdapSource:
         self._threads = [(t, s) for t, s in self._threads if t.is_alive()] + [(thread, stop)]
         thread.start()
         return stop
+
+
+class LdapDirectory(DirectorySource):
+    """An ``LdapSource`` behind the interface the ingest loop drives; the position is the cookie."""
+
+    def __init__(self, name: str, settings: LdapSettings, *, full_scan_interval: float = 600.0) -> None:
+        self.name = name
+        self.settings = settings
+        self.full_scan_interval = full_scan_interval
+        self.reconnect_initial = settings.reconnect_initial
+        self.reconnect_max = settings.reconnect_max
+        self.source: LdapSource | None = None
+
+    async def start(self, position: bytes | None) -> None:
+        self.source = LdapSource(self.settings, cookie=position)
+        log.info("ldap source starting", source=self.name, url=self.settings.url,
+                 base_dn=self.settings.base_dn, resumed=position is not None)
+
+    async def scan(self) -> Snapshot:
+        return await self._source().scan()
+
+    async def watch(self, on_change: OnChange, on_position: OnPosition) -> None:
+        await self._source().watch(on_change, on_position)
+
+    async def fetch(self, object_id: str, object_type: ObjectType) -> SourceObject | None:
+        found = await self._source().fetch(object_id)
+        return found if found is not None and found.object_type == object_type else None
+
+    async def close(self) -> None:
+        if self.source is not None:
+            await asyncio.to_thread(self.source.close)
+
+    def _source(self) -> LdapSource:
+        if self.source is None:
+            raise RuntimeError(f"LdapDirectory {self.name}: start() was not called")
+        return self.source
 
 
 _Plan = dict[str, tuple[Operation, SourceObject | None]]
@@ -656,6 +707,22 @@ def _read_entries(settings: LdapSettings) -> list[LdapEntry]:
     finally:
         with contextlib.suppress(ldap.LDAPError):
             conn.unbind_s()
+
+
+def _read_one(settings: LdapSettings, uuid: str) -> LdapEntry | None:
+    """The entry with this entryUUID that the filters select, or None."""
+    conn = _connect(settings)
+    try:
+        wanted = f"(&{settings.search_filter}(entryUUID={ldap.filter.escape_filter_chars(uuid)}))"
+        results = conn.search_ext_s(settings.base_dn, ldap.SCOPE_SUBTREE, wanted,
+                                    [*settings.request_attributes, "entryUUID"], timeout=settings.timeout)
+    except ldap.LDAPError as exc:
+        raise _wrap(settings, "search", exc) from None
+    finally:
+        with contextlib.suppress(ldap.LDAPError):
+            conn.unbind_s()
+    found = [(dn, attrs) for dn, attrs in results if dn is not None]
+    return make_entry(settings, *found[0], _uuid_of(*found[0])) if found else None
 
 
 def _paged(conn: Any, settings: LdapSettings) -> Iterator[tuple[str, dict[str, list[bytes]]]]:

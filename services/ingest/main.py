@@ -1,25 +1,47 @@
 """Entry point of the ingest worker: wires the sources to the ``directory.changes`` topic.
 
-Each configured source runs as one task: a file source as ``FileIngest``, an LDAP source
-as ``LdapIngest``, whose syncrepl cookie is kept in the compacted ``source.positions``
-topic (``positions.py``).
+Each configured source runs as one task, a ``SourceIngest`` over its ``DirectorySource``
+(file, LDAP, Graph, push, AD); positions are kept in the compacted ``source.positions``
+topic (``positions.py``). One more task follows the control topic (every ingest reads all
+of it, without a consumer group) and hands Restart and ProvisionRequest to ``Controller``.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+import msgspec
+import structlog
 
 from schemas import CycleMarker, DirectoryChange, ErrorRecord
 from schemas.codecs import encode
+from schemas.control import ControlMessage
+from services.ingest.ad_source import AdDirectory, ad_settings
+from services.ingest.control import Controller
+from services.ingest.graph_source import GraphDirectory, graph_settings
 from services.ingest.positions import Positions
-from services.ingest.worker import FileIngest, LdapIngest, Publisher, ldap_settings
-from services.runtime.config import FileSource, LoadedConfig, Source
-from services.runtime.kafka import faust_app, raw_topic
+from services.ingest.push_source import PushDirectory, push_settings
+from services.ingest.source import DirectorySource
+from services.ingest.worker import FileIngest, LdapIngest, Publisher, SourceIngest, ldap_settings
+from services.runtime.config import (
+    ActiveDirectorySource,
+    FileSource,
+    GraphSource,
+    LdapSource,
+    LoadedConfig,
+    PushSource,
+    Source,
+)
+from services.runtime.kafka import faust_app, follow_topic, raw_topic
 from services.runtime.settings import Settings
 from services.runtime.topics import Topics
 
 __all__ = ["build_app"]
+
+log = structlog.get_logger("scimflow.ingest")
+_control = msgspec.json.Decoder(ControlMessage)
 
 
 def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
@@ -35,18 +57,57 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
         await positions_topic.send(key=key, value=value)
 
     positions = Positions(bootstrap, topics.source_positions, store_position)
-    for source in loaded.config.sources:
-        app.task(_ingest(source, loaded, positions, changes, errors, settings.partitions).run)
+    ingests = {source.name: _ingest(source, loaded, positions, changes, errors, settings.partitions)
+               for source in loaded.config.sources}
+    for ingest in ingests.values():
+        app.task(ingest.run)
+    controller = Controller(ingests, _error_sender(errors), positions)
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def control() -> None:
+        await controller.load()
+        async for value in follow_topic(bootstrap, topics.control):
+            try:
+                message = _control.decode(value)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue  # other kinds of control message are for other services
+            try:
+                await controller.handle(message)
+            except Exception as exc:  # one failed request must not stop the control loop
+                log.warning("control request failed", reason=str(exc))
+
     return app
 
 
 def _ingest(source: Source, loaded: LoadedConfig, positions: Positions, changes: Any, errors: Any,
-            partitions: int) -> FileIngest | LdapIngest:
+            partitions: int) -> SourceIngest:
     if isinstance(source, FileSource):
         return FileIngest(source, loaded.resolve_path(source.path), _publisher(changes, errors, partitions))
-    settings = ldap_settings(source, loaded.secret(source.password).reveal())
     publisher = _publisher(changes, errors, partitions, _Deliveries())
-    return LdapIngest(source, settings, publisher, positions)
+    if isinstance(source, LdapSource):
+        settings = ldap_settings(source, loaded.secret(source.password).reveal())
+        return LdapIngest(source, settings, publisher, positions)
+    return SourceIngest(_directory(source, loaded, publisher), publisher, positions)
+
+
+def _directory(source: GraphSource | PushSource | ActiveDirectorySource, loaded: LoadedConfig,
+               publisher: Publisher) -> DirectorySource:
+    """The source object of a configured source that has no ingest class of its own."""
+    if isinstance(source, GraphSource):
+        settings = graph_settings(source, loaded.secret(source.client_secret).reveal())
+        return GraphDirectory(source.name, settings, full_scan_interval=source.full_scan_interval)
+    if isinstance(source, PushSource):
+        return PushDirectory(source.name, push_settings(source, loaded.secret(source.token).reveal()),
+                             publisher.error)
+    return AdDirectory(source.name, ad_settings(source, loaded.secret(source.password).reveal()),
+                       full_scan_interval=source.full_scan_interval)
+
+
+def _error_sender(errors: Any) -> Callable[[ErrorRecord], Awaitable[None]]:
+    async def error(e: ErrorRecord) -> None:
+        await errors.send(key=e.id.encode(), value=encode(e))
+
+    return error
 
 
 def _publisher(changes: Any, errors: Any, partitions: int,
@@ -61,10 +122,7 @@ def _publisher(changes: Any, errors: Any, partitions: int,
         for partition in range(partitions):
             await changes.send(key=m.cycle_id.encode(), value=encode(m), partition=partition)
 
-    async def error(e: ErrorRecord) -> None:
-        await errors.send(key=e.id.encode(), value=encode(e))
-
-    return Publisher(change, marker, error, None if deliveries is None else deliveries.wait)
+    return Publisher(change, marker, _error_sender(errors), None if deliveries is None else deliveries.wait)
 
 
 class _Deliveries:

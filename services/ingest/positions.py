@@ -1,8 +1,10 @@
 """Where each source's change feed stopped: the compacted ``source.positions`` topic.
 
-Key: the source's name; value: a ``SourcePosition`` whose ``position`` is the opaque
-position as base64 text (for an LDAP source, the RFC 4533 syncrepl cookie). Compaction
-keeps the latest one per source, so a restarted or rescheduled ingest reads the whole
+Key: the source's name (or ``control:{app}/{kind}`` for the last control request ingest
+acted on, so a restarted ingest does not act on it twice); value: a ``SourcePosition``
+whose ``position`` is the opaque position as base64 text (for an LDAP source, the RFC 4533
+syncrepl cookie; for Graph, both deltaLinks; for AD, the DirSync cookie). Compaction keeps
+the latest one per source, so a restarted or rescheduled ingest reads the whole
 (small) topic at start and resumes from there.
 
 A position is stored only after every change it covers is on the changes topic (the
@@ -67,6 +69,13 @@ class Positions:
         stored = await self._read()
         value = stored.get(source.encode())
         return None if value is None else decode_position(value)
+
+    async def load_prefixed(self, prefix: str) -> dict[str, bytes]:
+        """Every stored position whose key starts with ``prefix`` (key -> position)."""
+        stored = await self._read()
+        found = {key.decode("utf-8", "replace"): decode_position(value) for key, value in stored.items()
+                 if key.startswith(prefix.encode())}
+        return {key: value for key, value in found.items() if value is not None}
 
     async def store(self, source: str, position: bytes) -> None:
         key, value = position_message(source, position)

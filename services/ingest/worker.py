@@ -1,38 +1,47 @@
-"""ingest: watch each configured source and publish its changes to ``directory.changes``.
+"""ingest: drive each configured source and publish its changes to ``directory.changes``.
 
-Every source runs a full scan at start and every ``full_scan_interval``, framed by cycle
-markers sent to every partition, and publishes what changed in between:
+Every source implements one interface (``services/ingest/source.py``: scan, watch from a
+position, fetch one object) and runs under one loop, ``SourceIngest``:
 
-- a file source (``FileIngest``) polls its file, so a change is published within one poll
-  interval (default 0.25 s);
-- an LDAP source (``LdapIngest``) follows the server's syncrepl feed, so a change is
-  published as the server makes it; its cookie is stored in ``source.positions`` after
-  the changes it covers are on the topic, and a restart resumes from it.
+- a full scan at start, every ``full_scan_interval`` and on a Restart request, framed by
+  cycle markers sent to every partition, one at a time (never overlapping itself);
+- the source's change feed in between, each change published as it is reported; the
+  positions it hands out (a syncrepl cookie, Graph deltaLinks, a DirSync cookie) are stored
+  in ``source.positions`` after the changes they cover are on the topic, and a restart
+  resumes from the last one;
+- provision on demand: one object fetched from the source and published with the request's
+  id as its ``change_id``.
+
+``FileIngest`` and ``LdapIngest`` are that loop over the file and LDAP sources, with the
+constructors the rest of the code and the tests use.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import structlog
 
 from schemas import CycleMarker, DirectoryChange, ErrorRecord
-from services.ingest.file_source import DirectoryFileError, Key, Snapshot, SourceObject, diff, read_directory
-from services.ingest.ldap_source import LdapSettings, LdapSource, LdapSourceError, Operation
+from services.ingest.file_directory import FileDirectory
+from services.ingest.file_source import Key, ObjectType, Snapshot, SourceObject
+from services.ingest.ldap_source import LdapDirectory, LdapSettings
 from services.ingest.positions import Positions
+from services.ingest.source import DirectorySource, Operation, SourceError, SourceUnavailableError
 from services.runtime import metrics
 from services.runtime.config import FileSource
 from services.runtime.config import LdapSource as LdapSourceConfig
 from services.runtime.records import error_record
 
-__all__ = ["FileIngest", "LdapIngest", "Publisher", "ldap_settings"]
+__all__ = ["FileIngest", "LdapIngest", "Publisher", "SourceIngest", "ldap_settings"]
 
 log = structlog.get_logger("scimflow.ingest")
 
@@ -58,190 +67,84 @@ async def _delivered() -> None:
     return None
 
 
-class _SourceIngest:
-    """What every source's ingest shares: the shape of the messages it publishes."""
+class SourceIngest:
+    """Drives one ``DirectorySource``: its change feed as it happens, and full scans on a schedule.
 
-    def __init__(self, name: str, publish: Publisher) -> None:
-        self.name = name
-        self.publish = publish
-
-    def _change(self, obj: SourceObject, op: Any, cycle_id: str | None) -> DirectoryChange:
-        metrics.CHANGES_INGESTED.labels(source=self.name, operation=op).inc()
-        return DirectoryChange(
-            source=self.name,
-            object_type=obj.object_type,
-            object_id=obj.object_id,
-            operation=op,
-            attributes=obj.attributes if op == "upsert" else {},
-            memberships=list(obj.memberships),
-            members=list(obj.members),
-            change_id=str(uuid.uuid4()),
-            cycle_id=cycle_id,
-            observed_at=datetime.now(UTC),
-        )
-
-    def _marker(self, cycle_id: str, phase: Literal["start", "end"], total: int | None, *,
-                complete: bool = True) -> CycleMarker:
-        return CycleMarker(source=self.name, cycle_id=cycle_id, phase=phase, total=total,
-                           complete=complete, at=datetime.now(UTC))
-
-
-class FileIngest(_SourceIngest):
-    """One file source: full scans on a schedule, and a poll for edits in between."""
-
-    def __init__(self, source: FileSource, path: Path, publish: Publisher) -> None:
-        super().__init__(source.name, publish)
-        self.source = source
-        self.path = path
-        self.snapshot: Snapshot = {}
-        self._stamp: tuple[int, int] | None = None
-        self._bad_stamp: tuple[int, int] | None = None
-
-    async def run(self) -> None:
-        next_scan = 0.0
-        while True:
-            if time.monotonic() >= next_scan:
-                await self.full_scan()
-                next_scan = time.monotonic() + self.source.full_scan_interval
-            else:
-                await self.poll()
-            await asyncio.sleep(self.source.poll_interval)
-
-    async def full_scan(self) -> str | None:
-        """Publish every object, framed by start/end markers. Returns the cycle id."""
-        snapshot = await self._read()
-        if snapshot is None:
-            return None
-        cycle_id = str(uuid.uuid4())
-        started = time.monotonic()
-        metrics.cycle_started(self.source.name)
-        await self.publish.marker(self._marker(cycle_id, "start", len(snapshot)))
-        for done, obj in enumerate(snapshot.values(), 1):
-            await self.publish.change(self._change(obj, "upsert", cycle_id))
-            if done % 500 == 0:
-                metrics.set_cycle_progress(self.source.name, done, len(snapshot))
-        # Deletions seen since the last snapshot are events too, even inside a scan.
-        for op, obj in diff(self.snapshot, snapshot):
-            if op == "delete":
-                await self.publish.change(self._change(obj, "delete", None))
-        await self.publish.marker(self._marker(cycle_id, "end", len(snapshot)))
-        self.snapshot = snapshot
-        metrics.cycle_finished(self.source.name, time.monotonic() - started, complete=True,
-                               ended_at=time.time())
-        log.info("full scan done", source=self.source.name, cycle_id=cycle_id, objects=len(snapshot))
-        return cycle_id
-
-    async def poll(self) -> int:
-        """Publish what changed since the last look; returns how many changes."""
-        if self._current_stamp() == self._stamp:
-            return 0
-        snapshot = await self._read()
-        if snapshot is None:
-            return 0
-        count = 0
-        for op, obj in diff(self.snapshot, snapshot):
-            await self.publish.change(self._change(obj, op, None))
-            count += 1
-        self.snapshot = snapshot
-        if count:
-            log.info("changes published", source=self.source.name, changes=count)
-        return count
-
-    def _current_stamp(self) -> tuple[int, int] | None:
-        try:
-            st = self.path.stat()
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size)
-
-    async def _read(self) -> Snapshot | None:
-        stamp = self._current_stamp()
-        try:
-            snapshot = await asyncio.to_thread(read_directory, self.path)
-        except DirectoryFileError as exc:
-            # Keep the last good snapshot: a half-saved file must not look like mass deletion.
-            if stamp != self._bad_stamp:
-                self._bad_stamp = stamp
-                log.warning("directory file rejected", source=self.source.name, reason=str(exc))
-                metrics.ERRORS.labels(service="ingest", error_code="SourceReadFailed").inc()
-                await self.publish.error(_file_error(str(exc)))
-            self._stamp = stamp
-            return None
-        self._stamp = stamp
-        return snapshot
-
-
-_FAILED_SCAN_RETRY = 60.0  # seconds until a failed full scan is tried again (at most the interval)
-
-
-class LdapIngest(_SourceIngest):
-    """One LDAP source: its syncrepl feed as it happens, and full scans on a schedule.
-
-    At start the source's last cookie is read from ``source.positions``; the watcher resumes
-    from it (or syncs from scratch without one). A new cookie is stored only after the
-    changes it covers are on the changes topic. Scans run one at a time. A change the
-    watcher publishes while a scan runs is never overtaken by the scan's older copy of that
-    object: the scan publishes the watcher's newer one instead (or, for a deleted object,
-    nothing).
+    At start the source's last position is read from ``source.positions`` and the source
+    resumes from it (or starts from scratch without one). A new position is stored only
+    after the changes it covers are on the changes topic. Full scans run one at a time, at
+    start, every ``full_scan_interval`` and whenever ``request_scan`` asks (a Restart). A
+    change the feed publishes while a scan runs is never overtaken by the scan's older copy
+    of that object: the scan publishes the feed's newer one instead (or, for a deleted
+    object, nothing).
     """
 
-    def __init__(self, source: LdapSourceConfig, settings: LdapSettings, publish: Publisher,
-                 positions: Positions) -> None:
-        super().__init__(source.name, publish)
+    def __init__(self, source: DirectorySource, publish: Publisher,
+                 positions: Positions | None = None) -> None:
+        self.name = source.name
         self.source = source
-        self.settings = settings
+        self.publish = publish
         self.positions = positions
-        self.directory: LdapSource | None = None
         self._scan_lock = asyncio.Lock()
         self._send_lock = asyncio.Lock()  # one object's messages go out in the order decided
         self._during_scan: dict[Key, tuple[Operation, SourceObject]] | None = None
         self._scan_sent = 0
+        self._scan_wanted = asyncio.Event()
+        self.started = asyncio.Event()
 
     async def run(self) -> None:
-        directory = await self.start()
+        await self.start()
         try:
             async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self.watch(directory))
-                tasks.create_task(self.scans())
+                tasks.create_task(self.watch())
+                if self.source.scans:
+                    tasks.create_task(self.scans())
         finally:
-            await asyncio.to_thread(directory.close)
+            await self.source.close()
 
-    async def start(self) -> LdapSource:
-        """Connect the source object, resuming from the stored cookie if there is one."""
-        cookie = await self.positions.load(self.name)
-        self.directory = LdapSource(self.settings, cookie=cookie)
-        log.info("ldap source starting", source=self.name, url=self.settings.url,
-                 base_dn=self.settings.base_dn, resumed=cookie is not None)
-        return self.directory
+    async def start(self) -> DirectorySource:
+        """Hand the source its stored position (if it keeps one) before it watches."""
+        position = None
+        if self.source.resumable and self.positions is not None:
+            position = await self.positions.load(self.name)
+        await self.source.start(position)
+        self.started.set()
+        return self.source
 
-    async def watch(self, directory: LdapSource) -> None:
+    async def watch(self) -> None:
         """Publish the feed until cancelled; after a failure, report it and watch again."""
-        failures = 0
+        source, failures = self.source, 0
         while True:
             began = time.monotonic()
             try:
-                await directory.watch(self._on_change, self._on_cookie)
+                await source.watch(self._on_change, self._on_position)
             except Exception as exc:  # reported, then retried: ingest keeps running
-                failures = 1 if time.monotonic() - began > self.settings.reconnect_max else failures + 1
-                wait = min(self.settings.reconnect_max, self.settings.reconnect_initial * 2 ** failures)
-                log.warning("ldap watch failed; retrying", source=self.name, reason=str(exc), retry_in=wait)
+                failures = 1 if time.monotonic() - began > source.reconnect_max else failures + 1
+                wait = min(source.reconnect_max, source.reconnect_initial * 2 ** failures)
+                log.warning("source watch failed; retrying", source=self.name, reason=str(exc), retry_in=wait)
                 await self._report("watching for changes", exc)
                 await asyncio.sleep(wait)
             else:
                 return  # the source was closed
 
+    def request_scan(self) -> None:
+        """Run a full scan as soon as the running one (if any) is over: a Restart."""
+        self._scan_wanted.set()
+
     async def scans(self) -> None:
-        """A full scan now and every ``full_scan_interval``; a failed one is retried sooner."""
+        """A full scan now, every ``full_scan_interval`` and on request; a failed one is retried sooner."""
         interval = self.source.full_scan_interval
         while True:
             began = time.monotonic()
+            self._scan_wanted.clear()
             done = await self.full_scan()
-            wait = interval if done is not None else min(interval, _FAILED_SCAN_RETRY)
-            await asyncio.sleep(max(0.0, began + wait - time.monotonic()))
+            wait = interval if done is not None else min(interval, self.source.failed_scan_retry)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._scan_wanted.wait(), max(0.0, began + wait - time.monotonic()))
 
     async def full_scan(self) -> str | None:
-        """Publish every object, framed by start/end markers. Returns the cycle id, or None
-        if the scan failed: its end marker then says ``complete=False`` (nothing is taken as
+        """Publish every object, framed by start/end markers. Returns the cycle id, or None if
+        the scan failed: its end marker then says ``complete=False`` (nothing is taken as
         deleted) and an ErrorRecord says why."""
         async with self._scan_lock:
             cycle_id = str(uuid.uuid4())
@@ -250,7 +153,7 @@ class LdapIngest(_SourceIngest):
             metrics.cycle_started(self.name)
             try:
                 await self.publish.marker(self._marker(cycle_id, "start", None))
-                snapshot = await self._directory().scan()
+                snapshot = await self.source.scan()
                 await self._publish_scan(cycle_id, snapshot)
                 await self.publish.marker(self._marker(cycle_id, "end", self._scan_sent))
             except Exception as exc:  # an interrupted scan is reported, never fatal
@@ -262,6 +165,21 @@ class LdapIngest(_SourceIngest):
         log.info("full scan done", source=self.name, cycle_id=cycle_id, objects=self._scan_sent)
         return cycle_id
 
+    async def provide(self, object_id: str, object_type: ObjectType, change_id: str) -> bool:
+        """Provision on demand: publish the object as the source has it now, with ``change_id``.
+        False if the source has no such object (a failure to read raises ``SourceError``)."""
+        try:
+            await asyncio.wait_for(self.started.wait(), _START_WAIT)
+        except TimeoutError:
+            raise SourceUnavailableError(f"source {self.name} has not started (see the ingest log)") from None
+        obj = await self.source.fetch(object_id, object_type)
+        if obj is None:
+            return False
+        async with self._send_lock:
+            await self.publish.change(self._change(obj, "upsert", None, change_id=change_id))
+        log.info("object provided on demand", source=self.name, object_id=object_id, change_id=change_id)
+        return True
+
     async def _publish_scan(self, cycle_id: str, snapshot: Snapshot) -> None:
         changed = self._during_scan if self._during_scan is not None else {}
         total = len(snapshot)
@@ -271,7 +189,7 @@ class LdapIngest(_SourceIngest):
                 if op == "upsert":
                     await self.publish.change(self._change(obj, "upsert", cycle_id))
                     self._scan_sent += 1
-            if self._scan_sent % 500 == 0:
+            if self._scan_sent % _PROGRESS_EVERY == 0:
                 metrics.set_cycle_progress(self.name, self._scan_sent, total)
         # What the watcher saw appear while the scan read is part of the directory too.
         for key, (op, obj) in list(changed.items()):
@@ -288,7 +206,8 @@ class LdapIngest(_SourceIngest):
         except Exception as send_exc:  # the broker is the problem; the next scan retries
             log.warning("cannot end the failed scan", source=self.name, cycle_id=cycle_id,
                         reason=str(send_exc))
-        await self._report(f"full scan {cycle_id}", exc)
+        if not (isinstance(exc, SourceError) and exc.reported):
+            await self._report(f"full scan {cycle_id}", exc)
 
     async def _on_change(self, op: Operation, obj: SourceObject) -> None:
         async with self._send_lock:
@@ -296,13 +215,14 @@ class LdapIngest(_SourceIngest):
                 self._during_scan[obj.key] = (op, obj)
             await self.publish.change(self._change(obj, op, None))
 
-    async def _on_cookie(self, cookie: bytes) -> None:
-        # The cookie covers every change handed over before it: they must be on the topic first.
+    async def _on_position(self, position: bytes) -> None:
+        # The position covers every change handed over before it: they must be on the topic first.
         await self.publish.flush()
-        await self.positions.store(self.name, cookie)
+        if self.positions is not None and self.source.resumable:
+            await self.positions.store(self.name, position)
 
     async def _report(self, doing: str, exc: Exception) -> None:
-        if isinstance(exc, LdapSourceError):
+        if isinstance(exc, SourceError):
             code, action = exc.code, exc.recommended_action
         else:
             code, action = "SourceReadFailed", "Check the ingest log; it retries by itself."
@@ -312,10 +232,51 @@ class LdapIngest(_SourceIngest):
         except Exception as send_exc:  # nowhere left to report to but the log
             log.warning("cannot publish the error record", source=self.name, reason=str(send_exc))
 
-    def _directory(self) -> LdapSource:
-        if self.directory is None:
-            raise RuntimeError(f"LdapIngest {self.name}: start() was not called")
-        return self.directory
+    def _change(self, obj: SourceObject, op: Operation, cycle_id: str | None, *,
+                change_id: str | None = None) -> DirectoryChange:
+        metrics.CHANGES_INGESTED.labels(source=self.name, operation=op).inc()
+        return DirectoryChange(
+            source=self.name,
+            object_type=obj.object_type,
+            object_id=obj.object_id,
+            operation=op,
+            attributes=obj.attributes if op == "upsert" else {},
+            memberships=list(obj.memberships),
+            members=list(obj.members),
+            change_id=change_id or str(uuid.uuid4()),
+            cycle_id=cycle_id,
+            observed_at=datetime.now(UTC),
+        )
+
+    def _marker(self, cycle_id: str, phase: Literal["start", "end"], total: int | None, *,
+                complete: bool = True) -> CycleMarker:
+        return CycleMarker(source=self.name, cycle_id=cycle_id, phase=phase, total=total,
+                           complete=complete, at=datetime.now(UTC))
+
+
+_PROGRESS_EVERY = 500  # objects between two updates of the cycle-progress gauge
+_START_WAIT = 30.0  # seconds a provision-on-demand request waits for its source to start
+
+
+class FileIngest(SourceIngest):
+    """One file source (``FileDirectory``): full scans on a schedule, and a poll for edits."""
+
+    def __init__(self, source: FileSource, path: Path, publish: Publisher) -> None:
+        async def report(reason: str) -> None:
+            metrics.ERRORS.labels(service="ingest", error_code="SourceReadFailed").inc()
+            await publish.error(_file_error(reason))
+
+        super().__init__(FileDirectory(source, path, report), publish)
+
+
+class LdapIngest(SourceIngest):
+    """One LDAP source (``LdapDirectory``): its syncrepl feed, and full scans on a schedule."""
+
+    def __init__(self, source: LdapSourceConfig, settings: LdapSettings, publish: Publisher,
+                 positions: Positions) -> None:
+        self.settings = settings
+        self.directory = LdapDirectory(source.name, settings, full_scan_interval=source.full_scan_interval)
+        super().__init__(self.directory, publish, positions)
 
 
 def ldap_settings(source: LdapSourceConfig, password: str) -> LdapSettings:

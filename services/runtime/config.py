@@ -24,15 +24,18 @@ import yaml
 from services.runtime.errors import ConfigError
 
 __all__ = [
+    "ActiveDirectorySource",
     "Application",
     "Assignments",
     "AttributeMapping",
     "Config",
     "FileSource",
+    "GraphSource",
     "LdapSource",
     "LoadedConfig",
     "OAuth2",
     "ObjectMapping",
+    "PushSource",
     "Quarantine",
     "RateLimit",
     "Retries",
@@ -253,7 +256,73 @@ class LdapSource(_Base, frozen=True, tag="ldap", tag_field="type"):
     full_scan_interval: Seconds = 600.0
 
 
-Source = FileSource | LdapSource
+HttpUrl = Annotated[str, msgspec.Meta(pattern=r"^https?://\S+$")]
+
+
+class GraphSource(_Base, frozen=True, tag="graph", tag_field="type"):
+    """Microsoft Entra ID read through Microsoft Graph delta queries (``/users/delta``,
+    ``/groups/delta``) with app-only client credentials; see docs/sources.md."""
+
+    name: Name
+    tenant_id: Annotated[str, msgspec.Meta(min_length=1)]
+    client_id: Annotated[str, msgspec.Meta(min_length=1)]
+    client_secret: SecretRef
+    """Client secret reference: ``env:NAME`` or ``file:/path``."""
+    graph_url: HttpUrl = "https://graph.microsoft.com/v1.0"
+    token_url: HttpUrl | None = None
+    """Default: ``https://login.microsoftonline.com/{tenant_id}/oauth2/v2.0/token``."""
+    scope: str = "https://graph.microsoft.com/.default"
+    user_attributes: Annotated[list[str], msgspec.Meta(min_length=1)] | None = None
+    """User properties asked for with ``$select`` (``id`` is always added)."""
+    group_attributes: Annotated[list[str], msgspec.Meta(min_length=1)] | None = None
+    """Group properties asked for with ``$select`` (``id`` and ``members`` are always added)."""
+    page_size: Annotated[int, msgspec.Meta(ge=1, le=999)] | None = None
+    """Objects per page (``Prefer: odata.maxpagesize``); unset lets Graph choose."""
+    poll_interval: Seconds = 5.0
+    """Seconds between two rounds of the deltaLinks."""
+    timeout: Seconds = 30.0
+    max_retries: Annotated[int, msgspec.Meta(ge=0)] = 5
+    """Attempts after a 429/503/5xx (each after ``Retry-After``, or a backoff) before giving up."""
+    full_scan_interval: Seconds = 600.0
+
+
+PushFormat = Literal["scim", "bulk", "directory-change"]
+
+
+class PushSource(_Base, frozen=True, tag="push", tag_field="type"):
+    """An HTTP endpoint in the ingest where an HR system or a script pushes users and groups:
+    SCIM 2.0 resources, SCIM BulkRequests and DirectoryChange JSON; see docs/sources.md."""
+
+    name: Name
+    token: SecretRef
+    """Bearer token the pushing client must send: ``env:NAME`` or ``file:/path``."""
+    listen: Annotated[str, msgspec.Meta(pattern=r"^[^\s:]*:[0-9]{1,5}$")] = "0.0.0.0:8085"
+    """``host:port`` the endpoint listens on."""
+    max_bulk_operations: Annotated[int, msgspec.Meta(ge=1)] = 1000
+    max_payload_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 5_000_000
+
+
+class ActiveDirectorySource(_Base, frozen=True, tag="ad", tag_field="type"):
+    """Active Directory read with the DirSync control over LDAP(S); see docs/sources.md."""
+
+    name: Name
+    url: Annotated[str, msgspec.Meta(pattern=r"^(?i:ldaps?)://\S*$")]
+    base_dn: Annotated[str, msgspec.Meta(min_length=1)]
+    bind_dn: Annotated[str, msgspec.Meta(min_length=1)]
+    """The account to bind as (a DN or ``user@domain``); it needs "Replicating Directory Changes"."""
+    password: SecretRef
+    user_filter: LdapFilter = "(&(objectCategory=person)(objectClass=user))"
+    group_filter: LdapFilter = "(objectClass=group)"
+    attributes: Annotated[list[str], msgspec.Meta(min_length=1)] | None = None
+    poll_interval: Seconds = 5.0
+    """Seconds between two DirSync searches from the last cookie."""
+    timeout: Seconds = 10.0
+    reconnect_initial: Seconds = 0.5
+    reconnect_max: Seconds = 30.0
+    full_scan_interval: Seconds = 600.0
+
+
+Source = FileSource | LdapSource | GraphSource | PushSource | ActiveDirectorySource
 
 
 class Config(_Base, frozen=True):
@@ -400,8 +469,9 @@ def _check(loaded: LoadedConfig) -> None:
     if not cfg.sources:
         raise loaded.error("$.sources", "expected at least one source")
     for i, source in enumerate(cfg.sources):
-        if isinstance(source, LdapSource):
+        if isinstance(source, LdapSource | ActiveDirectorySource):
             _check_ldap_source(loaded, source, f"$.sources[{i}]")
+    _check_push_ports(loaded)
     for i, app in enumerate(cfg.applications):
         if (app.target.token is None) == (app.target.oauth2 is None):
             raise loaded.error(f"$.applications[{i}].target",
@@ -411,7 +481,17 @@ def _check(loaded: LoadedConfig) -> None:
             _check_object_mapping(loaded, app.mappings.group, f"$.applications[{i}].mappings.group")
 
 
-def _check_ldap_source(loaded: LoadedConfig, source: LdapSource, path: str) -> None:
+def _check_push_ports(loaded: LoadedConfig) -> None:
+    seen: set[str] = set()
+    for i, source in enumerate(loaded.config.sources):
+        if isinstance(source, PushSource):
+            if source.listen in seen:
+                raise loaded.error(f"$.sources[{i}].listen",
+                                   f"another push source already listens on {source.listen}")
+            seen.add(source.listen)
+
+
+def _check_ldap_source(loaded: LoadedConfig, source: LdapSource | ActiveDirectorySource, path: str) -> None:
     if source.reconnect_max < source.reconnect_initial:
         raise loaded.error(f"{path}.reconnect_max",
                            f"expected at least reconnect_initial ({source.reconnect_initial:g})")
@@ -452,8 +532,12 @@ def _secret_refs(loaded: LoadedConfig) -> Iterator[tuple[str, str]]:
         if app.target.oauth2 is not None:
             yield f"$.applications[{i}].target.oauth2.client_secret", app.target.oauth2.client_secret
     for i, source in enumerate(loaded.config.sources):
-        if isinstance(source, LdapSource):
+        if isinstance(source, LdapSource | ActiveDirectorySource):
             yield f"$.sources[{i}].password", source.password
+        elif isinstance(source, GraphSource):
+            yield f"$.sources[{i}].client_secret", source.client_secret
+        elif isinstance(source, PushSource):
+            yield f"$.sources[{i}].token", source.token
 
 
 def _resolve_secrets(loaded: LoadedConfig) -> dict[str, Secret]:

@@ -134,6 +134,11 @@ def test_ldap_users_are_provisioned_changed_deleted_and_resumed_from_the_cookie(
                timeout=CHANGE_WITHIN)
     assert len(p.scim.users()) == USERS - 1
 
+    # Leaving the assigned group takes the user out of scope: disabled in the target.
+    slapd.remove_member(group, dns[3])
+    p.wait_for("user03 disabled in the target",
+               lambda: p.scim.by_username()["user03@example.com"]["active"] is False, timeout=CHANGE_WITHIN)
+
     # The cookie after the deletion is stored before ingest stops.
     deleted = next(c for c in _changes(p) if c.operation == "delete")
     assert deleted.object_id == uuid_of[dns[1]]

@@ -155,6 +155,26 @@ async def test_scan_returns_users_and_groups_keyed_by_entry_uuid(slapd: Slapd) -
     assert snapshot[("group", uuid[ops])].members == (uuid[bob],)  # groupOfUniqueNames
 
 
+async def test_fetch_reads_one_entry_by_entry_uuid_now(slapd: Slapd) -> None:
+    """Provision on demand: one entry, read now, with its memberships (before and while watching)."""
+    ada = slapd.add_user("ada", givenName="Ada")
+    eng = slapd.add_group("eng", [ada])
+    printer = slapd.add(f"cn=printer,{slapd.base_dn}", ["device"], cn="printer")
+    source, recorder = LdapSource(settings_for(slapd)), Recorder()
+    cold = await source.fetch(slapd.entry_uuid(ada))  # nothing indexed yet: a full read answers
+    assert cold is not None and cold.memberships == (slapd.entry_uuid(eng),)
+    async with watching(source, recorder):
+        await synced(recorder)
+        slapd.modify(ada, givenName="Fresh")
+        found = await source.fetch(slapd.entry_uuid(ada).upper())
+        group = await source.fetch(slapd.entry_uuid(eng))
+        assert await source.fetch(slapd.entry_uuid(printer)) is None  # not selected by the filters
+        assert await source.fetch("00000000-0000-0000-0000-000000000000") is None
+    assert found is not None and found.attributes["givenName"] == "Fresh"
+    assert found.memberships == (slapd.entry_uuid(eng),)
+    assert group is not None and group.object_type == "group" and group.members == (slapd.entry_uuid(ada),)
+
+
 async def test_user_filter_and_attribute_list_are_honoured(slapd: Slapd) -> None:
     slapd.add_user("ada", employeeType="staff")
     contractor = slapd.add_user("cy", employeeType="contractor")

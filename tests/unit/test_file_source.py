@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import pytest
 
-from services.ingest.file_source import DirectoryFileError, diff, parse_directory
+from services.ingest.file_directory import FileDirectory, FileSourceError
+from services.ingest.file_source import DirectoryFileError, SourceObject, diff, parse_directory
+from services.ingest.source import Operation
+from services.runtime.config import FileSource
 
 BASE = """
 users:
@@ -52,3 +58,38 @@ def test_unchanged_file_has_no_changes() -> None:
 def test_bad_files_are_rejected_with_a_reason(text: str, reason: str) -> None:
     with pytest.raises(DirectoryFileError, match=reason.replace("[", r"\[")):
         parse_directory(text)
+
+
+# -- the file source behind the source interface (FileDirectory) ---------------------------------
+
+
+def test_a_bad_file_is_reported_once_and_the_fixed_file_is_published_by_the_poll(tmp_path: Path) -> None:
+    path = tmp_path / "directory.yaml"
+    path.write_text("users: [{id: u1, givenName: Ada}, {givenName: NoId}]\n")
+    reports: list[str] = []
+    changes: list[tuple[str, str, str]] = []
+
+    async def report(reason: str) -> None:
+        reports.append(reason)
+
+    async def on_change(op: Operation, obj: SourceObject) -> None:
+        changes.append((op, obj.object_id, str(obj.attributes.get("givenName"))))
+
+    async def scenario() -> None:
+        source = FileDirectory(FileSource(name="hr", path=str(path)), path, report)
+        for _ in range(2):  # the same bad version is reported once
+            with pytest.raises(FileSourceError) as failure:
+                await source.scan()
+            assert failure.value.reported
+        assert await source.poll(on_change) == 0
+        path.write_text("users: [{id: u1, givenName: Ada}, {id: u2, givenName: Bob}]\n")
+        assert await source.poll(on_change) == 2  # nothing was published yet: all of it now
+        path.write_text("users: [{id: u1, givenName: Ada2}]\n")
+        assert await source.poll(on_change) == 2
+        assert (await source.fetch("u1", "user")) is not None
+        assert await source.fetch("u2", "user") is None
+
+    asyncio.run(scenario())
+    assert len(reports) == 1 and "users[1]" in reports[0]
+    assert changes == [("upsert", "u1", "Ada"), ("upsert", "u2", "Bob"), ("upsert", "u1", "Ada2"),
+                       ("delete", "u2", "Bob")]

@@ -1,0 +1,509 @@
+"""The Microsoft Graph source: Entra ID users and groups through delta queries.
+
+Microsoft's documented protocol, which this module follows and ``tests/support/graph_server.py``
+reproduces for the tests:
+
+- user: delta, https://learn.microsoft.com/en-us/graph/api/user-delta
+- group: delta, https://learn.microsoft.com/en-us/graph/api/group-delta
+- delta query overview, https://learn.microsoft.com/en-us/graph/delta-query-overview
+- delta query for groups, https://learn.microsoft.com/en-us/graph/delta-query-groups
+- client credentials, https://learn.microsoft.com/en-us/entra/identity-platform/v2-oauth2-client-creds-grant-flow
+- throttling, https://learn.microsoft.com/en-us/graph/throttling
+
+A *round* of one collection starts at ``/users/delta?$select=...`` (from scratch) or at the
+last ``@odata.deltaLink``; it follows ``@odata.nextLink`` pages until a page carries a new
+``@odata.deltaLink``. From scratch a round returns every object; from a deltaLink only what
+changed since: changed objects with their selected properties, removed ones as
+``{"id": ..., "@removed": {"reason": "changed" | "deleted"}}``. Groups carry
+``members@delta``: member references (``{"@odata.type": "#microsoft.graph.user", "id": ...}``),
+with ``@removed`` on a member that left; a large group may come back on several pages, each
+with part of its members.
+
+The source keeps an index of what it has seen (users' properties, groups' properties and
+members), because a DirectoryChange carries an object's whole state and a user's group
+memberships: a membership change upserts the group and each user who joined or left it.
+The position is both deltaLinks (JSON), stored after each round whose changes are on the
+topic. A restarted ingest first fills the index with a fresh enumeration (publishing
+nothing), then resumes from the stored deltaLinks, so only what changed is published.
+
+HTTP: app-only OAuth2 client credentials (a plain RFC 6749 POST to the token endpoint; the
+token is cached until shortly before it expires and refreshed on a 401); 429 and 503 are
+retried after ``Retry-After``; 410 Gone (the sync state expired: Graph's "sync reset") makes
+the source enumerate from scratch, upserting everything and deleting what disappeared. Links
+the server returns are followed only if they point at the configured Graph URL, so the
+token is never sent elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+import structlog
+
+from services.ingest.file_source import ObjectType, Snapshot, SourceObject
+from services.ingest.source import (
+    DirectorySource,
+    OnChange,
+    OnPosition,
+    Operation,
+    SourceError,
+    SourceUnavailableError,
+)
+from services.runtime.config import GraphSource
+
+__all__ = [
+    "DEFAULT_GROUP_ATTRIBUTES",
+    "DEFAULT_USER_ATTRIBUTES",
+    "GraphDirectory",
+    "GraphIndex",
+    "GraphSettings",
+    "GraphSourceError",
+    "GraphUnavailableError",
+    "graph_settings",
+]
+
+log = structlog.get_logger("scimflow.ingest.graph")
+
+DEFAULT_USER_ATTRIBUTES = (
+    "userPrincipalName", "displayName", "givenName", "surname", "mail", "mailNickname", "jobTitle",
+    "department", "employeeId", "accountEnabled", "officeLocation", "mobilePhone", "businessPhones",
+    "preferredLanguage", "usageLocation", "city", "country", "companyName",
+)
+DEFAULT_GROUP_ATTRIBUTES = ("displayName", "description", "mail", "mailNickname", "securityEnabled",
+                            "mailEnabled")
+_MEMBER_TYPES = {"#microsoft.graph.user": "user", "#microsoft.graph.group": "group"}
+_RETRY_STATUS = {429, 500, 502, 503, 504}
+_TOKEN_MARGIN = 120.0  # seconds before expiry that a cached token is renewed
+
+
+@dataclass(frozen=True)
+class GraphSettings:
+    """Where the tenant is and what to read. ``client_secret`` never appears in a repr."""
+
+    tenant_id: str
+    client_id: str
+    client_secret: str = field(repr=False)
+    graph_url: str = "https://graph.microsoft.com/v1.0"
+    token_url: str | None = None
+    scope: str = "https://graph.microsoft.com/.default"
+    user_attributes: tuple[str, ...] = DEFAULT_USER_ATTRIBUTES
+    group_attributes: tuple[str, ...] = DEFAULT_GROUP_ATTRIBUTES
+    page_size: int | None = None
+    poll_interval: float = 5.0
+    timeout: float = 30.0
+    max_retries: int = 5
+
+    @property
+    def token_endpoint(self) -> str:
+        default = f"https://login.microsoftonline.com/{quote(self.tenant_id)}/oauth2/v2.0/token"
+        return self.token_url or default
+
+    def delta_url(self, kind: ObjectType) -> str:
+        if kind == "user":
+            select = ["id", *(a for a in self.user_attributes if a != "id")]
+            return f"{self.graph_url.rstrip('/')}/users/delta?$select={','.join(select)}"
+        select = ["id", *(a for a in self.group_attributes if a not in ("id", "members")), "members"]
+        return f"{self.graph_url.rstrip('/')}/groups/delta?$select={','.join(select)}"
+
+
+class GraphSourceError(SourceError):
+    """Graph or the token endpoint refused what we asked (credentials, permissions, a bad
+    property name): retrying will not help."""
+
+    code = "GraphSourceFailed"
+    recommended_action = ("Check the Graph source's tenant_id, client_id, client_secret and property "
+                          "lists, and that the app has the User.Read.All and GroupMember.Read.All "
+                          "application permissions with admin consent.")
+
+
+class GraphUnavailableError(GraphSourceError, SourceUnavailableError):
+    """Graph could not be reached, or kept throttling us; worth retrying."""
+
+    code = "GraphUnavailable"
+    recommended_action = "None needed if it recovers; otherwise check the network path to Graph."
+
+
+class _ResyncRequiredError(GraphSourceError):
+    """410 Gone: the delta token is no longer valid; enumerate from scratch."""
+
+
+# -- the index (pure) ---------------------------------------------------------------------------
+
+
+class GraphIndex:
+    """Users and groups as the delta rounds described them; turns an item into the ids it changes."""
+
+    def __init__(self) -> None:
+        self.users: dict[str, dict[str, Any]] = {}
+        self.groups: dict[str, dict[str, Any]] = {}
+        self.members: dict[str, set[str]] = {}  # group id -> member ids (users and groups)
+        self.member_of: dict[str, set[str]] = {}  # member id -> group ids
+        self.blind = False
+        """The index was filled from a fresh enumeration, and the round being applied is the
+        stored deltaLinks' catch-up: a removal of an unknown id, or a member the index already
+        lists, is still a change downstream has not seen."""
+
+    def ids(self) -> set[tuple[ObjectType, str]]:
+        return {("user", u) for u in self.users} | {("group", g) for g in self.groups}
+
+    def apply_user(self, item: dict[str, Any]) -> list[tuple[Operation, ObjectType, str]]:
+        """Apply one ``/users/delta`` item; the changes it makes, the user's first."""
+        uid = str(item["id"])
+        if "@removed" in item:
+            if self.users.pop(uid, None) is None:
+                return [("delete", "user", uid)] if self.blind else []
+            groups = sorted(self.member_of.pop(uid, set()))
+            for gid in groups:
+                self.members.get(gid, set()).discard(uid)
+            return [("delete", "user", uid), *(("upsert", "group", g) for g in groups)]
+        self.users.setdefault(uid, {"id": uid}).update(_properties(item))
+        return [("upsert", "user", uid)]
+
+    def apply_group(self, item: dict[str, Any]) -> list[tuple[Operation, ObjectType, str]]:
+        """Apply one ``/groups/delta`` item (possibly one page's share of a large group's members)."""
+        gid = str(item["id"])
+        if "@removed" in item:
+            if self.groups.pop(gid, None) is None:
+                return [("delete", "group", gid)] if self.blind else []
+            members = sorted(self.members.pop(gid, set()))
+            for member in members:
+                self.member_of.get(member, set()).discard(gid)
+            return [("delete", "group", gid), *(("upsert", "user", m) for m in members if m in self.users)]
+        self.groups.setdefault(gid, {"id": gid}).update(_properties(item))
+        changes: list[tuple[Operation, ObjectType, str]] = [("upsert", "group", gid)]
+        for ref in item.get("members@delta") or []:
+            kind = _MEMBER_TYPES.get(str(ref.get("@odata.type", "")))
+            if kind is None or "id" not in ref:
+                continue  # devices, service principals, contacts: not provisioned
+            member = str(ref["id"])
+            changed = self._set_member(gid, member, present="@removed" not in ref)
+            if (changed or self.blind) and kind == "user":
+                changes.append(("upsert", "user", member))
+        return changes
+
+    def object(self, kind: ObjectType, oid: str) -> SourceObject | None:
+        if kind == "user":
+            attrs = self.users.get(oid)
+            if attrs is None:
+                return None
+            groups = tuple(sorted(g for g in self.member_of.get(oid, ()) if g in self.groups))
+            return SourceObject("user", oid, dict(attrs), memberships=groups)
+        attrs = self.groups.get(oid)
+        if attrs is None:
+            return None
+        members = tuple(sorted(m for m in self.members.get(oid, ()) if m in self.users or m in self.groups))
+        return SourceObject("group", oid, dict(attrs), members=members)
+
+    def snapshot(self) -> Snapshot:
+        objects = (self.object(kind, oid) for kind, oid in self.ids())
+        return {obj.key: obj for obj in objects if obj is not None}
+
+    def _set_member(self, gid: str, member: str, *, present: bool) -> bool:
+        members = self.members.setdefault(gid, set())
+        if present == (member in members):
+            return False
+        if present:
+            members.add(member)
+            self.member_of.setdefault(member, set()).add(gid)
+        else:
+            members.discard(member)
+            self.member_of.get(member, set()).discard(gid)
+        return True
+
+
+def _properties(item: dict[str, Any]) -> dict[str, Any]:
+    """An item's properties, without OData annotations and delta-only fields."""
+    return {k: v for k, v in item.items() if "@" not in k and not k.startswith("@")}
+
+
+def encode_position(links: dict[str, str]) -> bytes:
+    return json.dumps(links, sort_keys=True).encode()
+
+
+def decode_position(position: bytes | None) -> dict[str, str] | None:
+    """Both deltaLinks from a stored position; None (start from scratch) if it is not one."""
+    if position is None:
+        return None
+    try:
+        links = json.loads(position)
+    except ValueError:
+        return None
+    if not isinstance(links, dict) or not all(isinstance(links.get(k), str) for k in ("user", "group")):
+        return None
+    return {"user": links["user"], "group": links["group"]}
+
+
+# -- HTTP ------------------------------------------------------------------------------------
+
+
+class _GraphClient:
+    """Authenticated GETs against Graph: token caching, Retry-After, errors as ours."""
+
+    def __init__(self, settings: GraphSettings, http: httpx.AsyncClient | None = None) -> None:
+        self.settings = settings
+        self.http = http or httpx.AsyncClient(timeout=settings.timeout)
+        self._token: str | None = None
+        self._expires = 0.0
+        origin = urlsplit(settings.graph_url)
+        self._origin = (origin.scheme, origin.netloc)
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    async def get(self, url: str, *, missing_ok: bool = False) -> dict[str, Any] | None:
+        """GET one page or object; None for a 404 when ``missing_ok``."""
+        self._check_link(url)
+        refreshed = False
+        for attempt in range(self.settings.max_retries + 1):
+            response = await self._send(url)
+            if response.status_code == 401 and not refreshed:
+                self._token, refreshed = None, True  # expired or revoked: one fresh token
+                continue
+            if response.status_code in _RETRY_STATUS and attempt < self.settings.max_retries:
+                wait = _retry_after(response, attempt)
+                log.info("graph asked us to wait", status=response.status_code, retry_in=wait)
+                await asyncio.sleep(wait)
+                continue
+            return self._result(url, response, missing_ok=missing_ok)
+        raise GraphUnavailableError(f"Graph GET {_path(url)}: still failing after "
+                                    f"{self.settings.max_retries} retries")
+
+    async def _send(self, url: str) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {await self._access_token()}", "Accept": "application/json"}
+        if self.settings.page_size:
+            headers["Prefer"] = f"odata.maxpagesize={self.settings.page_size}"
+        try:
+            return await self.http.get(url, headers=headers)
+        except httpx.TransportError as exc:
+            raise GraphUnavailableError(f"Graph GET {_path(url)}: {type(exc).__name__}: {exc}") from None
+
+    def _result(self, url: str, response: httpx.Response, *, missing_ok: bool) -> dict[str, Any] | None:
+        status = response.status_code
+        if status == 404 and missing_ok:
+            return None
+        if status == 410:
+            raise _ResyncRequiredError(f"Graph GET {_path(url)}: 410 {_graph_error(response)}")
+        if status in _RETRY_STATUS:
+            raise GraphUnavailableError(f"Graph GET {_path(url)}: {status} {_graph_error(response)}")
+        if status >= 400:
+            raise GraphSourceError(f"Graph GET {_path(url)}: {status} {_graph_error(response)}")
+        try:
+            body = response.json()
+        except ValueError:
+            raise GraphSourceError(f"Graph GET {_path(url)}: the response is not JSON") from None
+        if not isinstance(body, dict):
+            raise GraphSourceError(f"Graph GET {_path(url)}: expected a JSON object")
+        return body
+
+    async def _access_token(self) -> str:
+        if self._token is None or time.monotonic() > self._expires:
+            self._token, lifetime = await self._request_token()
+            self._expires = time.monotonic() + max(0.0, lifetime - _TOKEN_MARGIN)
+        return self._token
+
+    async def _request_token(self) -> tuple[str, float]:
+        s = self.settings
+        form = {"grant_type": "client_credentials", "client_id": s.client_id,
+                "client_secret": s.client_secret, "scope": s.scope}
+        try:
+            response = await self.http.post(s.token_endpoint, data=form)
+        except httpx.TransportError as exc:
+            raise GraphUnavailableError(f"token endpoint {s.token_endpoint}: {type(exc).__name__}") from None
+        body = _json_or_empty(response)
+        if response.status_code != 200 or "access_token" not in body:
+            error = body.get("error") or response.status_code
+            kind = GraphUnavailableError if response.status_code in _RETRY_STATUS else GraphSourceError
+            raise kind(f"token endpoint {s.token_endpoint} refused client {s.client_id}: {error}")
+        log.info("graph token acquired", client_id=s.client_id, expires_in=body.get("expires_in"))
+        return str(body["access_token"]), float(body.get("expires_in") or 3600)
+
+    def _check_link(self, url: str) -> None:
+        parts = urlsplit(url)
+        if (parts.scheme, parts.netloc) != self._origin:
+            raise GraphSourceError(f"Graph returned a link outside {self.settings.graph_url}; not followed")
+
+
+def _retry_after(response: httpx.Response, attempt: int) -> float:
+    try:
+        return min(300.0, max(0.0, float(response.headers.get("Retry-After", ""))))
+    except ValueError:
+        return float(min(30, 2 ** attempt))
+
+
+def _json_or_empty(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _graph_error(response: httpx.Response) -> str:
+    error = _json_or_empty(response).get("error")
+    if isinstance(error, dict):
+        return f"{error.get('code', '')}: {error.get('message', '')}".strip(": ")
+    return response.reason_phrase
+
+
+def _path(url: str) -> str:
+    return urlsplit(url).path  # tokens in the query string stay out of messages
+
+
+# -- the source ---------------------------------------------------------------------------------
+
+
+Change = tuple[Operation, ObjectType, str]
+
+
+class GraphDirectory(DirectorySource):
+    """An Entra ID tenant read through Graph delta queries; the position is both deltaLinks."""
+
+    def __init__(self, name: str, settings: GraphSettings, *, full_scan_interval: float = 600.0,
+                 http: httpx.AsyncClient | None = None) -> None:
+        self.name = name
+        self.settings = settings
+        self.full_scan_interval = full_scan_interval
+        self.reconnect_initial = min(1.0, settings.poll_interval)
+        self.reconnect_max = max(30.0, settings.poll_interval)
+        self.client = _GraphClient(settings, http)
+        self.index = GraphIndex()
+        self.links: dict[str, str] | None = None
+        self._seeded = False
+        self.rounds = 0
+        """Completed incremental rounds (tests wait for them)."""
+
+    async def start(self, position: bytes | None) -> None:
+        self.links = decode_position(position)
+        log.info("graph source starting", source=self.name, graph_url=self.settings.graph_url,
+                 resumed=self.links is not None)
+
+    async def scan(self) -> Snapshot:
+        index = GraphIndex()
+        await self._enumerate(index, None)
+        return index.snapshot()
+
+    async def watch(self, on_change: OnChange, on_position: OnPosition) -> None:
+        while True:
+            await self.sync(on_change, on_position)
+            await asyncio.sleep(self.settings.poll_interval)
+
+    async def sync(self, on_change: OnChange, on_position: OnPosition) -> None:
+        """One round: from scratch without deltaLinks, else what changed since them."""
+        if self.links is not None and not self._seeded:
+            await self._seed()
+        try:
+            changes, links = await self._round(self.links)
+        except _ResyncRequiredError as exc:
+            log.warning("graph sync state expired; enumerating from scratch", source=self.name,
+                        reason=str(exc))
+            changes, links = await self._resync()
+        await self._emit(changes, on_change)
+        self.index.blind = False
+        if links != self.links:
+            await on_position(encode_position(links))
+            self.links = links
+        self._seeded = True
+        self.rounds += 1
+
+    async def fetch(self, object_id: str, object_type: ObjectType) -> SourceObject | None:
+        """GET ``/users/{id}`` or ``/groups/{id}`` now; relations as the index knows them."""
+        s = self.settings
+        collection, select = ("users", s.user_attributes) if object_type == "user" else ("groups",
+                                                                                         s.group_attributes)
+        url = f"{s.graph_url.rstrip('/')}/{collection}/{quote(object_id)}?$select={','.join(('id', *select))}"
+        body = await self.client.get(url, missing_ok=True)
+        if body is None:
+            return None
+        known = self.index.object(object_type, object_id)
+        attrs = {"id": object_id, **_properties(body)}
+        if known is None:
+            return SourceObject(object_type, object_id, attrs)
+        return SourceObject(object_type, object_id, attrs, memberships=known.memberships,
+                            members=known.members)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def _seed(self) -> None:
+        """Fill the index from a fresh enumeration before resuming (publishes nothing)."""
+        index = GraphIndex()
+        await self._enumerate(index, None)
+        index.blind = True
+        self.index = index
+        log.info("graph index filled before resuming", source=self.name, users=len(index.users),
+                 groups=len(index.groups))
+
+    async def _round(self, links: dict[str, str] | None) -> tuple[list[Change], dict[str, str]]:
+        if links is None:
+            self.index = GraphIndex()
+        return await self._enumerate(self.index, links)
+
+    async def _resync(self) -> tuple[list[Change], dict[str, str]]:
+        old, self.index = self.index, GraphIndex()
+        changes, links = await self._enumerate(self.index, None)
+        gone = old.ids() - self.index.ids()
+        return [*changes, *(("delete", kind, oid) for kind, oid in sorted(gone))], links
+
+    async def _enumerate(self, index: GraphIndex, links: dict[str, str] | None) -> tuple[list[Change],
+                                                                                          dict[str, str]]:
+        """Read every page of both collections, then apply them: users first, so that group
+        members resolve. Nothing is applied if a page fails (the round is simply repeated)."""
+        kinds: tuple[ObjectType, ObjectType] = ("user", "group")
+        read = {kind: await self._pages(links[kind] if links else self.settings.delta_url(kind))
+                for kind in kinds}
+        changes: list[Change] = []
+        for item in read["user"][0]:
+            changes.extend(index.apply_user(item))
+        for item in read["group"][0]:
+            changes.extend(index.apply_group(item))
+        return changes, {kind: read[kind][1] for kind in kinds}
+
+    async def _pages(self, url: str) -> tuple[list[dict[str, Any]], str]:
+        items: list[dict[str, Any]] = []
+        next_url: str | None = url
+        while next_url is not None:
+            page = await self.client.get(next_url)
+            if page is None:  # get returns None only with missing_ok
+                raise GraphSourceError(f"Graph GET {_path(next_url)}: not found")
+            value = page.get("value")
+            if not isinstance(value, list):
+                raise GraphSourceError(f"Graph GET {_path(next_url)}: the page has no `value` list")
+            items.extend(v for v in value if isinstance(v, dict) and "id" in v)
+            if "@odata.deltaLink" in page:
+                return items, str(page["@odata.deltaLink"])
+            next_url = page.get("@odata.nextLink")
+        raise GraphSourceError(f"Graph GET {_path(url)}: a page had neither nextLink nor deltaLink")
+
+    async def _emit(self, changes: Iterable[Change], on_change: OnChange) -> None:
+        """Each changed object once, in its latest state (a deletion as its id)."""
+        latest: dict[tuple[ObjectType, str], Operation] = {}
+        for op, kind, oid in changes:
+            latest.pop((kind, oid), None)
+            latest[(kind, oid)] = op
+        for (kind, oid), op in latest.items():
+            if op == "delete":
+                if self.index.object(kind, oid) is None:
+                    await on_change("delete", SourceObject(kind, oid, {}))
+                continue
+            obj = self.index.object(kind, oid)
+            if obj is not None:
+                await on_change("upsert", obj)
+
+
+
+def graph_settings(source: GraphSource, client_secret: str) -> GraphSettings:
+    """The Graph source's settings from its config; unset optional keys keep their defaults."""
+    return GraphSettings(
+        tenant_id=source.tenant_id, client_id=source.client_id, client_secret=client_secret,
+        graph_url=source.graph_url, token_url=source.token_url, scope=source.scope,
+        user_attributes=tuple(source.user_attributes or DEFAULT_USER_ATTRIBUTES),
+        group_attributes=tuple(source.group_attributes or DEFAULT_GROUP_ATTRIBUTES),
+        page_size=source.page_size, poll_interval=source.poll_interval, timeout=source.timeout,
+        max_retries=source.max_retries)
