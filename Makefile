@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: run test lint bench deps system-deps ldap-deps kafka schemas clean
+.PHONY: run test lint bench deps system-deps ldap-deps ad-deps kafka schemas clean
 
 deps: $(STAMP)
 
@@ -37,13 +37,21 @@ ldap-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slapd ldap-utils libldap2-dev libsasl2-dev build-essential; \
 	fi
 
+# Samba: a real Active Directory domain controller for the AD DirSync source's tests
+# (tests/support/samba.py provisions a throwaway domain once per machine, bound to loopback).
+ad-deps:
+	@if ! command -v samba-tool >/dev/null || ! test -x /usr/sbin/samba; then \
+	  echo "installing Samba (AD DC) from Debian packages"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq samba; \
+	fi
+
 kafka: deps system-deps
 	$(PY) -m services.runtime.broker fetch
 
 run: kafka
 	$(VENV)/bin/scimflow up --config examples/demo.yaml
 
-test: kafka
+test: kafka ad-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: deps
@@ -52,6 +60,7 @@ lint: deps
 
 bench: kafka
 	PYTHONPATH=. $(PY) bench/pipeline.py $(BENCH_ARGS)
+	PYTHONPATH=. $(PY) bench/ldap_latency.py
 
 schemas: deps
 	$(PY) -m schemas.generate
