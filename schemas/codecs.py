@@ -2,9 +2,9 @@
 
 Topics are named by their role, not their full name, because the prefix is a deployment
 setting: ``directory.changes``, ``provisioning.commands``, ``provisioning.activity``,
-``provisioning.errors``, the writer's state changelog ``writer.managed``, and where each
-source's change feed stopped, ``source.positions``; ``control`` and its audit trail
-``control.audit``.
+``provisioning.errors``, the writer's state changelogs ``writer.managed`` and
+``writer.escrow``, where each source's change feed stopped, ``source.positions``; ``control``
+and its audit trail ``control.audit``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from schemas.messages import (
     ActivityRecord,
     DirectoryMessage,
     ErrorRecord,
+    EscrowedCommand,
     ManagedObject,
     ProvisioningMessage,
     SourcePosition,
@@ -31,6 +32,7 @@ TOPIC_TYPES: dict[str, Any] = {
     "provisioning.activity": ActivityRecord,
     "provisioning.errors": ErrorRecord,
     "writer.managed": ManagedObject,
+    "writer.escrow": EscrowedCommand,
     "source.positions": SourcePosition,
     "control": ControlMessage,
     "control.audit": AuditRecord,

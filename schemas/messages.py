@@ -19,6 +19,7 @@ __all__ = [
     "DirectoryChange",
     "DirectoryMessage",
     "ErrorRecord",
+    "EscrowedCommand",
     "ManagedObject",
     "MatchingAttribute",
     "Message",
@@ -229,6 +230,28 @@ class ManagedObject(Message, tag="writer.managed.v1", frozen=True, kw_only=True)
     display_name: str | None = None
     created_at: datetime
     updated_at: datetime
+    deferred: ProvisioningCommand | None = None
+    """The object's latest command while some object it refers to (manager, group member)
+    is not provisioned yet; the writer runs it again once it is, even after a restart."""
+
+
+class EscrowedCommand(Message, tag="writer.escrow.v1", frozen=True, kw_only=True):
+    """A command the writer stopped retrying for now (Entra's *escrow*), on the writer's
+    compacted escrow changelog so it survives restarts.
+
+    Key: ``"{app}/{source_id}"``. Its Kafka offset was acknowledged so that one failing
+    object does not hold back its partition's commits; the writer retries it on a timer and
+    whenever a newer command for the object arrives, and drops it once one succeeds.
+    """
+
+    command: ProvisioningCommand
+    attempts: int
+    """Failed attempts so far (each one after the client's own retries of the call)."""
+    error_code: str
+    reason: str
+    """The last failure, free of credentials."""
+    escrowed_at: datetime
+    last_attempt_at: datetime
 
 
 class SourcePosition(Message, tag="source.position.v1", frozen=True, kw_only=True):

@@ -6,6 +6,10 @@ The rules (Entra's, plus "never touch what we do not manage"):
 - upsert, managed      -> PATCH only what differs from what we last wrote (or nothing)
 - deprovision          -> PATCH ``active=false`` if managed and active; else skip
 - delete               -> DELETE if managed and the Delete action is enabled; else disable
+
+Groups have no soft delete in SCIM (no ``active``): a group that leaves scope or the
+source is deleted if the Delete action is enabled, else left in the target (skip), as
+Entra does. Their membership is not an attribute here: ``groups.member_delta`` owns it.
 """
 
 from __future__ import annotations
@@ -30,9 +34,10 @@ class Decision:
 
 
 def desired_state(cmd: ProvisioningCommand) -> dict[str, Any]:
-    """The attributes an in-scope object should have; ``active`` is true unless mapped."""
+    """The attributes an in-scope object should have; a user's ``active`` is true unless mapped."""
     desired = dict(cmd.attributes)
-    desired.setdefault("active", True)
+    if cmd.object_type == "user":
+        desired.setdefault("active", True)
     return desired
 
 
@@ -43,6 +48,13 @@ def decide(cmd: ProvisioningCommand, managed: ManagedObject | None, actions: fro
         return _upsert(cmd, managed, actions)
     if managed is None:
         return Decision("skip", "not managed by scimflow: left untouched")
+    if cmd.object_type == "group":
+        return _remove_group(cmd, actions)
+    return _remove_user(cmd, managed, actions, skip_out_of_scope_deletions)
+
+
+def _remove_user(cmd: ProvisioningCommand, managed: ManagedObject, actions: frozenset[str],
+                 skip_out_of_scope_deletions: bool) -> Decision:
     if cmd.operation == "deprovision":
         if skip_out_of_scope_deletions and not cmd.reason.startswith("disabled"):
             return Decision("skip", f"{cmd.reason}; skip_out_of_scope_deletions is on")
@@ -62,6 +74,13 @@ def _upsert(cmd: ProvisioningCommand, managed: ManagedObject | None,
     if "update" not in actions:
         return Decision("skip", "the Update action is off for this object mapping")
     return Decision("update", cmd.reason, changes)
+
+
+def _remove_group(cmd: ProvisioningCommand, actions: frozenset[str]) -> Decision:
+    if "delete" in actions:
+        return Decision("delete", cmd.reason)
+    return Decision("skip", f"{cmd.reason}; groups have no soft delete and the Delete action is "
+                            "off, so the group is left in the target")
 
 
 def _disable(managed: ManagedObject, reason: str) -> Decision:

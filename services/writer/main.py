@@ -2,7 +2,10 @@
 
 Commands arrive keyed by ``app/source_id`` and go to :class:`CommandProcessor` one by one
 (manual, in-order acks). The managed-object table is a faust Table whose changelog uses the same key bytes and
-partitioner as the commands topic, so an object's state lives on its commands' partition.
+partitioner as the commands topic, so an object's state lives on its commands' partition;
+so does the ``escrow`` table of objects that failed too often. Every replica also follows
+the managed table's changelog whole (all partitions) to resolve references and group
+members to target ids, and the control topic for status, allow-deletes and restarts.
 """
 
 from __future__ import annotations
@@ -11,11 +14,12 @@ from typing import Any
 
 import msgspec
 
-from schemas.control import AllowDeletes, ControlMessage
+from schemas.control import AllowDeletes, AppHealth, AppStatus, ControlMessage, ProvisionRequest, Restart
 from services.runtime.config import LoadedConfig
 from services.runtime.kafka import faust_app, follow_topic, raw_topic, report_consumer_lag
 from services.runtime.settings import Settings
 from services.runtime.topics import Topics
+from services.writer.changelog import follow_records
 from services.writer.processor import CommandProcessor
 from services.writer.scim_client import client_for
 from services.writer.worker import Writer
@@ -35,15 +39,12 @@ def build_writers(settings: Settings, loaded: LoadedConfig) -> dict[str, Writer]
 def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
     app = faust_app("writer", settings, bootstrap)
     topics = Topics(settings.topic_prefix, settings.partitions)
-    managed = app.Table("managed", key_type=bytes, value_type=bytes,
-                        partitions=settings.partitions, use_partitioner=True)
-    # faust derives a table's codecs from its types and would pick JSON for bytes; set raw
-    # before the store and changelog topic are created (both are built lazily), so the
-    # changelog key is byte-for-byte the commands key and lands on the same partition.
-    managed.key_serializer = managed.value_serializer = "raw"
+    managed = _raw_table(app, "managed", settings)
+    escrow = _raw_table(app, "escrow", settings)
     processor = CommandProcessor(settings, build_writers(settings, loaded), managed,
                                  activity=raw_topic(app, topics.activity),
-                                 errors=raw_topic(app, topics.errors))
+                                 errors=raw_topic(app, topics.errors), escrow=escrow,
+                                 control=raw_topic(app, topics.control))
 
     @app.agent(raw_topic(app, topics.commands), name="write")  # type: ignore[untyped-decorator]
     async def write(stream: Any) -> None:
@@ -59,6 +60,10 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
     async def guard() -> None:
         await processor.tick_guard()
 
+    @app.timer(1.0)  # type: ignore[untyped-decorator]
+    async def escrowed() -> None:
+        await processor.tick_escrow()
+
     @app.task  # type: ignore[untyped-decorator]
     async def control() -> None:
         # Every writer replica reads the whole control topic (no consumer group).
@@ -67,10 +72,13 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
                 message = _control.decode(value)
             except (msgspec.DecodeError, msgspec.ValidationError):
                 continue  # other kinds of control message are for other services
-            if isinstance(message, AllowDeletes):
-                processor.allow_deletes(message)
-            else:
-                await processor.set_status(message)
+            await _dispatch(processor, message)
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def links() -> None:
+        # Every replica needs every object's target id, not only its partitions' ones.
+        async for key, value in follow_records(bootstrap, topics.writer_state):
+            processor.on_changelog(key, value)
 
     report_consumer_lag(app, "writer")
 
@@ -79,3 +87,28 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
         await processor.close()
 
     return app
+
+
+def _raw_table(app: Any, name: str, settings: Settings) -> Any:
+    """A faust table of raw bytes, partitioned like the commands topic."""
+    table = app.Table(name, key_type=bytes, value_type=bytes,
+                      partitions=settings.partitions, use_partitioner=True)
+    # faust derives a table's codecs from its types and would pick JSON for bytes; set raw
+    # before the store and changelog topic are created (both are built lazily), so the
+    # changelog key is byte-for-byte the commands key and lands on the same partition.
+    table.key_serializer = table.value_serializer = "raw"
+    return table
+
+
+async def _dispatch(processor: CommandProcessor, message: ControlMessage) -> None:
+    match message:
+        case AllowDeletes():
+            processor.allow_deletes(message)
+        case AppStatus():
+            await processor.set_status(message)
+        case Restart():
+            await processor.on_restart(message)
+        case AppHealth():
+            await processor.on_health(message)  # what a writer published, maybe before a crash
+        case ProvisionRequest():
+            pass  # ingest's

@@ -231,6 +231,17 @@ class QuarantineGate:
             return not counts_as_failure(exc)
         return True
 
+    def reset(self) -> None:
+        """Leave quarantine now (an operator's restart): stop probing, open the gate, forget
+        the recent calls, so the app starts from a clean slate."""
+        if self._prober is not None:
+            self._prober.cancel()
+            self._prober = None
+        if self.active:
+            self._leave()
+        else:
+            self.window.clear()
+
     def _leave(self) -> None:
         assert self.reason is not None
         assert self.detail is not None

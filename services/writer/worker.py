@@ -3,7 +3,12 @@
 ``Writer.handle`` takes one ProvisioningCommand and the object's managed state, calls the
 target through :class:`ScimClient` and returns what to record. It never raises for a
 target failure: every outcome becomes an ActivityRecord, every failure also an
-ErrorRecord, so nothing is dropped silently.
+ErrorRecord, so nothing is dropped silently. A transient failure (the client already
+retried the call) comes back as ``Outcome.retry``: the processor re-queues the object.
+
+Groups are created without members; membership follows as PATCH deltas (``groups``).
+With ``dry_run`` every decision is made (lookups are reads, so they happen) and reported
+with status ``dryRun``, and nothing is written to the target or to the managed state.
 """
 
 from __future__ import annotations
@@ -19,17 +24,21 @@ import structlog
 
 from schemas import ActivityRecord, ErrorRecord, ManagedObject, ModifiedProperty, ProvisioningCommand, Step
 from services.runtime.config import Application
-from services.runtime.errors import ConflictError, NotFoundError, RejectedError, TargetError
+from services.runtime.errors import ConflictError, NotFoundError, RejectedError, TargetError, TransientError
 from services.runtime.records import error_record
 from services.writer.decide import Decision, after_lookup, decide, desired_state
-from services.writer.scim_client import ScimClient, ScimResource
-from services.writer.scim_paths import build_resource, patch_operations, read_path
+from services.writer.groups import MEMBERS, MemberDelta, current_members, member_delta, written_members
+from services.writer.scim_client import Kind, ScimClient, ScimResource
+from services.writer.scim_paths import build_resource, read_path
 
-__all__ = ["Outcome", "Writer"]
+__all__ = ["GROUP", "Outcome", "Writer"]
 
 log = structlog.get_logger("scimflow.writer")
 
 REDACTED = "[Redact]"
+GROUP: Kind = "group"
+"""The resource kind of groups in ScimClient's generic calls."""
+_ENDPOINTS = {"user": "Users", "group": "Groups"}
 
 
 @dataclass(slots=True)
@@ -41,6 +50,9 @@ class Outcome:
     activity: ActivityRecord | None
     error: ErrorRecord | None = None
     changed_state: bool = True
+    retry: TransientError | None = None
+    """Set when the target failed transiently: try the object again later (its records are
+    published only if it ends in escrow)."""
 
 
 @dataclass(slots=True)
@@ -58,11 +70,26 @@ class Writer:
     def __init__(self, app: Application, client: ScimClient) -> None:
         self.app = app
         self.client = client
-        self.actions = frozenset(app.mappings.user.actions)
+        self.user_actions = frozenset(app.mappings.user.actions)
+        group = app.mappings.group
+        self.group_actions = frozenset(group.actions) if group is not None and group.enabled else None
+        """None: this app does not provision groups."""
+
+    def actions_for(self, cmd: ProvisioningCommand) -> frozenset[str]:
+        if cmd.object_type == "group":
+            return self.group_actions or frozenset()
+        return self.user_actions
+
+    @property
+    def actions(self) -> frozenset[str]:
+        """The user mapping's actions (kept for callers that predate groups)."""
+        return self.user_actions
 
     def preview(self, cmd: ProvisioningCommand, managed: ManagedObject | None) -> Decision:
         """What ``handle`` would do first, without doing it (pure)."""
-        return decide(cmd, managed, self.actions,
+        if cmd.object_type == "group" and self.group_actions is None:
+            return Decision("skip", "this application has no enabled group mapping")
+        return decide(cmd, managed, self.actions_for(cmd),
                       skip_out_of_scope_deletions=self.app.skip_out_of_scope_deletions)
 
     def staged(self, cmd: ProvisioningCommand, managed: ManagedObject | None,
@@ -78,10 +105,16 @@ class Writer:
         trace.step("scope", "success" if cmd.operation == "upsert" else "skipped", cmd.reason)
         return trace
 
-    async def handle(self, cmd: ProvisioningCommand, managed: ManagedObject | None) -> Outcome:
+    async def handle(self, cmd: ProvisioningCommand, managed: ManagedObject | None,
+                     members: list[str] | None = None) -> Outcome:
+        """Apply ``cmd``; ``members`` are a group's member target ids (linked ones only)."""
         trace = self._trace(cmd)
         decision = self.preview(cmd, managed)
         try:
+            if cmd.object_type == "group" and decision.action not in ("skip", "delete"):
+                return await self._group(cmd, managed, decision, members or [], trace)
+            if self.app.dry_run:
+                return await self._dry_run(cmd, managed, decision, trace)
             return await self._apply(cmd, managed, decision, trace)
         except TargetError as exc:
             return self._failure(cmd, managed, decision, exc, trace)
@@ -105,7 +138,7 @@ class Writer:
     async def _lookup_then_write(self, cmd: ProvisioningCommand, trace: _Trace) -> Outcome:
         found, how = await self._find(cmd)
         trace.step("match", "success", how)
-        decision = after_lookup(cmd, found.body if found else None, self.actions, read_path)
+        decision = after_lookup(cmd, found.body if found else None, self.actions_for(cmd), read_path)
         if decision.action == "skip":
             trace.step("action", "skipped", decision.reason)
             return Outcome(None, self._activity(cmd, "skip", "skipped", decision, None, trace),
@@ -117,7 +150,10 @@ class Writer:
 
     async def _find(self, cmd: ProvisioningCommand) -> tuple[ScimResource | None, str]:
         for m in sorted(cmd.matching, key=lambda m: m.precedence):
-            hits = await self.client.find_users(m.target, str(m.value))
+            if cmd.object_type == "group":
+                hits = await self.client.find(GROUP, m.target, str(m.value))
+            else:
+                hits = await self.client.find_users(m.target, str(m.value))
             if len(hits) > 1:
                 raise RejectedError(
                     f"{len(hits)} target accounts match {m.target} eq {self._show(cmd, m.target, m.value)}; "
@@ -156,8 +192,10 @@ class Writer:
     async def _adopt(self, cmd: ProvisioningCommand, found: ScimResource, decision: Decision,
                      trace: _Trace) -> Outcome:
         if decision.changes:
-            await self.client.patch_user(found.id, patch_operations(decision.changes, current=found.body))
-            trace.step("export", "success", f"PATCH /Users/{found.id} ({len(decision.changes)} attributes)")
+            # The client picks PATCH or PUT and the dialect per app, conditional on the ETag.
+            await self.client.update("user", found.id, decision.changes, current=found)
+            trace.step("export", "success",
+                       f"{self._method} /Users/{found.id} ({len(decision.changes)} attributes)")
         trace.step("action", "success", "adopt")
         written = {p: read_path(found.body, p) for p in desired_state(cmd)} | decision.changes
         managed = self._managed(cmd, found.id, written, "adopted", None)
@@ -169,8 +207,7 @@ class Writer:
         try:
             # What we last wrote is what the target holds, as far as we know.
             current = build_resource(_without_none(managed.attributes))
-            await self.client.patch_user(managed.target_id,
-                                         patch_operations(decision.changes, current=current))
+            await self.client.update("user", managed.target_id, decision.changes, current=current)
         except NotFoundError:
             if decision.action == "disable":
                 trace.step("export", "success", "account already gone from the target")
@@ -180,7 +217,7 @@ class Writer:
             return await self._lookup_then_write(cmd, trace)
         trace.step("action", "success", decision.action)
         trace.step("export", "success",
-                   f"PATCH /Users/{managed.target_id} ({len(decision.changes)} attributes)")
+                   f"{self._method} /Users/{managed.target_id} ({len(decision.changes)} attributes)")
         written = {**managed.attributes, **decision.changes}
         new = self._managed(cmd, managed.target_id, written, managed.origin, managed)
         action = "disable" if decision.action == "disable" else "update"
@@ -188,13 +225,136 @@ class Writer:
 
     async def _delete(self, cmd: ProvisioningCommand, managed: ManagedObject, decision: Decision,
                       trace: _Trace) -> Outcome:
+        where = f"/{_ENDPOINTS[cmd.object_type]}/{managed.target_id}"
         try:
-            await self.client.delete_user(managed.target_id)
-            trace.step("export", "success", f"DELETE /Users/{managed.target_id} -> 204")
+            if cmd.object_type == "group":
+                await self.client.delete(GROUP, managed.target_id)
+            else:
+                await self.client.delete_user(managed.target_id)
+            trace.step("export", "success", f"DELETE {where} -> 204")
         except NotFoundError:
-            trace.step("export", "success", f"DELETE /Users/{managed.target_id} -> 404 (already gone)")
+            trace.step("export", "success", f"DELETE {where} -> 404 (already gone)")
         trace.step("action", "success", "delete")
         return Outcome(None, self._activity(cmd, "delete", "success", decision, managed, trace))
+
+    # -- groups ----------------------------------------------------------------------------
+
+    async def _group(self, cmd: ProvisioningCommand, managed: ManagedObject | None, decision: Decision,
+                     members: list[str], trace: _Trace) -> Outcome:
+        """Make sure the group exists with the mapped attributes, then write member deltas."""
+        if self.app.dry_run:
+            return await self._dry_run(cmd, managed, decision, trace, members)
+        if decision.action == "lookup":
+            found, how = await self._find(cmd)
+            trace.step("match", "success", how)
+            decision = after_lookup(cmd, found.body if found else None, self.actions_for(cmd), read_path)
+            if decision.action == "skip":
+                trace.step("action", "skipped", decision.reason)
+                return Outcome(None, self._activity(cmd, "skip", "skipped", decision, None, trace),
+                               changed_state=False)
+            state, written, decision = await self._group_exists(cmd, found, decision, members, trace)
+        else:
+            assert managed is not None  # decide() asks for lookup when we do not manage it
+            trace.step("match", "success", f"managed by scimflow as target id {managed.target_id}")
+            try:
+                state = await self._group_update(cmd, managed, decision, trace)
+            except NotFoundError:
+                trace.step("action", "failure", f"group {managed.target_id} is gone (404); recreating")
+                return await self._group(cmd, None, Decision("lookup", cmd.reason), members, trace)
+            written = written_members(managed)
+        return await self._group_members(cmd, managed, state, decision, written, members, trace)
+
+    async def _group_exists(self, cmd: ProvisioningCommand, found: ScimResource | None,
+                            decision: Decision, members: list[str],
+                            trace: _Trace) -> tuple[ManagedObject, set[str], Decision]:
+        """Adopt the found group or create one without members: its state, the members
+        counted as written, and the decision taken."""
+        if found is None:
+            body = build_resource(_without_none(decision.changes), schemas_for="Group")
+            try:
+                created = await self.client.create(GROUP, body)
+            except ConflictError:
+                # Created meanwhile (or by our own retried POST): adopt it, never duplicate.
+                trace.step("action", "failure", "create answered 409 Conflict; looking it up again")
+                again, how = await self._find(cmd)
+                if again is None:
+                    raise
+                trace.step("match", "success", how)
+                adopt = after_lookup(cmd, again.body, self.actions_for(cmd), read_path)
+                return await self._group_exists(cmd, again, adopt, members, trace)
+            trace.step("export", "success", f"POST /Groups -> 201, id {created.id} (no members yet)")
+            written = desired_state(cmd) | {MEMBERS: []}
+            return self._managed(cmd, created.id, written, "created", None), set(), decision
+        if decision.changes:
+            await self.client.update(GROUP, found.id, decision.changes, current=found)
+            trace.step("export", "success",
+                       f"{self._method} /Groups/{found.id} ({len(decision.changes)} attributes)")
+        # Members already there count as written; those scimflow did not add are never removed.
+        already = current_members(found.body) & set(members)
+        written_attrs = {p: read_path(found.body, p) for p in desired_state(cmd)} | decision.changes
+        state = self._managed(cmd, found.id, written_attrs | {MEMBERS: sorted(already)}, "adopted", None)
+        return state, already, decision
+
+    async def _group_update(self, cmd: ProvisioningCommand, managed: ManagedObject, decision: Decision,
+                            trace: _Trace) -> ManagedObject:
+        if decision.action != "update":
+            return managed
+        current = {k: v for k, v in managed.attributes.items() if k != MEMBERS}
+        await self.client.update(GROUP, managed.target_id, decision.changes,
+                                 current=build_resource(_without_none(current), schemas_for="Group"))
+        trace.step("export", "success",
+                   f"{self._method} /Groups/{managed.target_id} ({len(decision.changes)} attributes)")
+        return self._managed(cmd, managed.target_id, {**managed.attributes, **decision.changes},
+                             managed.origin, managed)
+
+    async def _group_members(self, cmd: ProvisioningCommand, before: ManagedObject | None,
+                             state: ManagedObject, decision: Decision, written: set[str],
+                             members: list[str], trace: _Trace) -> Outcome:
+        delta = member_delta(written, members)
+        if decision.action == "noop" and delta:
+            decision = Decision("update", f"membership changed ({delta.describe()})")
+        if delta:
+            try:
+                await self.client.patch_members(state.target_id, add=delta.add, remove=delta.remove)
+            except TargetError as exc:
+                # The group itself is written: keep its state, so a retry sends only members.
+                return self._failure(cmd, state, decision, exc, trace, changed_state=state is not before)
+            trace.step("export", "success", f"PATCH /Groups/{state.target_id} members {delta.describe()}")
+            state = self._managed(cmd, state.target_id, {**state.attributes, MEMBERS: sorted(set(members))},
+                                  state.origin, state)
+        elif state is before:
+            return Outcome(before, None, changed_state=False)
+        action = _group_action(decision, delta)
+        trace.step("action", "success", action)
+        extra = _member_props(written, members, delta)
+        return Outcome(state, self._activity(cmd, action, "success", decision, state, trace, extra=extra))
+
+    # -- dry run ---------------------------------------------------------------------------
+
+    async def _dry_run(self, cmd: ProvisioningCommand, managed: ManagedObject | None, decision: Decision,
+                       trace: _Trace, members: list[str] | None = None) -> Outcome:
+        """Every decision, reads included, reported as ``dryRun``; nothing written anywhere."""
+        written = written_members(managed)
+        if decision.action == "lookup":
+            found, how = await self._find(cmd)
+            trace.step("match", "success", how)
+            decision = after_lookup(cmd, found.body if found else None, self.actions_for(cmd), read_path)
+            if found is not None and members is not None:
+                written = current_members(found.body) & set(members)
+        delta = member_delta(written, members) if members is not None else MemberDelta([], [])
+        if decision.action == "noop" and not delta:
+            return Outcome(managed, None, changed_state=False)
+        action = _group_action(decision, delta) if members is not None else decision.action
+        trace.step("action", "skipped", f"dry run: would {action}; nothing was written")
+        extra = _member_props(written, members, delta) if members is not None else []
+        status = "skipped" if action == "skip" else "dryRun"
+        return Outcome(managed, self._activity(cmd, action, status, decision, managed, trace, extra=extra),
+                       changed_state=False)
+
+    @property
+    def _method(self) -> str:
+        """How the client sent the last update (PUT once a target refused PATCH)."""
+        return "PUT" if self.client.uses_put else "PATCH"
 
     def _managed(self, cmd: ProvisioningCommand, target_id: str, written: Mapping[str, Any],
                  origin: Any, before: ManagedObject | None) -> ManagedObject:
@@ -211,13 +371,14 @@ class Writer:
 
     def _activity(self, cmd: ProvisioningCommand, action: Any, status: Any, decision: Decision,
                   managed: ManagedObject | None, trace: _Trace,
-                  old: Mapping[str, Any] | None = None, error_code: str | None = None) -> ActivityRecord:
+                  old: Mapping[str, Any] | None = None, error_code: str | None = None,
+                  extra: list[ModifiedProperty] | None = None) -> ActivityRecord:
         old = old or {}
         props = [
             ModifiedProperty(name=p, old_value=self._show(cmd, p, old.get(p)),
                              new_value=self._show(cmd, p, v))
             for p, v in decision.changes.items()
-        ]
+        ] + (extra or [])
         return ActivityRecord(
             id=str(uuid.uuid4()), at=datetime.now(UTC), app=cmd.app, object_type=cmd.object_type,
             action=action, status=status, source=cmd.source, source_id=cmd.source_id,
@@ -228,7 +389,7 @@ class Writer:
         )
 
     def _failure(self, cmd: ProvisioningCommand, managed: ManagedObject | None, decision: Decision,
-                 exc: TargetError, trace: _Trace) -> Outcome:
+                 exc: TargetError, trace: _Trace, *, changed_state: bool = False) -> Outcome:
         trace.step("export", "failure", str(exc))
         action = {"lookup": "create", "noop": "skip"}.get(decision.action, decision.action)
         activity = self._activity(cmd, action, "failure", decision, managed, trace, error_code=exc.code)
@@ -238,9 +399,27 @@ class Writer:
             app=cmd.app, object_type=cmd.object_type, source_id=cmd.source_id,
             change_id=cmd.change_id, cycle_id=cmd.cycle_id, target_status=exc.status,
         )
-        log.warning("target call failed", app=cmd.app, source_id=cmd.source_id, action=action,
-                    error_code=exc.code, status=exc.status)
-        return Outcome(managed, activity, error, changed_state=False)
+        retry = exc if isinstance(exc, TransientError) else None
+        # A transient failure is retried (the processor logs the wait); the rest is final.
+        (log.info if retry else log.warning)(
+            "target call failed", app=cmd.app, source_id=cmd.source_id, action=action,
+            error_code=exc.code, status=exc.status)
+        return Outcome(managed, activity, error, changed_state=changed_state, retry=retry)
+
+
+def _group_action(decision: Decision, delta: MemberDelta) -> Any:
+    """The activity action of a group outcome: members alone changing is an update."""
+    if decision.action in ("create", "adopt", "skip", "delete"):
+        return decision.action
+    return "update" if decision.action == "update" or delta else "skip"
+
+
+def _member_props(written: set[str], members: list[str] | None, delta: MemberDelta) -> list[ModifiedProperty]:
+    """Membership in the provisioning log: counts, not the (possibly huge) id lists."""
+    if members is None or not delta:
+        return []
+    return [ModifiedProperty(name=MEMBERS, old_value=len(written),
+                             new_value=f"{len(set(members))} ({delta.describe()})")]
 
 
 def _without_none(values: Mapping[str, Any]) -> dict[str, Any]:

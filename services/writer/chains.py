@@ -1,0 +1,80 @@
+"""Per-object chains of the writer's processor: jobs, and acknowledgements in offset order.
+
+Each object (key ``app/source_id``) has a chain of :class:`Job`s that run one after another;
+different objects run concurrently. Acks are manual and in offset order per partition
+(:class:`InOrderAcks`): an offset is acknowledged only when it and every offset before it
+on its partition are done, so a crash replays whatever was not finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from schemas import ProvisioningCommand
+
+__all__ = ["Ack", "InOrderAcks", "Job", "Ticket"]
+
+Ack = Callable[[Any], Awaitable[Any]]
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One consumed event, acknowledged once it and all before it on its partition are done."""
+
+    event: Any
+    done: bool = False
+
+
+@dataclass(eq=False)
+class Job:
+    """One run of one object's command, a link in that object's chain."""
+
+    key: bytes
+    command: ProvisioningCommand | None
+    """None: run the object's latest deferred command again (a link it waited for appeared)."""
+    ticket: Ticket | None = None
+    ack: Ack | None = None
+    releasing: bool = False
+    escrowed: int = 0
+    """> 0: a retry of an escrowed command that has failed this many times already."""
+    running: ProvisioningCommand | None = None
+    """The command this job applies, once it started (for a re-run: the deferred one)."""
+    previous: Job | None = None
+    holds_window: bool = True
+    parked: bool = False
+    superseded: bool = False
+    done: bool = False
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def blocked(self) -> bool:
+        """Parked, or waiting behind a parked job of its object: not work in progress."""
+        job: Job | None = self
+        while job is not None:
+            if job.parked:
+                return True
+            job = job.previous if job.previous is not None and not job.previous.done else None
+        return False
+
+
+class InOrderAcks:
+    """Acknowledges events per partition strictly in offset order."""
+
+    def __init__(self) -> None:
+        self._queues: dict[int, deque[Ticket]] = defaultdict(deque)
+        self._lock = asyncio.Lock()
+
+    def track(self, event: Any) -> Ticket:
+        ticket = Ticket(event)
+        self._queues[event.message.partition].append(ticket)
+        return ticket
+
+    async def done(self, ticket: Ticket, ack: Ack) -> None:
+        ticket.done = True
+        async with self._lock:
+            queue = self._queues[ticket.event.message.partition]
+            while queue and queue[0].done:
+                await ack(queue.popleft().event)
