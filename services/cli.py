@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import signal
 import sys
+import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 import typer
@@ -22,6 +25,9 @@ from services.runtime.errors import ConfigError, ScimflowError
 from services.runtime.logs import configure_logging
 from services.runtime.settings import load_settings
 from services.runtime.topics import Topics
+
+if TYPE_CHECKING:
+    from services.admin.control import Backend
 
 __all__ = ["main"]
 
@@ -195,10 +201,10 @@ def up(config: ConfigOpt = Path("examples/demo.yaml"),
        demo_target: Annotated[bool, typer.Option(
            help="Start a local scim2-server and point DEMO_SCIM_URL/DEMO_SCIM_TOKEN at it.")] = True,
        ) -> None:
-    """Run the whole pipeline: broker, demo SCIM target, ingest, mapper and writer."""
+    """Run the whole pipeline: broker, demo SCIM target, ingest, mapper, writer and admin API."""
     from services.runtime.broker import start_broker
     from services.runtime.scim_target import start_scim_target
-    from services.runtime.supervisor import Supervisor
+    from services.runtime.supervisor import Supervisor, free_port
 
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level)
@@ -221,7 +227,9 @@ def up(config: ConfigOpt = Path("examples/demo.yaml"),
         sup = Supervisor(config=config.resolve(), env=env, log_dir=run_dir / "logs")
         stack.append(sup)
         sup.start()
-        _announce(loaded, broker.bootstrap, env, run_dir)
+        admin_url = sup.start_admin(port=free_port(settings.admin_port), host=settings.admin_host,
+                                    tokens=f"operator=file:{_admin_token_file(run_dir)}")
+        _announce(loaded, broker.bootstrap, env, run_dir, admin_url)
         _watch(loaded, broker.bootstrap, topics, sup)
     except ScimflowError as exc:
         raise _fail(exc) from None
@@ -230,31 +238,57 @@ def up(config: ConfigOpt = Path("examples/demo.yaml"),
     finally:
         for thing in reversed(stack):
             thing.stop()
-        err.print("stopped: workers, broker and demo target are down.")
+        err.print("stopped: workers, admin API, broker and demo target are down.")
 
 
-def _announce(loaded: LoadedConfig, bootstrap: str, env: dict[str, str], run_dir: Path) -> None:
+def _admin_token_file(run_dir: Path) -> Path:
+    """A fresh admin token (name ``operator``) for this run, readable only by its owner."""
+    path = run_dir / "admin-token"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(secrets.token_urlsafe(32))
+    return path
+
+
+def _say(line: str) -> None:
+    # Never wrapped: each line must stay pasteable into a shell, however narrow the terminal.
+    out.print(line, soft_wrap=True, highlight=False)
+
+
+def _announce(loaded: LoadedConfig, bootstrap: str, env: dict[str, str], run_dir: Path,
+              admin_url: str) -> None:
     out.rule("scimflow is running")
-    out.print(f"broker          {bootstrap}")
-    out.print(f"worker logs     {run_dir / 'logs'}/{{ingest,mapper,writer}}.log")
+    _say(f"broker          {bootstrap}")
+    _say(f"worker logs     {run_dir / 'logs'}/{{ingest,mapper,writer,admin}}.log")
+    admin_token = run_dir / "admin-token"
+    _say(f"admin API       {admin_url}  (token name `operator`, value in {admin_token})")
     for app in loaded.config.applications:
-        out.print(f"app {app.name:<11} {app.target.base_url}")
+        _say(f"app {app.name:<11} {app.target.base_url}")
     if "DEMO_SCIM_TOKEN" in env:
-        token_file = run_dir / "demo-token"
-        token_file.parent.mkdir(parents=True, exist_ok=True)
-        token_file.write_text(env["DEMO_SCIM_TOKEN"])
-        token_file.chmod(0o600)
-        out.print(f"look at target  curl -s -H \"Authorization: Bearer $(cat {token_file})\" "
-                  f"'{env['DEMO_SCIM_URL']}/Users?count=5'")
+        demo_token = run_dir / "demo-token"
+        demo_token.parent.mkdir(parents=True, exist_ok=True)
+        demo_token.write_text(env["DEMO_SCIM_TOKEN"])
+        demo_token.chmod(0o600)
+        _say(f"look at target  curl -s -H \"Authorization: Bearer $(cat {demo_token})\" "
+             f"'{env['DEMO_SCIM_URL']}/Users?count=5'")
     for source in loaded.config.sources:
         if isinstance(source, FileSource):
-            out.print(f"edit source     {loaded.resolve_path(source.path)}  (changes apply in seconds)")
+            _say(f"edit source     {loaded.resolve_path(source.path)}  (changes apply in seconds)")
         else:
-            out.print(f"ldap source     {source.url} {source.base_dn}  (changes apply in seconds)")
+            where = getattr(source, "url", None) or source.name
+            _say(f"source {source.name:<8} {where}  (changes apply in seconds)")
+    _announce_commands(loaded, bootstrap, admin_url, admin_token)
+
+
+def _announce_commands(loaded: LoadedConfig, bootstrap: str, admin_url: str, admin_token: Path) -> None:
     prefix = f"SCIMFLOW_KAFKA_BOOTSTRAP={bootstrap}"
-    out.print(f"tail activity   {prefix} scimflow tail activity")
-    out.print(f"sync details    {prefix} scimflow status --config {loaded.file}")
-    out.print("stop            Ctrl-C here stops the workers, the target and the broker")
+    api = f"SCIMFLOW_ADMIN_URL={admin_url} SCIMFLOW_ADMIN_TOKEN=$(cat {admin_token})"
+    _say(f"tail activity   {prefix} scimflow tail activity")
+    _say(f"sync details    {api} scimflow status")
+    _say(f"  (or directly) {prefix} scimflow status --config {loaded.file}")
+    _say(f"control         {api} scimflow stop|start|restart|provision|test-connection APP")
+    _say("stop            Ctrl-C here stops the workers, the admin API, the target and the broker")
 
 
 def _watch(loaded: LoadedConfig, bootstrap: str, topics: Topics, sup: Any) -> None:
@@ -313,120 +347,369 @@ def _print_activity(r: ActivityRecord) -> None:
 @cli.command()
 def tail(kind: Annotated[str, typer.Argument(help="activity or errors")],
          app: Annotated[str | None, typer.Option(help="Only this application.")] = None,
-         status: Annotated[str | None, typer.Option(help="Only this status (activity).")] = None,
+         status: Annotated[str | None, typer.Option(
+             help="Only this status (activity) or error code (errors).")] = None,
          as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
          follow: Annotated[bool, typer.Option(help="Keep waiting for new records.")] = True,
+         api: ApiOpt = None, token_file: TokenFileOpt = None,
          ) -> None:
     """Print the activity log or the error report as records arrive."""
-    settings = load_settings()
-    if not settings.kafka_bootstrap:
-        raise _fail(ConfigError("SCIMFLOW_KAFKA_BOOTSTRAP is not set"))
-    topics = Topics(settings.topic_prefix, settings.partitions)
+    from services.admin.control import wanted
+
     if kind not in ("activity", "errors"):
         raise _fail(ConfigError("expected `activity` or `errors`"))
-    topic, record_type = ((topics.activity, ActivityRecord) if kind == "activity"
-                          else (topics.errors, ErrorRecord))
+    record_type = ActivityRecord if kind == "activity" else ErrorRecord
+
+    def show(r: Any) -> None:
+        if not wanted(r, app, status):
+            return
+        if as_json:
+            sys.stdout.write(msgspec.json.encode(r).decode() + "\n")
+            sys.stdout.flush()
+        elif isinstance(r, ActivityRecord):
+            _print_activity(r)
+        else:
+            out.print(f"[red]{r.at:%H:%M:%S} {r.service} {r.error_code}[/] {r.app or ''} "
+                      f"{r.source_id or ''}: {r.reason}", highlight=False)
+
     try:
+        if api:
+            _run(lambda: _tail_api(api, token_file, kind, record_type, app, status, follow, show))
+            return
+        settings = load_settings()
+        if not settings.kafka_bootstrap:
+            raise _fail(ConfigError("SCIMFLOW_KAFKA_BOOTSTRAP is not set (or give --api URL)"))
+        topics = Topics(settings.topic_prefix, settings.partitions)
+        topic = topics.activity if kind == "activity" else topics.errors
         for r in _records(settings.kafka_bootstrap, topic, record_type, follow=follow):
-            if (app and r.app != app) or (status and getattr(r, "status", None) != status):
-                continue
-            if as_json:
-                sys.stdout.write(msgspec.json.encode(r).decode() + "\n")
-                sys.stdout.flush()
-            elif isinstance(r, ActivityRecord):
-                _print_activity(r)
-            else:
-                out.print(f"[red]{r.at:%H:%M:%S} {r.service} {r.error_code}[/] {r.app or ''} "
-                          f"{r.source_id or ''}: {r.reason}", highlight=False)
+            show(r)
     except KeyboardInterrupt:
         pass
 
 
-def _control(app: str, kind: str, message: msgspec.Struct) -> None:
-    """Publish a control message for ``app`` (compacted topic, key ``app/kind``)."""
-    from schemas.codecs import encode
-    from services.runtime.kafka import plain_producer
+def _tail_api(api: str, token_file: Path | None, kind: str, record_type: type[Any], app: str | None,
+              status: str | None, follow: bool, show: Callable[[Any], None]) -> None:
+    """``tail`` over the admin API: the recent records, then (``--follow``) new ones every second."""
+    seen: set[str] = set()
+    with _backend(api, token_file, None, "") as backend:
+        while True:
+            for raw in backend.records(kind, app=app, status=status, limit=1000):
+                record = msgspec.convert(raw, record_type, strict=False)
+                if record.id not in seen:
+                    seen.add(record.id)
+                    show(record)
+            if not follow:
+                return
+            time.sleep(1.0)
+
+
+# -- the control plane: one implementation, reached directly (Kafka) or over the admin API --
+
+ApiOpt = Annotated[str | None, typer.Option(
+    "--api", envvar="SCIMFLOW_ADMIN_URL", help="Admin API URL; unset: talk to Kafka directly.")]
+TokenFileOpt = Annotated[Path | None, typer.Option(
+    "--token-file", help="File holding the admin API token (or set SCIMFLOW_ADMIN_TOKEN).")]
+OptionalConfigOpt = Annotated[Path | None, typer.Option(
+    "--config", "-c", envvar="SCIMFLOW_CONFIG", help="Provisioning config (direct mode).")]
+ByOpt = Annotated[str, typer.Option(help="Who asks, for the audit trail (direct mode; default $USER).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+AppArg = Annotated[str, typer.Argument(help="Application name.")]
+
+
+@contextlib.contextmanager
+def _backend(api: str | None, token_file: Path | None, config: Path | None, by: str, *,
+             secrets: bool = False) -> Iterator[Backend]:
+    """The admin API when a URL is given, else the control plane on Kafka, as ``by``."""
+    from services.admin.control import Caller, ControlPlane
 
     settings = load_settings()
+    api = api or settings.admin_url
+    if api:
+        from services.admin.client import ApiClient
+
+        client = ApiClient(api, _api_token(token_file, settings.admin_token))
+        try:
+            yield client
+        finally:
+            client.close()
+        return
     if not settings.kafka_bootstrap:
-        raise _fail(ConfigError("SCIMFLOW_KAFKA_BOOTSTRAP is not set"))
-    topics = Topics(settings.topic_prefix, settings.partitions)
-    producer = plain_producer(settings.kafka_bootstrap)
+        raise _fail(ConfigError("SCIMFLOW_KAFKA_BOOTSTRAP is not set (or give --api URL)"))
+    loaded = load_config(config, resolve_secrets=secrets) if config is not None else None
+    plane = ControlPlane(settings, settings.kafka_bootstrap, loaded,
+                         Caller(by=by or os.environ.get("USER", "cli")))
     try:
-        producer.send(topics.control, key=f"{app}/{kind}".encode(), value=encode(message)).get(timeout=30)
+        yield plane
     finally:
-        producer.close()
+        plane.close()
 
 
-def _who(by: str) -> str:
-    return by or os.environ.get("USER", "cli")
+def _api_token(token_file: Path | None, from_env: str | None) -> str:
+    if token_file is not None:
+        try:
+            token = token_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the token file ({exc.strerror})", file=str(token_file)) from None
+    else:
+        token = (from_env or "").strip()
+    if not token:
+        raise ConfigError("--api needs a token: --token-file FILE or SCIMFLOW_ADMIN_TOKEN")
+    return token
 
 
-ByOpt = Annotated[str, typer.Option(help="Who asks (recorded with the request).")]
+def _run(call: Callable[[], None]) -> None:
+    """Run a control command: ScimflowErrors are the user's to read, exit code 2."""
+    try:
+        call()
+    except ScimflowError as exc:
+        raise _fail(exc) from None
+
+
+def _emit(result: Any, as_json: bool, human: Callable[[Any], None]) -> None:
+    if as_json:
+        sys.stdout.write(msgspec.json.encode(result, enc_hook=str).decode() + "\n")
+    else:
+        human(result)
+
+
+@cli.command()
+def status(app: Annotated[str | None, typer.Argument(help="Only this application.")] = None,
+           config: OptionalConfigOpt = None, api: ApiOpt = None, token_file: TokenFileOpt = None,
+           as_json: JsonOpt = False,
+           watch: Annotated[bool, typer.Option(help="Show the running cycle's progress until it ends.")]
+           = False) -> None:
+    """Sync details per app: status, managed users and groups, cycles, escrow, last error."""
+    def call() -> None:
+        with _backend(api, token_file, config, "") as backend:
+            if watch and app:
+                _watch_cycle(backend, app, after=None)
+            reports = backend.status(app)
+            _emit(reports, as_json, _print_reports)
+    _run(call)
+
+
+def _print_reports(reports: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    if len(reports) == 1:
+        _print_details(reports[0])
+        return
+    table = Table("app", "mode", "status", "users", "disabled", "groups", "escrowed", "last cycle",
+                  "cycle s", "held removals", "last error")
+    for r in reports:
+        table.add_row(r["app"], r["mode"], _status_text(r), str(r["managed_users"]),
+                      str(r["disabled_users"]), str(r["managed_groups"]), str(r["escrowed"]),
+                      _cycle_text(r), _seconds(r["last_cycle_seconds"]), str(r["held_removals"]),
+                      (r["last_error"] or "-")[:60])
+    out.print(table)
+
+
+def _status_text(r: dict[str, Any]) -> str:
+    text = str(r["status"]) + (" (dry run)" if r.get("dry_run") else "")
+    return f"{text}: {r['status_reason']}" if r.get("status_reason") else text
+
+
+def _cycle_text(r: dict[str, Any]) -> str:
+    last = _when(r["last_cycle_end"])
+    progress = r.get("progress")
+    if r["cycle_running"] and progress:
+        of = f"/{progress['total']}" if progress.get("total") is not None else ""
+        last += f" (running: {progress['done']}{of})"
+    return last
+
+
+def _when(value: Any) -> str:
+    return str(value)[:19].replace("T", " ") if value else "-"
+
+
+def _seconds(value: Any) -> str:
+    return f"{value:.1f}" if value is not None else "-"
+
+
+def _print_details(r: dict[str, Any]) -> None:
+    """Entra's "Synchronization details" pane for one app."""
+    from rich.table import Table
+
+    table = Table(show_header=False, title=f"sync details: {r['app']}", title_justify="left")
+    rows = [
+        ("mode", r["mode"]), ("status", _status_text(r)),
+        ("status set by", f"{r.get('status_by') or '-'} at {_when(r.get('status_at'))}"),
+        ("managed users", f"{r['managed_users']} ({r['disabled_users']} disabled)"),
+        ("managed groups", str(r["managed_groups"])), ("escrowed objects", str(r["escrowed"])),
+        ("held removals", str(r["held_removals"])),
+        ("first cycle start", _when(r["first_cycle_start"])),
+        ("last cycle start", _when(r["last_cycle_start"])),
+        ("last cycle end", _when(r["last_cycle_end"])),
+        ("last cycle duration s", _seconds(r["last_cycle_seconds"])),
+        ("running cycle", _cycle_text(r) if r["cycle_running"] else "none"),
+        ("outcomes", ", ".join(f"{k}={v}" for k, v in sorted(r["outcomes"].items())) or "-"),
+        ("last error", f"{r['last_error']} at {_when(r['last_error_at'])}" if r["last_error"] else "-"),
+    ]
+    if r.get("quarantined_since"):
+        rows.append(("quarantined", f"since {_when(r['quarantined_since'])}, "
+                                    f"next probe {_when(r.get('next_probe'))}"))
+    for name, value in rows:
+        table.add_row(name, value)
+    out.print(table)
+
+
+def _watch_cycle(backend: Backend, app: str, *, after: datetime | None, wait: float = 60.0) -> None:
+    """A progress bar while the app's cycle runs. With ``after``: first wait (up to ``wait``
+    seconds) for a cycle that started after it, e.g. the one a restart asked for."""
+    deadline = time.monotonic() + wait
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err, transient=False) as bar:
+        task = bar.add_task(f"{app}: waiting for a cycle", total=None)
+        seen = False
+        while True:
+            report = backend.status(app)[0]
+            started = _parse_time(report["last_cycle_start"])
+            fresh = after is None or (started is not None and started >= after)
+            if fresh and report["cycle_running"]:
+                seen = True
+                progress = report.get("progress") or {}
+                bar.update(task, description=f"{app}: cycle running", completed=progress.get("done", 0),
+                           total=progress.get("total"))
+            elif fresh:
+                bar.update(task, description=f"{app}: cycle done", total=1, completed=1)
+                return
+            if not seen and time.monotonic() > deadline:
+                bar.update(task, description=f"{app}: no new cycle within {wait:g} s")
+                return
+            time.sleep(1.0)
+
+
+def _parse_time(value: Any) -> datetime | None:
+    return datetime.fromisoformat(value) if isinstance(value, str) else None
+
+
+def _print_action(result: dict[str, Any]) -> None:
+    action, app = result["action"], result["app"]
+    text = {
+        "stop": f"{app}: provisioning is off (changes are kept and applied by `scimflow start {app}`)",
+        "start": f"{app}: provisioning is on",
+        "restart": f"{app}: restart requested (request {result.get('request_id')}, "
+                   f"links {'reset' if result.get('reset_links') else 'kept'}); the initial cycle runs again",
+        "allow-deletes": f"allowed the removals held for {app} (staged before {result.get('before')})",
+    }[action]
+    out.print(text, highlight=False)
+
+
+def _control_command(app: str, api: str | None, token_file: Path | None, config: Path | None,
+                     by: str, as_json: bool, act: Callable[[Backend], dict[str, Any]]) -> None:
+    def call() -> None:
+        with _backend(api, token_file, config, by) as backend:
+            _emit(act(backend), as_json, _print_action)
+    _run(call)
+
+
+@cli.command()
+def stop(app: AppArg, by: ByOpt = "", config: OptionalConfigOpt = None, api: ApiOpt = None,
+         token_file: TokenFileOpt = None, as_json: JsonOpt = False) -> None:
+    """Provisioning status Off: nothing is created, updated or removed in APP's target."""
+    _control_command(app, api, token_file, config, by, as_json, lambda b: b.set_status(app, "off"))
+
+
+@cli.command()
+def start(app: AppArg, by: ByOpt = "", config: OptionalConfigOpt = None, api: ApiOpt = None,
+          token_file: TokenFileOpt = None, as_json: JsonOpt = False) -> None:
+    """Provisioning status On: resume APP, applying what changed while it was off."""
+    _control_command(app, api, token_file, config, by, as_json, lambda b: b.set_status(app, "on"))
 
 
 @cli.command("allow-deletes")
-def allow_deletes(app: Annotated[str, typer.Argument(help="Application whose held removals to run.")],
-                  by: ByOpt = "") -> None:
+def allow_deletes(app: AppArg, by: ByOpt = "", config: OptionalConfigOpt = None, api: ApiOpt = None,
+                  token_file: TokenFileOpt = None, as_json: JsonOpt = False) -> None:
     """Release the disables/deletes held by the app's deletion threshold."""
-    from schemas.control import AllowDeletes
-
-    message = AllowDeletes(app=app, before=datetime.now(UTC), by=_who(by))
-    _control(app, "allow-deletes", message)
-    out.print(f"allowed the removals held for {app} (staged before {message.before:%H:%M:%S} UTC)")
+    _control_command(app, api, token_file, config, by, as_json, lambda b: b.allow_deletes(app))
 
 
 @cli.command()
-def stop(app: Annotated[str, typer.Argument(help="Application to pause.")], by: ByOpt = "") -> None:
-    """Provisioning status Off: nothing is created, updated or removed in APP's target."""
-    from schemas.control import AppStatus
-
-    _control(app, "status", AppStatus(app=app, status="off", by=_who(by), at=datetime.now(UTC)))
-    out.print(f"{app}: provisioning is off (changes are kept and applied by `scimflow start {app}`)")
+def restart(app: AppArg,
+            reset_links: Annotated[bool, typer.Option(
+                "--reset-links", help="Also forget which target account is whose (matched again).")] = False,
+            watch: Annotated[bool | None, typer.Option(
+                help="Show the new cycle's progress (default: on a terminal, without --json).")] = None,
+            by: ByOpt = "", config: OptionalConfigOpt = None, api: ApiOpt = None,
+            token_file: TokenFileOpt = None, as_json: JsonOpt = False) -> None:
+    """Clear APP's state (escrow, quarantine; with --reset-links the links) and run the initial cycle."""
+    def call() -> None:
+        asked = datetime.now(UTC)
+        with _backend(api, token_file, config, by) as backend:
+            _emit(backend.restart(app, reset_links=reset_links), as_json, _print_action)
+            if watch or (watch is None and not as_json and out.is_terminal):
+                _watch_cycle(backend, app, after=asked)
+    _run(call)
 
 
 @cli.command()
-def start(app: Annotated[str, typer.Argument(help="Application to resume.")], by: ByOpt = "") -> None:
-    """Provisioning status On: resume APP, applying what changed while it was off."""
-    from schemas.control import AppStatus
+def provision(app: AppArg, object_id: Annotated[str, typer.Argument(help="Source object id.")],
+              group: Annotated[bool, typer.Option(
+                  "--group", help="A group (with up to 5 of its members).")] = False,
+              timeout: Annotated[float | None, typer.Option(
+                  help="Seconds to wait for the trace (default SCIMFLOW_PROVISION_TIMEOUT, 5).")] = None,
+              by: ByOpt = "", config: OptionalConfigOpt = None, api: ApiOpt = None,
+              token_file: TokenFileOpt = None, as_json: JsonOpt = False) -> None:
+    """Provision one user (or group) now and show each step: import, scope, match, action, export."""
+    from services.admin.control import ProvisionFailedError
 
-    _control(app, "status", AppStatus(app=app, status="on", by=_who(by), at=datetime.now(UTC)))
-    out.print(f"{app}: provisioning is on")
+    def call() -> None:
+        with _backend(api, token_file, config, by) as backend:
+            try:
+                trace = backend.provision(app, object_id, "group" if group else "user", timeout=timeout)
+            except ProvisionFailedError as exc:
+                _emit(exc.trace, as_json, _print_trace)
+                raise
+        _emit(trace, as_json, _print_trace)
+        if trace["outcome"] == "failure":
+            raise typer.Exit(1)
+    _run(call)
 
 
-@cli.command()
-def status(config: ConfigOpt,
-           app: Annotated[str | None, typer.Argument(help="Only this application.")] = None,
-           as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-           ) -> None:
-    """Sync details per app: status, managed users, cycles, outcomes, held removals, last error."""
+def _print_trace(trace: dict[str, Any], indent: str = "") -> None:
     from rich.table import Table
 
-    from services.runtime.status import read_status
+    colour = {"success": "green", "failure": "red", "dryRun": "cyan"}.get(trace["outcome"], "yellow")
+    out.print(f"{indent}[bold]{trace['object_type']} {trace['object_id']}[/]: "
+              f"[{colour}]{trace['outcome']}[/] {trace.get('action') or ''} "
+              f"{trace.get('target_id') or ''} - {trace['message']}"
+              + (f" ({trace['elapsed_ms']} ms)" if "elapsed_ms" in trace else ""), highlight=False)
+    table = Table("step", "status", "detail")
+    for step in trace["steps"]:
+        table.add_row(step["name"], step["status"], step["detail"])
+    out.print(table)
+    for member in trace.get("members", []):
+        _print_trace(member, indent="  member ")
+
+
+@cli.command("test-connection")
+def connection_test(app: AppArg, by: ByOpt = "", config: OptionalConfigOpt = None, api: ApiOpt = None,
+                    token_file: TokenFileOpt = None, as_json: JsonOpt = False) -> None:
+    """Entra's test connection: GET /Users?filter=<matching attribute> eq "<random GUID>"."""
+    def call() -> None:
+        with _backend(api, token_file, config, by, secrets=True) as backend:
+            result = backend.test_connection(app)
+        _emit(result, as_json, lambda r: out.print(
+            f"{r['app']}: [{'green' if r['ok'] else 'red'}]{'OK' if r['ok'] else 'FAILED'}[/] "
+            f"{r['message']}", highlight=False))
+        if not result["ok"]:
+            raise typer.Exit(1)
+    _run(call)
+
+
+@cli.command()
+def admin(config: ConfigOpt) -> None:
+    """Run the admin HTTP API (needs SCIMFLOW_KAFKA_BOOTSTRAP and SCIMFLOW_ADMIN_TOKENS)."""
+    from services.admin.main import run_admin
 
     settings = load_settings()
+    configure_logging(settings.log_format, settings.log_level)
     if not settings.kafka_bootstrap:
         raise _fail(ConfigError("SCIMFLOW_KAFKA_BOOTSTRAP is not set"))
     try:
-        loaded = load_config(config, resolve_secrets=False)
+        run_admin(settings, _load(config), settings.kafka_bootstrap)
     except ScimflowError as exc:
         raise _fail(exc) from None
-    reports = [r for r in read_status(loaded, settings.kafka_bootstrap,
-                                      Topics(settings.topic_prefix, settings.partitions))
-               if app is None or r.app == app]
-    if as_json:
-        sys.stdout.write(msgspec.json.encode(reports).decode() + "\n")
-        return
-    table = Table("app", "mode", "status", "managed users", "disabled", "last cycle",
-                  "cycle s", "held removals", "last error")
-    for r in reports:
-        last = f"{r.last_cycle_end:%Y-%m-%d %H:%M:%S}" if r.last_cycle_end else "-"
-        if r.cycle_running:
-            last += " (running)"
-        seconds = f"{r.last_cycle_seconds:.1f}" if r.last_cycle_seconds is not None else "-"
-        table.add_row(r.app, r.mode, r.status, str(r.managed_users), str(r.disabled_users), last,
-                      seconds, str(r.held_removals), (r.last_error or "-")[:60])
-    out.print(table)
 
 
 def main() -> None:

@@ -45,6 +45,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Attempts per target call before the object is reported on the error topic."""
     kafka_version: str = "4.1.1"
     """Apache Kafka version the embedded broker resolves from Maven Central."""
+    admin_host: str = "127.0.0.1"
+    """Address the admin HTTP API (``scimflow admin``) listens on; ``0.0.0.0`` in a pod."""
+    admin_port: int = 8088
+    admin_tokens: str | None = None
+    """Named bearer tokens of the admin API: ``name=env:VAR,name2=file:/path``. The name is
+    what the audit trail records; the value is only a reference, resolved at start-up."""
+    admin_url: str | None = None
+    """Where the CLI finds the admin API (``http://host:8088``); unset: the CLI talks to Kafka."""
+    admin_token: str | None = None
+    """The CLI's bearer token for ``admin_url`` (or ``--token-file``)."""
+    provision_timeout: float = 5.0
+    """Seconds provision-on-demand waits for the whole trace."""
 
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:

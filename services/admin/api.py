@@ -1,0 +1,222 @@
+"""The admin HTTP API (aiohttp): the control plane over HTTP, one route per CLI command.
+
+Every route except ``/healthz`` and ``/metrics`` needs ``Authorization: Bearer <token>``
+with one of the named tokens (401 otherwise). The token's name is the caller in the
+audit trail; the token itself is never logged or echoed.
+
+| route | CLI |
+|---|---|
+| ``GET /apps``, ``GET /apps/{app}`` | ``scimflow status [APP]`` |
+| ``POST /apps/{app}/start`` / ``stop`` | ``scimflow start|stop APP`` |
+| ``POST /apps/{app}/restart`` ``{"reset_links": bool}`` | ``scimflow restart APP [--reset-links]`` |
+| ``POST /apps/{app}/provision`` ``{"id": ..., "type": "user"|"group"}`` | ``scimflow provision APP ID`` |
+| ``POST /apps/{app}/test-connection`` | ``scimflow test-connection APP`` |
+| ``POST /apps/{app}/allow-deletes`` | ``scimflow allow-deletes APP`` |
+| ``GET /activity``, ``GET /errors`` ``?app=&status=&limit=`` | ``scimflow tail activity|errors`` |
+
+Operations block on Kafka, so each runs in a worker thread; the event loop only serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from services.admin.auth import Tokens
+from services.admin.control import (
+    BadRequestError,
+    Caller,
+    ControlPlane,
+    NoSuchAppError,
+    ProvisionFailedError,
+)
+from services.runtime.errors import ScimflowError
+
+__all__ = ["build_api"]
+
+log = structlog.get_logger("scimflow.admin")
+
+PLANE = web.AppKey("plane", ControlPlane)
+TOKENS = web.AppKey("tokens", Tokens)
+CALLER = web.RequestKey("caller", Caller)
+_OPEN = frozenset({"/healthz", "/metrics"})
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def build_api(plane: ControlPlane, tokens: Tokens) -> web.Application:
+    """The aiohttp application; ``plane`` does the work, ``tokens`` say who may ask."""
+    app = web.Application(middlewares=[_errors, _auth])
+    app[PLANE] = plane
+    app[TOKENS] = tokens
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/apps", _apps)
+    app.router.add_get("/apps/{app}", _app)
+    for action in ("start", "stop", "restart", "provision", "test-connection", "allow-deletes"):
+        app.router.add_post(f"/apps/{{app}}/{action}", _ACTIONS[action])
+    app.router.add_get("/activity", _records("activity"))
+    app.router.add_get("/errors", _records("errors"))
+    app.on_cleanup.append(_close)
+    return app
+
+
+async def _close(app: web.Application) -> None:
+    app[PLANE].close()
+
+
+@web.middleware
+async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path in _OPEN:
+        return await handler(request)
+    name = request.app[TOKENS].identify(request.headers.get("Authorization"))
+    if name is None:
+        log.warning("admin request refused", method=request.method, path=request.path,
+                    remote=request.remote, reason="missing or invalid bearer token")
+        if request.method == "POST":
+            await _audit_refused(request)
+        return _json({"error": "missing or invalid bearer token"}, 401,
+                     headers={"WWW-Authenticate": 'Bearer realm="scimflow"'})
+    request[CALLER] = Caller(by=name, remote=request.remote)
+    response = await handler(request)
+    log.info("admin request", method=request.method, path=request.path, by=name,
+             remote=request.remote, status=response.status)
+    return response
+
+
+async def _audit_refused(request: web.Request) -> None:
+    """A refused attempt to change something is part of the audit trail too."""
+    parts = request.path.strip("/").split("/")
+    app = parts[1] if len(parts) == 3 and parts[0] == "apps" else None
+    action = parts[-1] if parts else request.path
+    plane = request.app[PLANE].as_caller(Caller(by="<unauthenticated>", remote=request.remote))
+    await asyncio.to_thread(plane.audit, action, app, {"error": "missing or invalid bearer token"},
+                            "rejected")
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except ProvisionFailedError as exc:
+        return _json({"error": str(exc), "trace": exc.trace}, 404 if exc.not_found else 504)
+    except NoSuchAppError as exc:
+        return _json({"error": str(exc)}, 404)
+    except BadRequestError as exc:
+        return _json({"error": str(exc)}, 400)
+    except ScimflowError as exc:
+        log.warning("admin request failed", path=request.path, reason=str(exc))
+        return _json({"error": str(exc)}, 503)
+    except Exception:
+        log.exception("admin request crashed", path=request.path)
+        return _json({"error": "internal error; see the admin service's log"}, 500)
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=msgspec.json.encode(body, enc_hook=str), status=status,
+                        content_type="application/json", headers=headers)
+
+
+def _plane(request: web.Request) -> ControlPlane:
+    caller: Caller = request[CALLER]
+    return request.app[PLANE].as_caller(caller)
+
+
+async def _run(request: web.Request, call: Callable[[ControlPlane], Any]) -> web.Response:
+    plane = _plane(request)
+    return _json(await asyncio.to_thread(call, plane))
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        body = await request.json(loads=json.loads)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequestError(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequestError("the body must be a JSON object")
+    return body
+
+
+async def _healthz(_: web.Request) -> web.Response:
+    return _json({"ok": True})
+
+
+async def _metrics(_: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _apps(request: web.Request) -> web.Response:
+    return await _run(request, lambda p: p.status())
+
+
+async def _app(request: web.Request) -> web.Response:
+    name = request.match_info["app"]
+    return await _run(request, lambda p: p.status(name)[0])
+
+
+async def _start(request: web.Request) -> web.Response:
+    name = request.match_info["app"]
+    return await _run(request, lambda p: p.set_status(name, "on"))
+
+
+async def _stop(request: web.Request) -> web.Response:
+    name = request.match_info["app"]
+    return await _run(request, lambda p: p.set_status(name, "off"))
+
+
+async def _restart(request: web.Request) -> web.Response:
+    name = request.match_info["app"]
+    reset = (await _body(request)).get("reset_links", False)
+    if not isinstance(reset, bool):
+        raise BadRequestError("reset_links must be true or false")
+    return await _run(request, lambda p: p.restart(name, reset_links=reset))
+
+
+async def _provision(request: web.Request) -> web.Response:
+    name = request.match_info["app"]
+    body = await _body(request)
+    object_id, kind, timeout = body.get("id"), body.get("type", "user"), body.get("timeout")
+    if not isinstance(object_id, str) or not object_id or kind not in ("user", "group"):
+        raise BadRequestError('expected {"id": "<source object id>", "type": "user" or "group"}')
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)):
+        raise BadRequestError("timeout must be a number of seconds")
+    return await _run(request, lambda p: p.provision(name, object_id, kind, timeout=timeout))
+
+
+async def _test_connection(request: web.Request) -> web.Response:
+    name = request.match_info["app"]
+    return await _run(request, lambda p: p.test_connection(name))
+
+
+async def _allow_deletes(request: web.Request) -> web.Response:
+    name = request.match_info["app"]
+    return await _run(request, lambda p: p.allow_deletes(name))
+
+
+_ACTIONS: dict[str, Handler] = {
+    "start": _start, "stop": _stop, "restart": _restart, "provision": _provision,
+    "test-connection": _test_connection, "allow-deletes": _allow_deletes,
+}
+
+
+def _records(kind: str) -> Handler:
+    async def handler(request: web.Request) -> web.Response:
+        q = request.query
+        try:
+            limit = int(q.get("limit", "100"))
+        except ValueError:
+            raise BadRequestError("limit must be a whole number") from None
+        return await _run(request, lambda p: p.records(kind, app=q.get("app") or None,
+                                                         status=q.get("status") or None, limit=limit))
+    return handler

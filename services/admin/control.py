@@ -1,0 +1,291 @@
+"""The control plane's operations, once: what the admin API serves and what the CLI runs
+when it talks to Kafka directly (``scimflow stop APP`` without ``--api``).
+
+Every operation returns plain JSON-able data, so the API sends it as it is and the CLI
+prints the same thing whichever way it reached the operation. Every action that changes
+something (or probes a target) is recorded on the audit topic with who asked, from where,
+and how it ended; a credential is never part of a record.
+
+Operations block (Kafka reads, a provision trace): the API runs them in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
+
+import msgspec
+import structlog
+
+from schemas import ActivityRecord, ErrorRecord
+from schemas.codecs import encode
+from schemas.control import AllowDeletes, AppStatus, AuditRecord, ProvisionRequest, Restart
+from services.admin.provision import provision
+from services.runtime.config import LoadedConfig
+from services.runtime.errors import ConfigError, ScimflowError, TargetError
+from services.runtime.kafka import consume, plain_producer
+from services.runtime.settings import Settings
+from services.runtime.status import read_status
+from services.runtime.topics import Topics
+
+# The one place a non-writer builds a target client: test connection must test exactly the
+# client (credentials, timeouts, TLS) the writer uses.
+from services.writer.scim_client import client_for
+
+__all__ = [
+    "Backend",
+    "BadRequestError",
+    "Caller",
+    "ControlPlane",
+    "NoSuchAppError",
+    "ProvisionFailedError",
+    "wanted",
+]
+
+log = structlog.get_logger("scimflow.admin")
+
+Outcome = Literal["accepted", "rejected", "failed", "succeeded"]
+
+
+class BadRequestError(ScimflowError):
+    """The request itself is wrong (unknown kind, bad parameter): HTTP 400."""
+
+
+class NoSuchAppError(ScimflowError):
+    """No application of that name in the config: HTTP 404."""
+
+
+class ProvisionFailedError(ScimflowError):
+    """Provision on demand did not produce an outcome; ``trace`` holds what arrived."""
+
+    def __init__(self, message: str, trace: dict[str, Any], *, not_found: bool) -> None:
+        super().__init__(message)
+        self.trace = trace
+        self.not_found = not_found
+
+
+class Backend(Protocol):
+    """What the CLI needs; :class:`ControlPlane` and the HTTP client both provide it."""
+
+    def status(self, app: str | None = None) -> list[dict[str, Any]]: ...
+    def set_status(self, app: str, status: Literal["on", "off"]) -> dict[str, Any]: ...
+    def restart(self, app: str, *, reset_links: bool) -> dict[str, Any]: ...
+    def allow_deletes(self, app: str) -> dict[str, Any]: ...
+    def provision(self, app: str, object_id: str, object_type: Literal["user", "group"], *,
+                  timeout: float | None = None) -> dict[str, Any]: ...
+    def test_connection(self, app: str) -> dict[str, Any]: ...
+    def records(self, kind: str, *, app: str | None = None, status: str | None = None,
+                limit: int = 100) -> list[dict[str, Any]]: ...
+
+
+@dataclass
+class Caller:
+    """Who asks: the admin token's name (or the CLI user) and their address, for the audit."""
+
+    by: str
+    remote: str | None = None
+
+
+class ControlPlane:
+    """Control operations on the topics of one deployment.
+
+    ``loaded`` (the provisioning config) names the applications, so requests for an unknown
+    app fail instead of being published; without it (the CLI's ``stop`` with no config),
+    any app name is accepted and operations that need the config say so.
+    """
+
+    def __init__(self, settings: Settings, bootstrap: str, loaded: LoadedConfig | None,
+                 caller: Caller) -> None:
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.loaded = loaded
+        self.caller = caller
+        self.topics = Topics(settings.topic_prefix, settings.partitions)
+        self._producer: Any = None
+
+    def as_caller(self, caller: Caller) -> ControlPlane:
+        """The same plane (and producer) acting for another caller (one per API request)."""
+        plane = ControlPlane(self.settings, self.bootstrap, self.loaded, caller)
+        plane._producer = self._get_producer()
+        return plane
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.close()
+            self._producer = None
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def status(self, app: str | None = None) -> list[dict[str, Any]]:
+        loaded = self._config("status")
+        if app is not None:
+            self._check_app(app)
+        reports = read_status(loaded, self.bootstrap, self.topics)
+        return [msgspec.to_builtins(r) for r in reports if app is None or r.app == app]
+
+    def records(self, kind: str, *, app: str | None = None, status: str | None = None,
+                limit: int = 100) -> list[dict[str, Any]]:
+        """The most recent activity or error records (newest last), filtered."""
+        topic, record_type = self._report_topic(kind)
+        dec = msgspec.json.Decoder(record_type)
+        found: list[Any] = []
+        for message in consume(self.bootstrap, topic, idle_timeout=0.5):
+            try:
+                record = dec.decode(message.value)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue
+            if wanted(record, app, status):
+                found.append(record)
+        found.sort(key=lambda r: r.at)
+        return [msgspec.to_builtins(r) for r in found[-max(1, min(limit, 10_000)):]]
+
+    def _report_topic(self, kind: str) -> tuple[str, type[Any]]:
+        if kind == "activity":
+            return self.topics.activity, ActivityRecord
+        if kind == "errors":
+            return self.topics.errors, ErrorRecord
+        raise BadRequestError(f"expected `activity` or `errors`, got {kind!r}")
+
+    # -- control actions -------------------------------------------------------------------
+
+    def set_status(self, app: str, status: Literal["on", "off"]) -> dict[str, Any]:
+        if status not in ("on", "off"):
+            raise BadRequestError(f"status must be `on` or `off`, got {status!r}")
+        action = "start" if status == "on" else "stop"
+        message = AppStatus(app=app, status=status, by=self.caller.by, at=datetime.now(UTC))
+        return self._act(action, app, "status", message, {"status": status})
+
+    def restart(self, app: str, *, reset_links: bool) -> dict[str, Any]:
+        message = Restart(app=app, request_id=uuid.uuid4().hex, reset_links=bool(reset_links),
+                          by=self.caller.by, at=datetime.now(UTC))
+        return self._act("restart", app, "restart", message,
+                         {"reset_links": message.reset_links, "request_id": message.request_id})
+
+    def allow_deletes(self, app: str) -> dict[str, Any]:
+        message = AllowDeletes(app=app, before=datetime.now(UTC), by=self.caller.by)
+        return self._act("allow-deletes", app, "allow-deletes", message,
+                         {"before": message.before.isoformat()})
+
+    def _act(self, action: str, app: str, kind: str, message: msgspec.Struct,
+             detail: dict[str, Any]) -> dict[str, Any]:
+        self._check_app(app, action=action, detail=detail)
+        try:
+            self._send(self.topics.control, f"{app}/{kind}", message)
+        except Exception as exc:
+            self.audit(action, app, detail, "failed")
+            raise ScimflowError(f"could not publish the {action} request: {exc}") from exc
+        self.audit(action, app, detail, "accepted")
+        return {"app": app, "action": action, "outcome": "accepted", "by": self.caller.by, **detail}
+
+    def provision(self, app: str, object_id: str, object_type: Literal["user", "group"], *,
+                  timeout: float | None = None) -> dict[str, Any]:
+        detail = {"object_id": object_id, "object_type": object_type}
+        self._check_app(app, action="provision", detail=detail)
+        if object_type not in ("user", "group") or not object_id:
+            self.audit("provision", app, detail, "rejected")
+            raise BadRequestError("give an object id and a type of `user` or `group`")
+        wait = self.settings.provision_timeout if timeout is None else max(0.5, min(timeout, 60.0))
+        started = time.monotonic()
+        trace = provision(self.bootstrap, self.topics, self._send_request, app=app,
+                          object_id=object_id, object_type=object_type, by=self.caller.by,
+                          timeout=wait)
+        elapsed_ms = round((time.monotonic() - started) * 1000)
+        report = {"app": app, **trace.report(wait), "elapsed_ms": elapsed_ms}
+        finished = trace.finished
+        self.audit("provision", app, {**detail, "request_id": trace.request_id,
+                                      "result": report["outcome"]}, "succeeded" if finished else "failed")
+        if report["outcome"] in ("notFound", "timeout"):
+            raise ProvisionFailedError(f"provision {object_type} {object_id} in {app}: {report['message']}",
+                                       report, not_found=report["outcome"] == "notFound")
+        return report
+
+    def _send_request(self, request: ProvisionRequest) -> None:
+        self._send(self.topics.control, f"{request.app}/provision", request)
+
+    def test_connection(self, app: str) -> dict[str, Any]:
+        loaded = self._config("test-connection")
+        application = self._check_app(app, action="test-connection")
+        assert application is not None
+        attribute = _matching_attribute(application)
+        try:
+            client = client_for(application, loaded, self.settings)
+        except ConfigError as exc:
+            self.audit("test-connection", app, {"attribute": attribute}, "failed")
+            return {"app": app, "ok": False, "attribute": attribute, "message": exc.reason}
+        message = asyncio.run(_probe(client, attribute))
+        ok = message is None
+        self.audit("test-connection", app, {"attribute": attribute}, "succeeded" if ok else "failed")
+        return {"app": app, "ok": ok, "attribute": attribute,
+                "message": message or f"GET /Users?filter={attribute} eq \"<random GUID>\" answered "
+                                      "200 with no users: the target is reachable and filters work"}
+
+    # -- audit -----------------------------------------------------------------------------
+
+    def audit(self, action: str, app: str | None, detail: dict[str, Any], outcome: Outcome) -> None:
+        """Record one control action on the audit topic (best effort: logged if it fails)."""
+        record = AuditRecord(id=uuid.uuid4().hex, at=datetime.now(UTC), by=self.caller.by,
+                             action=action, app=app, outcome=outcome, detail=detail,
+                             remote=self.caller.remote)
+        try:
+            self._send(self.topics.audit, app or "-", record)
+        except Exception as exc:
+            # The action itself already happened (or failed): say so loudly, do not undo it.
+            log.exception("audit record not written", action=action, app=app, by=self.caller.by,
+                      outcome=outcome, reason=str(exc))
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _config(self, what: str) -> LoadedConfig:
+        if self.loaded is None:
+            raise BadRequestError(f"{what} needs the provisioning config: give --config (or SCIMFLOW_CONFIG)")
+        return self.loaded
+
+    def _check_app(self, app: str, *, action: str | None = None,
+                   detail: dict[str, Any] | None = None) -> Any:
+        if self.loaded is None:
+            return None
+        for application in self.loaded.config.applications:
+            if application.name == app:
+                return application
+        if action is not None:
+            self.audit(action, app, {**(detail or {}), "error": "unknown application"}, "rejected")
+        known = ", ".join(a.name for a in self.loaded.config.applications)
+        raise NoSuchAppError(f"no application named {app!r} (known: {known})")
+
+    def _get_producer(self) -> Any:
+        if self._producer is None:
+            self._producer = plain_producer(self.bootstrap)
+        return self._producer
+
+    def _send(self, topic: str, key: str, message: msgspec.Struct) -> None:
+        self._get_producer().send(topic, key=key.encode(), value=encode(message)).get(timeout=30)
+
+
+def wanted(record: Any, app: str | None, status: str | None) -> bool:
+    """The filter of ``tail`` and ``/activity``: this app, this status (or error code)."""
+    if app and record.app != app:
+        return False
+    if status:
+        return status in (getattr(record, "status", None), getattr(record, "error_code", None))
+    return True
+
+
+def _matching_attribute(app: Any) -> str:
+    """The user mapping's first matching attribute (lowest precedence), as Entra tests with."""
+    matching = [a for a in app.mappings.user.attributes if a.matching is not None]
+    return min(matching, key=lambda a: a.matching).target if matching else "userName"
+
+
+async def _probe(client: Any, attribute: str) -> str | None:
+    """None when the connection test passes, else exactly what failed."""
+    try:
+        await client.test_connection(attribute)
+    except TargetError as exc:
+        return str(exc) + (f" (target said: {exc.detail})" if exc.detail else "")
+    finally:
+        await client.aclose()
+    return None
