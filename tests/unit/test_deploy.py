@@ -499,7 +499,7 @@ def test_selectors_wire_services_monitors_and_budgets(rendered: list[Resource]) 
 def test_service_monitors_are_well_formed(rendered: list[Resource]) -> None:
     services = [r for r in rendered if r["kind"] == "Service"]
     monitors = [r for r in rendered if r["kind"] == "ServiceMonitor"]
-    assert len(monitors) == len(SERVICES)
+    assert len(monitors) == len(SERVICES) + 1  # the workers and the admin API
     for monitor in monitors:
         assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
         assert set(monitor) <= {"apiVersion", "kind", "metadata", "spec"}
@@ -665,3 +665,26 @@ def test_dockerignore_sends_only_the_sources() -> None:
     for path in (".venv/bin/python", ".git/config", ".env", "tests/conftest.py",
                  "services/__pycache__/cli.cpython-311.pyc", "deploy/k8s/base/kustomization.yaml"):
         assert _ignored(path), path
+
+
+def test_admin_api_is_deployed_with_probes_and_a_secret_token(rendered: list[Resource]) -> None:
+    kinds = {(r["kind"], r["metadata"]["name"]) for r in rendered}
+    for kind in ("Deployment", "Service", "ServiceMonitor", "PodDisruptionBudget"):
+        assert (kind, "scimflow-admin") in kinds
+    settings = load_settings(environ=_find(rendered, "ConfigMap", "scimflow-settings")["data"])
+    deployment = _find(rendered, "Deployment", "scimflow-admin")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["command"] + container["args"] == [
+        "scimflow", "admin", "--config", "/etc/scimflow/scimflow.yaml"]
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"http": settings.admin_port}
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert settings.admin_host == "0.0.0.0"  # noqa: S104 - a pod listens on its own IP
+    name, _, ref = (settings.admin_tokens or "").partition("=")
+    assert name and ref.startswith("env:")
+    env = {e["name"]: e for e in container["env"]}
+    assert env[ref.removeprefix("env:")]["valueFrom"]["secretKeyRef"]["name"] == "scimflow-credentials"
+    service = _find(rendered, "Service", "scimflow-admin")
+    assert _matches(service["spec"]["selector"], deployment["spec"]["template"]["metadata"]["labels"])
+    monitor = _find(rendered, "ServiceMonitor", "scimflow-admin")
+    assert monitor["spec"]["endpoints"][0]["port"] == "http"
