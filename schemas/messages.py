@@ -61,6 +61,9 @@ class DirectoryChange(Message, tag="directory.change.v1", frozen=True, kw_only=T
     """Set when the change comes from a full scan (the scan's cycle id)."""
     observed_at: datetime
     """When the source saw the change; latency is measured from here."""
+    on_demand: bool = False
+    """Published for a provision-on-demand request (``change_id`` is the request id): the
+    writer then reports an outcome even when nothing needs writing."""
 
 
 class CycleMarker(Message, tag="directory.cycle.v1", frozen=True, kw_only=True):
@@ -134,6 +137,8 @@ class ProvisioningCommand(Message, tag="provisioning.command.v1", frozen=True, k
     change_id: str
     cycle_id: str | None = None
     observed_at: datetime
+    on_demand: bool = False
+    """Copied from the change: provision on demand (an outcome is reported even if in sync)."""
 
 
 ProvisioningMessage = ProvisioningCommand | CycleMarker

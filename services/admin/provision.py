@@ -85,8 +85,7 @@ class ObjectTrace:
         if self.error is not None:
             return f"{self.error.error_code}: {self.error.reason}"
         if self.command is not None:
-            return (f"no outcome within {timeout:g} s: waiting for the writer (an object already in "
-                    "sync in the target needs no write, and the writer reports none)")
+            return f"no outcome within {timeout:g} s: waiting for the writer (is it running?)"
         stage = "the mapper" if self.change else "ingest"
         return f"no outcome within {timeout:g} s: waiting for {stage} (is it running?)"
 

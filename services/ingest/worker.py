@@ -176,7 +176,7 @@ class SourceIngest:
         if obj is None:
             return False
         async with self._send_lock:
-            await self.publish.change(self._change(obj, "upsert", None, change_id=change_id))
+            await self.publish.change(self._change(obj, "upsert", None, change_id=change_id, on_demand=True))
         log.info("object provided on demand", source=self.name, object_id=object_id, change_id=change_id)
         return True
 
@@ -233,7 +233,7 @@ class SourceIngest:
             log.warning("cannot publish the error record", source=self.name, reason=str(send_exc))
 
     def _change(self, obj: SourceObject, op: Operation, cycle_id: str | None, *,
-                change_id: str | None = None) -> DirectoryChange:
+                change_id: str | None = None, on_demand: bool = False) -> DirectoryChange:
         metrics.CHANGES_INGESTED.labels(source=self.name, operation=op).inc()
         return DirectoryChange(
             source=self.name,
@@ -246,6 +246,7 @@ class SourceIngest:
             change_id=change_id or str(uuid.uuid4()),
             cycle_id=cycle_id,
             observed_at=datetime.now(UTC),
+            on_demand=on_demand,
         )
 
     def _marker(self, cycle_id: str, phase: Literal["start", "end"], total: int | None, *,

@@ -110,5 +110,6 @@ def _command(app: str, change: DirectoryChange, operation: str, reason: str,
         change_id=change.change_id,
         cycle_id=change.cycle_id,
         observed_at=change.observed_at,
+        on_demand=change.on_demand,
         **desired,  # type: ignore[arg-type]
     )

@@ -112,12 +112,25 @@ class Writer:
         decision = self.preview(cmd, managed)
         try:
             if cmd.object_type == "group" and decision.action not in ("skip", "delete"):
-                return await self._group(cmd, managed, decision, members or [], trace)
-            if self.app.dry_run:
-                return await self._dry_run(cmd, managed, decision, trace)
-            return await self._apply(cmd, managed, decision, trace)
+                outcome = await self._group(cmd, managed, decision, members or [], trace)
+            elif self.app.dry_run:
+                outcome = await self._dry_run(cmd, managed, decision, trace)
+            else:
+                outcome = await self._apply(cmd, managed, decision, trace)
         except TargetError as exc:
             return self._failure(cmd, managed, decision, exc, trace)
+        if outcome.activity is None and cmd.on_demand:
+            outcome.activity = self._in_sync(cmd, managed, trace)
+        return outcome
+
+    def _in_sync(self, cmd: ProvisioningCommand, managed: ManagedObject | None,
+                 trace: _Trace) -> ActivityRecord:
+        """Provision on demand of an object already in sync still gets its outcome (and trace)."""
+        where = f"target id {managed.target_id}" if managed else "the target"
+        reason = f"already in sync: {where} holds every mapped value; nothing to write"
+        trace.step("match", "success", f"managed by scimflow as {where}")
+        trace.step("action", "skipped", reason)
+        return self._activity(cmd, "skip", "skipped", Decision("skip", reason), managed, trace)
 
     async def _apply(self, cmd: ProvisioningCommand, managed: ManagedObject | None,
                      decision: Decision, trace: _Trace) -> Outcome:
