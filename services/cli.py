@@ -112,6 +112,7 @@ def _expr_object(config: Path, app_name: str | None, object_id: str | None,
                  source_file: Path | None) -> None:
     """The Entra 'test an expression' harness: the full mapped resource of one object."""
     from services.ingest.file_source import read_directory
+    from services.mapper.groups import GroupGraph
     from services.mapper.main import compile_apps
     from services.mapper.planner import plan
     from services.writer.decide import desired_state
@@ -135,7 +136,11 @@ def _expr_object(config: Path, app_name: str | None, object_id: str | None,
                              object_id=obj.object_id, operation="upsert", attributes=obj.attributes,
                              memberships=list(obj.memberships), change_id="expr",
                              observed_at=datetime.now(UTC))
-    cmd = plan(compiled, change)
+    graph = GroupGraph()  # nested groups, as the mapper's group feed would know them
+    for other in read_directory(path).values():
+        if other.object_type == "group":
+            graph.set_members(other.object_id, frozenset(other.members))
+    cmd = plan(compiled, change, graph)
     if cmd is None:
         raise ConfigError(f"application {app_name!r} does not provision users")
     shown = dict.fromkeys(cmd.redacted, "[Redact]")
@@ -147,6 +152,7 @@ def _expr_object(config: Path, app_name: str | None, object_id: str | None,
         "resource_on_create": build_resource({**cmd.create_only, **desired_state(cmd), **shown}),
         "only_on_create": sorted(cmd.create_only),
         "select_unique_value": cmd.unique_candidates,
+        "references": cmd.references,
     })
 
 

@@ -200,3 +200,26 @@ def test_up_announces_the_admin_api_with_its_own_token_file(
     token = f"SCIMFLOW_ADMIN_TOKEN=$(cat {tmp_path / 'admin-token'}) scimflow"
     assert all(token in line for line in api_lines)
     assert "demo-secret" not in printed
+
+
+def test_expr_object_shows_the_mapped_resource_and_its_references(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`expr --config --app --object`: the resource one object maps to, from the demo files."""
+    import shutil
+    from pathlib import Path
+
+    for name in ("demo.yaml", "directory.yaml"):
+        shutil.copy(Path("examples") / name, tmp_path / name)
+    config = tmp_path / "demo.yaml"
+    config.write_text(config.read_text().replace(
+        "      users: [u-0100]\n", "      users: [u-0100]\n      expand_nested_groups: true\n"))
+    monkeypatch.setenv("DEMO_SCIM_TOKEN", "unused")
+    result = runner.invoke(cli_module.cli, ["expr", "--config", str(config), "--app", "demo",
+                                            "--object", "u-0003"])
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.output)
+    assert shown["operation"] == "upsert"
+    assert shown["resource_on_create"]["userName"] == "linus.turing3@example.com"
+    manager = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager"
+    assert shown["references"] == {manager: "u-0118"}
+    assert manager not in json.dumps(shown["resource_on_create"])  # written by the writer, as a target id
