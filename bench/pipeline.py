@@ -223,7 +223,7 @@ def _pipeline(bootstrap: str, base_url: str, token: str, people: list[dict[str, 
     (work / "bench.yaml").write_text(yaml.safe_dump(config))
     env = {"SCIMFLOW_KAFKA_BOOTSTRAP": bootstrap, "SCIMFLOW_TOPIC_PREFIX": topics.prefix,
            "SCIMFLOW_PARTITIONS": str(args.partitions), "SCIMFLOW_DATA_DIR": str(work / "data"),
-           "SCIMFLOW_WRITER_CONCURRENCY": str(args.concurrency), "SCIMFLOW_LOG_FORMAT": "json",
+           "SCIMFLOW_LOG_FORMAT": "json",
            "SCIMFLOW_LOG_LEVEL": "warning", "BENCH_TOKEN": token}
     sup = Supervisor(config=work / "bench.yaml", env=env, log_dir=work / "logs")
     activity = Activity(bootstrap, topics.activity)

@@ -35,14 +35,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     log_level: str = "info"
     metrics_port: int = 0
     """Port for ``/metrics``; 0 disables the endpoint."""
-    writer_concurrency: int = 16
-    """Target calls in flight per writer process (distinct objects only)."""
     writer_batch: int = 256
+    """Commands a writer process holds in flight (distinct objects run concurrently; the
+    per-app target limits are `target.rate_limit` in the config)."""
     removal_grace: float = 2.0
     """Seconds a disable/delete waits so a burst is seen whole by the deletion threshold."""
-    target_timeout: float = 10.0
-    target_attempts: int = 5
-    """Attempts per target call before the object is reported on the error topic."""
     kafka_version: str = "4.1.1"
     """Apache Kafka version the embedded broker resolves from Maven Central."""
     admin_host: str = "127.0.0.1"
