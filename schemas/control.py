@@ -21,6 +21,7 @@ __all__ = [
     "AuditRecord",
     "ControlMessage",
     "ProvisionRequest",
+    "RemovalTally",
     "Restart",
 ]
 
@@ -88,7 +89,23 @@ class AppHealth(Message, tag="control.health.v1", frozen=True, kw_only=True):
     at: datetime
 
 
-ControlMessage = AllowDeletes | AppStatus | Restart | ProvisionRequest | AppHealth
+class RemovalTally(Message, tag="control.removal-tally.v1", frozen=True, kw_only=True):
+    """One writer replica's share of an app's removals in the current cycle (executed since
+    the last complete full scan plus waiting), key ``"{app}/tally/{replica}"``.
+
+    Each replica adds the other replicas' recent tallies to its own before it decides, so
+    the deletion threshold holds for the application as a whole, however many writer
+    replicas share its partitions. A replica repeats its tally every few seconds while it is
+    not zero; a tally older than that (a replica that stopped) no longer counts.
+    """
+
+    app: str
+    replica: str
+    count: int
+    at: datetime
+
+
+ControlMessage = AllowDeletes | AppStatus | Restart | ProvisionRequest | AppHealth | RemovalTally
 
 
 class AuditRecord(Message, tag="control.audit.v1", frozen=True, kw_only=True):

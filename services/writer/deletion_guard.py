@@ -6,7 +6,12 @@ whole before any of it runs. If the removals of one cycle (those executed since 
 completed full scan plus those waiting) exceed the app's threshold, none of the waiting
 ones runs: each is reported as ``stagedDelete`` and the app is *held* until an operator
 allows them (``scimflow allow-deletes APP``). A later command for a held object replaces
-its removal (back in scope: nothing is removed). Pure bookkeeping; no I/O.
+its removal (back in scope: nothing is removed).
+
+With several writer replicas each one sees only its partitions' removals, so the count is
+global: every replica publishes its own tally (:meth:`DeletionGuard.tally`) and adds the
+other replicas' recent ones (:meth:`DeletionGuard.peer`) before deciding. The grace period
+is what lets the tallies of one burst meet before any of it runs. Pure bookkeeping; no I/O.
 """
 
 from __future__ import annotations
@@ -44,12 +49,31 @@ class _App:
     removed: int = 0
     held: bool = False
     allowed_before: datetime | None = None
+    peers: dict[str, tuple[int, datetime]] = field(default_factory=dict)
+    """Other writer replicas: their last tally and when they sent it."""
 
 
 class DeletionGuard:
-    def __init__(self, thresholds: dict[str, int], *, grace: float = 2.0) -> None:
+    def __init__(self, thresholds: dict[str, int], *, grace: float = 2.0,
+                 peer_ttl: float = 15.0) -> None:
         self._apps = {app: _App(threshold) for app, threshold in thresholds.items()}
         self.grace = timedelta(seconds=grace)
+        self.peer_ttl = timedelta(seconds=peer_ttl)
+        """A peer's tally older than this no longer counts (the replica stopped)."""
+
+    def tally(self, app: str) -> int:
+        """This replica's share of the app's removals this cycle: executed plus waiting."""
+        state = self._apps[app]
+        return state.removed + len(state.pending)
+
+    def peer(self, app: str, replica: str, count: int, at: datetime) -> None:
+        """Another writer replica's tally for ``app``."""
+        state = self._apps.get(app)
+        if state is not None:
+            state.peers[replica] = (count, at)
+
+    def _others(self, state: _App, now: datetime) -> int:
+        return sum(count for count, at in state.peers.values() if now - at <= self.peer_ttl)
 
     def guards(self, app: str) -> bool:
         """Whether removals for ``app`` go through the guard (threshold 0 turns it off)."""
@@ -91,11 +115,15 @@ class DeletionGuard:
         allowed = state.allowed_before
         if allowed is not None:
             release.run = self._take(state, lambda s: s.at <= allowed)
-            if release.run and not state.pending:
-                state.held, state.removed = False, 0
+        if state.held and not state.pending:
+            # Allowed and run, or every held removal superseded: nothing is held any more.
+            state.held, state.removed = False, 0
         if state.held:
             return release
-        if state.removed + len(state.pending) > state.threshold:
+        # Only a replica with removals of its own waiting holds; the others' count through
+        # their tallies, so one burst spread over every replica is held on all of them.
+        if state.pending and (state.removed + len(state.pending) + self._others(state, now)
+                              > state.threshold):
             state.held = True
             release.newly_held = list(state.pending.values())
             return release

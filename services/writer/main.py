@@ -14,7 +14,15 @@ from typing import Any
 
 import msgspec
 
-from schemas.control import AllowDeletes, AppHealth, AppStatus, ControlMessage, ProvisionRequest, Restart
+from schemas.control import (
+    AllowDeletes,
+    AppHealth,
+    AppStatus,
+    ControlMessage,
+    ProvisionRequest,
+    RemovalTally,
+    Restart,
+)
 from services.runtime.config import LoadedConfig
 from services.runtime.kafka import faust_app, follow_topic, raw_topic, report_consumer_lag
 from services.runtime.settings import Settings
@@ -110,5 +118,7 @@ async def _dispatch(processor: CommandProcessor, message: ControlMessage) -> Non
             await processor.on_restart(message)
         case AppHealth():
             await processor.on_health(message)  # what a writer published, maybe before a crash
+        case RemovalTally():
+            processor.on_tally(message)
         case ProvisionRequest():
             pass  # ingest's

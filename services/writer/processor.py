@@ -32,8 +32,9 @@ accidental-deletion prevention (``deletion_guard``) and provisioning status Off/
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -41,7 +42,7 @@ import structlog
 
 from schemas import ActivityRecord, CycleMarker, ErrorRecord, ManagedObject, ProvisioningCommand
 from schemas.codecs import decoder, encode
-from schemas.control import AllowDeletes, AppHealth, AppStatus, Restart
+from schemas.control import AllowDeletes, AppHealth, AppStatus, RemovalTally, Restart
 from services.runtime import metrics
 from services.runtime.errors import TransientError
 from services.runtime.kafka import partition_for
@@ -68,6 +69,8 @@ _RERUN_DELAY = 0.2
 """Seconds to gather links that appear together before re-running the objects waiting for
 them (a group whose members are being created runs once per batch, not once per member)."""
 _PARKED_PER_SLOT = 8
+_TALLY_REPEAT = timedelta(seconds=5)
+"""How often a replica repeats a non-zero removal tally (peers forget one after 15 s)."""
 """Parked jobs that may give up their window slot, per slot of ``writer_batch``."""
 _PARK_POLL = 0.5
 """Seconds between looks at a quarantined app's gate by a parked job."""
@@ -83,6 +86,10 @@ class CommandProcessor:
         """Per app: None while on; while off, the latest command of each object, to apply on resume."""
         self.guard = DeletionGuard({name: w.app.deletion_threshold for name, w in writers.items()},
                                    grace=settings.removal_grace)
+        self.replica = uuid.uuid4().hex[:12]
+        """This writer process among the replicas (the removal tallies it publishes)."""
+        self._tallies: dict[str, tuple[int, datetime]] = {}
+        """Per app: the tally this replica last published, and when."""
         self.settings = settings
         self.writers = writers
         self.managed = managed
@@ -386,6 +393,24 @@ class CommandProcessor:
             if release.newly_held:
                 await self._held(writer, release.newly_held)
             metrics.STAGED_DELETES.labels(app=app).set(self.guard.waiting(app))
+            await self._publish_tally(app, now)
+
+    async def _publish_tally(self, app: str, now: datetime) -> None:
+        """Tell the other writer replicas this one's removals: on change, and every few
+        seconds while not zero (so a stopped replica's tally ages out)."""
+        count = self.guard.tally(app)
+        last = self._tallies.get(app)
+        due = last is None or last[0] != count or (count and now - last[1] >= _TALLY_REPEAT)
+        if self.control is None or not due or (last is None and count == 0):
+            return
+        self._tallies[app] = (count, now)
+        tally = RemovalTally(app=app, replica=self.replica, count=count, at=now)
+        await self.control.send(key=f"{app}/tally/{self.replica}".encode(), value=encode(tally))
+
+    def on_tally(self, tally: RemovalTally) -> None:
+        """Another replica's removals for an app (from the control topic)."""
+        if tally.replica != self.replica:
+            self.guard.peer(tally.app, tally.replica, tally.count, tally.at)
 
     async def _held(self, writer: Writer, held: list[Staged]) -> None:
         app = writer.app

@@ -75,3 +75,26 @@ def test_threshold_zero_turns_the_guard_off() -> None:
     assert DeletionGuard({"a": 0}).guards("a") is False
     assert DeletionGuard({"a": 500}).guards("a") is True
     assert DeletionGuard({"a": 500}).guards("other") is False
+
+
+def test_other_replicas_tallies_count_towards_the_threshold_until_they_age_out() -> None:
+    guard = DeletionGuard({"a": 5}, grace=2, peer_ttl=15)
+    for i in range(3):
+        guard.stage(removal(i))
+    assert guard.tally("a") == 3
+    guard.peer("a", "other", 3, T0)  # 3 + 3 > 5: the app as a whole crossed it
+    release = guard.tick("a", T0 + timedelta(seconds=3))
+    assert release.run == [] and len(release.newly_held) == 3 and guard.held("a")
+
+    fresh = DeletionGuard({"a": 5}, grace=2, peer_ttl=15)
+    for i in range(3):
+        fresh.stage(removal(i, T0 + timedelta(seconds=20)))
+    fresh.peer("a", "stopped", 3, T0)  # a replica gone for 23 s no longer counts
+    assert len(fresh.tick("a", T0 + timedelta(seconds=23)).run) == 3
+
+
+def test_a_replica_with_nothing_waiting_does_not_hold() -> None:
+    guard = DeletionGuard({"a": 5}, grace=2)
+    guard.peer("a", "other", 9, T0)
+    assert guard.tick("a", T0 + timedelta(seconds=1)).newly_held == []
+    assert not guard.held("a")
