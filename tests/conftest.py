@@ -122,11 +122,11 @@ class Pipeline:
         tmp.replace(self.directory_file)  # atomic, like an editor's save
 
     def activity(self) -> list[ActivityRecord]:
-        self._activity = _read_all(self.bootstrap, self.topics.activity, ActivityRecord)
+        self._activity = read_all(self.bootstrap, self.topics.activity, ActivityRecord)
         return self._activity
 
     def errors(self) -> list[ErrorRecord]:
-        self._errors = _read_all(self.bootstrap, self.topics.errors, ErrorRecord)
+        self._errors = read_all(self.bootstrap, self.topics.errors, ErrorRecord)
         return self._errors
 
     def wait_for(self, what: str, check: Callable[[], bool], timeout: float = 90.0) -> None:
@@ -151,8 +151,9 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def _read_all(bootstrap: str, topic: str, kind: type[Any]) -> list[Any]:
-    dec = msgspec.json.Decoder(kind)
+def read_all(bootstrap: str, topic: str, kind: Any) -> list[Any]:
+    """Every record of ``topic`` that decodes as ``kind`` (a Struct or a union of them)."""
+    dec: msgspec.json.Decoder[Any] = msgspec.json.Decoder(kind)
     out = []
     for m in consume(bootstrap, topic, idle_timeout=0.5):
         try:

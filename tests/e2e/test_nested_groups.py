@@ -14,7 +14,7 @@ import pytest
 
 from schemas import ProvisioningCommand
 from services.runtime.kafka import consume
-from tests.conftest import APP, Pipeline, _read_all, user
+from tests.conftest import APP, Pipeline, read_all, user
 
 pytestmark = pytest.mark.e2e
 
@@ -41,7 +41,7 @@ def test_members_of_nested_groups_are_provisioned_and_others_are_not(pipeline_fa
                            if b'"directory.change.v1"' in m.value) >= 8, timeout=30)
     p.sup.start(["mapper", "writer"])
     p.wait_for("3 users in the target", lambda: p.scim.count() >= 3, timeout=60)
-    commands = [c for c in _read_all(p.bootstrap, p.topics.commands, ProvisioningCommand)
+    commands = [c for c in read_all(p.bootstrap, p.topics.commands, ProvisioningCommand)
                 if c.object_type == "user"]
     by_user = {c.source_id: c for c in commands}
     assert {(c.source_id, c.operation) for c in commands} == {

@@ -280,52 +280,6 @@ def test_threshold_holds_600_removals_until_allowed(pipeline_factory: Factory) -
     assert sum(a.action == "disable" and a.status == "success" for a in p.activity()) == 600
 
 
-def test_off_pauses_one_app_and_on_applies_what_changed(pipeline_factory: Factory, tmp_path_factory:
-                                                        pytest.TempPathFactory) -> None:
-    import json
-    import os
-    import subprocess
-    import sys
-
-    from services.runtime.scim_target import start_scim_target
-    from tests.conftest import Scim
-
-    secrets = tmp_path_factory.mktemp("secrets")
-    with start_scim_target() as second:
-        (secrets / "token").write_text(second.token)
-        other = {**APP, "name": "other",
-                 "target": {"base_url": second.base_url, "token": f"file:{secrets / 'token'}"}}
-        users = [user(i) for i in range(50)]
-        p = pipeline_factory(users, more_apps=[other])
-        scim2 = Scim(second)
-        p.wait_for("both apps synced", lambda: p.scim.count() == 50 and scim2.count() == 50)
-        env = {**os.environ, **p.sup.env}
-
-        def cli(*args: str) -> str:
-            done = subprocess.run([sys.executable, "-m", "services.cli", *args], env=env,
-                                  capture_output=True, text=True, timeout=60, check=False)
-            assert done.returncode == 0, done.stderr
-            return done.stdout
-
-        cli("stop", "app", "--by", "test")
-        log = p.dir / "logs" / "writer.log"
-        p.wait_for("the writer to pause app", lambda: "provisioning paused" in log.read_text())
-        details = {r["app"]: r for r in json.loads(cli("status", "--config", str(p.sup.config), "--json"))}
-        assert (details["app"]["status"], details["other"]["status"]) == ("off", "on")
-        assert details["app"]["managed_users"] == details["other"]["managed_users"] == 50
-        assert details["app"]["first_cycle_start"] is not None
-        assert details["app"]["outcomes"]["create/success"] == 50
-        changed = [{**u, "givenName": f"Changed{i}"} for i, u in enumerate(users)]
-        p.write_directory(changed)
-        p.wait_for("the other app to apply all 50 changes", lambda: sum(
-            u["name"]["givenName"].startswith("Changed") for u in scim2.users()) == 50)
-        assert not any(u["name"]["givenName"].startswith("Changed") for u in p.scim.users())
-        cli("start", "app", "--by", "test")
-        p.wait_for("app to catch up", lambda: sum(
-            u["name"]["givenName"].startswith("Changed") for u in p.scim.users()) == 50, timeout=60)
-        assert p.scim.count() == 50
-
-
 def test_delete_action_and_skip_out_of_scope_deletions(pipeline_factory: Factory, tmp_path_factory:
                                                        pytest.TempPathFactory) -> None:
     from services.runtime.scim_target import start_scim_target

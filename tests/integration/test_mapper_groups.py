@@ -19,7 +19,7 @@ from services.mapper.group_feed import GroupFeed, follow_from_start
 from services.runtime.broker import Broker
 from services.runtime.kafka import create_topics, plain_producer
 from services.runtime.topics import TopicSpec
-from tests.conftest import APP, Pipeline, _read_all, user
+from tests.conftest import APP, Pipeline, read_all, user
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +46,7 @@ def commands(p: Pipeline, expected: int, timeout: float = 40.0) -> dict[str, Pro
     """The latest command per source id, once ``expected`` objects have one."""
     deadline = time.monotonic() + timeout
     while True:
-        latest = {c.source_id: c for c in _read_all(p.bootstrap, p.topics.commands, ProvisioningCommand)}
+        latest = {c.source_id: c for c in read_all(p.bootstrap, p.topics.commands, ProvisioningCommand)}
         if len(latest) >= expected or time.monotonic() > deadline:
             return latest
         assert not p.sup.dead(), f"workers died; logs in {p.dir / 'logs'}"
