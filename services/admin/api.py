@@ -37,6 +37,7 @@ from services.admin.control import (
     NoSuchAppError,
     ProvisionFailedError,
 )
+from services.runtime import metrics
 from services.runtime.errors import ScimflowError
 
 __all__ = ["build_api"]
@@ -53,7 +54,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def build_api(plane: ControlPlane, tokens: Tokens) -> web.Application:
     """The aiohttp application; ``plane`` does the work, ``tokens`` say who may ask."""
-    app = web.Application(middlewares=[_errors, _auth])
+    app = web.Application(middlewares=[_count, _errors, _auth])
     app[PLANE] = plane
     app[TOKENS] = tokens
     app.router.add_get("/healthz", _healthz)
@@ -99,6 +100,24 @@ async def _audit_refused(request: web.Request) -> None:
     plane = request.app[PLANE].as_caller(Caller(by="<unauthenticated>", remote=request.remote))
     await asyncio.to_thread(plane.audit, action, app, {"error": "missing or invalid bearer token"},
                             "rejected")
+
+
+@web.middleware
+async def _count(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """``scimflow_admin_requests_total`` by route template (bounded) and status class."""
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    status: int | None = 500
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    else:
+        status = response.status
+    finally:
+        metrics.ADMIN_REQUESTS.labels(route=route, status_class=metrics.status_class(status)).inc()
+    return response
 
 
 @web.middleware

@@ -25,6 +25,7 @@ from schemas import ActivityRecord, ErrorRecord
 from schemas.codecs import encode
 from schemas.control import AllowDeletes, AppStatus, AuditRecord, ProvisionRequest, Restart
 from services.admin.provision import provision
+from services.runtime import metrics
 from services.runtime.config import LoadedConfig
 from services.runtime.errors import ConfigError, ScimflowError, TargetError
 from services.runtime.kafka import consume, plain_producer
@@ -227,6 +228,7 @@ class ControlPlane:
 
     def audit(self, action: str, app: str | None, detail: dict[str, Any], outcome: Outcome) -> None:
         """Record one control action on the audit topic (best effort: logged if it fails)."""
+        metrics.CONTROL_ACTIONS.labels(action=action, outcome=outcome).inc()
         record = AuditRecord(id=uuid.uuid4().hex, at=datetime.now(UTC), by=self.caller.by,
                              action=action, app=app, outcome=outcome, detail=detail,
                              remote=self.caller.remote)

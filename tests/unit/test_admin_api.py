@@ -135,6 +135,8 @@ def test_no_token_or_a_wrong_one_is_401_and_refused_posts_are_audited() -> None:
         assert (await client.get("/healthz")).status == 200
         metrics = await client.get("/metrics")
         assert metrics.status == 200 and "text/plain" in metrics.headers["Content-Type"]
+        text = await (await client.get("/metrics")).text()
+        assert 'scimflow_admin_requests_total{route="/apps/{app}/stop",status_class="4xx"}' in text
     _with_client(test)
 
 
