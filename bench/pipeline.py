@@ -293,7 +293,7 @@ def main() -> None:
     parser.add_argument("--changes", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--partitions", type=int, default=6)
-    parser.add_argument("--fault-users", type=int, default=2_000,
+    parser.add_argument("--fault-users", type=int, default=500,
                         help="users of the run through the fault proxy (0: skip it)")
     parser.add_argument("--fault-share", type=float, default=0.10,
                         help="share of requests the fault proxy answers with 429")

@@ -12,23 +12,17 @@ stays in use (still complete, only not updated) until the new one has caught up.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 
 import msgspec
 import structlog
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from services.mapper.groups import GroupGraph
+from services.runtime.kafka import CAUGHT_UP, follow_from_start
 
-__all__ = ["GroupFeed", "follow_from_start"]
+__all__ = ["GroupFeed", "apply_value"]
 
 log = structlog.get_logger("scimflow.mapper.groups")
-
-CAUGHT_UP = None
-"""What :func:`follow_from_start` yields once, when it reached the end offsets of its start."""
-
 
 class _GroupView(msgspec.Struct):
     """The fields of a DirectoryChange the graph needs; decoding skips the rest (attributes)."""
@@ -88,49 +82,3 @@ class GroupFeed:
             else:
                 self.values_read += 1
                 apply_value(fresh, value)
-
-
-async def follow_from_start(bootstrap: str, topic: str) -> AsyncIterator[bytes | None]:
-    """Every value of ``topic`` (all partitions, no consumer group) from the beginning, then
-    new ones as they come; yields None once, when it has read up to the end offsets the
-    partitions had when it started. Null values (tombstones) are skipped.
-
-    This belongs in services/runtime/kafka.py next to ``follow_topic`` (the one module that
-    owns Kafka clients); it lives here until that file's owner moves it.
-    """
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        partitions = await _partitions(consumer, topic)
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends: dict[TopicPartition, int] = await consumer.end_offsets(partitions)
-        waiting = True
-        while True:
-            if waiting and await _reached(consumer, ends):
-                waiting = False
-                yield CAUGHT_UP
-            batches = await consumer.getmany(timeout_ms=500)
-            for records in batches.values():
-                for record in records:
-                    if record.value is not None:
-                        yield record.value
-    finally:
-        with contextlib.suppress(Exception):
-            await consumer.stop()
-
-
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-    found = consumer.partitions_for_topic(topic)
-    if not found:
-        await consumer._client.force_metadata_update()  # aiokafka has no public refresh
-        found = consumer.partitions_for_topic(topic) or {0}
-    return [TopicPartition(topic, p) for p in sorted(found)]
-
-
-async def _reached(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
-    for tp, end in ends.items():
-        if await consumer.position(tp) < end:
-            return False
-    return True

@@ -27,10 +27,13 @@ from services.runtime.settings import Settings
 from services.runtime.topics import Topics, TopicSpec
 
 __all__ = [
+    "CAUGHT_UP",
     "BrokerUnavailableError",
     "consume",
     "create_topics",
     "faust_app",
+    "follow_from_start",
+    "follow_records",
     "follow_topic",
     "partition_for",
     "plain_producer",
@@ -159,20 +162,70 @@ def faust_app(service: str, settings: Settings, bootstrap: str) -> Any:
 async def follow_topic(bootstrap: str, topic: str) -> AsyncIterator[bytes]:
     """Every value of ``topic`` from the beginning, then new ones as they come, without a
     consumer group: each process that follows a control topic sees all of it."""
+    async for _, value in follow_records(bootstrap, topic):
+        if value is not None:
+            yield value
+
+
+async def follow_records(bootstrap: str, topic: str) -> AsyncIterator[tuple[bytes | None, bytes | None]]:
+    """Every ``(key, value)`` of ``topic`` from the beginning of every partition, then new
+    ones as they come; ``value`` is None for a tombstone (a compacted changelog's delete).
+    No consumer group and no commits: every replica that follows it sees every partition."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                 auto_offset_reset="earliest")
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        if not partitions:
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic) or {0}
-        consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
+        consumer.assign(await _all_partitions(consumer, topic))
         async for record in consumer:
-            if record.value is not None:
-                yield record.value
+            yield record.key, record.value
     finally:
         await consumer.stop()
+
+
+CAUGHT_UP = None
+"""What :func:`follow_from_start` yields once, when it reached the end offsets of its start."""
+
+
+async def follow_from_start(bootstrap: str, topic: str) -> AsyncIterator[bytes | None]:
+    """Like :func:`follow_topic`, and yields :data:`CAUGHT_UP` (None) once, when it has read
+    up to the end offsets the partitions had when it started: a replica that builds state
+    from the topic knows when that state is complete."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        partitions = await _all_partitions(consumer, topic)
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends: dict[TopicPartition, int] = await consumer.end_offsets(partitions)
+        waiting = True
+        while True:
+            if waiting and await _reached(consumer, ends):
+                waiting = False
+                yield CAUGHT_UP
+            batches = await consumer.getmany(timeout_ms=500)
+            for records in batches.values():
+                for record in records:
+                    if record.value is not None:
+                        yield record.value
+    finally:
+        with contextlib.suppress(Exception):
+            await consumer.stop()
+
+
+async def _all_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    found = consumer.partitions_for_topic(topic)
+    if not found:
+        await consumer._client.force_metadata_update()  # aiokafka has no public refresh
+        found = consumer.partitions_for_topic(topic) or {0}
+    return [TopicPartition(topic, p) for p in sorted(found)]
+
+
+async def _reached(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
+    for tp, end in ends.items():
+        if await consumer.position(tp) < end:
+            return False
+    return True
 
 
 def report_consumer_lag(app: Any, service: str, every: float = 5.0) -> None:

@@ -24,10 +24,9 @@ from schemas.control import (
     Restart,
 )
 from services.runtime.config import LoadedConfig
-from services.runtime.kafka import faust_app, follow_topic, raw_topic, report_consumer_lag
+from services.runtime.kafka import faust_app, follow_records, follow_topic, raw_topic, report_consumer_lag
 from services.runtime.settings import Settings
 from services.runtime.topics import Topics
-from services.writer.changelog import follow_records
 from services.writer.processor import CommandProcessor
 from services.writer.scim_client import client_for
 from services.writer.worker import Writer
