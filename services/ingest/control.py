@@ -2,6 +2,9 @@
 
 - ``Restart``: a full scan of every source now (the initial cycle again). A restart made
   before this process started is already covered by the start-up scans.
+- ``AppStatus`` back to ``on``: a full scan of every source now, the immediate catch-up
+  cycle. The writer already applies what it held while the app was off, but a writer that
+  restarted meanwhile held nothing; the scan re-sends every object, so nothing is lost.
 - ``ProvisionRequest``: read the one object from its source (or from every source) and publish
   it on ``directory.changes`` with ``change_id`` = the request id, so mapper and writer treat
   it like any change and its trace can be followed by that id. If no source has it, an
@@ -20,7 +23,7 @@ from datetime import UTC, datetime
 import structlog
 
 from schemas import ErrorRecord
-from schemas.control import ControlMessage, ProvisionRequest, Restart
+from schemas.control import AppStatus, ControlMessage, ProvisionRequest, Restart
 from services.ingest.positions import Positions
 from services.ingest.source import SourceError
 from services.ingest.worker import SourceIngest
@@ -57,6 +60,11 @@ class Controller:
                 if self._new(f"{message.app}/restart", message.request_id):
                     await self._restart(message)
                     await self._done(f"{message.app}/restart", message.request_id)
+            case AppStatus(status="on") if message.at >= self.started_at:
+                # Older ones are covered by the start-up scans (and replayed at every start).
+                log.info("provisioning on again: catch-up scan of every source", app=message.app,
+                         by=message.by)
+                self._scan_all()
             case ProvisionRequest():
                 if self._new(f"{message.app}/provision", message.request_id):
                     await self._provision(message)
@@ -78,6 +86,9 @@ class Controller:
             return
         log.info("restart: full scan of every source", app=request.app, request_id=request.request_id,
                  by=request.by)
+        self._scan_all()
+
+    def _scan_all(self) -> None:
         for ingest in self.ingests.values():
             if ingest.source.scans:
                 ingest.request_scan()

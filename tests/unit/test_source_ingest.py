@@ -182,3 +182,20 @@ def test_restart_scans_now_unless_the_start_up_scan_already_covers_it() -> None:
     covered, wanted, repeated = _run(scenario())
     assert (covered, wanted, repeated) == (False, True, False)
     assert positions.values["control:app/restart"] == b"r-1"
+
+
+def test_provisioning_on_again_runs_a_catch_up_scan_but_not_for_a_replayed_status() -> None:
+    recording, positions = Recording(), StoredPositions()
+    source = MemorySource("hr", [ADA])
+    now = datetime.now(UTC)
+
+    async def scenario() -> tuple[bool, bool, bool]:
+        controller, ingest = _controller(recording, source, positions, now)
+        await controller.handle(AppStatus(app="app", status="on", by="t", at=now - timedelta(minutes=5)))
+        replayed = ingest._scan_wanted.is_set()  # from before this process: the start-up scan covers it
+        await controller.handle(AppStatus(app="app", status="off", by="t", at=now + timedelta(seconds=1)))
+        off = ingest._scan_wanted.is_set()
+        await controller.handle(AppStatus(app="app", status="on", by="t", at=now + timedelta(seconds=2)))
+        return replayed, off, ingest._scan_wanted.is_set()
+
+    assert _run(scenario()) == (False, False, True)
