@@ -18,18 +18,17 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import yaml
-from kafka import KafkaConsumer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support.slapd, from anywhere
+
+from pipeline import Activity
 
 from schemas import ActivityRecord
 from services.runtime.broker import start_broker
@@ -43,29 +42,6 @@ from tests.support.slapd import Slapd, start_slapd
 
 def log(msg: str) -> None:
     print(f"[ldap-latency] {msg}", file=sys.stderr, flush=True)
-
-
-class Activity:
-    """Follows the activity topic in a thread."""
-
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self.records: list[ActivityRecord] = []
-        self._consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                       enable_auto_commit=False, consumer_timeout_ms=200)
-        self._dec = msgspec.json.Decoder(ActivityRecord)
-        self._stop = False
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop:
-            for m in self._consumer:
-                self.records.append(self._dec.decode(m.value))
-
-    def close(self) -> None:
-        self._stop = True
-        self._thread.join(5)
-        self._consumer.close()
 
 
 def wait(what: str, check: Any, timeout: float, sup: Supervisor) -> None:

@@ -148,14 +148,22 @@ class Writer:
             return await self._delete(cmd, managed, decision, trace)
         return await self._update(cmd, managed, decision, trace)
 
-    async def _lookup_then_write(self, cmd: ProvisioningCommand, trace: _Trace) -> Outcome:
+    async def _match(self, cmd: ProvisioningCommand, trace: _Trace
+                     ) -> tuple[ScimResource | None, Decision, Outcome | None]:
+        """Look the object up by its matching attributes; the Outcome when that ends it (skip)."""
         found, how = await self._find(cmd)
         trace.step("match", "success", how)
         decision = after_lookup(cmd, found.body if found else None, self.actions_for(cmd), read_path)
-        if decision.action == "skip":
-            trace.step("action", "skipped", decision.reason)
-            return Outcome(None, self._activity(cmd, "skip", "skipped", decision, None, trace),
-                           changed_state=False)
+        if decision.action != "skip":
+            return found, decision, None
+        trace.step("action", "skipped", decision.reason)
+        return found, decision, Outcome(None, self._activity(cmd, "skip", "skipped", decision, None, trace),
+                                        changed_state=False)
+
+    async def _lookup_then_write(self, cmd: ProvisioningCommand, trace: _Trace) -> Outcome:
+        found, decision, skipped = await self._match(cmd, trace)
+        if skipped is not None:
+            return skipped
         if decision.action == "create":
             return await self._create(cmd, decision, trace)
         assert found is not None
@@ -258,13 +266,9 @@ class Writer:
         if self.app.dry_run:
             return await self._dry_run(cmd, managed, decision, trace, members)
         if decision.action == "lookup":
-            found, how = await self._find(cmd)
-            trace.step("match", "success", how)
-            decision = after_lookup(cmd, found.body if found else None, self.actions_for(cmd), read_path)
-            if decision.action == "skip":
-                trace.step("action", "skipped", decision.reason)
-                return Outcome(None, self._activity(cmd, "skip", "skipped", decision, None, trace),
-                               changed_state=False)
+            found, decision, skipped = await self._match(cmd, trace)
+            if skipped is not None:
+                return skipped
             state, written, decision = await self._group_exists(cmd, found, decision, members, trace)
         else:
             assert managed is not None  # decide() asks for lookup when we do not manage it
