@@ -89,6 +89,15 @@ class Supervisor:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
 
+    def kill_all(self) -> None:
+        """SIGKILL every worker: the end of a test, where nothing needs a clean shutdown."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+        for proc in self.procs.values():
+            proc.wait(timeout=10)
+        self.procs.clear()
+
     def stop_one(self, name: str, timeout: float = 20.0) -> None:
         """Stop one worker cleanly (SIGTERM), as a rolling restart would."""
         proc = self.procs.pop(name)

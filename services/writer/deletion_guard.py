@@ -1,12 +1,13 @@
 """Accidental-deletion prevention: hold a cycle's removals when there are too many.
 
-Every disable or delete first waits here for a short grace period, so that a burst of
-removals (a group emptied, a filter changed, a source that returns nothing) is seen as a
-whole before any of it runs. If the removals of one cycle (those executed since the last
-completed full scan plus those waiting) exceed the app's threshold, none of the waiting
-ones runs: each is reported as ``stagedDelete`` and the app is *held* until an operator
-allows them (``scimflow allow-deletes APP``). A later command for a held object replaces
-its removal (back in scope: nothing is removed).
+Every disable or delete first waits here until no new removal has arrived for a short
+grace period (at most ``max_wait`` in all), so that a burst of removals (a group emptied,
+a filter changed, a source that returns nothing) is seen as a whole before any of it runs,
+even when a loaded pipeline delivers it over many seconds. If the removals of one cycle
+(those executed since the last completed full scan plus those waiting) exceed the app's
+threshold, none of the waiting ones runs: each is reported as ``stagedDelete`` and the app
+is *held* until an operator allows them (``scimflow allow-deletes APP``). A later command
+for a held object replaces its removal (back in scope: nothing is removed).
 
 With several writer replicas each one sees only its partitions' removals, so the count is
 global: every replica publishes its own tally (:meth:`DeletionGuard.tally`) and adds the
@@ -51,13 +52,17 @@ class _App:
     allowed_before: datetime | None = None
     peers: dict[str, tuple[int, datetime]] = field(default_factory=dict)
     """Other writer replicas: their last tally and when they sent it."""
+    last_staged: datetime | None = None
+    """When the latest removal arrived: the burst is over once it is ``grace`` old."""
 
 
 class DeletionGuard:
     def __init__(self, thresholds: dict[str, int], *, grace: float = 2.0,
-                 peer_ttl: float = 15.0) -> None:
+                 peer_ttl: float = 15.0, max_wait: float = 30.0) -> None:
         self._apps = {app: _App(threshold) for app, threshold in thresholds.items()}
         self.grace = timedelta(seconds=grace)
+        self.max_wait = timedelta(seconds=max_wait)
+        """A removal runs after this long even if others keep arriving (a steady trickle)."""
         self.peer_ttl = timedelta(seconds=peer_ttl)
         """A peer's tally older than this no longer counts (the replica stopped)."""
 
@@ -90,6 +95,7 @@ class DeletionGuard:
         """Queue a removal; True when the app is held (report it as ``stagedDelete`` now)."""
         state = self._apps[staged.command.app]
         state.pending[staged.key] = staged
+        state.last_staged = staged.at if state.last_staged is None else max(state.last_staged, staged.at)
         return state.held
 
     def drop(self, app: str, key: bytes) -> bool:
@@ -127,7 +133,8 @@ class DeletionGuard:
             state.held = True
             release.newly_held = list(state.pending.values())
             return release
-        ready = self._take(state, lambda s: now - s.at >= self.grace)
+        quiet = state.last_staged is not None and now - state.last_staged >= self.grace
+        ready = self._take(state, lambda s: quiet or now - s.at >= self.max_wait)
         state.removed += len(ready)
         release.run += ready
         return release

@@ -44,7 +44,7 @@ def test_ad_users_land_change_and_resume_from_the_dirsync_cookie(
     try:
         _scenario(p, samba, dns, outsider, staff, guid)
     finally:
-        p.sup.stop()
+        p.sup.kill_all()
 
 
 def _scenario(p: Pipeline, samba: Samba, dns: list[str], outsider: str, staff: str,

@@ -44,7 +44,7 @@ def graph_pipeline(broker: Broker, scim_target: ScimTarget, graph: FakeGraph,
     try:
         yield p, users, groups
     finally:
-        p.sup.stop()
+        p.sup.kill_all()
 
 
 def _user(p: Pipeline, name: str) -> dict[str, object]:

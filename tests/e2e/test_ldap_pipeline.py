@@ -91,7 +91,7 @@ def ldap_pipeline(broker: Broker, scim_target: ScimTarget, slapd: Slapd,
 
     yield make
     for sup in started:
-        sup.stop()
+        sup.kill_all()
 
 
 def _changes(p: Pipeline) -> list[DirectoryChange]:

@@ -50,7 +50,7 @@ def push_pipeline(broker: Broker, scim_target: ScimTarget,
     try:
         yield p, f"http://127.0.0.1:{port}"
     finally:
-        p.sup.stop()
+        p.sup.kill_all()
 
 
 def test_pushed_bulk_lands_and_pushed_changes_follow(push_pipeline: tuple[Pipeline, str]) -> None:

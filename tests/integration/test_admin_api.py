@@ -63,7 +63,7 @@ def stack(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         try:
             yield Stack(start_admin(sup, folder), topics, broker.bootstrap, sup, folder)
         finally:
-            sup.stop()
+            sup.kill_all()
 
 
 def test_every_route_needs_a_valid_token(stack: Stack) -> None:

@@ -98,3 +98,26 @@ def test_a_replica_with_nothing_waiting_does_not_hold() -> None:
     guard.peer("a", "other", 9, T0)
     assert guard.tick("a", T0 + timedelta(seconds=1)).newly_held == []
     assert not guard.held("a")
+
+
+def test_a_burst_delivered_slowly_is_still_seen_whole() -> None:
+    # A loaded pipeline delivers one file change's 8 removals over 7 s, 1 s apart: each
+    # is older than the 2 s grace by the time the last arrives, yet none may run early.
+    guard = DeletionGuard({"a": 5}, grace=2)
+    held, reported_at_once = 0, 0
+    for i in range(8):
+        now = T0 + timedelta(seconds=i)
+        reported_at_once += guard.stage(removal(i, now))
+        release = guard.tick("a", now + timedelta(seconds=0.5))
+        assert release.run == [], f"a removal ran at {i + 0.5}s, before the burst was over"
+        held += len(release.newly_held)
+    assert guard.tick("a", T0 + timedelta(seconds=30)).run == []
+    assert guard.held("a") and held + reported_at_once == 8 and guard.waiting("a") == 8
+
+
+def test_a_steady_trickle_runs_after_max_wait() -> None:
+    guard = DeletionGuard({"a": 1000}, grace=2, max_wait=10)
+    for i in range(12):
+        guard.stage(removal(i, T0 + timedelta(seconds=i)))
+    ran = guard.tick("a", T0 + timedelta(seconds=11.5))  # still arriving, but u0, u1 waited 10 s
+    assert sorted(s.command.source_id for s in ran.run) == ["u0", "u1"]
