@@ -7,12 +7,13 @@ can be controlled: tests/unit/test_groups.py and tests/integration/test_mapper_g
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from schemas import ProvisioningCommand
+from schemas import DirectoryChange, ProvisioningCommand
 from services.runtime.kafka import consume
 from tests.conftest import APP, Pipeline, read_all, user
 
@@ -59,8 +60,16 @@ def test_members_of_nested_groups_are_provisioned_and_others_are_not(pipeline_fa
 def test_a_user_whose_nested_group_leaves_the_chain_is_disabled(pipeline_factory: Factory) -> None:
     p = pipeline_factory(USERS, app=NESTED_APP, groups=GROUPS)
     p.wait_for("3 users in the target", lambda: p.scim.count() >= 3, timeout=60)
-    # api leaves backend, and u00002 changes too (its next change re-evaluates its scope).
+    # api leaves backend; then u00002 changes (its next change re-evaluates its scope). Two
+    # steps: every mapper replica learns the nesting from its own follower of the changes
+    # topic, so a user change that races the group change may still see the old chain (it
+    # is then corrected at the user's next change or the next full scan, as documented).
     groups = [GROUPS[0], {**GROUPS[1], "members": ["u00001"]}, GROUPS[2], GROUPS[3]]
+    p.write_directory(USERS, groups)
+    p.wait_for("the new nesting on the topic", lambda: any(
+        c.object_id == "backend" and c.members == ["u00001"]
+        for c in read_all(p.bootstrap, p.topics.changes, DirectoryChange)), timeout=30)
+    time.sleep(1.5)  # the mapper's group follower polls every 0.5 s
     users = [*USERS[:2], {**USERS[2], "givenName": "Moved"}, USERS[3]]
     p.write_directory(users, groups)
     p.wait_for("user2 disabled", lambda: p.scim.by_username()["user2@example.com"]["active"] is False,
