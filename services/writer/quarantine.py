@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final
+
+import structlog
 
 from services.runtime import metrics
 from services.runtime.config import Quarantine
@@ -49,7 +50,7 @@ CREDENTIALS: Final = "credentials"
 FAILURE_RATIO: Final = "failure_ratio"
 """Reason: too many of the recent calls failed transiently."""
 
-_log = logging.getLogger(__name__)
+log = structlog.get_logger("scimflow.writer")
 
 Probe = Callable[[], Awaitable[None]]
 Listener = Callable[["QuarantineEvent"], None]
@@ -189,7 +190,7 @@ class QuarantineGate:
         if self._app:
             metrics.set_quarantined(self._app, reason)
             metrics.QUARANTINES.labels(app=self._app, reason=reason).inc()
-        _log.warning("target %s quarantined (%s): %s", self._app or "?", reason, detail)
+        log.warning("target quarantined", app=self._app, reason=reason, detail=detail)
         self._emit(quarantined=True)
 
     async def aclose(self) -> None:
@@ -247,7 +248,7 @@ class QuarantineGate:
         assert self.detail is not None
         assert self.since is not None
         event = self._event(quarantined=False, reason=self.reason, detail=self.detail, since=self.since)
-        _log.warning("target %s left quarantine (%s)", self._app or "?", self.reason)
+        log.warning("target left quarantine", app=self._app, reason=self.reason)
         # Open first, then tell: a listener that looks at the gate sees it open.
         self.reason = self.detail = self.since = self.next_probe = None
         self.window.clear()
@@ -273,4 +274,4 @@ class QuarantineGate:
             try:
                 listener(event)
             except Exception:  # a listener's bug must not wedge the gate
-                _log.exception("quarantine listener failed")
+                log.exception("quarantine listener failed", app=self._app)

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import builtins
 import email.utils
-import logging
 import socket
 import ssl
 import time
@@ -54,6 +53,7 @@ from urllib.parse import quote
 import httpx
 import msgspec
 import stamina
+import structlog
 
 from services.runtime import metrics
 from services.runtime.config import Application, LoadedConfig, Quarantine, RateLimit
@@ -96,7 +96,7 @@ Kind = Literal["user", "group"]
 _ENDPOINTS: Final[dict[str, str]] = {"user": "Users", "group": "Groups"}
 _PATCH_UNSUPPORTED = (405, 501)
 
-_log = logging.getLogger(__name__)
+log = structlog.get_logger("scimflow.writer")
 
 _DETAIL_LIMIT = 500
 _RETRY_AFTER_CAP = 30.0
@@ -275,8 +275,8 @@ class ScimClient:
         except ConflictError as exc:
             if exc.status != 412:
                 raise
-            _log.info("%s changed meanwhile (412); re-reading it and updating once more",
-                      _path(kind, id))
+            log.info("resource changed meanwhile (412); re-reading it and updating once more",
+                     app=self._app, path=_path(kind, id))
             await self._update_once(kind, await self.get(kind, id), changes)
 
     async def patch(self, kind: Kind, id: str, operations: Sequence[Mapping[str, Any]], *,
@@ -354,8 +354,8 @@ class ScimClient:
             except RejectedError as exc:
                 if exc.status not in _PATCH_UNSUPPORTED:
                     raise
-                _log.warning("%s answered %s to PATCH: using PUT for its updates from now on",
-                             self._shown_base, exc.status)
+                log.warning("target refused PATCH; using PUT for its updates from now on",
+                            app=self._app, target=self._shown_base, status=exc.status)
                 self.uses_put = True
             else:
                 return
