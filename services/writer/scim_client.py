@@ -1,7 +1,10 @@
 """Async SCIM 2.0 client for one target application — and THE place where an HTTP status
 becomes a scimflow error.
 
-One :class:`ScimClient` per target app holds one pooled ``httpx.AsyncClient``. Every
+One :class:`ScimClient` per target app holds one pooled ``httpx.AsyncClient`` whose transport
+is aiohttp's (httpx-aiohttp): the same httpx API and errors, with aiohttp's C-accelerated
+HTTP/1.1 parser and connection pool underneath, which cost the writer about a third of the
+CPU per request that httpcore's pure-Python stack does. Every
 outcome a caller sees is a :class:`ScimResource` or an error of ``services.runtime.errors``,
 classified by what the writer does next:
 
@@ -50,10 +53,12 @@ from types import TracebackType
 from typing import Any, Final, Literal
 from urllib.parse import quote
 
+import aiohttp
 import httpx
 import msgspec
 import stamina
 import structlog
+from httpx_aiohttp import AiohttpTransport
 
 from services.runtime import metrics
 from services.runtime.config import Application, LoadedConfig, Quarantine, RateLimit
@@ -192,15 +197,15 @@ class ScimClient:
                         if rate_limit is not None else None)
         self._quarantining = quarantine is not None
         self.quarantine = QuarantineGate(quarantine or Quarantine(), app=app, probe=self._probe)
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         self._http = httpx.AsyncClient(
             base_url=self._base,
             headers={"Accept": SCIM_JSON},
             timeout=timeout,
-            limits=httpx.Limits(max_connections=max_connections,
-                                max_keepalive_connections=max_connections),
+            limits=limits,
             # A redirect means a wrong base URL: report it instead of following it.
             follow_redirects=False,
-            transport=transport,
+            transport=transport or AiohttpTransport(limits=limits),
         )
 
     def __repr__(self) -> str:
@@ -481,6 +486,8 @@ class ScimClient:
     # -- errors --------------------------------------------------------------------------
 
     def _transport_error(self, where: str, exc: httpx.HTTPError) -> TargetError:
+        if isinstance(exc.__cause__, aiohttp.ClientError):
+            return self._aiohttp_error(where, exc, exc.__cause__)
         if isinstance(exc, httpx.TimeoutException):
             phase = _TIMEOUT_PHASES.get(type(exc), "waiting")
             return TransientError(f"{where}: timed out after {self._timeout:g}s {phase}")
@@ -491,10 +498,26 @@ class ScimClient:
         # The connection broke mid-exchange (reset, closed, garbled HTTP): worth a retry.
         return TransientError(f"{where}: {type(exc).__name__}: {self._redact(str(exc))}")
 
-    def _describe_connect_error(self, exc: httpx.ConnectError) -> str:
+    def _aiohttp_error(self, where: str, exc: httpx.HTTPError, cause: aiohttp.ClientError) -> TargetError:
+        """httpx-aiohttp maps aiohttp's errors onto httpx's coarsely (a reset becomes a
+        ConnectTimeout); say what happened from aiohttp's own error instead."""
+        if isinstance(cause, aiohttp.ConnectionTimeoutError):
+            return TransientError(f"{where}: timed out after {self._timeout:g}s connecting")
+        if isinstance(cause, aiohttp.ServerTimeoutError):
+            return TransientError(f"{where}: timed out after {self._timeout:g}s waiting for the answer")
+        if isinstance(cause, aiohttp.InvalidURL | aiohttp.NonHttpUrlClientError):
+            return RejectedError(f"{where}: unsupported URL scheme; use http:// or https://")
+        if isinstance(cause, aiohttp.ClientConnectorError):
+            return TransientError(f"{where}: {self._describe_connect_error(exc)}")
+        # The connection broke mid-exchange (reset, closed, garbled HTTP): worth a retry.
+        return TransientError(f"{where}: {type(cause).__name__}: {self._redact(str(cause))}")
+
+    def _describe_connect_error(self, exc: httpx.HTTPError) -> str:
         default_port = 443 if self._base.scheme == "https" else 80
         host, port = self._base.host, self._base.port or default_port
         for cause in _causes(exc):
+            if isinstance(cause, aiohttp.ClientError):
+                continue  # aiohttp's wrappers subclass ssl's errors; the OS's error is further down
             if isinstance(cause, socket.gaierror):
                 return f"cannot resolve host {host!r}: DNS lookup failed ({cause.strerror})"
             if isinstance(cause, ConnectionRefusedError):

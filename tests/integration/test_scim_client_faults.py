@@ -304,7 +304,7 @@ async def test_connection_timeout_message(scim_target: ScimTarget, proxy: FaultP
 
 async def test_connection_reset_message(client: ScimClient, proxy: FaultProxy) -> None:
     proxy.reset()
-    with pytest.raises(TransientError, match=r"^test connection failed: GET .*RemoteProtocolError"):
+    with pytest.raises(TransientError, match=r"^test connection failed: GET .*ServerDisconnectedError"):
         await client.test_connection()
 
 
