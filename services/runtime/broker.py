@@ -342,7 +342,11 @@ def _launch_kafka(settings: Settings, libs: Path, storage: Path, java_build: str
     shutil.copytree(storage, workdir / "data")
     cds, keep_archive = _class_sharing(libs.parent, java_build, workdir)
     log_file = workdir / "broker.log"
-    process = _spawn(_java(libs, workdir, "-Xmx512m", *cds, "kafka.Kafka", str(config)), log_file)
+    # One small local broker: C1 only and serial GC halve its CPU per message in runs of a
+    # few minutes (tests, `make run`, the bench), where C2's compiling and G1's concurrent
+    # threads cost more than they return; production runs a real cluster, not this.
+    jvm = ["-Xmx512m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"]
+    process = _spawn(_java(libs, workdir, *jvm, *cds, "kafka.Kafka", str(config)), log_file)
     _await_listener(f"Apache Kafka {settings.kafka_version}", process, broker_port, log_file)
     return Broker("apache-kafka", f"{_LOOPBACK}:{broker_port}", version=settings.kafka_version,
                   data_dir=workdir, process=process, on_exit=keep_archive, log=log)
@@ -461,7 +465,8 @@ def _format_storage(java: list[str], config: Path, log_file: Path) -> None:
 
 
 def _class_archive(home: Path, java_build: str) -> Path:
-    return home / f"classes-{re.sub(r'[^A-Za-z0-9.+-]', '_', java_build)}.jsa"
+    # Named by the JVM build and the flags it was dumped with: another pair cannot map it.
+    return home / f"classes-{re.sub(r'[^A-Za-z0-9.+-]', '_', java_build)}-c1-serial.jsa"
 
 
 def _java_version() -> tuple[int, str]:
