@@ -6,7 +6,9 @@ One run, same machine, same kind of target (a fresh scim2-server each time, serv
 ``--target-threads`` worker threads and HTTP/1.1 keep-alive):
 
 1. baseline: a plain asyncio + httpx loop does what the writer does for a new user
-   (lookup by userName, then POST) at the same concurrency, straight to the target;
+   (lookup by userName, then POST) at the same concurrency, straight to the target; twice:
+   with httpx's own transport (httpcore), and with the writer's HTTP stack (httpx over
+   aiohttp's transport), so the second ratio compares the pipeline with the same client;
 2. scimflow: the file source holds N users; ingest -> mapper -> writer provision them;
    throughput is N over the time from the first change ingest saw to the last write;
 3. latency: 200 single-user edits of the file, one at a time; from the file write to the
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -38,7 +41,8 @@ import httpx
 import msgspec
 import psutil
 import yaml
-from kafka import KafkaConsumer
+from httpx_aiohttp import AiohttpTransport
+from kafka import KafkaConsumer, TopicPartition
 from mapping import run_mapping
 
 from schemas import ActivityRecord, DirectoryChange
@@ -63,10 +67,13 @@ def log(msg: str) -> None:
     sys.stderr.flush()
 
 
-async def baseline(target: ScimTarget, people: list[dict[str, Any]], concurrency: int) -> float:
-    """Users/s of a plain asyncio httpx loop doing lookup + POST per user."""
+async def baseline(target: ScimTarget, people: list[dict[str, Any]], concurrency: int, *,
+                   aiohttp: bool = False) -> float:
+    """Users/s of a plain asyncio httpx loop doing lookup + POST per user; over aiohttp's
+    transport (the writer's) when ``aiohttp``, else over httpx's own."""
     limits = httpx.Limits(max_connections=concurrency)
-    async with httpx.AsyncClient(base_url=target.base_url, limits=limits, timeout=30,
+    transport = AiohttpTransport(limits=limits) if aiohttp else None
+    async with httpx.AsyncClient(base_url=target.base_url, limits=limits, timeout=30, transport=transport,
                                  headers={"Authorization": f"Bearer {target.token}"}) as client:
         sem = asyncio.Semaphore(concurrency)
 
@@ -108,6 +115,18 @@ class Activity:
         self._consumer.close()
 
 
+def wait_for_records(bootstrap: str, topic: str, n: int, timeout: float, sup: Supervisor) -> None:
+    """Wait until ``topic`` holds ``n`` records, asking only for its end offsets: following
+    it during the sync would cost the machine CPU that the pipeline is measured on."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or {0})]
+        wait(f"{n} records on {topic}",
+             lambda: sum(consumer.end_offsets(partitions).values()) >= n, timeout, sup)
+    finally:
+        consumer.close()
+
+
 class RssSampler:
     def __init__(self, sup: Supervisor) -> None:
         self.sup = sup
@@ -130,6 +149,19 @@ class RssSampler:
         self._stop = True
         self._thread.join(2)
         return {k: round(v, 1) for k, v in self.peak.items()}
+
+
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """User + system CPU seconds each process (and its children, for the broker's JVM
+    wrapper) has used so far."""
+    used: dict[str, float] = {}
+    for name, pid in pids.items():
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        used[name] = times.user + times.system + times.children_user + times.children_system
+    return used
 
 
 def wait(what: str, check: Any, timeout: float, sup: Supervisor) -> None:
@@ -157,14 +189,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with start_scim_target(threads=args.target_threads) as target:
         log(f"baseline: plain httpx loop, {args.users} users, concurrency {args.concurrency}")
         result["baseline_users_per_s"] = round(asyncio.run(baseline(target, people, args.concurrency)), 1)
+    with start_scim_target(threads=args.target_threads) as target:
+        log(f"baseline: the same loop over aiohttp's transport (the writer's), {args.users} users")
+        pids = {"target": target.pid, "loop": os.getpid()}
+        before = cpu_seconds(pids)
+        result["baseline_aiohttp_users_per_s"] = round(
+            asyncio.run(baseline(target, people, args.concurrency, aiohttp=True)), 1)
+        result["baseline_aiohttp_cpu_s_per_1000_users"] = {
+            name: round((used - before[name]) * 1000 / len(people), 2)
+            for name, used in cpu_seconds(pids).items()}
     settings = load_settings(partitions=args.partitions)
     with start_broker(settings) as broker:
         result["broker"] = broker.kind
         with start_scim_target(threads=args.target_threads) as target:
+            others = {"target": target.pid, **({"broker": broker.pid} if broker.pid else {})}
             result.update(_pipeline(broker.bootstrap, target.base_url, target.token, people, args,
-                                    measure_latency=True))
+                                    measure_latency=True, others=others))
         result["ratio_scimflow_to_baseline"] = round(
             result["scimflow_users_per_s"] / result["baseline_users_per_s"], 3)
+        result["ratio_scimflow_to_baseline_aiohttp"] = round(
+            result["scimflow_users_per_s"] / result["baseline_aiohttp_users_per_s"], 3)
         if args.fault_users:
             result.update(_faulted(broker.bootstrap, users(args.fault_users), args))
             result["ratio_faulted_to_baseline"] = round(
@@ -195,8 +239,10 @@ def _count_users(target: ScimTarget) -> int:
 
 
 def _pipeline(bootstrap: str, base_url: str, token: str, people: list[dict[str, Any]],
-              args: argparse.Namespace, *, measure_latency: bool) -> dict[str, Any]:
-    """Initial sync of ``people`` through ingest -> mapper -> writer into ``base_url``."""
+              args: argparse.Namespace, *, measure_latency: bool,
+              others: dict[str, int] | None = None) -> dict[str, Any]:
+    """Initial sync of ``people`` through ingest -> mapper -> writer into ``base_url``;
+    ``others`` are more processes (broker, target) whose CPU the sync costs."""
     result: dict[str, Any] = {}
     work = Path(tempfile.mkdtemp(prefix="scimflow-bench-"))
     topics = Topics(f"bench{uuid.uuid4().hex[:6]}.", args.partitions)
@@ -226,14 +272,25 @@ def _pipeline(bootstrap: str, base_url: str, token: str, people: list[dict[str, 
            "SCIMFLOW_LOG_FORMAT": "json",
            "SCIMFLOW_LOG_LEVEL": "warning", "BENCH_TOKEN": token}
     sup = Supervisor(config=work / "bench.yaml", env=env, log_dir=work / "logs")
-    activity = Activity(bootstrap, topics.activity)
+    activity: Activity | None = None
     rss = RssSampler(sup)
     try:
         log(f"scimflow: initial sync of {len(people)} users (logs in {work / 'logs'})")
+        outside = {**(others or {}), "bench": os.getpid()}
+        cpu_before = cpu_seconds(outside)
         sup.start()
 
+        wait_for_records(bootstrap, topics.activity, len(people), args.timeout, sup)
+        # Workers from their start (start-up included), the others from the sync's start.
+        cpu = cpu_seconds({**{name: proc.pid for name, proc in sup.procs.items()}, **outside})
+        result["cpu_s_per_1000_users"] = {
+            name: round((used - cpu_before.get(name, 0.0)) * 1000 / len(people), 2)
+            for name, used in sorted(cpu.items())}
+        activity = Activity(bootstrap, topics.activity)
+        records = activity.records
+
         def synced() -> bool:
-            return sum(1 for r in activity.records if r.status == "success") >= len(people)
+            return sum(1 for r in records if r.status == "success") >= len(people)
 
         wait("initial sync", synced, args.timeout, sup)
         first_seen = _first_change(bootstrap, topics.changes)
@@ -247,7 +304,8 @@ def _pipeline(bootstrap: str, base_url: str, token: str, people: list[dict[str, 
         peak = rss.close()
         if measure_latency:
             result["peak_rss_mb"] = peak
-        activity.close()
+        if activity is not None:
+            activity.close()
         sup.stop()
     return result
 
