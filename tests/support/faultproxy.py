@@ -58,6 +58,8 @@ class Rule:
     content_type: str = "application/scim+json"
     delay: float = 0.0
     reset: bool = False
+    lose_answer: bool = False
+    """Forward the request, then reset the connection: the target acted, the client never hears."""
     method: str | None = None
     path: str | None = None
     times: int | None = None
@@ -169,6 +171,13 @@ class FaultProxy:
         """Drop matching connections without an answer (TCP RST)."""
         return self.add(Rule(reset=True, method=method, path=path, times=times, probability=probability))
 
+    def lose_answer(self, *, method: str | None = None, path: str | None = None, times: int | None = None,
+                    probability: float = 1.0) -> Rule:
+        """Forward matching requests, then drop the connection before the answer (TCP RST):
+        the target created or changed something the client cannot know about."""
+        return self.add(Rule(lose_answer=True, method=method, path=path, times=times,
+                             probability=probability))
+
     def outage(self, seconds: float, *, mode: OutageMode = "reset") -> None:
         """Fail every request for the next ``seconds``: reset connections, or answer 503."""
         with self._lock:
@@ -247,6 +256,9 @@ class FaultProxy:
                 status, fault = rule.status, outage or str(rule.status)
                 return _fault_response(rule)
             response = await self._forward(request, body)
+            if rule is not None and rule.lose_answer:
+                status, fault = response.status, "lost answer"
+                return _reset(request)
         except asyncio.CancelledError:
             fault = f"{fault or 'forward'}, client gone"
             raise
