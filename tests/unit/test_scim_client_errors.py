@@ -305,6 +305,15 @@ async def test_find_users_escapes_the_value_and_sends_scim_headers() -> None:
     assert request.headers["Authorization"] == f"Bearer {TOKEN}"
 
 
+async def test_a_targets_cookies_are_never_sent_back() -> None:
+    empty = {"totalResults": 0, "Resources": []}
+    script = Script(scim(200, empty, **{"Set-Cookie": "session=abc123; Path=/"}), scim(200, empty))
+    async with client(script) as c:
+        await c.find_users("userName", "a@example.com")
+        await c.find_users("userName", "b@example.com")
+    assert [r.headers.get("Cookie") for r in script.requests] == [None, None]
+
+
 async def test_find_users_follows_pages() -> None:
     def paged(request: httpx.Request) -> httpx.Response:
         start = int(request.url.params.get("startIndex", "1"))
