@@ -163,8 +163,14 @@ class GraphIndex:
             for gid in groups:
                 self.members.get(gid, set()).discard(uid)
             return [("delete", "user", uid), *(("upsert", "group", g) for g in groups)]
+        known = uid in self.users
         self.users.setdefault(uid, {"id": uid}).update(_properties(item))
-        return [("upsert", "user", uid)]
+        if known:
+            return [("upsert", "user", uid)]
+        # A round reads users, then groups: a user made between the two reads is listed by a
+        # group before the index knows it, and that group went out without it. Send it again.
+        listing = sorted(g for g in self.member_of.get(uid, ()) if g in self.groups)
+        return [("upsert", "user", uid), *(("upsert", "group", g) for g in listing)]
 
     def apply_group(self, item: dict[str, Any]) -> list[tuple[Operation, ObjectType, str]]:
         """Apply one ``/groups/delta`` item (possibly one page's share of a large group's members)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,12 +15,22 @@ from services.runtime.broker import Broker
 from services.runtime.scim_target import ScimTarget
 from tests.conftest import Pipeline
 from tests.support.graph_server import FakeGraph, start_graph_server
-from tests.support.source_pipeline import change_events, start_pipeline, user_app
+from tests.support.source_pipeline import (
+    change_events,
+    find_user,
+    is_member,
+    start_pipeline,
+    target_groups,
+    user_app,
+    wait_for_directory,
+)
 
 pytestmark = pytest.mark.e2e
 
-USERS, GROUPS = 100, 5
+USERS, GROUPS = 1000, 50  # every user in one group; every group assigned (and provisioned)
+PER = USERS // GROUPS
 CHANGE_WITHIN = 20.0
+LOAD_WITHIN = 240.0
 
 
 @pytest.fixture
@@ -31,15 +42,14 @@ def graph() -> Iterator[FakeGraph]:
 @pytest.fixture
 def graph_pipeline(broker: Broker, scim_target: ScimTarget, graph: FakeGraph,
                    tmp_path: Path) -> Iterator[tuple[Pipeline, list[str], list[str]]]:
-    users = [graph.add_user(userPrincipalName=f"user{i:03d}@contoso.com", givenName=f"Given{i}",
+    users = [graph.add_user(userPrincipalName=_name(i), givenName=f"Given{i}",
                             surname=f"Sur{i}", displayName=f"User {i}", accountEnabled=True)
              for i in range(USERS)]
-    per = USERS // GROUPS
-    groups = [graph.add_group(users[g * per:(g + 1) * per], displayName=f"Team {g}") for g in range(GROUPS)]
+    groups = [graph.add_group(users[g * PER:(g + 1) * PER], displayName=f"Team {g}") for g in range(GROUPS)]
     source = {"name": "entra", "type": "graph", "tenant_id": graph.tenant_id, "client_id": graph.client_id,
               "client_secret": "env:TEST_GRAPH_SECRET", "graph_url": graph.url, "token_url": graph.token_url,
               "poll_interval": 0.5, "page_size": 100, "full_scan_interval": 600}
-    p = start_pipeline(broker, scim_target, tmp_path, [source], user_app(groups),
+    p = start_pipeline(broker, scim_target, tmp_path, [source], user_app(groups, group_name="displayName"),
                        {"TEST_GRAPH_SECRET": graph.client_secret})
     try:
         yield p, users, groups
@@ -47,54 +57,84 @@ def graph_pipeline(broker: Broker, scim_target: ScimTarget, graph: FakeGraph,
         p.sup.kill_all()
 
 
-def _user(p: Pipeline, name: str) -> dict[str, object]:
-    return p.scim.by_username()[name]
+def _name(i: int) -> str:
+    return f"user{i:03d}@contoso.com"
+
+
+def _loaded_groups() -> dict[str, set[str]]:
+    """The groups as loaded: displayName -> members' userNames."""
+    return {f"Team {g}": {_name(i) for i in range(g * PER, (g + 1) * PER)} for g in range(GROUPS)}
+
+
+def _polls(graph: FakeGraph) -> tuple[int, int]:
+    """How many delta polls from a deltaLink the users and the groups have had."""
+    return (sum("$deltatoken" in r for r in graph.delta_requests("users")),
+            sum("$deltatoken" in r for r in graph.delta_requests("groups")))
+
+
+def _user(p: Pipeline, name: str) -> dict[str, Any]:
+    found = find_user(p, name)
+    assert found is not None, f"{name} is not in the target"
+    return found
 
 
 def test_graph_users_land_change_and_resume_from_the_delta_links(
         graph_pipeline: tuple[Pipeline, list[str], list[str]], graph: FakeGraph) -> None:
     p, users, groups = graph_pipeline
-    p.wait_for(f"{USERS} users in the target", lambda: p.scim.count() >= USERS, timeout=120)
-    assert set(p.scim.by_username()) == {f"user{i:03d}@contoso.com" for i in range(USERS)}
-    first = _user(p, "user000@contoso.com")
+    # Initial load: every user, every group, and each group's members, in the target.
+    wait_for_directory(p, {_name(i) for i in range(USERS)}, _loaded_groups(), timeout=LOAD_WITHIN)
+    first = _user(p, _name(0))
     assert first["externalId"] == users[0] and first["name"] == {"givenName": "Given0", "familyName": "Sur0"}
 
     # Add (into an assigned group), modify, rename, disable, leave every assigned group, delete.
     new = graph.add_user(userPrincipalName="new@contoso.com", givenName="New", surname="Comer",
                          displayName="New Comer", accountEnabled=True)
     graph.add_member(groups[0], new)
-    p.wait_for("the added user", lambda: "new@contoso.com" in p.scim.by_username(), timeout=CHANGE_WITHIN)
+    p.wait_for("the added user", lambda: find_user(p, "new@contoso.com") is not None, timeout=CHANGE_WITHIN)
+    p.wait_for("the added user a member of its group in the target",
+               lambda: is_member(p, "new@contoso.com", "Team 0"), timeout=CHANGE_WITHIN)
     graph.update_user(users[1], givenName="Changed")
-    p.wait_for("the modified givenName",
-               lambda: _user(p, "user001@contoso.com")["name"]["givenName"] == "Changed",  # type: ignore[index]
+    p.wait_for("the modified givenName", lambda: _user(p, _name(1))["name"]["givenName"] == "Changed",
                timeout=CHANGE_WITHIN)
     graph.update_user(users[2], userPrincipalName="renamed@contoso.com")
-    p.wait_for("the renamed userName", lambda: "renamed@contoso.com" in p.scim.by_username(),
+    p.wait_for("the renamed userName", lambda: find_user(p, "renamed@contoso.com") is not None,
                timeout=CHANGE_WITHIN)
-    assert "user002@contoso.com" not in p.scim.by_username()
+    assert find_user(p, _name(2)) is None
     assert _user(p, "renamed@contoso.com")["externalId"] == users[2]  # the same account, renamed
     graph.update_user(users[3], accountEnabled=False)
-    p.wait_for("the disabled user", lambda: _user(p, "user003@contoso.com")["active"] is False,
-               timeout=CHANGE_WITHIN)
+    p.wait_for("the disabled user", lambda: _user(p, _name(3))["active"] is False, timeout=CHANGE_WITHIN)
     graph.remove_member(groups[0], users[4])  # its only group: out of scope -> disabled
-    p.wait_for("the unassigned user disabled", lambda: _user(p, "user004@contoso.com")["active"] is False,
+    p.wait_for("the unassigned user disabled", lambda: _user(p, _name(4))["active"] is False,
                timeout=CHANGE_WITHIN)
+    p.wait_for("the unassigned user no longer a member of its group in the target",
+               lambda: not is_member(p, _name(4), "Team 0"), timeout=CHANGE_WITHIN)
+    graph.add_member(groups[1], users[8])  # a second group
+    p.wait_for("the user a member of its second group in the target",
+               lambda: is_member(p, _name(8), "Team 1"), timeout=CHANGE_WITHIN)
     graph.delete_user(users[5], permanent=True)
-    p.wait_for("the deleted user gone", lambda: "user005@contoso.com" not in p.scim.by_username(),
-               timeout=CHANGE_WITHIN)
-    assert _user(p, "user006@contoso.com")["active"] is True
+    p.wait_for("the deleted user gone", lambda: find_user(p, _name(5)) is None, timeout=CHANGE_WITHIN)
+    assert _user(p, _name(6))["active"] is True
 
     # Kill the ingest; change one user while it is down; start it again.
-    p.wait_for("the last round's deltaLinks stored", lambda: len(graph.delta_requests("users")) >= 2)
+    # Two more polling rounds from deltaLinks: the last changes' deltaLinks are stored (the
+    # first enumeration is many pages, so count the deltaLink polls alone).
+    polls = _polls(graph)
+    p.wait_for("the last round's deltaLinks stored",
+               lambda: all(now >= then + 2 for now, then in zip(_polls(graph), polls, strict=True)))
     before = {c.change_id for c in change_events(p)}
     p.sup.procs["ingest"].send_signal(signal.SIGKILL)
     p.sup.procs.pop("ingest").wait(10)
     graph.update_user(users[7], givenName="WhileDown")
     p.sup.start_one("ingest")
     p.wait_for("the change made while ingest was down",
-               lambda: _user(p, "user007@contoso.com")["name"]["givenName"] == "WhileDown",  # type: ignore[index]
-               timeout=60)
+               lambda: _user(p, _name(7))["name"]["givenName"] == "WhileDown", timeout=60)
     resumed = [c for c in change_events(p) if c.change_id not in before]
     # Resumed from the stored deltaLinks, not re-read: the only change event is that user.
     assert {c.object_id for c in resumed} == {users[7]}
+    # Every other group is as loaded, and the changed ones as changed.
+    expected = _loaded_groups()
+    expected["Team 0"] = (expected["Team 0"] - {_name(2), _name(4), _name(5)}) | {"new@contoso.com",
+                                                                                     "renamed@contoso.com"}
+    expected["Team 1"] |= {_name(8)}
+    assert target_groups(p) == expected
     assert p.errors() == []

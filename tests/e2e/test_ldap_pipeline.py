@@ -33,12 +33,15 @@ from services.runtime.supervisor import Supervisor
 from services.runtime.topics import Topics
 from tests.conftest import PARTITIONS, Pipeline, Scim
 from tests.support.slapd import Slapd, slapd_binary, start_slapd
+from tests.support.source_pipeline import find_user, is_member, target_groups, wait_for_directory
 
 pytestmark = pytest.mark.e2e
 
 SOURCE = "corp-ldap"
-USERS = 20  # in the assigned group; one more user is outside it
+USERS, GROUPS = 1000, 50  # every user in one group, every group assigned; one more user in none
+PER = USERS // GROUPS
 CHANGE_WITHIN = 15.0  # seconds from an LDAP write to the target
+LOAD_WITHIN = 240.0
 
 
 @pytest.fixture
@@ -49,35 +52,38 @@ def slapd() -> Iterator[Slapd]:
         yield server
 
 
-def _app(group_id: str) -> dict[str, Any]:
+def _app(group_ids: list[str]) -> dict[str, Any]:
     return {
         "name": "app",
         "target": {"base_url": "${TEST_SCIM_URL}", "token": "env:TEST_SCIM_TOKEN"},
-        "assignments": {"groups": [group_id]},
-        "mappings": {"user": {"attributes": [
-            {"target": "userName", "source": "mail", "matching": 1},
-            {"target": "externalId", "source": "uid"},
-            {"target": "displayName", "source": "cn"},
-            {"target": "name.givenName", "source": "givenName"},
-            {"target": "name.familyName", "source": "sn"},
-        ]}},
+        "assignments": {"groups": group_ids},
+        "mappings": {
+            "user": {"attributes": [
+                {"target": "userName", "source": "mail", "matching": 1},
+                {"target": "externalId", "source": "uid"},
+                {"target": "displayName", "source": "cn"},
+                {"target": "name.givenName", "source": "givenName"},
+                {"target": "name.familyName", "source": "sn"},
+            ]},
+            "group": {"attributes": [{"target": "displayName", "source": "cn", "matching": 1}]},
+        },
     }
 
 
 @pytest.fixture
 def ldap_pipeline(broker: Broker, scim_target: ScimTarget, slapd: Slapd,
-                  tmp_path: Path) -> Iterator[Callable[[str], Pipeline]]:
-    """Starts the pipeline with ``slapd`` as its one source, ``group_id`` assigned to the app."""
+                  tmp_path: Path) -> Iterator[Callable[[list[str]], Pipeline]]:
+    """Starts the pipeline with ``slapd`` as its one source, ``group_ids`` assigned to the app."""
     started: list[Supervisor] = []
 
-    def make(group_id: str) -> Pipeline:
+    def make(group_ids: list[str]) -> Pipeline:
         prefix = f"t{uuid.uuid4().hex[:8]}."
         topics = Topics(prefix, PARTITIONS)
         create_topics(broker.bootstrap, topics.specs())
         source = {"name": SOURCE, "type": "ldap", "url": slapd.url, "base_dn": slapd.base_dn,
                   "bind_dn": slapd.bind_dn, "password": "env:TEST_LDAP_PASSWORD", "full_scan_interval": 600,
                   "reconnect_initial": 0.1, "reconnect_max": 2}
-        config = {"sources": [source], "applications": [_app(group_id)]}
+        config = {"sources": [source], "applications": [_app(group_ids)]}
         (tmp_path / "scimflow.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         env = {"SCIMFLOW_KAFKA_BOOTSTRAP": broker.bootstrap, "SCIMFLOW_TOPIC_PREFIX": prefix,
                "SCIMFLOW_PARTITIONS": str(PARTITIONS), "SCIMFLOW_DATA_DIR": str(tmp_path / "data"),
@@ -106,44 +112,65 @@ def _positions(p: Pipeline) -> list[SourcePosition]:
     return [dec.decode(m.value) for m in consume(p.bootstrap, p.topics.source_positions, idle_timeout=0.5)]
 
 
-def test_ldap_users_are_provisioned_changed_deleted_and_resumed_from_the_cookie(
-        ldap_pipeline: Callable[[str], Pipeline], slapd: Slapd) -> None:
-    dns = [slapd.add_user(f"user{i:02d}", givenName=f"Given{i}") for i in range(USERS)]
-    slapd.add_user("outsider", givenName="Out")
-    group = slapd.add_group("staff", dns)
-    uuid_of = {dn: slapd.entry_uuid(dn) for dn in dns}
-    p = ldap_pipeline(slapd.entry_uuid(group))
+def _mail(i: int) -> str:
+    return f"user{i:04d}@example.com"
 
-    # Initial cycle: the group's members, and nobody else.
-    p.wait_for(f"{USERS} users in the target", lambda: p.scim.count() >= USERS)
-    target = p.scim.by_username()
-    assert set(target) == {f"user{i:02d}@example.com" for i in range(USERS)}
-    user0 = target["user00@example.com"]
-    assert user0["externalId"] == "user00" and user0["name"]["givenName"] == "Given0"
-    assert user0["displayName"] == "User00" and user0["name"]["familyName"] == "User00"
+
+def _loaded_groups() -> dict[str, set[str]]:
+    """The groups as loaded: displayName -> members' userNames."""
+    return {f"team{g:02d}": {_mail(i) for i in range(g * PER, (g + 1) * PER)} for g in range(GROUPS)}
+
+
+def test_ldap_users_are_provisioned_changed_deleted_and_resumed_from_the_cookie(
+        ldap_pipeline: Callable[[list[str]], Pipeline], slapd: Slapd) -> None:
+    # One connection for the whole directory: a thousand users and fifty groups in seconds.
+    dns = slapd.add_entries([slapd.user_entry(f"user{i:04d}", givenName=f"Given{i}") for i in range(USERS)])
+    slapd.add_user("outsider", givenName="Out")
+    groups = slapd.add_entries([slapd.group_entry(f"team{g:02d}", dns[g * PER:(g + 1) * PER])
+                                for g in range(GROUPS)])
+    uuid_of = dict(zip(dns[:3], slapd.entry_uuids(dns[:3]), strict=True))
+    p = ldap_pipeline(slapd.entry_uuids(groups))
+
+    # Initial cycle: every assigned group with its members, those members, and nobody else.
+    wait_for_directory(p, {_mail(i) for i in range(USERS)}, _loaded_groups(), timeout=LOAD_WITHIN)
+    user0 = _user(p, _mail(0))
+    assert user0["externalId"] == "user0000" and user0["name"]["givenName"] == "Given0"
+    assert user0["displayName"] == "User0000" and user0["name"]["familyName"] == "User0000"
 
     # A change in the directory reaches the target within seconds.
     slapd.modify(dns[0], givenName="Renamed")
     p.wait_for("the new givenName in the target",
-               lambda: p.scim.by_username()["user00@example.com"]["name"]["givenName"] == "Renamed",
-               timeout=CHANGE_WITHIN)
+               lambda: _user(p, _mail(0))["name"]["givenName"] == "Renamed", timeout=CHANGE_WITHIN)
 
     # So does a deletion.
     slapd.delete(dns[1])
-    p.wait_for("user01 deleted in the target", lambda: "user01@example.com" not in p.scim.by_username(),
+    p.wait_for("user0001 deleted in the target", lambda: find_user(p, _mail(1)) is None,
                timeout=CHANGE_WITHIN)
-    assert len(p.scim.users()) == USERS - 1
+    assert p.scim.count() == USERS - 1
 
-    # Leaving the assigned group takes the user out of scope: disabled in the target.
-    slapd.remove_member(group, dns[3])
-    p.wait_for("user03 disabled in the target",
-               lambda: p.scim.by_username()["user03@example.com"]["active"] is False, timeout=CHANGE_WITHIN)
+    # Leaving the assigned group takes the user out of scope: disabled in the target, and no
+    # longer a member of the target's group.
+    slapd.remove_member(groups[0], dns[3])
+    p.wait_for("user0003 disabled in the target", lambda: _user(p, _mail(3))["active"] is False,
+               timeout=CHANGE_WITHIN)
+    p.wait_for("user0003 gone from team00 in the target", lambda: not is_member(p, _mail(3), "team00"),
+               timeout=CHANGE_WITHIN)
 
-    # The cookie after the deletion is stored before ingest stops.
-    deleted = next(c for c in _changes(p) if c.operation == "delete")
+    # A new user joining a group, and a user joining a second group: members in the target.
+    newcomer = slapd.add_user("newcomer", givenName="New")
+    slapd.add_member(groups[1], newcomer)
+    slapd.add_member(groups[2], dns[4])
+    p.wait_for("the newcomer a member of team01 in the target",
+               lambda: is_member(p, "newcomer@example.com", "team01"), timeout=CHANGE_WITHIN)
+    p.wait_for("user0004 a member of team02 in the target", lambda: is_member(p, _mail(4), "team02"),
+               timeout=CHANGE_WITHIN)
+
+    # A cookie covering every change so far is stored before ingest stops.
+    changes = _changes(p)
+    deleted = next(c for c in changes if c.operation == "delete")
     assert deleted.object_id == uuid_of[dns[1]]
-    p.wait_for("a cookie stored after the deletion",
-               lambda: any(pos.at > deleted.observed_at for pos in _positions(p)))
+    last = max(c.observed_at for c in changes)
+    p.wait_for("a cookie stored after the last change", lambda: any(pos.at > last for pos in _positions(p)))
     stored = _positions(p)
     assert {pos.source for pos in stored} == {SOURCE}
     assert all(base64.b64decode(pos.position) for pos in stored)
@@ -154,14 +181,26 @@ def test_ldap_users_are_provisioned_changed_deleted_and_resumed_from_the_cookie(
     slapd.modify(dns[2], givenName="WhileDown")
     p.sup.start_one("ingest")
     p.wait_for("the change made while ingest was down",
-               lambda: p.scim.by_username()["user02@example.com"]["name"]["givenName"] == "WhileDown")
+               lambda: _user(p, _mail(2))["name"]["givenName"] == "WhileDown")
     resumed = [c for c in _changes(p) if c.change_id not in before]
     # Resumed, not re-read: the only change event is the one change (re-reading would send
-    # every user and the group again).
+    # every user and group again).
     assert {c.object_id for c in resumed} == {uuid_of[dns[2]]}, [c.attributes.get("dn") for c in resumed]
     assert len(resumed) == 1
     assert p.errors() == []
-    assert "outsider@example.com" not in p.scim.by_username()
+    assert find_user(p, "outsider@example.com") is None
+    # Every group as loaded, but for the membership changes.
+    expected = _loaded_groups()
+    expected["team00"] -= {_mail(1), _mail(3)}
+    expected["team01"] |= {"newcomer@example.com"}
+    expected["team02"] |= {_mail(4)}
+    assert target_groups(p) == expected
+
+
+def _user(p: Pipeline, user_name: str) -> dict[str, Any]:
+    found = find_user(p, user_name)
+    assert found is not None, f"{user_name} is not in the target"
+    return found
 
 
 # -- the ingest loop alone, against the same real slapd, with a recording publisher -----------

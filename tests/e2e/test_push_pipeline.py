@@ -16,12 +16,23 @@ from services.ingest.push_source import BULK_REQUEST
 from services.runtime.broker import Broker
 from services.runtime.scim_target import ScimTarget
 from tests.conftest import Pipeline
-from tests.support.source_pipeline import start_pipeline, user_app
+from tests.support.source_pipeline import (
+    find_user,
+    is_member,
+    start_pipeline,
+    target_groups,
+    user_app,
+    wait_for_directory,
+)
 
 pytestmark = pytest.mark.e2e
 
 TOKEN = "e2e-push-token-9c1d"
-USERS = 50
+CHANGE_WITHIN = 20.0
+LOAD_WITHIN = 240.0
+USERS, GROUPS = 1000, 50  # every user in one group; every group assigned (and provisioned)
+PER = USERS // GROUPS
+BULK = 500  # operations per BulkRequest (the endpoint takes at most 1,000)
 USER = "urn:ietf:params:scim:schemas:core:2.0:User"
 GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
 
@@ -34,7 +45,7 @@ def _port() -> int:
 
 
 def _user(i: int, **extra: Any) -> dict[str, Any]:
-    return {"schemas": [USER], "externalId": f"E{i:04d}", "userName": f"e{i}@contoso.com",
+    return {"schemas": [USER], "externalId": _eid(i), "userName": _name(i),
             "name": {"givenName": f"Given{i}", "familyName": f"Fam{i}"}, "displayName": f"Employee {i}",
             "active": True, **extra}
 
@@ -45,8 +56,8 @@ def push_pipeline(broker: Broker, scim_target: ScimTarget,
     port = _port()
     source = {"name": "hr-push", "type": "push", "token": "env:TEST_PUSH_TOKEN",
               "listen": f"127.0.0.1:{port}"}
-    p = start_pipeline(broker, scim_target, tmp_path, [source], user_app(["G-ALL"]),
-                       {"TEST_PUSH_TOKEN": TOKEN})
+    app = user_app([_gid(g) for g in range(GROUPS)], group_name="displayName")
+    p = start_pipeline(broker, scim_target, tmp_path, [source], app, {"TEST_PUSH_TOKEN": TOKEN})
     try:
         yield p, f"http://127.0.0.1:{port}"
     finally:
@@ -65,26 +76,74 @@ def test_pushed_bulk_lands_and_pushed_changes_follow(push_pipeline: tuple[Pipeli
             return False
 
     p.wait_for("the push endpoint", up, timeout=30)
-    operations = [{"method": "POST", "bulkId": f"u{i}", "path": "/Users", "data": _user(i)}
-                  for i in range(USERS)]
-    operations.append({"method": "POST", "bulkId": "g", "path": "/Groups",
-                       "data": {"schemas": [GROUP], "externalId": "G-ALL", "displayName": "Everyone",
-                                "members": [{"value": f"E{i:04d}"} for i in range(USERS)]}})
-    operations.append({"method": "POST", "bulkId": "bad", "path": "/Users", "data": {"schemas": [USER]}})
-    r = http.post("/scim/v2/Bulk", json={"schemas": [BULK_REQUEST], "Operations": operations})
-    assert r.status_code == 200
-    statuses = [op["status"] for op in r.json()["Operations"]]
-    assert statuses == ["201"] * (USERS + 1) + ["400"]
-    p.wait_for(f"{USERS} users in the target", lambda: p.scim.count() >= USERS, timeout=60)
-    assert p.scim.by_username()["e0@contoso.com"]["name"]["givenName"] == "Given0"
+    users = [{"method": "POST", "bulkId": f"u{i}", "path": "/Users", "data": _user(i)} for i in range(USERS)]
+    groups = [{"method": "POST", "bulkId": f"g{g}", "path": "/Groups", "data": _group(g)}
+              for g in range(GROUPS)]
+    bad = {"method": "POST", "bulkId": "bad", "path": "/Users", "data": {"schemas": [USER]}}
+    for chunk in (users[:BULK], users[BULK:], [*groups, bad]):
+        r = http.post("/scim/v2/Bulk", json={"schemas": [BULK_REQUEST], "Operations": chunk})
+        assert r.status_code == 200
+        statuses = [op["status"] for op in r.json()["Operations"]]
+        assert statuses == ["400" if op is bad else "201" for op in chunk]
+    # Initial load: every user, every group, and each group's members, in the target.
+    wait_for_directory(p, {_name(i) for i in range(USERS)}, _loaded_groups(), timeout=LOAD_WITHIN)
+    assert _target(p, _name(0))["name"]["givenName"] == "Given0"
 
     assert http.put("/scim/v2/Users/E0001", json=_user(1, displayName="Renamed One")).status_code == 200
-    p.wait_for("the pushed change",
-               lambda: p.scim.by_username()["e1@contoso.com"]["displayName"] == "Renamed One", timeout=20)
+    p.wait_for("the pushed change", lambda: _target(p, _name(1))["displayName"] == "Renamed One",
+               timeout=CHANGE_WITHIN)
     assert http.put("/scim/v2/Users/E0002", json=_user(2, active=False)).status_code == 200
-    p.wait_for("the pushed disable", lambda: p.scim.by_username()["e2@contoso.com"]["active"] is False,
-               timeout=20)
+    p.wait_for("the pushed disable", lambda: _target(p, _name(2))["active"] is False, timeout=CHANGE_WITHIN)
     assert http.delete("/scim/v2/Users/E0003").status_code == 204
-    p.wait_for("the pushed delete", lambda: "e3@contoso.com" not in p.scim.by_username(), timeout=20)
-    [rejected] = [e for e in p.errors() if e.error_code == "PushRejected"]
+    p.wait_for("the pushed delete", lambda: find_user(p, _name(3)) is None, timeout=CHANGE_WITHIN)
+    assert http.put("/scim/v2/Users/E0004", json=_user(4, userName="renamed@contoso.com")).status_code == 200
+    p.wait_for("the pushed rename", lambda: find_user(p, "renamed@contoso.com") is not None,
+               timeout=CHANGE_WITHIN)
+    assert find_user(p, _name(4)) is None
+
+    # A new user, pushed with its group; a user added to a second group.
+    assert http.post("/scim/v2/Users", json=_user(USERS)).status_code == 201
+    team0 = [m for m in _group(0)["members"] if m["value"] != _eid(3)] + [{"value": _eid(USERS)}]
+    assert http.put(f"/scim/v2/Groups/{_gid(0)}", json={**_group(0), "members": team0}).status_code == 200
+    team1 = [*_group(1)["members"], {"value": _eid(8)}]
+    assert http.put(f"/scim/v2/Groups/{_gid(1)}", json={**_group(1), "members": team1}).status_code == 200
+    p.wait_for("the new user a member of its group in the target",
+               lambda: is_member(p, _name(USERS), "Team 0"), timeout=CHANGE_WITHIN)
+    p.wait_for("the user a member of its second group in the target",
+               lambda: is_member(p, _name(8), "Team 1"), timeout=CHANGE_WITHIN)
+    expected = _loaded_groups()
+    expected["Team 0"] = (expected["Team 0"] - {_name(3), _name(4)}) | {_name(USERS), "renamed@contoso.com"}
+    expected["Team 1"] |= {_name(8)}
+    assert target_groups(p) == expected
+
+    [rejected] = p.errors()  # the bad operation, and nothing else
+    assert rejected.error_code == "PushRejected"
     assert "externalId" in rejected.reason and TOKEN not in rejected.reason
+
+
+def _eid(i: int) -> str:
+    return f"E{i:04d}"
+
+
+def _gid(g: int) -> str:
+    return f"G{g:02d}"
+
+
+def _name(i: int) -> str:
+    return f"e{i}@contoso.com"
+
+
+def _group(g: int) -> dict[str, Any]:
+    return {"schemas": [GROUP], "externalId": _gid(g), "displayName": f"Team {g}",
+            "members": [{"value": _eid(i)} for i in range(g * PER, (g + 1) * PER)]}
+
+
+def _loaded_groups() -> dict[str, set[str]]:
+    """The groups as loaded: displayName -> members' userNames."""
+    return {f"Team {g}": {_name(i) for i in range(g * PER, (g + 1) * PER)} for g in range(GROUPS)}
+
+
+def _target(p: Pipeline, user_name: str) -> dict[str, Any]:
+    found = find_user(p, user_name)
+    assert found is not None, f"{user_name} is not in the target"
+    return found

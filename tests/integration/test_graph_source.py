@@ -129,6 +129,34 @@ def test_each_kind_of_change_is_reported_from_the_delta_link(graph: FakeGraph) -
     asyncio.run(scenario())
 
 
+def test_a_group_listing_a_user_not_read_yet_is_reported_again_with_the_user(graph: FakeGraph) -> None:
+    # A round reads /users/delta, then /groups/delta: a user created between the two reads
+    # is first seen as a member of a group, and as a user only in the next round.
+    staff = graph.add_group([_user(graph, 0)], displayName="Staff")
+    recorder = Recorder()
+    late = "late-user-id"
+
+    async def scenario() -> None:
+        source = GraphDirectory("entra", settings_for(graph))
+        await source.start(None)
+        await source.sync(recorder.on_change, recorder.on_position)
+        graph.add_member(staff, late)  # the group lists it; /users/delta does not have it yet
+        mark = len(recorder.changes)
+        await source.sync(recorder.on_change, recorder.on_position)
+        assert recorder.summary(mark) == {("upsert", "group", staff)}
+        assert late not in recorder.last(staff).members
+        graph.add_user(id=late, userPrincipalName="late@contoso.com", accountEnabled=True)
+        mark = len(recorder.changes)
+        await source.sync(recorder.on_change, recorder.on_position)
+        # The user, and the group again: now with the user among its members.
+        assert recorder.summary(mark) == {("upsert", "user", late), ("upsert", "group", staff)}
+        assert late in recorder.last(staff).members
+        assert recorder.last(late).memberships == (staff,)
+        await source.close()
+
+    asyncio.run(scenario())
+
+
 def test_resuming_from_the_stored_delta_links_reports_exactly_what_changed(graph: FakeGraph) -> None:
     users = [_user(graph, i) for i in range(10)]
     staff = graph.add_group(users[:5], displayName="Staff")

@@ -5,8 +5,10 @@ domain is kept as a template under ``~/.cache/scimflow/samba-<version>`` (made o
 file lock) and each ``start_samba()`` copies it into a temporary directory and starts
 ``samba -i -M single`` with only the LDAP service, on port 389 of a random loopback address
 (127.x.y.z: every test server gets its own, so they never collide), with
-``ldap server require strong auth = no`` so tests can bind with a password over plain LDAP.
-Starting a copy takes a few seconds.
+``ldap server require strong auth = no`` so tests can bind with a password over plain LDAP,
+and ``ldb:nosync = true`` (as Samba's own selftest: a throwaway database need not be
+fsynced; it halves the time of an add). Starting a copy takes a few seconds; adding a
+thousand users over one connection (``add_entries``) about eight.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +29,10 @@ from typing import Any
 import ldap  # type: ignore[import-untyped]
 import ldap.modlist  # type: ignore[import-untyped]
 
-__all__ = ["Samba", "samba_missing", "start_samba"]
+__all__ = ["Entry", "Samba", "samba_missing", "start_samba"]
+
+Entry = tuple[str, dict[str, list[bytes]]]
+"""An entry to add: its DN and its attributes (``objectClass`` included)."""
 
 REALM = "SCIMFLOW.TEST"
 DOMAIN = "SCIMFLOW"
@@ -69,24 +75,33 @@ class Samba:
             conn.unbind_s()
 
     def add_user(self, sam: str, *, enabled: bool = True, **attrs: str) -> str:
-        dn = f"CN={sam},{self.users_dn}"
+        return self.add_entries([self.user_entry(sam, enabled=enabled, **attrs)])[0]
+
+    def user_entry(self, sam: str, *, enabled: bool = True, **attrs: str) -> Entry:
+        """What :meth:`add_user` adds (an account without a password), for :meth:`add_entries`."""
         flags = NORMAL_ACCOUNT | PASSWD_NOTREQD | (0 if enabled else ACCOUNTDISABLE)
         entry = {"objectClass": [b"top", b"person", b"organizationalPerson", b"user"],
                  "sAMAccountName": [sam.encode()], "userPrincipalName": [f"{sam}@scimflow.test".encode()],
                  "userAccountControl": [str(flags).encode()],
                  **{k: [v.encode()] for k, v in attrs.items()}}
-        with self.connect() as conn:
-            conn.add_s(dn, ldap.modlist.addModlist(entry))
-        return dn
+        return f"CN={sam},{self.users_dn}", entry
 
     def add_group(self, name: str, members: list[str] | None = None) -> str:
-        dn = f"CN={name},{self.users_dn}"
+        return self.add_entries([self.group_entry(name, members)])[0]
+
+    def group_entry(self, name: str, members: list[str] | None = None) -> Entry:
+        """What :meth:`add_group` adds, for :meth:`add_entries`."""
         entry: dict[str, list[bytes]] = {"objectClass": [b"top", b"group"], "sAMAccountName": [name.encode()]}
         if members:
             entry["member"] = [m.encode() for m in members]
+        return f"CN={name},{self.users_dn}", entry
+
+    def add_entries(self, entries: list[Entry]) -> list[str]:
+        """Add many entries, in order, over one connection; returns their DNs."""
         with self.connect() as conn:
-            conn.add_s(dn, ldap.modlist.addModlist(entry))
-        return dn
+            for dn, entry in entries:
+                conn.add_s(dn, ldap.modlist.addModlist(entry))
+        return [dn for dn, _ in entries]
 
     def modify(self, dn: str, **attrs: str) -> None:
         with self.connect() as conn:
@@ -114,11 +129,13 @@ class Samba:
             conn.delete_s(dn)
 
     def guid(self, dn: str) -> str:
-        import uuid
+        return self.guids([dn])[0]
 
+    def guids(self, dns: list[str]) -> list[str]:
+        """The objectGUIDs of ``dns`` (one connection), in order."""
         with self.connect() as conn:
-            [(_, attrs)] = conn.search_s(dn, ldap.SCOPE_BASE, "(objectClass=*)", ["objectGUID"])
-        return str(uuid.UUID(bytes_le=attrs["objectGUID"][0]))
+            found = [conn.search_s(dn, ldap.SCOPE_BASE, "(objectClass=*)", ["objectGUID"]) for dn in dns]
+        return [str(uuid.UUID(bytes_le=attrs["objectGUID"][0])) for [(_, attrs)] in found]
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -160,7 +177,8 @@ def _configure(root: Path, template: Path, address: str) -> Path:
              if not line.strip().startswith(("interfaces", "server services", "log file"))]
     at = lines.index("[global]") + 1
     lines[at:at] = [f"\tinterfaces = {address}/8", "\tserver services = ldap",
-                    "\tldap server require strong auth = no", f"\tpid directory = {root}/run",
+                    "\tldap server require strong auth = no", "\tldb:nosync = true",
+                    f"\tpid directory = {root}/run",
                     f"\tlog file = {root}/log.%m", f"\twinbindd socket directory = {root}/winbindd",
                     f"\tntp signd socket directory = {root}/ntp_signd"]
     conf.write_text("\n".join(lines) + "\n")

@@ -33,7 +33,10 @@ from typing import Any
 import ldap  # type: ignore[import-untyped]
 import ldap.modlist  # type: ignore[import-untyped]
 
-__all__ = ["Slapd", "SlapdError", "slapd_binary", "start_slapd"]
+__all__ = ["Entry", "Slapd", "SlapdError", "slapd_binary", "start_slapd"]
+
+Entry = tuple[str, dict[str, str | list[str]]]
+"""An entry to add: its DN and its attributes (``objectClass`` included)."""
 
 _SCHEMA_DIRS = ("/etc/ldap/schema", "/etc/openldap/schema", "/usr/local/etc/openldap/schema")
 _MODULE_DIRS = ("/usr/lib/ldap", "/usr/lib64/openldap", "/usr/lib/openldap", "/usr/local/libexec/openldap")
@@ -138,9 +141,14 @@ class Slapd:
 
     def add_user(self, uid: str, **attributes: str | list[str]) -> str:
         """Add an inetOrgPerson ``uid=<uid>`` under ``ou=people``; returns its DN."""
+        return self.add_entries([self.user_entry(uid, **attributes)])[0]
+
+    def user_entry(self, uid: str, **attributes: str | list[str]) -> Entry:
+        """What :meth:`add_user` adds, for :meth:`add_entries`."""
         values: dict[str, str | list[str]] = {
-            "cn": uid.title(), "sn": uid.title(), "mail": f"{uid}@example.com", **attributes}
-        return self.add(f"uid={uid},{self.people_dn}", ["inetOrgPerson"], uid=uid, **values)
+            "objectClass": ["inetOrgPerson"], "uid": uid, "cn": uid.title(), "sn": uid.title(),
+            "mail": f"{uid}@example.com", **attributes}
+        return f"uid={uid},{self.people_dn}", values
 
     def add_group(self, cn: str, members: list[str] | tuple[str, ...] = (), *,
                   unique: bool = False, **attributes: str | list[str]) -> str:
@@ -149,17 +157,27 @@ class Slapd:
         A groupOfNames must have a member, so an empty one gets the root DN (as LDAP
         administrators do); it is not a user, so it resolves to no member id.
         """
+        return self.add_entries([self.group_entry(cn, members, unique=unique, **attributes)])[0]
+
+    def group_entry(self, cn: str, members: list[str] | tuple[str, ...] = (), *,
+                    unique: bool = False, **attributes: str | list[str]) -> Entry:
+        """What :meth:`add_group` adds, for :meth:`add_entries`."""
         attr = "uniqueMember" if unique else "member"
         values = list(members) or ([] if unique else [self.bind_dn])
         kind = "groupOfUniqueNames" if unique else "groupOfNames"
         extra: dict[str, str | list[str]] = {attr: values} if values else {}
-        return self.add(f"cn={cn},{self.groups_dn}", [kind], cn=cn, **extra, **attributes)
+        return f"cn={cn},{self.groups_dn}", {"objectClass": [kind], "cn": cn, **extra, **attributes}
 
     def add(self, dn: str, object_classes: list[str], **attributes: str | list[str]) -> str:
-        entry = {"objectClass": object_classes, **attributes}
+        return self.add_entries([(dn, {"objectClass": object_classes, **attributes})])[0]
+
+    def add_entries(self, entries: list[Entry]) -> list[str]:
+        """Add many entries, in order, over one connection (a directory of thousands in
+        seconds); returns their DNs."""
         with self.connect() as conn:
-            conn.add_s(dn, ldap.modlist.addModlist(_encode(entry)))
-        return dn
+            for dn, attributes in entries:
+                conn.add_s(dn, ldap.modlist.addModlist(_encode(attributes)))
+        return [dn for dn, _ in entries]
 
     def modify(self, dn: str, **attributes: str | list[str]) -> None:
         """Replace the given attributes of ``dn`` (an empty list removes the attribute)."""
@@ -186,9 +204,13 @@ class Slapd:
         return f"{new_rdn},{dn.split(',', 1)[1]}"
 
     def entry_uuid(self, dn: str) -> str:
+        return self.entry_uuids([dn])[0]
+
+    def entry_uuids(self, dns: list[str]) -> list[str]:
+        """The entryUUIDs of ``dns`` (one connection), in order."""
         with self.connect() as conn:
-            [(_, attrs)] = conn.search_s(dn, ldap.SCOPE_BASE, "(objectClass=*)", ["entryUUID"])
-        return str(attrs["entryUUID"][0].decode()).lower()
+            found = [conn.search_s(dn, ldap.SCOPE_BASE, "(objectClass=*)", ["entryUUID"]) for dn in dns]
+        return [str(attrs["entryUUID"][0].decode()).lower() for [(_, attrs)] in found]
 
     @contextlib.contextmanager
     def connect(self) -> Iterator[Any]:

@@ -21,14 +21,18 @@ from services.runtime.supervisor import Supervisor
 from services.runtime.topics import Topics
 from tests.conftest import PARTITIONS, Pipeline, Scim
 
-__all__ = ["change_events", "send_control", "start_pipeline", "user_app"]
+__all__ = ["change_events", "find_user", "group_members", "is_member", "send_control", "start_pipeline",
+           "target_groups", "user_app", "wait_for_directory"]
 
 
 def user_app(groups: list[str], *, user_name: str = "userPrincipalName", given: str = "givenName",
              family: str = "surname", display: str = "displayName", disabled: str = "accountEnabled",
-             external: str = "id") -> dict[str, Any]:
-    """An app with ``groups`` assigned and the usual user mapping, sources' attribute names given."""
-    return {
+             external: str = "id", group_name: str | None = None) -> dict[str, Any]:
+    """An app with ``groups`` assigned and the usual user mapping, sources' attribute names given.
+
+    ``group_name``: also provision the (assigned) groups, their displayName from this attribute.
+    """
+    app: dict[str, Any] = {
         "name": "app",
         "target": {"base_url": "${TEST_SCIM_URL}", "token": "env:TEST_SCIM_TOKEN"},
         "assignments": {"groups": groups},
@@ -41,6 +45,10 @@ def user_app(groups: list[str], *, user_name: str = "userPrincipalName", given: 
             {"target": "name.familyName", "source": family},
         ]}},
     }
+    if group_name is not None:
+        app["mappings"]["group"] = {"attributes": [
+            {"target": "displayName", "source": group_name, "matching": 1}]}
+    return app
 
 
 def start_pipeline(broker: Broker, scim_target: ScimTarget, tmp_path: Path, sources: list[dict[str, Any]],
@@ -77,3 +85,62 @@ def send_control(p: Pipeline, key: str, message: Any) -> None:
         producer.flush()
     finally:
         producer.close()
+
+
+def find_user(p: Pipeline, user_name: str) -> dict[str, Any] | None:
+    """The target's user with this userName (one filtered request, not a listing)."""
+    query = {"filter": f'userName eq "{user_name}"'}
+    found: list[dict[str, Any]] = p.scim.http.get("/Users", params=query).json().get("Resources", [])
+    return found[0] if found else None
+
+
+def group_members(p: Pipeline, display_name: str) -> set[str]:
+    """The target ids of the members of the target's group with this displayName."""
+    query = {"filter": f'displayName eq "{display_name}"'}
+    found: list[dict[str, Any]] = p.scim.http.get("/Groups", params=query).json().get("Resources", [])
+    assert len(found) == 1, f"{len(found)} groups named {display_name} in the target"
+    return {m["value"] for m in found[0].get("members") or []}
+
+
+def is_member(p: Pipeline, user_name: str, display_name: str) -> bool:
+    """Whether the target's user ``user_name`` is a member of the target's group ``display_name``."""
+    user = find_user(p, user_name)
+    return user is not None and user["id"] in group_members(p, display_name)
+
+
+def target_groups(p: Pipeline, users: list[dict[str, Any]] | None = None) -> dict[str, set[str]]:
+    """Every group in the target: displayName -> the userNames of its members (``?`` for a
+    member id that is no user in the target). ``users``: the target's users, if just listed."""
+    names = {u["id"]: u["userName"] for u in (p.scim.users() if users is None else users)}
+    groups: list[dict[str, Any]] = []
+    while True:
+        page = p.scim.http.get("/Groups", params={"startIndex": len(groups) + 1, "count": 500}).json()
+        resources = page.get("Resources", [])
+        groups.extend(resources)
+        if not resources or len(groups) >= page.get("totalResults", 0):
+            break
+    return {g["displayName"]: {names.get(m["value"], "?") for m in g.get("members") or []} for g in groups}
+
+
+def wait_for_directory(p: Pipeline, users: set[str], groups: dict[str, set[str]], timeout: float) -> None:
+    """Wait until the target holds exactly ``users`` (userNames) and ``groups`` (displayName ->
+    member userNames), then assert it: the initial load, outcome-wise."""
+    members = sum(len(m) for m in groups.values())
+
+    def loaded() -> bool:
+        # Cheap counts first; the full listing only once they add up.
+        if p.scim.count() < len(users):
+            return False
+        page = p.scim.http.get("/Groups", params={"count": 500, "attributes": "members"}).json()
+        return sum(len(g.get("members") or []) for g in page.get("Resources", [])) >= members
+
+    p.wait_for(f"{len(users)} users and {len(groups)} groups with {members} members in the target", loaded,
+               timeout=timeout)
+    listed = p.scim.users()
+    assert sorted(u["userName"] for u in listed) == sorted(users)
+    found = target_groups(p, listed)
+    assert set(found) == set(groups)
+    assert p.scim.http.get("/Groups", params={"count": 1}).json()["totalResults"] == len(groups)  # no twins
+    wrong = {name: (found[name] - expected, expected - found[name])
+             for name, expected in groups.items() if found[name] != expected}
+    assert not wrong, f"groups whose members differ (extra, missing): {wrong}"
