@@ -24,6 +24,7 @@ carries prometheus-client's process, platform and garbage-collector collectors.
 
 from __future__ import annotations
 
+import functools
 from importlib import metadata
 
 import prometheus_client
@@ -295,9 +296,17 @@ def status_class(status: int | None) -> str:
 
 def observe_target_request(app: str, method: str, status: int | None, seconds: float) -> None:
     """Count one HTTP request to a target and record how long it took."""
-    method = method.upper()
-    TARGET_REQUESTS.labels(app=app, method=method, status_class=status_class(status)).inc()
-    TARGET_REQUEST_DURATION.labels(app=app, method=method).observe(seconds)
+    counter, histogram = _target_request_series(app, method.upper(), status_class(status))
+    counter.inc()
+    histogram.observe(seconds)
+
+
+@functools.cache
+def _target_request_series(app: str, method: str, outcome: str) -> tuple[Counter, Histogram]:
+    # Two requests per object synced: resolving the labelled children once per label set
+    # (a lock and a dict per .labels() call) is worth it. The label sets are few and fixed.
+    return (TARGET_REQUESTS.labels(app=app, method=method, status_class=outcome),
+            TARGET_REQUEST_DURATION.labels(app=app, method=method))
 
 
 _quarantine_reason: dict[str, str] = {}

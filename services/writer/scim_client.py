@@ -206,6 +206,7 @@ class ScimClient:
             raise ValueError(f"max_patch_operations must be at least 1, not {max_patch_operations}")
         self._base = httpx.URL(base_url.rstrip("/") + "/")
         self._shown_base = _shown(self._base)
+        self._collections: dict[str, httpx.URL] = {}
         self._timeout = timeout
         self._attempts = attempts
         self._backoff = backoff or Backoff()
@@ -466,7 +467,7 @@ class ScimClient:
     async def _exchange(self, request: _Request) -> httpx.Response:
         """Send one HTTP request within a rate-limit slot; transport failures become TargetErrors."""
         headers = {**request.headers, "Authorization": await self._auth.authorization()}
-        built = self._http.build_request(request.method, request.path, params=request.params,
+        built = self._http.build_request(request.method, self._url(request.path), params=request.params,
                                          headers=headers, content=request.content)
         async with self._slot():
             started = time.perf_counter()
@@ -478,6 +479,17 @@ class ScimClient:
         metrics.observe_target_request(self._app, built.method, response.status_code,
                                        time.perf_counter() - started)
         return response
+
+    def _url(self, path: str) -> httpx.URL | str:
+        """The absolute URL of a collection (``Users``, ``Groups``), parsed once: httpx
+        parses a relative path three times per request, a sixth of the client's CPU.
+        Other paths (they carry an id) go to httpx as they are."""
+        if "/" in path:
+            return path
+        url = self._collections.get(path)
+        if url is None:
+            url = self._collections[path] = self._http.build_request("GET", path).url
+        return url
 
     def _slot(self) -> AbstractAsyncContextManager[None]:
         return self.limiter.slot() if self.limiter is not None else _no_slot()
