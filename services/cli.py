@@ -181,7 +181,7 @@ def _worker(service: str, config: Path) -> None:
         from services.writer.main import build_app
     app = build_app(settings, loaded, settings.kafka_bootstrap)
     start_metrics_server(settings.metrics_port)
-    run_worker(app, loglevel=settings.log_level)
+    run_worker(app, loglevel=settings.log_level, shutdown_timeout=settings.shutdown_timeout)
 
 
 @cli.command()

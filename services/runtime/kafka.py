@@ -8,12 +8,16 @@ waiting for a broker, creating topics, and the plain producer/consumer used by t
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
+import threading
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import faust
+import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import murmur2
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
@@ -25,6 +29,8 @@ from services.runtime import metrics
 from services.runtime.errors import ScimflowError
 from services.runtime.settings import Settings
 from services.runtime.topics import Topics, TopicSpec
+
+log = structlog.get_logger("scimflow.worker")
 
 __all__ = [
     "CAUGHT_UP",
@@ -256,9 +262,49 @@ def raw_topic(app: Any, name: str) -> Any:
     return app.topic(name, schema=raw_schema())
 
 
-def run_worker(app: Any, *, loglevel: str = "info") -> None:
-    """Run a faust worker in the foreground until SIGTERM/SIGINT (clean shutdown)."""
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+class _Worker(faust.Worker):
+    """A faust worker whose shutdown has a deadline.
+
+    A clean shutdown commits offsets and flushes producers, which needs the broker; with
+    the broker gone, faust's stop can wait (and spin) for ever. Once shutdown begins, a
+    watchdog thread ends the process after ``shutdown_timeout`` seconds: what was not
+    committed is redelivered to the next consumer (at-least-once, idempotent writes).
+    """
+
+    shutdown_timeout: float = 30.0
+    _deadline: threading.Timer | None = None
+
+    def _schedule_shutdown(self, signal: Any) -> None:  # mode's hook for SIGTERM/SIGINT
+        self._arm_deadline()
+        super()._schedule_shutdown(signal)
+
+    def stop_and_shutdown(self) -> None:  # also reached when the worker stops on a crash
+        self._arm_deadline()
+        super().stop_and_shutdown()
+
+    def _arm_deadline(self) -> None:
+        if self._deadline is None:
+            self._deadline = threading.Timer(self.shutdown_timeout, _shutdown_timed_out,
+                                             args=(self.shutdown_timeout,))
+            self._deadline.daemon = True
+            self._deadline.start()
+
+
+def _shutdown_timed_out(seconds: float) -> None:
+    log.error("shutdown_timed_out", seconds=seconds,
+              detail="the worker did not stop in time (broker unreachable?); exiting anyway")
+    logging.shutdown()
+    os._exit(_SHUTDOWN_TIMED_OUT)
+
+
+_SHUTDOWN_TIMED_OUT = 75  # EX_TEMPFAIL: stopped, not cleanly
+
+
+def run_worker(app: Any, *, loglevel: str = "info", shutdown_timeout: float = 30.0) -> None:
+    """Run a faust worker in the foreground until SIGTERM/SIGINT (clean shutdown, within
+    ``shutdown_timeout`` seconds)."""
+    worker = _Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    worker.shutdown_timeout = shutdown_timeout
     # faust keeps a terminal spinner at level WARNING and above, and for it sets the root
     # logger to DEBUG: every debug line of aiokafka and httpcore then builds a LogRecord
     # (about 5-10 % of a worker's CPU). Workers run headless; no spinner.

@@ -54,6 +54,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """The CLI's bearer token for ``admin_url`` (or ``--token-file``)."""
     provision_timeout: float = 5.0
     """Seconds provision-on-demand waits for the whole trace."""
+    shutdown_timeout: float = 30.0
+    """Seconds a worker's clean shutdown may take after SIGTERM/SIGINT before the process
+    exits anyway (what is not committed is redelivered: at-least-once)."""
 
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
