@@ -28,7 +28,7 @@ from services.admin.provision import provision
 from services.runtime import metrics
 from services.runtime.config import LoadedConfig
 from services.runtime.errors import ConfigError, ScimflowError, TargetError
-from services.runtime.kafka import consume, plain_producer
+from services.runtime.kafka import plain_producer, read_records
 from services.runtime.settings import Settings
 from services.runtime.status import read_status
 from services.runtime.topics import Topics
@@ -134,7 +134,7 @@ class ControlPlane:
         topic, record_type = self._report_topic(kind)
         dec = msgspec.json.Decoder(record_type)
         found: list[Any] = []
-        for message in consume(self.bootstrap, topic, idle_timeout=0.5):
+        for message in read_records(self.bootstrap, topic):
             try:
                 record = dec.decode(message.value)
             except (msgspec.DecodeError, msgspec.ValidationError):

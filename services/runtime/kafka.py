@@ -46,6 +46,7 @@ __all__ = [
     "raw_schema",
     "raw_topic",
     "read_latest",
+    "read_records",
     "report_consumer_lag",
     "run_worker",
     "wait_until_ready",
@@ -320,10 +321,25 @@ def read_latest(bootstrap: str, topic: str, *, timeout: float = 30.0) -> dict[by
     topic that does not exist holds nothing. Raises BrokerUnavailableError if the broker
     does not answer, or the read does not reach the end within ``timeout`` seconds.
     """
+    latest: dict[bytes, bytes] = {}
+    for record in read_records(bootstrap, topic, timeout=timeout):
+        if record.key is None:
+            continue
+        if record.value is None:
+            latest.pop(record.key, None)
+        else:
+            latest[record.key] = record.value
+    return latest
+
+
+def read_records(bootstrap: str, topic: str, *, timeout: float = 30.0) -> list[Any]:
+    """Every record of ``topic`` up to its end offsets now: a snapshot, so a topic that keeps
+    growing (activity during a sync) does not keep the read going, and nothing waits for
+    the topic to fall idle. Same errors as :func:`read_latest`."""
     deadline = time.monotonic() + timeout
     try:
         consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                 client_id="scimflow-read-latest", request_timeout_ms=int(timeout * 1000))
+                                 client_id="scimflow-read", request_timeout_ms=int(timeout * 1000))
     except KafkaError as exc:
         raise BrokerUnavailableError(f"cannot read {topic} from {bootstrap}: {exc}") from exc
     try:
@@ -334,24 +350,18 @@ def read_latest(bootstrap: str, topic: str, *, timeout: float = 30.0) -> dict[by
         consumer.close()
 
 
-def _read_to_end(consumer: Any, topic: str, deadline: float) -> dict[bytes, bytes]:
+def _read_to_end(consumer: Any, topic: str, deadline: float) -> list[Any]:
     partitions = consumer.partitions_for_topic(topic)
     if not partitions:
-        return {}
+        return []
     assigned = [KafkaPartition(topic, p) for p in sorted(partitions)]
     consumer.assign(assigned)
     consumer.seek_to_beginning(*assigned)
     ends: dict[Any, int] = consumer.end_offsets(assigned)
-    latest: dict[bytes, bytes] = {}
+    records: list[Any] = []
     while any(consumer.position(tp) < ends[tp] for tp in assigned):
         if time.monotonic() > deadline:
             raise BrokerUnavailableError(f"reading {topic} did not reach its end offsets in time")
-        for tp, records in consumer.poll(timeout_ms=200).items():
-            for record in records:
-                if record.offset >= ends[tp] or record.key is None:
-                    continue
-                if record.value is None:
-                    latest.pop(record.key, None)
-                else:
-                    latest[record.key] = record.value
-    return latest
+        for tp, batch in consumer.poll(timeout_ms=200).items():
+            records.extend(record for record in batch if record.offset < ends[tp])
+    return records

@@ -32,7 +32,7 @@ from schemas import ActivityRecord, CycleMarker, DirectoryChange, ErrorRecord, M
 from schemas.codecs import decoder
 from schemas.control import AllowDeletes, AppHealth, AppStatus, ControlMessage
 from services.runtime.config import LoadedConfig
-from services.runtime.kafka import consume, read_latest
+from services.runtime.kafka import read_latest, read_records
 from services.runtime.topics import Topics
 
 __all__ = ["AppStatusReport", "CycleProgress", "read_status"]
@@ -91,7 +91,7 @@ def read_status(loaded: LoadedConfig, bootstrap: str, topics: Topics) -> list[Ap
 
 def _read_topics(bootstrap: str, topics: Topics) -> dict[str, Any]:
     def log(topic: str) -> Callable[[], list[Any]]:
-        return lambda: list(consume(bootstrap, topic, idle_timeout=0.5))
+        return lambda: read_records(bootstrap, topic)
 
     def latest(topic: str) -> Callable[[], dict[bytes, bytes]]:
         return lambda: read_latest(bootstrap, topic)
