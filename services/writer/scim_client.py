@@ -105,12 +105,17 @@ log = structlog.get_logger("scimflow.writer")
 
 _DETAIL_LIMIT = 500
 _RETRY_AFTER_CAP = 30.0
-_TIMEOUT_PHASES = {
+_TIMEOUT_PHASES: Final[dict[type[Exception], str]] = {
     httpx.ConnectTimeout: "connecting",
     httpx.ReadTimeout: "waiting for the answer",
     httpx.WriteTimeout: "sending the request",
     httpx.PoolTimeout: "waiting for a free connection (raise max_connections?)",
+    aiohttp.ConnectionTimeoutError: "connecting",  # before its base class, ServerTimeoutError
+    aiohttp.ServerTimeoutError: "waiting for the answer",
+    httpx.TimeoutException: "waiting",
 }
+_BAD_SCHEME = (httpx.UnsupportedProtocol, aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError)
+_CONNECT_FAILED = (httpx.ConnectError, aiohttp.ClientConnectorError)
 _CONNECTION_HINTS = {
     404: ("; check the application's base URL: it must be the SCIM root that /Users hangs "
           "off (e.g. https://app.example.com/scim/v2), without /Users"),
@@ -520,31 +525,18 @@ class ScimClient:
     # -- errors --------------------------------------------------------------------------
 
     def _transport_error(self, where: str, exc: httpx.HTTPError) -> TargetError:
-        if isinstance(exc.__cause__, aiohttp.ClientError):
-            return self._aiohttp_error(where, exc, exc.__cause__)
-        if isinstance(exc, httpx.TimeoutException):
-            phase = _TIMEOUT_PHASES.get(type(exc), "waiting")
+        # httpx-aiohttp maps aiohttp's errors onto httpx's coarsely (a reset becomes a
+        # ConnectTimeout): judge by aiohttp's own error when there is one.
+        failure: Exception = exc.__cause__ if isinstance(exc.__cause__, aiohttp.ClientError) else exc
+        phase = next((p for kind, p in _TIMEOUT_PHASES.items() if isinstance(failure, kind)), None)
+        if phase is not None:
             return TransientError(f"{where}: timed out after {self._timeout:g}s {phase}")
-        if isinstance(exc, httpx.UnsupportedProtocol):
+        if isinstance(failure, _BAD_SCHEME):
             return RejectedError(f"{where}: unsupported URL scheme; use http:// or https://")
-        if isinstance(exc, httpx.ConnectError):
+        if isinstance(failure, _CONNECT_FAILED):
             return TransientError(f"{where}: {self._describe_connect_error(exc)}")
         # The connection broke mid-exchange (reset, closed, garbled HTTP): worth a retry.
-        return TransientError(f"{where}: {type(exc).__name__}: {self._redact(str(exc))}")
-
-    def _aiohttp_error(self, where: str, exc: httpx.HTTPError, cause: aiohttp.ClientError) -> TargetError:
-        """httpx-aiohttp maps aiohttp's errors onto httpx's coarsely (a reset becomes a
-        ConnectTimeout); say what happened from aiohttp's own error instead."""
-        if isinstance(cause, aiohttp.ConnectionTimeoutError):
-            return TransientError(f"{where}: timed out after {self._timeout:g}s connecting")
-        if isinstance(cause, aiohttp.ServerTimeoutError):
-            return TransientError(f"{where}: timed out after {self._timeout:g}s waiting for the answer")
-        if isinstance(cause, aiohttp.InvalidURL | aiohttp.NonHttpUrlClientError):
-            return RejectedError(f"{where}: unsupported URL scheme; use http:// or https://")
-        if isinstance(cause, aiohttp.ClientConnectorError):
-            return TransientError(f"{where}: {self._describe_connect_error(exc)}")
-        # The connection broke mid-exchange (reset, closed, garbled HTTP): worth a retry.
-        return TransientError(f"{where}: {type(cause).__name__}: {self._redact(str(cause))}")
+        return TransientError(f"{where}: {type(failure).__name__}: {self._redact(str(failure))}")
 
     def _describe_connect_error(self, exc: httpx.HTTPError) -> str:
         default_port = 443 if self._base.scheme == "https" else 80
