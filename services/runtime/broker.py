@@ -342,11 +342,8 @@ def _launch_kafka(settings: Settings, libs: Path, storage: Path, java_build: str
     shutil.copytree(storage, workdir / "data")
     cds, keep_archive = _class_sharing(libs.parent, java_build, workdir)
     log_file = workdir / "broker.log"
-    # One small local broker: C1 only and serial GC halve its CPU per message in runs of a
-    # few minutes (tests, `make run`, the bench), where C2's compiling and G1's concurrent
-    # threads cost more than they return; production runs a real cluster, not this.
-    jvm = ["-Xmx512m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"]
-    process = _spawn(_java(libs, workdir, *jvm, *cds, "kafka.Kafka", str(config)), log_file)
+    process = _spawn(_java(libs, workdir, "-Xmx512m", *_SHORT_RUN_JVM, *cds, "kafka.Kafka", str(config)),
+                     log_file)
     _await_listener(f"Apache Kafka {settings.kafka_version}", process, broker_port, log_file)
     return Broker("apache-kafka", f"{_LOOPBACK}:{broker_port}", version=settings.kafka_version,
                   data_dir=workdir, process=process, on_exit=keep_archive, log=log)
@@ -453,15 +450,21 @@ def _kraft_properties(*, listen: str, advertised: str, controller: str,
 def _format_storage(java: list[str], config: Path, log_file: Path) -> None:
     cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
     with log_file.open("ab") as out:
-        # A short-lived tool: C1 only and serial GC take a fifth off its run time.
         result = subprocess.run(
-            [*java, "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC",
+            [*java, *_SHORT_RUN_JVM,
              "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)],
             stdout=out, stderr=subprocess.STDOUT, timeout=120, check=False,
         )
     if result.returncode != 0:
         raise BrokerError(f"formatting Kafka storage failed (exit {result.returncode}):\n"
                           f"{_tail(log_file)}")
+
+
+_SHORT_RUN_JVM = ("-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC")
+"""C1 only and serial GC, for the storage tool and the one small local broker: in runs of
+a few minutes (tests, `make run`, the bench) C2's compiling and G1's concurrent threads cost
+more than they return (a fifth of the tool's run time, half the broker's CPU per message).
+Production runs a real cluster, not this."""
 
 
 def _class_archive(home: Path, java_build: str) -> Path:
