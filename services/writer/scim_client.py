@@ -282,6 +282,13 @@ class ScimClient:
     async def get(self, kind: Kind, id: str) -> ScimResource:
         return _resource(await self._call("GET", _path(kind, id), ok=(200,)))
 
+    async def get_document(self, path: str) -> dict[str, Any]:
+        """``GET <base>/<path>`` of a JSON document that is not a User or Group, such as
+        ``ServiceProviderConfig``, ``ResourceTypes`` or ``Schemas`` (RFC 7644 §4).
+        One attempt past the quarantine gate, as a test connection is."""
+        response = await self._call("GET", path.lstrip("/"), ok=(200,), attempts=1, direct=True)
+        return _json_object(response)
+
     async def create(self, kind: Kind, body: Mapping[str, Any]) -> ScimResource:
         """``POST /<Kind>``. A retried POST whose first try did land answers 409: callers
         treat ConflictError as "look it up and adopt it"."""
