@@ -1,10 +1,10 @@
 """The functions of Entra's expression language: what each takes and what it computes.
 
-``REGISTRY`` maps every documented function name (case-sensitive, spelled as Microsoft
-spells it) to a FunctionSpec (see ``expr_calls``). Most functions are ``eager(impl)``
-over a small pure function below; IIF, Switch and Coalesce evaluate lazily; constant
-arguments (date formats, intervals, indexes, cultures) are checked when the expression
-is compiled. Replace has its own module.
+``REGISTRY`` maps every documented function name (spelled as Microsoft spells it; the
+compiler matches names in any case) to a FunctionSpec (see ``expr_calls``). Most
+functions are ``eager(impl)`` over a small pure function below; IIF, Switch and Coalesce
+evaluate lazily; constant arguments (date formats, intervals, indexes, cultures) are
+checked when the expression is compiled. Replace has its own module.
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@
 >>> expr.evaluate({"givenName": "Zoë Ann"})
 'ZoeAnn@contoso.com'
 
-``compile_expression`` parses the text once, checks every function name, argument count
-and constant argument (regexes, date formats, intervals) and builds a tree of closures;
+``compile_expression`` parses the text once, checks every function name (in any case:
+``join`` is Join), argument count and constant argument (regexes, date formats,
+intervals) and builds a tree of closures;
 ``Expression.evaluate`` runs them against one object's attributes. Pure code, no I/O.
 The language, every function, and where scimflow deliberately differs from Microsoft
 are described in docs/expressions.md.
@@ -62,21 +63,29 @@ __all__ = [
 FUNCTIONS: Final = tuple(sorted(REGISTRY, key=str.lower))
 """Every function name the engine knows, as Microsoft spells it."""
 
+# Pasted expressions come in any case (switch, JOIN, formatDateTime). lower(), not
+# casefold(): casefold() would also read look-alikes such as "\u017fwitch" as Switch.
+_BY_FOLDED_NAME: Final = {name.lower(): spec for name, spec in REGISTRY.items()}
+_UNSUPPORTED_FOLDED: Final = {name.lower(): why for name, why in UNSUPPORTED.items()}
+
 
 class Expression:
     """A compiled expression.
 
     ``attributes`` is every attribute it reads; ``redacted`` is True when it uses Redact,
     so its value must show as "[Redact]" in activity and error records and in logs.
+    ``function`` is the outermost function, as Microsoft spells it however the text
+    does (None when the expression is a bare attribute, constant or comparison).
     """
 
-    __slots__ = ("_reads_clock", "_run", "attributes", "redacted", "text")
+    __slots__ = ("_reads_clock", "_run", "attributes", "function", "redacted", "text")
 
     def __init__(self, text: str, run: Eval, attributes: frozenset[str], *, redacted: bool,
-                 reads_clock: bool) -> None:
+                 reads_clock: bool, function: str | None = None) -> None:
         self.text = text
         self.attributes = attributes
         self.redacted = redacted
+        self.function = function
         self._run = run
         self._reads_clock = reads_clock
 
@@ -97,11 +106,13 @@ def compile_expression(text: str, *, file: str | None = None,
     """Parse and check ``text`` once; ``file``/``line`` locate it in the config for errors."""
     compiler = _Compiler()
     try:
-        run = compiler.compile(parse(text), TOP)
+        tree = parse(text)
+        run = compiler.compile(tree, TOP)
     except ExpressionError as exc:
         raise exc.located(text, file=file, line=line) from None
+    function = _lookup(tree).name if isinstance(tree, Call) else None
     return Expression(text, run, frozenset(compiler.attributes), redacted=compiler.redacted,
-                      reads_clock=compiler.reads_clock)
+                      reads_clock=compiler.reads_clock, function=function)
 
 
 def _as_utc(now: datetime) -> datetime:
@@ -169,11 +180,12 @@ def _guarded(name: str, run: Eval) -> Eval:
 
 
 def _lookup(node: Call) -> FunctionSpec:
-    spec = REGISTRY.get(node.name)
+    folded = node.name.lower()
+    spec = _BY_FOLDED_NAME.get(folded)
     if spec is not None:
         return spec
-    if node.name in UNSUPPORTED:
-        raise _error(UNSUPPORTED[node.name], node.pos, "a supported function")
+    if folded in _UNSUPPORTED_FOLDED:
+        raise _error(_UNSUPPORTED_FOLDED[folded], node.pos, "a supported function")
     suggestion = _suggest(node.name)
     if suggestion:
         raise _error(f'unknown function "{node.name}" (did you mean "{suggestion}"?)',
@@ -184,12 +196,10 @@ def _lookup(node: Call) -> FunctionSpec:
 
 
 def _suggest(name: str) -> str | None:
-    """The function the author probably meant: same name in other case, or a near miss."""
-    for known in REGISTRY:
-        if known.lower() == name.lower():
-            return known
-    close = difflib.get_close_matches(name, list(REGISTRY), n=1, cutoff=0.6)
-    return close[0] if close else None
+    """The function the author probably meant (a near miss in any case), as Microsoft
+    spells it."""
+    close = difflib.get_close_matches(name.lower(), list(_BY_FOLDED_NAME), n=1, cutoff=0.6)
+    return _BY_FOLDED_NAME[close[0]].name if close else None
 
 
 def _check_placement(spec: FunctionSpec, node: Call, ctx: str) -> None:

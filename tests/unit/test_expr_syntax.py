@@ -127,10 +127,53 @@ def test_unknown_function_suggests_the_closest_name() -> None:
     assert err.expected == '"Join"'
 
 
-def test_function_names_are_case_sensitive() -> None:
-    err = error('switch([a], "x", "1", "2")')
-    assert 'did you mean "Switch"?' in str(err)
-    assert 'did you mean "IsNullOrEmpty"?' in str(error("IsNullorEmpty([a])"))
+@pytest.mark.parametrize(("pasted", "canonical"), [
+    ('switch([a], "x", "1", "one")', 'Switch([a], "x", "1", "one")'),
+    ('JOIN("-", [a], [b])', 'Join("-", [a], [b])'),
+    ('formatDateTime([d], , "yyyy-MM-dd", "dd.MM.yyyy")',
+     'FormatDateTime([d], , "yyyy-MM-dd", "dd.MM.yyyy")'),
+    ('iif(IsNullorEmpty([c]), "none", [c])', 'IIF(IsNullOrEmpty([c]), "none", [c])'),
+    ('Instr([a], "1", , vbTextCompare)', 'InStr([a], "1", , vbTextCompare)'),
+    ('toupper(normalizediacritics(stripSpaces([n])))',
+     'ToUpper(NormalizeDiacritics(StripSpaces([n])))'),
+    ('rEpLaCe([n], "ë", , , "e", , )', 'Replace([n], "ë", , , "e", , )'),
+    ('COALESCE([c], [b])', 'Coalesce([c], [b])'),
+    ('selectuniquevalue(join(".", [a], [b]), [a])', 'SelectUniqueValue(Join(".", [a], [b]), [a])'),
+])
+def test_function_names_match_in_any_case(pasted: str, canonical: str) -> None:
+    attrs = {"a": "1", "b": "2", "d": "2020-12-31", "n": "Zoë Ann"}
+    expression = compile_expression(pasted)
+    assert expression.evaluate(attrs) == compile_expression(canonical).evaluate(attrs)
+    assert expression.function == compile_expression(canonical).function
+    assert expression.text == pasted
+
+
+def test_function_in_any_case_keeps_what_the_function_implies() -> None:
+    assert compile_expression('redact([secret])').redacted is True
+    assert compile_expression("now()").evaluate({}) is not None  # reads the clock
+    assert compile_expression("GUID()").function == "Guid"
+    err = error('IIF(ignoreflowifnullorempty([a]), "x", "y")')
+    assert str(err).startswith("expression error at position 4: IgnoreFlowIfNullOrEmpty decides")
+
+
+def test_errors_in_any_case_name_the_function_as_microsoft_spells_it() -> None:
+    assert "Join takes at least 2 arguments, got 1" in str(error('join("-")'))
+    assert 'did you mean "Join"?' in str(error('jion("-", [a])'))
+    assert 'did you mean "IsNullOrEmpty"?' in str(error("isnullorempy([a])"))
+    assert 'did you mean "FormatDateTime"?' in str(error('FORMATDATE([d], , "yyyy", "yyyy")'))
+    assert "DefaultDomain() needs an Entra tenant" in str(error("defaultdomain()"))
+
+
+def test_look_alike_letters_do_not_fold() -> None:
+    # U+017F (long s) lower-cases to itself but case-folds to "s": not a way to spell Switch
+    err = error('\u017fwitch([a], "x", "1", "2")')
+    assert 'unknown function "\u017fwitch" (did you mean "Switch"?)' in str(err)
+
+
+def test_function_is_the_outermost_call() -> None:
+    assert compile_expression('toLower(Join(".", [a], [b]))').function == "ToLower"
+    assert compile_expression("[mail]").function is None
+    assert compile_expression('[a] = "1"').function is None
 
 
 def test_unknown_function_without_a_close_match_lists_all() -> None:
