@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: run test lint bench deps system-deps ldap-deps ad-deps kafka schemas clean
+.PHONY: run test lint bench deps system-deps ldap-deps ad-deps scimmy-deps kafka schemas clean
 
 deps: $(STAMP)
 
@@ -45,13 +45,23 @@ ad-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq samba; \
 	fi
 
+# SCIMMY (npm): the second SCIM server the tests provision into (tests/support/scimmy_target.py).
+# Node.js + npm from Debian when missing; the packages pinned by tests/support/scimmy/
+# package-lock.json go into ~/.cache/scimflow/scimmy-<lock hash> (npm ci, once per lock).
+scimmy-deps: deps
+	@if ! command -v node >/dev/null || ! command -v npm >/dev/null; then \
+	  echo "installing Node.js and npm from Debian packages"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; \
+	fi
+	$(PY) -m tests.support.scimmy_target install
+
 kafka: deps system-deps
 	$(PY) -m services.runtime.broker fetch
 
 run: kafka
 	$(VENV)/bin/scimflow up --config examples/demo.yaml
 
-test: kafka ad-deps
+test: kafka ad-deps scimmy-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: deps
