@@ -151,31 +151,52 @@ class FunctionSpec:
     redacts: bool = False
     reads_clock: bool = False
     guarded: bool = False  # the built closure already names this function in its errors
+    # An older signature Microsoft's guides still show (FormatDateTime without
+    # dateTimeStyles): a call with exactly this many arguments names them so.
+    older: tuple[str, ...] = ()
 
     def param(self, i: int) -> str:
         if i < len(self.params):
             return self.params[i]
         return self.repeat[(i - len(self.params)) % len(self.repeat)] if self.repeat else "?"
 
+    def takes(self, count: int) -> bool:
+        """Whether the current signature takes ``count`` arguments."""
+        return self.min_args <= count and (self.max_args is None or count <= self.max_args)
+
+    def in_older_form(self, count: int) -> bool:
+        """Whether a call with ``count`` arguments is written in the older signature."""
+        return bool(self.older) and count == len(self.older)
+
     @property
     def signature(self) -> str:
         names = list(self.params) + ([*self.repeat, "..."] if self.repeat else [])
         return f"{self.name}({', '.join(names)})"
 
+    @property
+    def older_signature(self) -> str:
+        return f"{self.name}({', '.join(self.older)})"
+
 
 def define(name: str, params: str, build: Builder, *, optional: str = "", repeat: str = "",
            min_args: int | None = None, checks: tuple[Check, ...] = (),
            placement: str = "any", child: ChildContext = as_argument, redacts: bool = False,
-           reads_clock: bool = False) -> FunctionSpec:
+           reads_clock: bool = False, older: str = "") -> FunctionSpec:
     """A FunctionSpec from space-separated parameter names; ``min_args`` defaults to the
-    parameters before the first optional one, ``repeat`` names a repeating tail."""
+    parameters before the first optional one, ``repeat`` names a repeating tail, ``older``
+    an older signature (a subset of ``params``, in their order) still accepted."""
     names = tuple(params.split()) if params else ()
     opt = frozenset(optional.split())
     required = next((i for i, p in enumerate(names) if p in opt), len(names))
-    return FunctionSpec(
+    spec = FunctionSpec(
         name, names, build, required if min_args is None else min_args,
         None if repeat else len(names), opt, tuple(repeat.split()), checks, placement, child,
-        redacts, reads_clock, guarded=isinstance(build, _Eager))
+        redacts, reads_clock, guarded=isinstance(build, _Eager), older=tuple(older.split()))
+    if spec.older and (spec.takes(len(spec.older)) or spec.repeat
+                       or [p for p in names if p in spec.older] != list(spec.older)):
+        raise ValueError(f"{name}: the older signature must be a shorter, fixed subset of "
+                         "the parameters, in order")
+    return spec
 
 
 class _Eager:

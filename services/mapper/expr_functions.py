@@ -380,6 +380,21 @@ def _build_format_date_time(site: CallSite) -> Eval:
     return run
 
 
+def _input_format_is_not_styles(site: CallSite) -> None:
+    """Mixing the two forms, FormatDateTime([d], "AssumeUniversal", "yyyy-MM-dd") reads the
+    styles as the input format, which compiles (A, s, u ... are literals or specifiers) and
+    then matches no date; say so at load instead."""
+    value = site.constant(2)
+    if not isinstance(value, str) or not value.strip():
+        return
+    try:
+        parse_styles(value)
+    except ValueError:
+        return
+    raise site.error(f"inputFormat {value!r} is a DateTimeStyles value, not a date format",
+                     f"{site.spec.signature}, with both formats", 2)
+
+
 def _parse_with(fmt: DateFormat | None, text: str, styles: frozenset[str] | None) -> datetime:
     if fmt is None:
         raise InvalidValue("inputFormat is null")
@@ -496,7 +511,9 @@ _SPECS: Final = (
     define("DateDiff", "interval date1 date2", eager(_date_diff), checks=(_is_interval,)),
     define("DateFromNum", "value", eager(_date_from_num)),
     define("FormatDateTime", "source dateTimeStyles inputFormat outputFormat",
-        _build_format_date_time, optional="dateTimeStyles", min_args=4),
+        _build_format_date_time, optional="dateTimeStyles", min_args=4,
+        checks=(_input_format_is_not_styles,),
+        older="source inputFormat outputFormat"),  # Microsoft's HR-provisioning guides
     define("Guid", "", eager(lambda: str(uuid.uuid4()))),
     define("IgnoreFlowIfNullOrEmpty", "expression", _build_ignore_flow, placement="flow",
         child=forward),

@@ -158,6 +158,7 @@ class _Compiler:
         spec = _lookup(node)
         _check_placement(spec, node, ctx)
         _check_arguments(spec, node)
+        node = _in_current_form(spec, node)
         args = tuple(self.compile(arg, spec.child_context(i, ctx))
                      for i, arg in enumerate(node.args))
         self.redacted = self.redacted or spec.redacts
@@ -214,12 +215,33 @@ def _check_placement(spec: FunctionSpec, node: Call, ctx: str) -> None:
 
 def _check_arguments(spec: FunctionSpec, node: Call) -> None:
     count = len(node.args)
-    if count < spec.min_args or (spec.max_args is not None and count > spec.max_args):
-        raise _error(f"{spec.name} takes {_arity(spec)}, got {count}", node.pos, spec.signature)
+    older = spec.in_older_form(count)
+    if not older and not spec.takes(count):
+        also = f" (or {len(spec.older)} in the older form {spec.older_signature})" \
+            if spec.older else ""
+        raise _error(f"{spec.name} takes {_arity(spec)}{also}, got {count}", node.pos,
+                     spec.signature)
     for i, arg in enumerate(node.args):
-        if isinstance(arg, Omitted) and spec.param(i) not in spec.optional:
-            raise _error(f"argument {i + 1} ({spec.param(i)}) of {spec.name} can't be empty",
-                         arg.pos, spec.signature)
+        param = spec.older[i] if older else spec.param(i)
+        if not isinstance(arg, Omitted) or param in spec.optional:
+            continue
+        if older:  # perhaps the current form with an argument missing: name both
+            raise _error(f"{spec.name} with {count} arguments is the older form "
+                         f"{spec.older_signature}, whose argument {i + 1} ({param}) can't be "
+                         f"empty; the current form is {spec.signature}", arg.pos,
+                         spec.signature)
+        raise _error(f"argument {i + 1} ({param}) of {spec.name} can't be empty", arg.pos,
+                     spec.signature)
+
+
+def _in_current_form(spec: FunctionSpec, node: Call) -> Call:
+    """A call in the older signature, rewritten to the current one with the parameters it
+    lacks left empty (so they take their documented defaults)."""
+    if not spec.in_older_form(len(node.args)):
+        return node
+    given = dict(zip(spec.older, node.args, strict=True))
+    args = tuple(given.get(param, Omitted(node.pos)) for param in spec.params)
+    return Call(node.name, args, node.pos)
 
 
 def _arity(spec: FunctionSpec) -> str:

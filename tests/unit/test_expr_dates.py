@@ -4,6 +4,7 @@ intervals and AD FILETIME numbers."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Final
 
 import pytest
 
@@ -92,7 +93,7 @@ def test_f_specifier_drops_the_dot_when_there_is_no_fraction() -> None:
     assert compile_format("HH:mm:ss.FFF").format(datetime(2020, 1, 1, 8)) == "08:00:00"
 
 
-@pytest.mark.parametrize(("source", "input_format", "expected"), [
+_INPUTS: Final = [
     ("20150123105347.1Z", "yyyyMMddHHmmss.fZ", "2015-01-23 10:53:47"),
     ("12/31/2020 08:00:00 PM", "M/d/yyyy hh:mm:ss tt", "2020-12-31 20:00:00"),
     ("1/2/2020 8:05:00 am", "M/d/yyyy h:mm:ss tt", "2020-01-02 08:05:00"),
@@ -103,10 +104,54 @@ def test_f_specifier_drops_the_dot_when_there_is_no_fraction() -> None:
     ("Thursday, 31-Dec-1970", "dddd, dd-MMM-yyyy", "1970-12-31 00:00:00"),
     ("2020-12-31T10:00:00Z", "yyyy-MM-ddTHH:mm:ssK", "2020-12-31 10:00:00"),
     ("  2020-12-31  ", "yyyy-MM-dd", "2020-12-31 00:00:00"),
-])
+]
+
+
+@pytest.mark.parametrize(("source", "input_format", "expected"), _INPUTS)
 def test_format_date_time_input_formats(source: str, input_format: str, expected: str) -> None:
     text = f'FormatDateTime([d], , "{input_format}", "yyyy-MM-dd HH:mm:ss")'
     assert ev(text, d=source) == expected
+
+
+@pytest.mark.parametrize(("source", "input_format", "expected"), _INPUTS)
+def test_format_date_time_older_form_reads_as_with_empty_styles(
+        source: str, input_format: str, expected: str) -> None:
+    # FormatDateTime(source, inputFormat, outputFormat): Microsoft's earlier reference, still
+    # in its HR-provisioning guides; dateTimeStyles takes its default, as when left empty.
+    text = f'FormatDateTime([d], "{input_format}", "yyyy-MM-dd HH:mm:ss")'
+    assert ev(text, d=source) == expected
+
+
+@pytest.mark.parametrize(("text", "attrs", "expected"), [
+    # "How to synchronize attributes for Lifecycle workflows" (2023), its Workday row
+    ('FormatDateTime([StatusHireDate], "yyyy-MM-ddzzz", "yyyyMMddHHmmss.fZ")',
+     {"StatusHireDate": "2012-03-16-07:00"}, "20120316070000.0Z"),
+    # ... its SuccessFactors row (4 arguments there) written in the older form
+    ('FormatDateTime([endDate], "M/d/yyyy hh:mm:ss tt", "yyyyMMddHHmmss.fZ")',
+     {"endDate": "12/31/2020 08:00:00 PM"}, "20201231200000.0Z"),
+    # the earlier reference's ServiceNow example
+    ('FormatDateTime([extensionAttribute1], "yyyyMMddHHmmss.fZ", "yyyy-MM-dd")',
+     {"extensionAttribute1": "20150123105347.1Z"}, "2015-01-23"),
+    # the NumFromDate Workday example with the older form inside
+    ('NumFromDate(Join("", FormatDateTime([ContractEndDate], "yyyy-MM-ddzzz", "yyyy-MM-dd"), '
+     '" 23:59:59-08:00"))', {"ContractEndDate": "2020-12-31-08:00"}, 132539615990000000),
+    # as pasted from a forum: lower case, a guard inside
+    ('formatdatetime(IIF(Len([extensionAttribute9]) = 10, [extensionAttribute9], ""), '
+     '"dd/MM/yyyy", "yyyy-MM-dd")', {"extensionAttribute9": "31/12/2020"}, "2020-12-31"),
+    ('formatdatetime(IIF(Len([extensionAttribute9]) = 10, [extensionAttribute9], ""), '
+     '"dd/MM/yyyy", "yyyy-MM-dd")', {"extensionAttribute9": "n/a"}, None),
+])
+def test_format_date_time_older_form_hr_guide_examples(
+        text: str, attrs: dict[str, object], expected: object) -> None:
+    assert compile_expression(text).evaluate(attrs) == expected
+
+
+def test_format_date_time_older_form_with_computed_formats_and_null() -> None:
+    text = "FormatDateTime([d], [inFormat], [outFormat])"
+    assert ev(text, d="2020-12-31", inFormat="yyyy-MM-dd", outFormat="MMM d") == "Dec 31"
+    assert ev(text, inFormat="yyyy", outFormat="yyyy") is None
+    with pytest.raises(EvaluationError, match="FormatDateTime: '2020-01-01' does not match"):
+        ev('FormatDateTime([d], "yyyyMMdd", "yyyy")', d="2020-01-01")
 
 
 def test_format_date_time_styles() -> None:
@@ -141,12 +186,58 @@ def test_format_date_time_with_computed_formats() -> None:
     ('FormatDateTime([d], , "yyyy \'open", "yyyy")', "unterminated quoted text"),
     ('FormatDateTime([d], , "ffffffff", "yyyy")', "at most 7 f"),
     ('FormatDateTime([d], "AssumeMartian", "yyyy", "yyyy")', "unknown DateTimeStyles"),
-    ('FormatDateTime([d], "yyyy", "yyyy")', "FormatDateTime takes 4 arguments, got 3"),
+    ('FormatDateTime([d], "yyyy", "x")', "'x' is not a standard .NET date format"),
+    ('FormatDateTime([d], "ffffffff", "yyyy")', "at most 7 f"),
 ])
 def test_format_date_time_checks_constants_at_load(text: str, message: str) -> None:
     with pytest.raises(ExpressionError) as info:
         compile_expression(text)
     assert message in str(info.value)
+
+
+_ARITY = ("FormatDateTime takes 4 arguments (or 3 in the older form "
+          "FormatDateTime(source, inputFormat, outputFormat)), got")
+
+
+@pytest.mark.parametrize(("text", "count"), [
+    ('FormatDateTime([d], "yyyy")', 2),
+    ("FormatDateTime([d])", 1),
+    ("FormatDateTime()", 0),
+    ('FormatDateTime([d], , "yyyy", "yyyy", "yyyy")', 5),
+])
+def test_format_date_time_other_argument_counts(text: str, count: int) -> None:
+    with pytest.raises(ExpressionError) as info:
+        compile_expression(f'Join("", {text})')
+    assert str(info.value) == f"expression error at position 9: {_ARITY} {count}"
+    assert info.value.expected == ("FormatDateTime(source, dateTimeStyles, inputFormat, "
+                                   "outputFormat)")
+
+
+def test_format_date_time_older_form_can_not_leave_a_format_empty() -> None:
+    with pytest.raises(ExpressionError) as info:
+        compile_expression('FormatDateTime([d], , "yyyy")')
+    assert str(info.value) == (
+        "expression error at position 20: FormatDateTime with 3 arguments is the older form "
+        "FormatDateTime(source, inputFormat, outputFormat), whose argument 2 (inputFormat) "
+        "can't be empty; the current form is "
+        "FormatDateTime(source, dateTimeStyles, inputFormat, outputFormat)")
+    with pytest.raises(ExpressionError, match=r"argument 3 \(outputFormat\)"):
+        compile_expression('FormatDateTime([d], "yyyy", )')
+
+
+def test_format_date_time_constant_errors_point_at_the_argument_as_written() -> None:
+    with pytest.raises(ExpressionError) as info:
+        compile_expression('FormatDateTime([d], "yyyy", "x")')
+    assert info.value.position == 28
+
+
+@pytest.mark.parametrize("text", [
+    'FormatDateTime([d], "AssumeUniversal", "yyyy-MM-dd")',   # styles, then a lost format
+    'FormatDateTime([d], , "DateTimeStyles.RoundtripKind", "yyyy")',
+])
+def test_format_date_time_styles_in_place_of_the_input_format(text: str) -> None:
+    with pytest.raises(ExpressionError, match="is a DateTimeStyles value, not a date format"):
+        compile_expression(text)
 
 
 def test_format_date_time_source_not_matching() -> None:
