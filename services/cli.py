@@ -62,8 +62,12 @@ def _fail(exc: Exception) -> typer.Exit:
 
 
 @cli.command()
-def validate(config: Annotated[Path, typer.Argument(help="Config file to check.")]) -> None:
-    """Check a config file: structure, mappings, expressions, secrets."""
+def validate(config: Annotated[Path, typer.Argument(help="Config file to check.")],
+             online: Annotated[bool, typer.Option(
+                 "--online", help="Also read each app's target capabilities (/ServiceProviderConfig, "
+                                  "/ResourceTypes, /Schemas) and check the mappings against them.")]
+             = False) -> None:
+    """Check a config file: structure, mappings, expressions, secrets (--online: and targets)."""
     try:
         loaded = _load(config)
     except ScimflowError as exc:
@@ -71,6 +75,78 @@ def validate(config: Annotated[Path, typer.Argument(help="Config file to check."
     apps = ", ".join(a.name for a in loaded.config.applications)
     out.print(f"{config}: OK ({len(loaded.config.applications)} applications: {apps}; "
               f"{len(loaded.config.sources)} sources)")
+    if online and not _validate_online(loaded):
+        raise typer.Exit(1)
+
+
+def _validate_online(loaded: LoadedConfig) -> bool:
+    """Each app's target capabilities and mapping problems; False if any app has problems or
+    its target could not be read (a target that serves no capabilities is not a problem)."""
+    import asyncio
+
+    from services.writer.capabilities import check_mappings
+
+    fine = True
+    for app, found in zip(loaded.config.applications, asyncio.run(_discover_all(loaded)), strict=True):
+        _line(f"{app.name} {app.target.base_url}", style="bold")
+        if isinstance(found, str):
+            _line(f"  could not read the target: {found}", style="red")
+            fine = False
+            continue
+        problems = check_mappings(app, found, loaded)
+        _print_capabilities(msgspec.to_builtins(found), [msgspec.to_builtins(p) for p in problems])
+        if found.failed:
+            _line("  the target did not answer as it should (see above): its capabilities are not known",
+                  style="red")
+        fine = fine and not problems and not found.failed
+    return fine
+
+
+async def _discover_all(loaded: LoadedConfig) -> list[Any]:
+    """Every app's Capabilities, read concurrently; a message instead where no client could be made."""
+    import asyncio
+
+    from services.writer.capabilities import discover
+    from services.writer.scim_client import client_for
+
+    settings = load_settings()
+
+    async def one(app: Any) -> Any:
+        try:
+            client = client_for(app, loaded, settings)
+        except ScimflowError as exc:
+            return str(exc)
+        async with client:
+            return await discover(client)
+
+    return list(await asyncio.gather(*(one(app) for app in loaded.config.applications)))
+
+
+def _print_capabilities(capabilities: dict[str, Any] | None, problems: list[dict[str, Any]]) -> None:
+    """What ``validate --online`` and ``test-connection`` show of a target's capabilities
+    (given as the JSON the control plane returns) and the app's mapping problems."""
+    from services.writer.capabilities import Capabilities, Problem, describe
+
+    if capabilities is None:
+        return
+    caps = msgspec.convert(capabilities, Capabilities)
+    _line("  target capabilities:")
+    for text in describe(caps):
+        _line(f"    {text}")
+    if problems:
+        _line(f"  mapping problems ({len(problems)}): what the target declares cannot take these",
+              style="yellow")
+        for problem in problems:
+            _line(f"    {msgspec.convert(problem, Problem)}", style="yellow")
+    elif any(r.schemas_read for r in caps.resources.values()):
+        _line("  mappings: every mapped attribute is one the target declares")
+    else:
+        _line("  mappings: not checked (no schema of the target was read)")
+
+
+def _line(text: str, style: str | None = None) -> None:
+    # Not markup: paths such as emails[type eq "work"] would read as style tags.
+    out.print(text, style=style, markup=False, highlight=False, soft_wrap=True)
 
 
 @cli.command()
@@ -691,16 +767,22 @@ def _print_trace(trace: dict[str, Any], indent: str = "") -> None:
 @cli.command("test-connection")
 def connection_test(app: AppArg, by: ByOpt = "", config: OptionalConfigOpt = None, api: ApiOpt = None,
                     token_file: TokenFileOpt = None, as_json: JsonOpt = False) -> None:
-    """Entra's test connection: GET /Users?filter=<matching attribute> eq "<random GUID>"."""
+    """Entra's test connection: GET /Users?filter=<matching attribute> eq "<random GUID>";
+    then what the target declares, and the mappings it cannot take (exit 0: reported only)."""
     def call() -> None:
         with _backend(api, token_file, config, by, secrets=True) as backend:
             result = backend.test_connection(app)
-        _emit(result, as_json, lambda r: out.print(
-            f"{r['app']}: [{'green' if r['ok'] else 'red'}]{'OK' if r['ok'] else 'FAILED'}[/] "
-            f"{r['message']}", highlight=False))
+        _emit(result, as_json, _print_connection)
         if not result["ok"]:
             raise typer.Exit(1)
     _run(call)
+
+
+def _print_connection(r: dict[str, Any]) -> None:
+    out.print(f"{r['app']}: [{'green' if r['ok'] else 'red'}]{'OK' if r['ok'] else 'FAILED'}[/] "
+              f"{r['message']}", highlight=False)
+    # An admin API older than capability discovery answers without these.
+    _print_capabilities(r.get("capabilities"), r.get("problems") or [])
 
 
 @cli.command()

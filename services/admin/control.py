@@ -34,7 +34,9 @@ from services.runtime.status import read_status
 from services.runtime.topics import Topics
 
 # The one place a non-writer builds a target client: test connection must test exactly the
-# client (credentials, timeouts, TLS) the writer uses.
+# client (credentials, timeouts, TLS) the writer uses, and read what that target declares
+# the way the writer reads it.
+from services.writer.capabilities import Capabilities, check_mappings, discover
 from services.writer.scim_client import client_for
 
 __all__ = [
@@ -217,12 +219,17 @@ class ControlPlane:
         except ConfigError as exc:
             self.audit("test-connection", app, {"attribute": attribute}, "failed")
             return {"app": app, "ok": False, "attribute": attribute, "message": exc.reason}
-        message = asyncio.run(_probe(client, attribute))
+        message, capabilities = asyncio.run(_probe(client, attribute))
         ok = message is None
-        self.audit("test-connection", app, {"attribute": attribute}, "succeeded" if ok else "failed")
+        # Mapping problems are reported, not failed on: the connection itself works.
+        problems = check_mappings(application, capabilities, loaded) if capabilities is not None else []
+        self.audit("test-connection", app, {"attribute": attribute, "mapping_problems": len(problems)},
+                   "succeeded" if ok else "failed")
         return {"app": app, "ok": ok, "attribute": attribute,
                 "message": message or f"GET /Users?filter={attribute} eq \"<random GUID>\" answered "
-                                      "200 with no users: the target is reachable and filters work"}
+                                      "200 with no users: the target is reachable and filters work",
+                "capabilities": msgspec.to_builtins(capabilities) if capabilities is not None else None,
+                "problems": [msgspec.to_builtins(p) for p in problems]}
 
     # -- audit -----------------------------------------------------------------------------
 
@@ -282,12 +289,13 @@ def _matching_attribute(app: Any) -> str:
     return min(matching, key=lambda a: a.matching).target if matching else "userName"
 
 
-async def _probe(client: Any, attribute: str) -> str | None:
-    """None when the connection test passes, else exactly what failed."""
+async def _probe(client: Any, attribute: str) -> tuple[str | None, Capabilities | None]:
+    """(None, what the target declares) when the connection test passes, else (exactly
+    what failed, None): a target that cannot be reached has nothing to declare."""
     try:
         await client.test_connection(attribute)
+        return None, await discover(client)
     except TargetError as exc:
-        return str(exc) + (f" (target said: {exc.detail})" if exc.detail else "")
+        return str(exc) + (f" (target said: {exc.detail})" if exc.detail else ""), None
     finally:
         await client.aclose()
-    return None

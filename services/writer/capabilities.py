@@ -565,9 +565,9 @@ def _where(loaded: LoadedConfig | None, path: str) -> tuple[str | None, int | No
 def describe(capabilities: Capabilities) -> list[str]:
     """The capabilities as lines for people; every unknown says why it is unknown."""
     if _unread(capabilities, "ServiceProviderConfig"):
-        lines = [f"features         {_why_unknown(capabilities, 'ServiceProviderConfig')}"]
+        lines = ["features         unknown (/ServiceProviderConfig not read)"]
     else:
-        why = "unknown: not stated in /ServiceProviderConfig"
+        why = "unknown (not stated in /ServiceProviderConfig)"
         lines = [
             f"PATCH            {_yes_no(capabilities.patch, why)}",
             f"bulk             {_bulk(capabilities, why)}",
@@ -576,8 +576,9 @@ def describe(capabilities: Capabilities) -> list[str]:
             f"sort             {_yes_no(capabilities.sort, why)}",
             f"change password  {_yes_no(capabilities.change_password, why)}",
         ]
-    for kind in _CORE_OF:
-        lines.append(f"{_NAMES_OF[kind]:<16} {_resource_text(capabilities, kind)}")
+    lines += [f"{_NAMES_OF[kind]:<16} {_resource_text(capabilities, kind)}" for kind in _CORE_OF]
+    lines += [f"/{name} not served: {reason}" for name, reason in capabilities.unavailable.items()]
+    lines += [f"/{name} could not be read now: {reason}" for name, reason in capabilities.failed.items()]
     if not capabilities.complete:
         lines.append("what the target does not declare is unknown: scimflow assumes nothing about it "
                      "and reports no mapping as wrong because of it")
@@ -586,11 +587,6 @@ def describe(capabilities: Capabilities) -> list[str]:
 
 def _unread(capabilities: Capabilities, document: str) -> bool:
     return document in capabilities.unavailable or document in capabilities.failed
-
-
-def _why_unknown(capabilities: Capabilities, document: str) -> str:
-    reason = capabilities.unavailable.get(document) or capabilities.failed.get(document)
-    return f"unknown: /{document} not read ({reason})"
 
 
 def _yes_no(value: bool | None, why: str) -> str:
@@ -616,16 +612,16 @@ def _resource_text(capabilities: Capabilities, kind: str) -> str:
     resource = capabilities.resources.get(kind)
     if resource is None:
         if _unread(capabilities, "ResourceTypes"):
-            return _why_unknown(capabilities, "ResourceTypes")
+            return "unknown (/ResourceTypes not read)"
         return "not declared in /ResourceTypes"
     if resource.extensions is None:
         extensions = "extensions unknown (/ResourceTypes not read)"
     else:
         extensions = "extensions: " + (", ".join(resource.extensions) or "none")
     if _unread(capabilities, "Schemas"):
-        attributes = "attributes " + _why_unknown(capabilities, "Schemas")
+        attributes = "attributes unknown (/Schemas not read)"
     elif not resource.schemas_read:
-        attributes = "attributes unknown: its schema is not in /Schemas"
+        attributes = "attributes unknown (its schema is not in /Schemas)"
     else:
         attributes = f"{len(resource.attributes)} attributes and sub-attributes declared"
     return f"{resource.schema}; {extensions}; {attributes}"

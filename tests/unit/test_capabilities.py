@@ -286,10 +286,12 @@ def test_a_target_without_schemas_or_resource_types_reports_nothing(tmp_path: Pa
     caps = capabilities_from(unavailable={d: f"GET /{d} -> 404 Not Found"
                                           for d in ("ServiceProviderConfig", "ResourceTypes", "Schemas")})
     assert check_mappings(loaded.config.applications[0], caps, loaded) == []
-    text = "\n".join(describe(caps))
-    assert "unknown: /ServiceProviderConfig not read (GET /ServiceProviderConfig -> 404 Not Found)" in text
-    assert "attributes unknown: /Schemas not read" in text
-    assert "reports no mapping as wrong" in text
+    lines = describe(caps)
+    assert lines[0] == "features         unknown (/ServiceProviderConfig not read)"
+    assert lines[1] == (f"User             {CORE_USER}; extensions unknown (/ResourceTypes not read); "
+                        "attributes unknown (/Schemas not read)")
+    assert "/Schemas not served: GET /Schemas -> 404 Not Found" in lines
+    assert "reports no mapping as wrong" in lines[-1]
 
 
 def test_without_resource_types_extensions_are_unknown_but_declared_attributes_still_count(
