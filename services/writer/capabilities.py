@@ -189,6 +189,10 @@ def capabilities_from(service_provider_config: Any = None, resource_types: Any =
     """Capabilities from the three documents as decoded JSON; None for one not read."""
     features = parse_service_provider_config(service_provider_config)
     declared = parse_resource_types(resource_types) if resource_types is not None else None
+    if declared is not None and "user" not in declared:
+        # A provisioning target without users is not credible: an empty or unrecognised
+        # answer tells nothing, and must not make every mapping "undeclared".
+        declared = None
     attributes = parse_schemas(schemas)
     resources = {kind: _resource(kind, declared, attributes)
                  for kind in _CORE_OF if declared is None or kind in declared}

@@ -12,6 +12,8 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.runtime.config import LoadedConfig, load_config
 from services.writer.capabilities import (
@@ -315,6 +317,47 @@ def test_a_target_without_groups_is_told_once_for_the_group_mapping(tmp_path: Pa
     # the mapping's own line: YAML places a block mapping where its first key is
     assert group[0].line == line_of(CONFIG, "group:") + 1
     assert "Group            not declared in /ResourceTypes" in describe(caps)
+
+
+@pytest.mark.parametrize("types", [[], {"Resources": []}, {"weird": True}, [{"name": "Device"}]])
+def test_resource_types_without_a_user_type_tell_nothing(tmp_path: Path, types: Any) -> None:
+    loaded = load(tmp_path)
+    caps = capabilities_from(RFC_SERVICE_PROVIDER_CONFIG, types, RFC_SCHEMAS)
+    assert set(caps.resources) == {"user", "group"} and caps.resources["user"].extensions is None
+    kinds = {p.kind for p in check_mappings(loaded.config.applications[0], caps, loaded)}
+    assert "undeclared-resource-type" not in kinds and "undeclared-extension" not in kinds
+
+
+def test_a_declared_extension_missing_from_schemas_is_unknown_not_wrong(tmp_path: Path) -> None:
+    loaded = load(tmp_path)
+    core_only = {"Resources": RFC_SCHEMAS["Resources"][:1]}
+    caps = capabilities_from(RFC_SERVICE_PROVIDER_CONFIG, RFC_RESOURCE_TYPES, core_only)
+    assert caps.resources["user"].schemas_read == (CORE_USER,)
+    kinds = {p.target: p.kind for p in check_mappings(loaded.config.applications[0], caps, loaded)}
+    assert not any(t.startswith(ENTERPRISE_USER) for t in kinds)
+    assert kinds["urn:example:acme:2.0:User:costCenter"] == "undeclared-extension"
+    assert case_exact(caps, "user", f"{ENTERPRISE_USER}:department") is None
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8)
+    | st.sampled_from(["true", "readOnly", "complex", CORE_USER, ENTERPRISE_USER, "User", "/Users"]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from(["Resources", "id", "name", "schema", "schemaExtensions", "attributes",
+                         "subAttributes", "caseExact", "mutability", "type", "patch", "bulk",
+                         "supported", "maxOperations", "filter", "endpoint"]) | st.text(max_size=5),
+        inner, max_size=5),
+    max_leaves=30)
+
+
+@settings(max_examples=60, deadline=None)
+@given(JSON, JSON, JSON)
+def test_any_json_parses_without_a_crash(config: Any, types: Any, schemas: Any) -> None:
+    caps = capabilities_from(config, types, schemas)
+    describe(caps)
+    for kind in ("user", "group"):
+        assert case_exact(caps, kind, "userName") in (True, False, None)
+    assert msgspec.convert(msgspec.to_builtins(caps), Capabilities) == caps
 
 
 def test_disabled_mappings_are_not_checked(tmp_path: Path) -> None:
