@@ -18,6 +18,15 @@ A started broker listens on loopback on free ports, keeps its data and log in a 
 temp dir, has the requested topics before :func:`start_broker` returns, and is stopped by
 :meth:`Broker.stop` or, failing that, when the interpreter exits.
 
+Given a ``state_dir`` (``scimflow up`` does), Apache Kafka keeps its data there instead,
+across stops and starts: topics, records, committed offsets, changelogs. The KRaft log dir
+is formatted once (a copy of the cached formatted storage, so the cluster id is the one in
+``state_dir``), and the broker listens on the ports it had last time when they are free,
+or on new ones: a single-node KRaft cluster with a static voter set starts on a changed
+port (it re-registers its listeners), and nothing else we write depends on the port. The
+other kinds cannot keep state here and say so when they start: an external cluster keeps
+its own, Tansu keeps only memory, and the container's log dir is not mounted.
+
 Command line::
 
     python -m services.runtime.broker fetch   # cache jars, formatted storage, class archive
@@ -87,14 +96,18 @@ class Broker:
     """A broker to talk to at :attr:`bootstrap`; :meth:`stop` it (or use ``with``)."""
 
     def __init__(self, kind: str, bootstrap: str, *, version: str = "",
-                 data_dir: Path | None = None, process: subprocess.Popen[bytes] | None = None,
+                 data_dir: Path | None = None, keeps_data: bool = False,
+                 process: subprocess.Popen[bytes] | None = None,
                  container: Any = None, on_exit: Callable[[int], None] | None = None,
                  log: Log = _stderr) -> None:
         self.kind = kind
         self.bootstrap = bootstrap
         self.version = version
         self.data_dir = data_dir
-        """The temp dir with the broker's data and log; :meth:`stop` removes it."""
+        """The dir with the broker's data and log; :meth:`stop` removes it unless
+        :attr:`keeps_data`."""
+        self.keeps_data = keeps_data
+        """The data outlives this broker: the next start on the same ``state_dir`` has it."""
         self._process = process
         self._container = container
         self._on_exit = on_exit
@@ -126,7 +139,7 @@ class Broker:
         return self._process is None or self._process.poll() is None
 
     def stop(self) -> None:
-        """Stop the broker we started and remove its data; safe to call twice."""
+        """Stop the broker we started and remove its data (unless kept); safe to call twice."""
         with self._lock:
             if self._stopped:
                 return
@@ -141,7 +154,7 @@ class Broker:
             if self._container is not None:
                 self._container.stop()
         finally:
-            if self.data_dir is not None:
+            if self.data_dir is not None and not self.keeps_data:
                 shutil.rmtree(self.data_dir, ignore_errors=True)
 
     def _report_early_exit(self) -> None:
@@ -159,11 +172,16 @@ class Broker:
 
 
 def start_broker(settings: Settings, *, topics: Iterable[TopicSpec] = (), log: Log = _stderr,
-                 kind: str | None = None) -> Broker:
-    """Give a broker that answers and has ``topics``; ``kind`` overrides ``SCIMFLOW_BROKER``."""
+                 kind: str | None = None, state_dir: Path | None = None) -> Broker:
+    """Give a broker that answers and has ``topics``; ``kind`` overrides ``SCIMFLOW_BROKER``.
+
+    With ``state_dir``, a broker that can keeps its data there for the next start on the
+    same dir (:attr:`Broker.keeps_data`); one that cannot logs that it starts empty. The
+    caller makes sure only one broker at a time uses ``state_dir``.
+    """
     chosen = _choose(settings, kind)
     started = time.monotonic()
-    broker = _STARTERS[chosen](settings, log)
+    broker = _STARTERS[chosen](settings, log, state_dir)
     try:
         wait_until_ready(broker.bootstrap, _READY_TIMEOUT)
         create_topics(broker.bootstrap, list(topics))
@@ -195,7 +213,8 @@ def _choose(settings: Settings, kind: str | None) -> str:
 # --- external ------------------------------------------------------------------------
 
 
-def _use_external(settings: Settings, log: Log) -> Broker:
+def _use_external(settings: Settings, log: Log, state_dir: Path | None) -> Broker:
+    # The cluster keeps its own state; state_dir has nothing to hold.
     if not settings.kafka_bootstrap:
         raise ConfigError("the external broker needs SCIMFLOW_KAFKA_BOOTSTRAP",
                           file="environment (SCIMFLOW_*)")
@@ -224,8 +243,15 @@ def _docker_answers() -> bool:
         client.close()
 
 
-def _start_testcontainers(settings: Settings, log: Log) -> Broker:
+def _start_testcontainers(settings: Settings, log: Log, state_dir: Path | None) -> Broker:
     from testcontainers.core.container import DockerContainer  # noqa: PLC0415  # dev extra
+
+    if state_dir is not None:
+        # Not mounted: the image's user, its log dir and its storage formatting would all
+        # have to agree with a host directory, and no engine here to prove it works.
+        _say_not_kept(log, "testcontainers", "its log dir lives in the container",
+                      "a broker that keeps it, set SCIMFLOW_BROKER=apache-kafka "
+                      "(Java >= 17 and Maven)")
 
     # testcontainers' KafkaContainer drives Confluent's image through its own start
     # script; the Apache image is configured by environment alone, so a plain container
@@ -324,29 +350,94 @@ def _maven_copy(version: str, work: Path) -> None:
                           f"(exit {result.returncode}):\n" + "\n".join(output[-30:]))
 
 
-def _start_apache_kafka(settings: Settings, log: Log) -> Broker:
+def _start_apache_kafka(settings: Settings, log: Log, state_dir: Path | None) -> Broker:
     major, build = _java_version()
     if major < 17:
         raise BrokerError(f"Apache Kafka needs Java >= 17 on PATH; found {major or 'none'}")
     libs = fetch_kafka(settings, log)
     storage = _formatted_storage(libs, log)
-    return _with_fresh_ports(
-        lambda workdir: _launch_kafka(settings, libs, storage, build, workdir, log),
-        "scimflow-kafka-")
+
+    def launch(workdir: Path, ports: tuple[int, int], keep: bool) -> Broker:
+        return _launch_kafka(settings, libs, build, workdir, ports, log, keep=keep)
+
+    if state_dir is not None:
+        return _start_kept_kafka(state_dir, storage, launch)
+
+    def launch_fresh(workdir: Path) -> Broker:
+        shutil.copytree(storage, workdir / "data")
+        return launch(workdir, _port_pair(_free_ports(2)), False)
+
+    return _with_fresh_ports(launch_fresh, "scimflow-kafka-")
 
 
-def _launch_kafka(settings: Settings, libs: Path, storage: Path, java_build: str,
-                  workdir: Path, log: Log) -> Broker:
-    broker_port, controller_port = _free_ports(2)
+_KEPT_PORTS = "ports"
+"""In a ``state_dir``: the broker and controller ports of the last start, tried first."""
+
+
+def _start_kept_kafka(home: Path, storage: Path,
+                      launch: Callable[[Path, tuple[int, int], bool], Broker]) -> Broker:
+    """Kafka on the log dir in ``home``, formatted on the first start only, on the ports
+    of the last start if they are free (else new ones, remembered for the next start)."""
+    home.mkdir(parents=True, exist_ok=True)
+    _seed_log_dir(storage, home / "data")
+    ports = _kept_ports(home)
+    for _ in range(_BIND_ATTEMPTS):
+        _rotate(home / "broker.log")  # so a port clash found in the log is this start's
+        try:
+            broker = launch(home, ports, True)
+        except _PortTakenError:
+            ports = _port_pair(_free_ports(2))
+            continue
+        _write_atomically(home / _KEPT_PORTS, f"{ports[0]} {ports[1]}\n")
+        return broker
+    raise BrokerError(f"could not bind free loopback ports in {_BIND_ATTEMPTS} attempts")
+
+
+def _seed_log_dir(storage: Path, data: Path) -> None:
+    """Copy the formatted storage to ``data`` unless a previous start did (KRaft refuses
+    an unformatted log dir, and formatting again would lose what it holds)."""
+    if data.is_dir():  # renamed into place only once complete
+        return
+    staging = data.with_name(f".{data.name}.{os.getpid()}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(storage, staging)
+    staging.rename(data)
+
+
+def _kept_ports(home: Path) -> tuple[int, int]:
+    """The ports of the last start if both are still free, else two new free ones."""
+    try:
+        kept = tuple(int(p) for p in (home / _KEPT_PORTS).read_text("utf-8").split())
+    except (OSError, ValueError):
+        kept = ()
+    if len(kept) == 2 and all(_bindable(port) for port in kept):
+        return kept[0], kept[1]
+    return _port_pair(_free_ports(2))
+
+
+def _port_pair(ports: list[int]) -> tuple[int, int]:
+    return ports[0], ports[1]
+
+
+def _rotate(log_file: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        log_file.replace(log_file.with_name(log_file.name + ".1"))
+
+
+def _launch_kafka(settings: Settings, libs: Path, java_build: str, workdir: Path,
+                  ports: tuple[int, int], log: Log, *, keep: bool) -> Broker:
+    """Run Kafka on the formatted log dir ``workdir/data``, with a config for ``ports``
+    written anew (the advertised listener is the only thing that names the port)."""
+    broker_port, controller_port = ports
     config = _write_config(workdir, broker_port, controller_port, settings.partitions)
-    shutil.copytree(storage, workdir / "data")
     cds, keep_archive = _class_sharing(libs.parent, java_build, workdir)
     log_file = workdir / "broker.log"
     process = _spawn(_java(libs, workdir, "-Xmx512m", *_SHORT_RUN_JVM, *cds, "kafka.Kafka", str(config)),
                      log_file)
     _await_listener(f"Apache Kafka {settings.kafka_version}", process, broker_port, log_file)
     return Broker("apache-kafka", f"{_LOOPBACK}:{broker_port}", version=settings.kafka_version,
-                  data_dir=workdir, process=process, on_exit=keep_archive, log=log)
+                  data_dir=workdir, keeps_data=keep, process=process, on_exit=keep_archive,
+                  log=log)
 
 
 def _class_sharing(home: Path, java_build: str,
@@ -372,6 +463,7 @@ def _class_sharing(home: Path, java_build: str,
         with contextlib.suppress(OSError):  # no archive costs speed, nothing else
             shutil.copyfile(dump, partial)  # workdir may be on another file system
             partial.replace(archive)
+            dump.unlink()  # ~50 MB that a kept workdir would otherwise carry
 
     return [f"-XX:ArchiveClassesAtExit={dump}", quiet], keep
 
@@ -495,8 +587,11 @@ def _java_version() -> tuple[int, str]:
 # --- Tansu ---------------------------------------------------------------------------
 
 
-def _start_tansu(settings: Settings, log: Log) -> Broker:
+def _start_tansu(settings: Settings, log: Log, state_dir: Path | None) -> Broker:
     binary, version = _tansu_binary()
+    if state_dir is not None:
+        _say_not_kept(log, "tansu", "it keeps topics in memory only",
+                      "a broker that keeps it, install Java >= 17 and Maven")
     return _with_fresh_ports(lambda workdir: _launch_tansu(binary, version, workdir, log),
                              "scimflow-tansu-")
 
@@ -523,6 +618,12 @@ def _launch_tansu(binary: str, version: str, workdir: Path, log: Log) -> Broker:
     _await_listener(f"tansu {version}", process, port, log_file)
     return Broker("tansu", f"{_LOOPBACK}:{port}", version=version, data_dir=workdir,
                   process=process, log=log)
+
+
+def _say_not_kept(log: Log, kind: str, why: str, instead: str) -> None:
+    log(f"broker: {kind} does not keep its state ({why}): topics, positions and managed "
+        f"state start empty on every start, and scimflow adopts the target's accounts "
+        f"again. For {instead}.")
 
 
 # --- processes, ports and files ------------------------------------------------------
@@ -588,6 +689,19 @@ def _accepts(port: int) -> bool:
         return False
 
 
+def _bindable(port: int) -> bool:
+    """Whether nothing listens on loopback ``port`` (so a broker could bind it now)."""
+    with socket.socket() as sock:
+        # As the JVM's server sockets do: connections of the last run in TIME_WAIT do not
+        # keep a restarted broker from its port.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((_LOOPBACK, port))
+        except OSError:
+            return False
+    return True
+
+
 def _free_ports(count: int) -> list[int]:
     """``count`` distinct ports the kernel considers free right now."""
     with contextlib.ExitStack() as stack:
@@ -629,7 +743,7 @@ def _write_atomically(path: Path, text: str) -> None:
     partial.replace(path)
 
 
-_STARTERS: dict[str, Callable[[Settings, Log], Broker]] = {
+_STARTERS: dict[str, Callable[[Settings, Log, Path | None], Broker]] = {
     "external": _use_external,
     "testcontainers": _start_testcontainers,
     "apache-kafka": _start_apache_kafka,

@@ -3,25 +3,34 @@
 Starts (in this order) a broker, optionally the local demo SCIM target, the three
 workers and the admin API (``scimflow admin``) as child processes; stops them in reverse
 order on Ctrl-C or SIGTERM so nothing is left behind.
+
+What ``up`` keeps between runs lives in one data dir (:func:`claim_data_dir`): the
+broker's log dir, the demo target's resources, the worker logs. One ``up`` at a time
+holds it, so the next one resumes where the last one stopped, or wipes it (``--fresh``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import httpx
 
 from services.runtime.errors import ScimflowError
 
-__all__ = ["ADMIN", "SERVICES", "Supervisor", "free_port"]
+__all__ = ["ADMIN", "DATA_DIR_NAME", "SERVICES", "DataDirError", "Supervisor", "claim_data_dir",
+           "default_data_dir", "free_port", "wipe_data_dir"]
 
 SERVICES = ("ingest", "mapper", "writer")
 ADMIN = "admin"
@@ -129,6 +138,9 @@ def free_port(preferred: int = 0, host: str = "127.0.0.1") -> int:
     """``preferred`` if nothing listens on it, else a free port the OS picks."""
     for port in (preferred, 0) if preferred else (0,):
         with socket.socket() as sock:
+            # As the servers we start do (Python's http.server, aiohttp): connections of a
+            # run that just stopped, left in TIME_WAIT, do not keep the next one off its port.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((host, port))
             except OSError:
@@ -136,3 +148,87 @@ def free_port(preferred: int = 0, host: str = "127.0.0.1") -> int:
             bound: int = sock.getsockname()[1]
             return bound
     raise RuntimeError("no free port")
+
+
+DATA_DIR_NAME = ".scimflow"
+"""``scimflow up``'s data dir, by default beside the config file (:func:`default_data_dir`)."""
+_MARKER = "scimflow-data-dir.txt"
+_LOCK = "up.lock"
+_MARKER_TEXT = """\
+What `scimflow up` keeps between runs: the embedded broker's topics and committed offsets
+(kafka/), the demo SCIM target's users and groups (scim-target/), worker logs (logs/).
+`scimflow up` resumes from it; `scimflow up --fresh` wipes it and starts over.
+"""
+
+
+class DataDirError(ScimflowError):
+    """The data dir is held by another ``scimflow up``, or is not one to use or wipe."""
+
+
+def default_data_dir(config: Path) -> Path:
+    """``.scimflow/`` beside ``config``: each config resumes its own state."""
+    return config.resolve().parent / DATA_DIR_NAME
+
+
+@contextlib.contextmanager
+def claim_data_dir(path: Path, *, fresh: bool = False) -> Iterator[bool]:
+    """Hold ``path`` as this process's data dir for the block; yield whether it has the
+    state of an earlier run (after ``fresh`` wiped it: never).
+
+    The lock is an ``flock`` on ``up.lock``, which names its holder's pid: the kernel
+    drops it when the holder exits, however it exits, so a killed ``up`` leaves no stale
+    lock. A directory with files but no marker is someone else's: neither used nor wiped.
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    _refuse_foreign(path)
+    with (path / _LOCK).open("a+", encoding="utf-8") as lock:
+        _lock(lock, path)
+        try:
+            (path / _MARKER).write_text(_MARKER_TEXT, encoding="utf-8")
+            if fresh:
+                wipe_data_dir(path)
+            yield _has_state(path)
+        finally:
+            lock.truncate(0)  # the pid of a process that no longer holds it misleads
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def wipe_data_dir(path: Path) -> None:
+    """Remove everything an earlier run kept in ``path`` (not the lock, not the marker).
+
+    Call it only while holding ``path`` (:func:`claim_data_dir` with ``fresh``)."""
+    for entry in _state_entries(path):
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def _lock(lock: IO[str], path: Path) -> None:
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        raise DataDirError(f"data dir {path} is in use by another `scimflow up` (pid {holder}); "
+                           "stop that one first, or pass --data-dir DIR to run another") from None
+    lock.seek(0)
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+
+
+def _refuse_foreign(path: Path) -> None:
+    if (path / _MARKER).is_file() or not _state_entries(path):
+        return
+    raise DataDirError(f"{path} is not a scimflow data dir (it has files and no {_MARKER}); "
+                       "`scimflow up` neither uses nor wipes it: pass --data-dir with a new "
+                       "or empty directory")
+
+
+def _state_entries(path: Path) -> list[Path]:
+    return [entry for entry in path.iterdir() if entry.name not in (_MARKER, _LOCK)]
+
+
+def _has_state(path: Path) -> bool:
+    return bool(_state_entries(path))

@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
-from kafka import KafkaAdminClient
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
+from kafka.structs import OffsetAndMetadata
 
 from services.runtime.broker import Broker, start_broker
 from services.runtime.errors import ConfigError
 from services.runtime.kafka import consume, plain_producer, wait_until_ready
 from services.runtime.settings import load_settings
+from services.runtime.supervisor import claim_data_dir
 from services.runtime.topics import TopicSpec
 
 pytestmark = pytest.mark.integration
@@ -88,6 +92,63 @@ def test_tansu_creates_topics_round_trips_and_stops(monkeypatch: pytest.MonkeyPa
     assert not _group_alive(pid)
 
 
+def test_kept_state_survives_restarts_on_the_same_port_and_on_a_new_one(tmp_path: Path) -> None:
+    """`scimflow up`'s broker: records and committed offsets outlive the JVM, whether the
+    restart gets the ports it had or, when another process took one, new ones."""
+    _skip_without_java_kafka()
+    state = tmp_path / "kafka"
+    with start_broker(load_settings(), topics=[EVENTS], kind="apache-kafka",
+                      state_dir=state) as first:
+        assert first.keeps_data
+        pid, bootstrap = first.pid, first.bootstrap
+        value = _write_and_commit(bootstrap)
+    assert pid is not None
+    assert not _group_alive(pid)
+    assert (state / "data" / "meta.properties").is_file()
+
+    with start_broker(load_settings(), kind="apache-kafka", state_dir=state) as second:
+        assert second.bootstrap == bootstrap  # its port was free: the same address again
+        assert _read_back(second.bootstrap) == (value, 1)
+
+    with socket.socket() as squatter:  # someone else now listens on the broker's port
+        squatter.bind(("127.0.0.1", int(bootstrap.rsplit(":", 1)[1])))
+        squatter.listen()
+        with start_broker(load_settings(), kind="apache-kafka", state_dir=state) as third:
+            assert third.bootstrap != bootstrap
+            assert _read_back(third.bootstrap) == (value, 1)
+    assert (state / "ports").read_text().split()[0] == third.bootstrap.rsplit(":", 1)[1]
+
+
+def test_a_fresh_data_dir_gives_an_empty_broker(tmp_path: Path) -> None:
+    """What `scimflow up --fresh` does: the next broker on the dir has nothing of the last."""
+    _skip_without_java_kafka()
+    with claim_data_dir(tmp_path), start_broker(load_settings(), topics=[EVENTS], kind="apache-kafka",
+                                                state_dir=tmp_path / "kafka") as broker:
+        _write_and_commit(broker.bootstrap)
+    with claim_data_dir(tmp_path, fresh=True) as resumed:
+        assert not resumed
+        assert not (tmp_path / "kafka").exists()
+        with start_broker(load_settings(), kind="apache-kafka",
+                          state_dir=tmp_path / "kafka") as again:
+            admin = KafkaAdminClient(bootstrap_servers=again.bootstrap)
+            try:
+                assert EVENTS.name not in admin.list_topics()
+            finally:
+                admin.close()
+
+
+def test_tansu_says_it_keeps_no_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SCIMFLOW_BROKER", "tansu")
+    lines: list[str] = []
+    with start_broker(load_settings(), log=lines.append, state_dir=tmp_path / "kafka") as broker:
+        assert not broker.keeps_data
+        data_dir = broker.data_dir
+    assert "tansu does not keep its state" in lines[0]
+    assert data_dir is not None
+    assert not data_dir.exists()  # its temp dir went with it, as without a state dir
+    assert not (tmp_path / "kafka").exists()
+
+
 def test_unknown_broker_choice_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SCIMFLOW_BROKER", "redpanda")
     with pytest.raises(ConfigError, match="SCIMFLOW_BROKER='redpanda'"):
@@ -148,3 +209,33 @@ def _group_alive(pgid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+_GROUP = "broker-test.kept"
+
+
+def _write_and_commit(bootstrap: str) -> bytes:
+    """One record on partition 0 of EVENTS, and offset 1 committed there for _GROUP."""
+    value = uuid.uuid4().hex.encode()
+    producer = plain_producer(bootstrap)
+    try:
+        producer.send(EVENTS.name, value, key=b"key", partition=0).get(timeout=10)
+    finally:
+        producer.close()
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=_GROUP, enable_auto_commit=False)
+    try:
+        consumer.commit({TopicPartition(EVENTS.name, 0): OffsetAndMetadata(1, "", -1)})
+    finally:
+        consumer.close()
+    return value
+
+
+def _read_back(bootstrap: str) -> tuple[bytes | None, int | None]:
+    """The first record of partition 0 of EVENTS, and _GROUP's committed offset there."""
+    first = next(iter(consume(bootstrap, EVENTS.name, idle_timeout=10)), None)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=_GROUP, enable_auto_commit=False)
+    try:
+        committed = consumer.committed(TopicPartition(EVENTS.name, 0))
+    finally:
+        consumer.close()
+    return (None if first is None else first.value), committed
