@@ -5,6 +5,13 @@ the demo. scim2-server keeps every resource in memory (its ``InMemoryStorage``; 
 written to disk unless ``--dump-resources`` is given, which we never pass), so each process
 starts empty and a fresh target per test or per module needs no cleanup.
 
+``resources_file=PATH`` makes a target that remembers, for ``scimflow up``, whose pipeline
+state survives a restart (a target that forgot its users while scimflow remembers creating
+them would be no demo of anything). scim2-server has no storage on disk and only dumps
+(never loads) its resources, at a clean stop; so the server here runs a subclass of its
+``InMemoryStorage`` that loads ``PATH`` at start and rewrites it after every write: what
+the target acknowledged survives even a SIGKILL.
+
 The server runs in its own session (process group) so that stopping it also stops anything
 it spawned; :meth:`ScimTarget.stop` sends SIGTERM, then SIGKILL, and an ``atexit`` hook stops
 any target the caller forgot.
@@ -22,7 +29,10 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import itertools
+import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -30,8 +40,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import httpx
 
@@ -41,6 +53,7 @@ __all__ = ["ScimTarget", "ScimTargetError", "start_scim_target"]
 
 _TOKEN_ENV = "SCIMFLOW_SCIM_TARGET_TOKEN"  # noqa: S105 - a variable name, not a secret
 _THREADS_ENV = "SCIMFLOW_SCIM_TARGET_THREADS"
+_RESOURCES_ENV = "SCIMFLOW_SCIM_TARGET_RESOURCES"
 
 # Runs scim2-server's own CLI entry point (the same code as the `scim2-server` script),
 # adding the token from the environment so it never appears in the process list.
@@ -60,6 +73,10 @@ _LAUNCHER = (
     "        def __exit__(self, *exc): self.server.close()\n"
     "        def serve_forever(self): self.server.run()\n"
     "    cli.make_server = Waitress\n"
+    f"resources = os.environ.pop({_RESOURCES_ENV!r}, '')\n"
+    "if resources:\n"
+    "    from services.runtime.scim_target import _file_backed_storage\n"
+    "    cli.InMemoryStorage = _file_backed_storage(resources)\n"
     "sys.argv = ['scim2-server', *sys.argv[1:], '--bearer-token=' + token]\n"
     "cli.main()\n"
 )
@@ -87,6 +104,12 @@ class ScimTarget:
     @property
     def pid(self) -> int:
         return self._process.pid
+
+    @property
+    def port(self) -> int:
+        port = httpx.URL(self.base_url).port
+        assert port is not None  # base_url is built with one
+        return port
 
     @property
     def running(self) -> bool:
@@ -123,13 +146,16 @@ def _stop_all() -> None:
 
 
 def start_scim_target(*, token: str | None = None, port: int = 0,
-                      log_file: Path | None = None, threads: int = 0) -> ScimTarget:
+                      log_file: Path | None = None, threads: int = 0,
+                      resources_file: Path | None = None) -> ScimTarget:
     """Start scim2-server on 127.0.0.1 and return once it answers HTTP.
 
     ``port=0`` picks a free port (and retries with another one if a concurrent process
     grabs it first). ``token`` defaults to a random one. The server's request log goes to
     ``log_file``, or to a temporary file removed by :meth:`ScimTarget.stop`. ``threads > 0``
     serves it with waitress and that many worker threads (HTTP/1.1 keep-alive).
+    ``resources_file`` keeps the users and groups in that JSON file, from one start to the
+    next (created on the first write; one target at a time per file).
     """
     token = token if token is not None else secrets.token_urlsafe(24)
     if not token:
@@ -138,7 +164,7 @@ def start_scim_target(*, token: str | None = None, port: int = 0,
     last: ScimTargetError | None = None
     for _ in range(tries):
         try:
-            return _start_once(token, port or _free_port(), log_file, threads)
+            return _start_once(token, port or _free_port(), log_file, threads, resources_file)
         except _PortTakenError as exc:
             last = exc
     raise ScimTargetError(f"could not start scim2-server after {tries} attempt(s): {last}")
@@ -148,10 +174,12 @@ class _PortTakenError(ScimTargetError):
     """The chosen port was taken between choosing it and the server binding it."""
 
 
-def _start_once(token: str, port: int, log_file: Path | None, threads: int) -> ScimTarget:
+def _start_once(token: str, port: int, log_file: Path | None, threads: int,
+                resources_file: Path | None) -> ScimTarget:
     owns_log = log_file is None
     log_path = log_file if log_file is not None else _temp_log()
-    process = _spawn(token, port, log_path, threads)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    process = _spawn(token, port, log_path, threads, resources_file)
     target = ScimTarget(base_url=f"http://127.0.0.1:{port}/v2", token=token,
                         process=process, log_file=log_path, owns_log=owns_log)
     _LIVE.add(target)
@@ -163,8 +191,11 @@ def _start_once(token: str, port: int, log_file: Path | None, threads: int) -> S
     return target
 
 
-def _spawn(token: str, port: int, log_path: Path, threads: int) -> subprocess.Popen[bytes]:
+def _spawn(token: str, port: int, log_path: Path, threads: int,
+           resources_file: Path | None) -> subprocess.Popen[bytes]:
     env = {**os.environ, _TOKEN_ENV: token, _THREADS_ENV: str(threads), "PYTHONUNBUFFERED": "1"}
+    if resources_file is not None:
+        env[_RESOURCES_ENV] = str(resources_file.resolve())
     with log_path.open("ab") as log:
         # The child keeps its own copy of the log descriptor; ours can close at once.
         return subprocess.Popen(
@@ -239,3 +270,97 @@ def _log_tail(path: Path, limit: int = 2000) -> str:
     except OSError:
         return "<no log>"
     return text[-limit:].strip() or "<empty log>"
+
+
+# --- in the server process: resources kept in a file ----------------------------------
+
+
+def _file_backed_storage(path: str) -> type[Any]:
+    """scim2-server's ``InMemoryStorage``, loaded from ``path`` and saved to it after every
+    create, update and delete: the whole file, renamed into place so a half-written one
+    is never read, from each resource's JSON kept since its last write (only the written
+    resource is serialised again). Runs in the server process, which imports scim2-server."""
+    from scim2_server.memory import InMemoryStorage  # noqa: PLC0415  # the server's import
+
+    file = Path(path)
+
+    class FileBackedStorage(InMemoryStorage):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._saved: dict[tuple[str, str], str] = {}
+            with self.lock:
+                self.resources = _load_resources(file)
+                self._saved = {_stored_key(r): _dumped(r) for r in self.resources}
+                # ETags must not repeat across restarts: versions go on from the last one.
+                self.versions = itertools.count(_last_version(self.resources) + 1)
+
+        def create(self, *args: Any, **kwargs: Any) -> Any:
+            with self.lock:
+                created = super().create(*args, **kwargs)
+                self._changed(created)
+                return created
+
+        def update(self, *args: Any, **kwargs: Any) -> Any:
+            with self.lock:
+                updated = super().update(*args, **kwargs)
+                self._changed(updated)
+                return updated
+
+        def delete(self, resource_type: Any, resource_id: str, **kwargs: Any) -> None:
+            with self.lock:
+                super().delete(resource_type, resource_id, **kwargs)
+                self._saved.pop((resource_type.name, resource_id), None)
+                _save(file, self._saved.values())
+
+        def _changed(self, resource: Any) -> None:
+            self._saved[_stored_key(resource)] = _dumped(resource)
+            _save(file, self._saved.values())
+
+    return FileBackedStorage
+
+
+def _load_resources(file: Path) -> list[Any]:
+    """The resources saved in ``file`` as scim2-server's models (none if no file yet)."""
+    from scim2_models import ScimProvider, get_model_by_payload  # noqa: PLC0415
+    from scim2_server.utils import (  # noqa: PLC0415
+        load_default_resource_types,
+        load_default_schemas,
+        load_default_service_provider_config,
+    )
+
+    try:
+        saved = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return []
+    # The models the server itself uses: it runs with the default schemas (no --schema).
+    provider = ScimProvider.from_discovery(load_default_schemas().values(),
+                                           load_default_resource_types().values(),
+                                           config=load_default_service_provider_config())
+    models = [m for m in map(provider.model_for, provider.resource_types) if m is not None]
+    loaded = []
+    for payload in saved:
+        model = get_model_by_payload(models, payload, with_extensions=False)
+        if model is None:
+            raise ValueError(f"{file}: no model for a resource with schemas {payload.get('schemas')}")
+        loaded.append(model.model_validate(payload))
+    return loaded
+
+
+def _stored_key(resource: Any) -> tuple[str, str]:
+    return resource.meta.resource_type, resource.id
+
+
+def _dumped(resource: Any) -> str:
+    return json.dumps(resource.model_dump(), separators=(",", ":"))
+
+
+def _last_version(resources: list[Any]) -> int:
+    numbers = (re.search(r"\d+", r.meta.version or "") for r in resources)
+    return max((int(n[0]) for n in numbers if n is not None), default=0)
+
+
+def _save(file: Path, dumped: Iterable[str]) -> None:
+    partial = file.with_name(f".{file.name}.tmp")
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial.write_text("[\n" + ",\n".join(dumped) + "\n]\n", encoding="utf-8")
+    partial.replace(file)
