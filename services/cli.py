@@ -23,11 +23,12 @@ from schemas import ActivityRecord, DirectoryChange, ErrorRecord
 from services.runtime.config import FileSource, LoadedConfig, load_config
 from services.runtime.errors import ConfigError, ScimflowError
 from services.runtime.logs import configure_logging
-from services.runtime.settings import load_settings
+from services.runtime.settings import Settings, load_settings
 from services.runtime.topics import Topics
 
 if TYPE_CHECKING:
     from services.admin.control import Backend
+    from services.runtime.scim_target import ScimTarget
 
 __all__ = ["main"]
 
@@ -282,36 +283,58 @@ def writer(config: ConfigOpt) -> None:
 def up(config: ConfigOpt = Path("examples/demo.yaml"),
        demo_target: Annotated[bool, typer.Option(
            help="Start a local scim2-server and point DEMO_SCIM_URL/DEMO_SCIM_TOKEN at it.")] = True,
+       data_dir: Annotated[Path | None, typer.Option(
+           "--data-dir", help="Where `up` keeps its state between runs (topics, committed offsets, "
+           "the demo target's users). Default: .scimflow/ beside the config file.")] = None,
+       fresh: Annotated[bool, typer.Option(
+           "--fresh", help="Wipe the data dir first and start over.")] = False,
        ) -> None:
-    """Run the whole pipeline: broker, demo SCIM target, ingest, mapper, writer and admin API."""
-    from services.runtime.broker import start_broker
-    from services.runtime.scim_target import start_scim_target
-    from services.runtime.supervisor import Supervisor, free_port
+    """Run the whole pipeline: broker, demo SCIM target, ingest, mapper, writer and admin API.
+
+    Ctrl-C stops it; the next `up` on the same data dir resumes where it stopped."""
+    from services.runtime.supervisor import claim_data_dir, default_data_dir
 
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    if data_dir is None and not config.is_file():  # else the default dir lands beside nothing
+        raise _fail(ConfigError("no such config file", file=str(config)))
+    state = (data_dir or default_data_dir(config)).expanduser().resolve()
+    try:
+        with claim_data_dir(state, fresh=fresh) as resumed:
+            how = ("wiped, starting empty" if fresh else
+                   "resuming the last run; `--fresh` starts over" if resumed else "new, starting empty")
+            err.print(f"data dir: {state} ({how})", highlight=False)
+            _up(settings, config, state, demo_target=demo_target)
+    except ScimflowError as exc:
+        raise _fail(exc) from None
+
+
+def _up(settings: Settings, config: Path, state: Path, *, demo_target: bool) -> None:
+    """Start everything with its state in ``state``, follow the activity, stop on Ctrl-C."""
+    from services.runtime.broker import start_broker
+    from services.runtime.supervisor import Supervisor, free_port
+
     env: dict[str, str] = {}
     stack: list[Any] = []
     try:
         if demo_target:
-            token = secrets.token_urlsafe(24)
-            target = start_scim_target(token=token)
+            target = _start_demo_target(state)
             stack.append(target)
-            env |= {"DEMO_SCIM_URL": target.base_url, "DEMO_SCIM_TOKEN": token}
+            env |= {"DEMO_SCIM_URL": target.base_url, "DEMO_SCIM_TOKEN": target.token}
             os.environ.update(env)
         loaded = _load(config)
         topics = Topics(settings.topic_prefix, settings.partitions)
-        broker = start_broker(settings, topics=topics.specs(), log=lambda m: err.print(m, highlight=False))
+        broker = start_broker(settings, topics=topics.specs(), state_dir=state / "kafka",
+                              log=lambda m: err.print(m, highlight=False))
         stack.append(broker)
         env["SCIMFLOW_KAFKA_BOOTSTRAP"] = broker.bootstrap
-        run_dir = Path(settings.data_dir) / "run"
-        sup = Supervisor(config=config.resolve(), env=env, log_dir=run_dir / "logs")
+        sup = Supervisor(config=config.resolve(), env=env, log_dir=state / "logs")
         stack.append(sup)
         sup.start()
         admin_url = sup.start_admin(port=free_port(settings.admin_port), host=settings.admin_host,
-                                    tokens=f"operator=file:{_admin_token_file(run_dir)}")
-        _announce(loaded, broker.bootstrap, env, run_dir, admin_url)
+                                    tokens=f"operator=file:{_admin_token_file(state)}")
+        _announce(loaded, broker.bootstrap, env, state, admin_url)
         _watch(loaded, broker.bootstrap, topics, sup)
     except ScimflowError as exc:
         raise _fail(exc) from None
@@ -320,7 +343,39 @@ def up(config: ConfigOpt = Path("examples/demo.yaml"),
     finally:
         for thing in reversed(stack):
             thing.stop()
-        err.print("stopped: workers, admin API, broker and demo target are down.")
+        err.print("stopped: workers, admin API, broker and demo target are down; "
+                  f"what they keep stays in {state}.", highlight=False)
+
+
+def _start_demo_target(state: Path) -> ScimTarget:
+    """The demo scim2-server, with the users, groups, port and token of the last run (if
+    any): a target that remembers what the pipeline remembers writing to it."""
+    from services.runtime.scim_target import start_scim_target
+    from services.runtime.supervisor import free_port
+
+    folder = state / "scim-target"
+    folder.mkdir(parents=True, exist_ok=True)
+    port_file = folder / "port"
+    kept = port_file.read_text().strip() if port_file.is_file() else ""
+    target = start_scim_target(token=_kept_secret(state / "demo-token"),
+                               port=free_port(int(kept) if kept.isdigit() else 0),
+                               log_file=state / "logs" / "scim-target.log",
+                               resources_file=folder / "resources.json")
+    port_file.write_text(f"{target.port}\n")
+    return target
+
+
+def _kept_secret(path: Path) -> str:
+    """The secret in ``path``, made (readable only by its owner) if there is none yet."""
+    kept = path.read_text().strip() if path.is_file() else ""
+    if kept:
+        return kept
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    path.touch(mode=0o600)
+    secret = secrets.token_urlsafe(24)
+    path.write_text(secret)
+    return secret
 
 
 def _admin_token_file(run_dir: Path) -> Path:
