@@ -239,6 +239,11 @@ class ScimClient:
     def __repr__(self) -> str:
         return f"ScimClient(base_url={self._shown_base!r})"
 
+    @property
+    def app(self) -> str:
+        """The application this client writes to ("" outside a writer)."""
+        return self._app
+
     async def __aenter__(self) -> ScimClient:
         return self
 
@@ -270,6 +275,17 @@ class ScimClient:
     async def list(self, kind: Kind, filter: str | None = None) -> builtins.list[ScimResource]:
         """Every resource of ``kind`` (matching the SCIM ``filter``, if given), page by page,
         with whatever page size the target chooses (``page_size`` only asks for one)."""
+        return (await self._list_pages(kind, filter))[0]
+
+    async def list_all(self, kind: Kind) -> tuple[builtins.list[ScimResource], bool]:
+        """Every resource of ``kind`` (discovery), and whether the listing is complete: it
+        reached ``totalResults`` (a target that caps results or ignores ``startIndex``
+        gives a partial listing, and absence from it proves nothing)."""
+        return await self._list_pages(kind, None)
+
+    async def _list_pages(self, kind: Kind, filter: str | None) -> tuple[builtins.list[ScimResource], bool]:
+        """Follow ``startIndex`` by what each page really held (targets default to 20 or 50
+        per page and ignore ``count``) until ``totalResults``."""
         found: dict[str, ScimResource] = {}
         while True:
             total, page = await self._page(kind, filter, start=len(found) + 1 if found else None)
@@ -277,7 +293,7 @@ class ScimClient:
             found.update(new)
             # Stop on a page without news too: a target that ignores startIndex would loop.
             if not new or len(found) >= total:
-                return builtins.list(found.values())
+                return builtins.list(found.values()), len(found) >= total
 
     async def get(self, kind: Kind, id: str) -> ScimResource:
         return _resource(await self._call("GET", _path(kind, id), ok=(200,)))
@@ -298,26 +314,30 @@ class ScimClient:
         await self._call("DELETE", _path(kind, id), ok=(200, 204))
 
     async def update(self, kind: Kind, id: str, changes: Mapping[str, Any], *,
-                     current: Mapping[str, Any] | ScimResource) -> None:
+                     current: ScimResource | Mapping[str, Any] | None = None) -> ScimResource | None:
         """Bring the changed attributes (``{target path: value}``, None removes) to the target.
 
         PATCH of the changed attributes in the app's dialect, chunked to
-        ``max_patch_operations`` per request; or PUT of ``current`` with the changes applied
-        when the app is set to PUT or answered 405/501 to a PATCH (remembered). The write is
-        conditional (If-Match) when ``current`` has an ETag; on 412 the resource is read
-        again and the update retried once against it.
+        ``max_patch_operations`` per request (``current``, the resource as the target last
+        returned it, tells which multi-valued elements exist). Or, when the app is set to
+        PUT or answered 405/501 to a PATCH (remembered): read-modify-write, a GET of the
+        resource just before, the changes applied to it, and a PUT conditional on its ETag,
+        so nothing the target holds that scimflow does not map is lost. On 412 the resource
+        is read again and the update retried once. Returns the resource when the target
+        answered with it (what it kept), else None.
         """
         if not changes:
-            return
-        resource = current if isinstance(current, ScimResource) else _as_resource(id, current)
+            return None
+        if current is not None and not isinstance(current, ScimResource):
+            current = _as_resource(id, current)
         try:
-            await self._update_once(kind, resource, changes)
+            return await self._update_once(kind, id, changes, current)
         except ConflictError as exc:
             if exc.status != 412:
                 raise
             log.info("resource changed meanwhile (412); re-reading it and updating once more",
                      app=self._app, path=_path(kind, id))
-            await self._update_once(kind, await self.get(kind, id), changes)
+            return await self._update_once(kind, id, changes, await self.get(kind, id))
 
     async def patch(self, kind: Kind, id: str, operations: Sequence[Mapping[str, Any]], *,
                     if_match: str | None = None) -> ScimResource | None:
@@ -334,11 +354,40 @@ class ScimClient:
 
     async def patch_members(self, group_id: str, add: Sequence[str], remove: Sequence[str]) -> None:
         """Add and remove group members by their target ids: the deltas only, never the
-        whole list, at most ``max_patch_operations`` members per request."""
-        requests = member_operations(add, remove, dialect=self.dialect,
-                                     max_values=self.max_patch_operations)
-        for operations in requests:
-            await self._patch_once("group", group_id, operations, None)
+        whole list, at most ``max_patch_operations`` members per request. A target that
+        refuses PATCH (405/501, or set to PUT) gets a read-modify-write PUT of the group."""
+        if not self.uses_put:
+            requests = member_operations(add, remove, dialect=self.dialect,
+                                         max_values=self.max_patch_operations)
+            try:
+                for operations in requests:
+                    await self._patch_once("group", group_id, operations, None)
+            except RejectedError as exc:
+                if exc.status not in _PATCH_UNSUPPORTED:
+                    raise
+                self._patch_refused(exc)
+            else:
+                return
+        try:
+            await self._put_members(group_id, add, remove)
+        except ConflictError as exc:
+            if exc.status != 412:
+                raise
+            await self._put_members(group_id, add, remove)
+
+    async def _put_members(self, group_id: str, add: Sequence[str], remove: Sequence[str]) -> None:
+        group = await self.get("group", group_id)
+        gone = set(remove)
+        kept = [m for m in _members_of(group.body) if str(m.get("value")) not in gone]
+        present = {str(m.get("value")) for m in kept}
+        members = kept + [{"value": m} for m in add if m not in present]
+        try:
+            await self._put("group", group, {"members": members})
+        except RejectedError as exc:
+            raise type(exc)(f"{exc}; the target refuses member PATCH and this PUT of the whole group: "
+                            "check the application's `dialect` (rfc7644 or entra) and "
+                            "`update_method` settings against what the target documents",
+                            status=exc.status, detail=exc.detail, attempts=exc.attempts) from exc
 
     # -- users: what the writer's worker calls -------------------------------------------
 
@@ -384,27 +433,34 @@ class ScimClient:
 
     # -- updates -------------------------------------------------------------------------
 
-    async def _update_once(self, kind: Kind, resource: ScimResource, changes: Mapping[str, Any]) -> None:
+    async def _update_once(self, kind: Kind, id: str, changes: Mapping[str, Any],
+                           current: ScimResource | None) -> ScimResource | None:
         if not self.uses_put:
-            operations = patch_operations(changes, dialect=self.dialect, current=resource.body)
+            operations = patch_operations(changes, dialect=self.dialect,
+                                          current=current.body if current is not None else None)
             if not operations:
-                return  # the target already holds every value
+                return None  # the target already holds every value
             try:
-                await self.patch(kind, resource.id, operations, if_match=resource.etag)
+                return await self.patch(kind, id, operations, if_match=current.etag if current else None)
             except RejectedError as exc:
                 if exc.status not in _PATCH_UNSUPPORTED:
                     raise
-                log.warning("target refused PATCH; using PUT for its updates from now on",
-                            app=self._app, target=self._shown_base, status=exc.status)
-                self.uses_put = True
-            else:
-                return
-        await self._put(kind, resource, changes)
+                self._patch_refused(exc)
+        # Read-modify-write: the resource as the target holds it now, never a remembered one.
+        return await self._put(kind, await self.get(kind, id), changes)
 
-    async def _put(self, kind: Kind, resource: ScimResource, changes: Mapping[str, Any]) -> None:
+    def _patch_refused(self, exc: RejectedError) -> None:
+        log.warning("target refused PATCH; using PUT (read-modify-write) for its updates from now on",
+                    app=self._app, target=self._shown_base, status=exc.status)
+        self.uses_put = True
+
+    async def _put(self, kind: Kind, resource: ScimResource,
+                   changes: Mapping[str, Any]) -> ScimResource | None:
         body = apply_changes(resource.body, changes)
         headers = {"If-Match": resource.etag} if resource.etag else None
-        await self._call("PUT", _path(kind, resource.id), body=body, ok=(200, 204), headers=headers)
+        response = await self._call("PUT", _path(kind, resource.id), body=body, ok=(200, 204),
+                                    headers=headers)
+        return _resource(response) if response.status_code == 200 and response.content.strip() else None
 
     async def _patch_once(self, kind: Kind, id: str, operations: Sequence[Mapping[str, Any]],
                           if_match: str | None) -> tuple[ScimResource | None, str | None]:
@@ -569,6 +625,10 @@ class ScimClient:
         message = f"{where} -> {status} {_reason(response)}"
         message += f" [{scim_type}]" if scim_type else ""
         message += f": {detail}" if detail else ""
+        if detail is None and response.content.strip():
+            content_type = response.headers.get("Content-Type") or "none"
+            message += (f" (answered with Content-Type {content_type}, starting "
+                        f"{self._redact(_first_bytes(response.content))})")
         message += _status_hint(response, oauth2=isinstance(self._auth, ClientCredentials))
         error_class = _error_class(status)
         retry_after = (parse_retry_after(response.headers.get("Retry-After"))
@@ -654,14 +714,15 @@ def _reason(response: httpx.Response) -> str:
 
 
 def _scim_error(response: httpx.Response) -> tuple[str | None, str | None]:
-    """(detail, scimType) of a SCIM error answer; a trimmed text for anything else."""
+    """(detail, scimType) of a SCIM error answer; a trimmed text for a plain-text one. An
+    HTML page has no detail: what scimflow says about it is not what the target said."""
     body = _decode(response.content)
     if isinstance(body, dict):
         detail, scim_type = body.get("detail"), body.get("scimType")
         return (str(detail)[:_DETAIL_LIMIT] if detail else None,
                 str(scim_type) if scim_type else None)
     if "html" in response.headers.get("Content-Type", "").lower():
-        return "an HTML page, not a SCIM error", None
+        return None, None
     text = " ".join(response.text.split())
     return (text[:_DETAIL_LIMIT] or None), None
 
@@ -683,14 +744,30 @@ def _describe(request: httpx.Request) -> str:
 
 
 def _json_object(response: httpx.Response) -> dict[str, Any]:
+    """The JSON object of a successful answer. Anything else (an HTML page from a proxy,
+    truncated JSON) is transient: retried with backoff, then escrowed. The message says what
+    came back, without guessing why."""
     body = _decode(response.content)
     if isinstance(body, dict):
         return body
     content_type = response.headers.get("Content-Type") or "none"
-    raise RejectedError(
-        f"{_describe(response.request)} -> {response.status_code}: the answer is not SCIM "
-        f"JSON (Content-Type: {content_type}); is the base URL the SCIM root?",
+    what = "JSON that is not an object" if body is not None else "not JSON"
+    raise TransientError(
+        f"{_describe(response.request)} -> {response.status_code} with a body that is {what} "
+        f"(Content-Type: {content_type}, {len(response.content)} bytes, starting "
+        f"{_first_bytes(response.content)})",
         status=response.status_code)
+
+
+def _first_bytes(content: bytes, limit: int = 80) -> str:
+    text = content[:limit].decode("utf-8", "replace")
+    return repr(" ".join(text.split())) + ("..." if len(content) > limit else "")
+
+
+def _members_of(resource: Mapping[str, Any]) -> builtins.list[dict[str, Any]]:
+    """A group's ``members`` as the target returned them (case-insensitive attribute name)."""
+    value = next((v for k, v in resource.items() if isinstance(k, str) and k.lower() == "members"), None)
+    return [m for m in value if isinstance(m, dict)] if isinstance(value, builtins.list) else []
 
 
 def _resource(response: httpx.Response) -> ScimResource:

@@ -280,8 +280,9 @@ async def test_oauth2_token_refused_after_a_refresh_is_a_credentials_error(scim_
 @pytest.mark.parametrize(("status", "body", "content_type", "error", "expected"), [
     (403, None, "application/scim+json", CredentialsError,
      r"-> 403 Forbidden: .*\(the token was accepted but is not allowed to do this\)"),
-    (200, "<html><body>Welcome</body></html>", "text/html", RejectedError,
-     r"the answer is not SCIM JSON \(Content-Type: text/html\); is the base URL the SCIM root\?"),
+    (200, "<html><body>Welcome</body></html>", "text/html", TransientError,
+     r"-> 200 with a body that is not JSON \(Content-Type: text/html, 33 bytes, starting "
+     r"'<html><body>Welcome</body></html>'\)"),
     (200, '{"users": []}', "application/json", RejectedError,
      r"the answer is JSON but not a SCIM ListResponse"),
     (503, None, "application/scim+json", TransientError, r"-> 503 Service Unavailable"),

@@ -239,7 +239,21 @@ async def test_non_scim_error_pages_are_summarised() -> None:
     async with client(Script(page), attempts=1) as c:
         with pytest.raises(TransientError) as info:
             await c.get_user("u-1")
-    assert info.value.detail == "an HTML page, not a SCIM error"
+    # What scimflow says about the page is not presented as what the target said.
+    assert info.value.detail is None
+    assert "Content-Type text/html, starting '<html><body>Bad gateway</body></html>'" in str(info.value)
+
+
+async def test_a_200_that_is_not_json_is_transient_and_says_what_came_back() -> None:
+    # Transient, not rejected: the writer parks the object, retries with backoff, then escrows.
+    truncated = httpx.Response(200, text='{"id": "u-1", "userNa', headers={"Content-Type": SCIM_JSON})
+    async with client(Script(truncated)) as c:
+        with pytest.raises(TransientError) as info:
+            await c.get_user("u-1")
+    message = str(info.value)
+    assert "200 with a body that is not JSON" in message
+    assert "application/scim+json" in message and "starting '{\"id\": \"u-1\", \"userNa'" in message
+    assert "base URL" not in message  # no guessing at the cause
 
 
 async def test_redirect_is_reported_not_followed() -> None:
@@ -367,7 +381,7 @@ async def test_ids_cannot_escape_the_users_endpoint() -> None:
     ("answer", "message"),
     [
         (httpx.Response(200, text="<html>Welcome</html>", headers={"Content-Type": "text/html"}),
-         "not SCIM JSON (Content-Type: text/html)"),
+         "not JSON (Content-Type: text/html"),
         (scim(200, {"status": "ok"}), "not a SCIM ListResponse"),
         (scim(200, {"totalResults": 1, "Resources": [USER]}),
          "returned 1 user(s) instead of none: the target ignores or misapplies the filter"),
@@ -376,7 +390,7 @@ async def test_ids_cannot_escape_the_users_endpoint() -> None:
 async def test_connection_rejects_answers_that_are_not_an_empty_list(
         answer: httpx.Response, message: str) -> None:
     async with client(Script(answer)) as c:
-        with pytest.raises(RejectedError, match="test connection failed") as info:
+        with pytest.raises(TargetError, match="test connection failed") as info:
             await c.test_connection()
     assert message in str(info.value)
 
@@ -477,15 +491,42 @@ async def test_a_second_412_after_re_reading_is_a_conflict() -> None:
         ("PATCH", 'W/"3"'), ("GET", None), ("PATCH", 'W/"4"')]
 
 
-async def test_501_to_patch_falls_back_to_put_with_the_full_resource() -> None:
-    script = Script(scim_error(501, "PATCH not implemented"), scim(200, {**USER, "title": "x"}))
+async def test_501_to_patch_falls_back_to_a_read_modify_write_put() -> None:
+    # The target holds an attribute scimflow does not map (nickName) and a newer version
+    # than the caller's copy: the PUT is built from a GET just before, never from memory.
+    now = {**USER, "nickName": "Ada", "meta": {"version": 'W/"7"'}}
+    script = Script(scim_error(501, "PATCH not implemented"), scim(200, now, ETag='W/"7"'),
+                    scim(200, {**now, "title": "x"}))
     async with client(script) as c:
-        await c.update("user", "u-1", {"title": "x"}, current=USER)
+        answer = await c.update("user", "u-1", {"title": "x"}, current=USER)
         assert c.uses_put
-    put = script.requests[1]
-    assert put.method == "PUT"
-    assert json.loads(put.content) == {"schemas": USER["schemas"], "id": "u-1",
+    assert [r.method for r in script.requests] == ["PATCH", "GET", "PUT"]
+    put = script.requests[2]
+    assert put.headers["If-Match"] == 'W/"7"'
+    assert json.loads(put.content) == {"schemas": USER["schemas"], "id": "u-1", "nickName": "Ada",
                                        "userName": "ada@example.com", "title": "x"}
+    assert answer is not None and answer.body["title"] == "x"
+
+
+async def test_members_on_a_patchless_target_are_a_put_of_the_group_as_it_is() -> None:
+    group = {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "id": "g-1",
+             "displayName": "Staff", "members": [{"value": "u1"}, {"value": "u2"}, {"value": "x9"}]}
+    script = Script(scim_error(405, "no PATCH here"), scim(200, group), scim(200, group))
+    async with client(script) as c:
+        await c.patch_members("g-1", add=["u3", "u1"], remove=["u2"])
+    assert [r.method for r in script.requests] == ["PATCH", "GET", "PUT"]
+    body = json.loads(script.requests[2].content)
+    assert body["displayName"] == "Staff"
+    # u1 not added twice, u2 removed, x9 (not ours) kept, u3 added.
+    assert [m["value"] for m in body["members"]] == ["u1", "x9", "u3"]
+
+
+async def test_a_refused_member_put_names_the_settings_to_change() -> None:
+    group = {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "id": "g-1", "displayName": "S"}
+    script = Script(scim_error(501, "no PATCH"), scim(200, group), scim_error(400, "members are read-only"))
+    async with client(script) as c:
+        with pytest.raises(RejectedError, match=r"check the application's `dialect`.*`update_method`"):
+            await c.patch_members("g-1", add=["u3"], remove=[])
 
 
 async def test_group_members_are_patched_in_chunks_on_the_group() -> None:
