@@ -170,7 +170,9 @@ class ActivityRecord(Message, tag="provisioning.activity.v1", frozen=True, kw_on
     at: datetime
     app: str
     object_type: ObjectType
-    action: Literal["create", "update", "adopt", "disable", "delete", "skip", "stagedDelete"]
+    action: Literal["create", "update", "adopt", "disable", "delete", "skip", "stagedDelete", "repair"]
+    """``repair``: a full scan found the object changed, disabled or deleted directly in the
+    target and wrote it back (status ``skipped`` when the app's ``drift`` is ``report``)."""
     status: Literal["success", "failure", "skipped", "warning", "dryRun"]
     source: str
     source_id: str
@@ -238,6 +240,9 @@ class ManagedObject(Message, tag="writer.managed.v1", frozen=True, kw_only=True)
     deferred: ProvisioningCommand | None = None
     """The object's latest command while some object it refers to (manager, group member)
     is not provisioned yet; the writer runs it again once it is, even after a restart."""
+    unstored: list[str] = []
+    """Target paths the target did not keep as sent (its answer to the write left them out
+    or changed them): a full scan does not count them as drift."""
 
 
 class EscrowedCommand(Message, tag="writer.escrow.v1", frozen=True, kw_only=True):

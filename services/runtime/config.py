@@ -216,6 +216,11 @@ class Application(_Base, frozen=True):
     """Source attribute that says whether the account is enabled (false -> disable)."""
     dry_run: bool = False
     """Compute and report every action (status ``dryRun``) but write nothing to the target."""
+    drift: Literal["repair", "report", "ignore"] = "repair"
+    """What a full scan does with a managed object that differs in the target from what
+    scimflow wrote (edited, disabled or deleted there directly): ``repair`` writes it back
+    and reports ``repair``; ``report`` only reports; ``ignore`` compares with what scimflow
+    last wrote, as Entra does."""
 
 
 class FileSource(_Base, frozen=True, tag="file", tag_field="type"):

@@ -16,14 +16,17 @@ domain code never sees them.
 from __future__ import annotations
 
 __all__ = [
+    "AmbiguousMatchError",
     "ConfigError",
     "ConflictError",
     "CredentialsError",
+    "IdentityMismatchError",
     "NotFoundError",
     "RejectedError",
     "ScimflowError",
     "TargetError",
     "TransientError",
+    "UnfindableConflictError",
 ]
 
 
@@ -100,3 +103,35 @@ class CredentialsError(TargetError):
 
     code = "InvalidCredentials"
     recommended_action = "Renew the application's admin credentials, then restart provisioning."
+
+
+class AmbiguousMatchError(RejectedError):
+    """More than one target account has the matching value: scimflow cannot tell which one
+    is meant, so it writes none of them."""
+
+    code = "AmbiguousMatch"
+    recommended_action = ("Make the matching attribute unique in the target (remove or rename the "
+                          "duplicate accounts), or match by an attribute that is unique.")
+
+
+class IdentityMismatchError(RejectedError):
+    """The target answered with an account that is not the one scimflow asked for: a lookup
+    result whose matching attribute differs from the searched value, a create answered with
+    another account, or a target id already linked to another source object. Nothing is
+    written to that account."""
+
+    code = "IdentityMismatch"
+    recommended_action = ("Check the target's filter support (`filter=<attribute> eq \"value\"` must "
+                          "return only exact matches) and the accounts named here; nothing was "
+                          "written to them.")
+
+
+class UnfindableConflictError(TransientError):
+    """A create was refused as a duplicate (409), yet looking the object up by its matching
+    attributes finds nothing. Retried with backoff (the target may be catching up), never in
+    a tight loop; escrowed if it persists."""
+
+    code = "ConflictNotFound"
+    recommended_action = ("The target refuses the create as a duplicate but its filter does not "
+                          "find the object: check that the target supports `eq` filters on the "
+                          "matching attribute named here, or link the account by hand.")

@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -174,19 +174,20 @@ async def follow_topic(bootstrap: str, topic: str) -> AsyncIterator[bytes]:
             yield value
 
 
-async def follow_records(bootstrap: str, topic: str) -> AsyncIterator[tuple[bytes | None, bytes | None]]:
+async def follow_records(bootstrap: str, topic: str, *,
+                         on_caught_up: Callable[[], None] | None = None,
+                         ) -> AsyncIterator[tuple[bytes | None, bytes | None]]:
     """Every ``(key, value)`` of ``topic`` from the beginning of every partition, then new
     ones as they come; ``value`` is None for a tombstone (a compacted changelog's delete).
-    No consumer group and no commits: every replica that follows it sees every partition."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        consumer.assign(await _all_partitions(consumer, topic))
-        async for record in consumer:
+    No consumer group and no commits: every replica that follows it sees every partition.
+    ``on_caught_up`` is called once, when the end offsets the partitions had at the start
+    are reached: state built from the topic is complete from then on."""
+    async for record in _from_start(bootstrap, topic):
+        if record is CAUGHT_UP:
+            if on_caught_up is not None:
+                on_caught_up()
+        else:
             yield record.key, record.value
-    finally:
-        await consumer.stop()
 
 
 CAUGHT_UP = None
@@ -197,6 +198,16 @@ async def follow_from_start(bootstrap: str, topic: str) -> AsyncIterator[bytes |
     """Like :func:`follow_topic`, and yields :data:`CAUGHT_UP` (None) once, when it has read
     up to the end offsets the partitions had when it started: a replica that builds state
     from the topic knows when that state is complete."""
+    async for record in _from_start(bootstrap, topic):
+        if record is CAUGHT_UP:
+            yield CAUGHT_UP
+        elif record.value is not None:
+            yield record.value
+
+
+async def _from_start(bootstrap: str, topic: str) -> AsyncIterator[Any]:
+    """Every record of ``topic`` from the beginning, with :data:`CAUGHT_UP` once between
+    the records that were there at the start and the ones that came after."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                 auto_offset_reset="earliest")
     await consumer.start()
@@ -213,8 +224,7 @@ async def follow_from_start(bootstrap: str, topic: str) -> AsyncIterator[bytes |
             batches = await consumer.getmany(timeout_ms=500)
             for records in batches.values():
                 for record in records:
-                    if record.value is not None:
-                        yield record.value
+                    yield record
     finally:
         with contextlib.suppress(Exception):
             await consumer.stop()

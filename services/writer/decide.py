@@ -1,28 +1,103 @@
 """What the writer does with one command: pure decisions, no I/O.
 
-The rules (Entra's, plus "never touch what we do not manage"):
+The target is the truth. A decision compares the desired state (the command) with the
+target's actual resource when the writer has it (discovery at a full scan's start, a lookup,
+a GET just before a write), and with what scimflow last wrote only to know which attributes
+it owns. The rules (Entra's, plus "never touch what we do not manage"):
 
 - upsert, not managed  -> look the object up by its matching attributes: adopt, or create
-- upsert, managed      -> PATCH only what differs from what we last wrote (or nothing)
+- upsert, managed      -> write only what differs: from the target's resource when known
+  (a difference nobody asked for is *drift*: repaired, reported or ignored per the app's
+  ``drift``), else from what scimflow last wrote
 - deprovision          -> PATCH ``active=false`` if managed and active; else skip
 - delete               -> DELETE if managed and the Delete action is enabled; else disable
 
 Groups have no soft delete in SCIM (no ``active``): a group that leaves scope or the
 source is deleted if the Delete action is enabled, else left in the target (skip), as
 Entra does. Their membership is not an attribute here: ``groups.member_delta`` owns it.
+
+Values compare as SCIM does: Unicode NFC, and case-insensitively for attributes whose
+schema says ``caseExact: false`` (RFC 7643's defaults, or what the target declares).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import unicodedata
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from schemas import ManagedObject, ProvisioningCommand
 
-__all__ = ["Decision", "after_lookup", "decide", "desired_state"]
+__all__ = [
+    "ABSENT",
+    "UNKNOWN",
+    "CaseRule",
+    "Decision",
+    "Drift",
+    "Observed",
+    "after_lookup",
+    "case_exact_default",
+    "decide",
+    "desired_state",
+    "nfc",
+    "same_value",
+]
 
 Action = Literal["lookup", "create", "adopt", "update", "disable", "delete", "skip", "noop"]
+Drift = Literal["repair", "report", "ignore"]
+CaseRule = Callable[[str], bool]
+"""Target path -> whether its values compare case-sensitively (``caseExact``)."""
+
+
+class _Unknown:
+    def __repr__(self) -> str:
+        return "UNKNOWN"
+
+
+UNKNOWN: Final = _Unknown()
+"""The target's resource was not read for this decision."""
+ABSENT: Final = None
+"""The target holds no such resource (read, and not there)."""
+Observed = Mapping[str, Any] | None | _Unknown
+"""What the target holds for a managed object: its resource, ``ABSENT`` or ``UNKNOWN``."""
+
+# RFC 7643 §4.1 and §4.2: the core attributes with caseExact false (everything a mapping
+# commonly matches on except ids); anything else compares exactly unless the target says so.
+_CASE_INSENSITIVE: Final = frozenset({
+    "username", "displayname", "nickname", "title", "usertype", "preferredlanguage", "locale",
+    "timezone", "name.formatted", "name.familyname", "name.givenname", "name.middlename",
+    "name.honorificprefix", "name.honorificsuffix", "emails.value", "emails.type",
+    "phonenumbers.value", "department", "division", "organization", "costcenter",
+    "employeenumber",
+})
+
+
+def case_exact_default(path: str) -> bool:
+    """RFC 7643's ``caseExact`` of a mapping target path (filters ignored: ``emails[type eq
+    "work"].value`` is ``emails.value``)."""
+    base = path.rsplit(":", 1)[-1] if path.lower().startswith("urn:") else path
+    head, _, rest = base.partition("[")
+    sub = rest.partition("]")[2].lstrip(".")
+    key = f"{head}.{sub}" if sub else head
+    return key.lower() not in _CASE_INSENSITIVE
+
+
+def nfc(value: Any) -> Any:
+    """``value`` with its strings in Unicode NFC (a name typed on macOS arrives as NFD)."""
+    return unicodedata.normalize("NFC", value) if isinstance(value, str) else value
+
+
+def same_value(a: Any, b: Any, *, case_exact: bool = True) -> bool:
+    """Whether two attribute values are the same for SCIM: NFC, and ignoring case when the
+    attribute is not ``caseExact``."""
+    if isinstance(a, str) and isinstance(b, str):
+        left, right = unicodedata.normalize("NFC", a), unicodedata.normalize("NFC", b)
+        return left == right if case_exact else left.casefold() == right.casefold()
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    equal: bool = a == b
+    return equal
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +106,17 @@ class Decision:
     reason: str
     changes: dict[str, Any] = field(default_factory=dict)
     """Target path -> new value (what will be written)."""
+    drift: dict[str, Any] = field(default_factory=dict)
+    """Target path -> the value found in the target where it differs from what scimflow
+    wrote and nobody asked for the change (``"(resource)"``: deleted in the target)."""
+    repair: bool = False
+    """The write (or report) is a drift repair: reported as action ``repair``."""
+    old: dict[str, Any] = field(default_factory=dict)
+    """Target path -> the value before this write, as far as the writer knows."""
+
+
+DELETED_IN_TARGET = "(resource)"
+"""The ``drift`` key of a managed object that the target no longer holds."""
 
 
 def desired_state(cmd: ProvisioningCommand) -> dict[str, Any]:
@@ -42,15 +128,85 @@ def desired_state(cmd: ProvisioningCommand) -> dict[str, Any]:
 
 
 def decide(cmd: ProvisioningCommand, managed: ManagedObject | None, actions: frozenset[str], *,
-           skip_out_of_scope_deletions: bool = False) -> Decision:
-    """The next step for ``cmd`` given what we manage (``None``: not managed)."""
+           skip_out_of_scope_deletions: bool = False, target: Observed = UNKNOWN,
+           drift: Drift = "ignore", read: Callable[[Mapping[str, Any], str], Any] | None = None,
+           case_exact: CaseRule = case_exact_default) -> Decision:
+    """The next step for ``cmd`` given what we manage (``None``: not managed) and, when it
+    was read, what the target holds for it (``target``; ``read(resource, path)`` reads it)."""
     if cmd.operation == "upsert":
-        return _upsert(cmd, managed, actions)
+        return _upsert(cmd, managed, actions, target, drift, read, case_exact)
     if managed is None:
         return Decision("skip", "not managed by scimflow: left untouched")
     if cmd.object_type == "group":
         return _remove_group(cmd, actions)
     return _remove_user(cmd, managed, actions, skip_out_of_scope_deletions)
+
+
+def _upsert(cmd: ProvisioningCommand, managed: ManagedObject | None, actions: frozenset[str],
+            target: Observed, drift: Drift, read: Callable[[Mapping[str, Any], str], Any] | None,
+            case_exact: CaseRule) -> Decision:
+    if managed is None:
+        return Decision("lookup", cmd.reason)
+    if drift == "ignore" or isinstance(target, _Unknown) or read is None:
+        return _update(cmd, managed, actions)
+    if target is ABSENT:
+        return _deleted_in_target(cmd, drift)
+    return _reconcile(cmd, managed, actions, target, drift, read, case_exact)
+
+
+def _update(cmd: ProvisioningCommand, managed: ManagedObject, actions: frozenset[str]) -> Decision:
+    """Compare with what scimflow last wrote (the target was not read)."""
+    written = managed.attributes
+    changes = {p: v for p, v in desired_state(cmd).items() if p not in written or written[p] != v}
+    if not changes:
+        return Decision("noop", "target already has the desired values")
+    if "update" not in actions:
+        return Decision("skip", "the Update action is off for this object mapping")
+    return Decision("update", cmd.reason, changes, old={p: written.get(p) for p in changes})
+
+
+def _reconcile(cmd: ProvisioningCommand, managed: ManagedObject, actions: frozenset[str],
+               target: Mapping[str, Any], drift: Drift,
+               read: Callable[[Mapping[str, Any], str], Any], case_exact: CaseRule) -> Decision:
+    """Compare with the target's resource: source changes, plus drift nobody asked for."""
+    desired, written = desired_state(cmd), managed.attributes
+    asked = {p for p, v in desired.items() if p not in written or written[p] != v}
+    unstored = set(managed.unstored)
+    actual = {p: read(target, p) for p in desired}
+    differs = {p for p, v in desired.items()
+               if not same_value(actual[p], v, case_exact=case_exact(p)) and not _both_empty(actual[p], v)}
+    drifted = {p: actual[p] for p in differs - asked - unstored}
+    changes = {p: desired[p] for p in (differs & asked) | (set(drifted) if drift == "repair" else set())}
+    old = {p: actual[p] for p in changes}
+    if not changes and not drifted:
+        return Decision("noop", "target already has the desired values")
+    if drifted and drift == "report" and not changes:
+        return Decision("skip", _drift_reason(drifted, "reported only (drift: report)"),
+                        drift=drifted, repair=True, old=drifted)
+    if "update" not in actions:
+        return Decision("skip", "the Update action is off for this object mapping", drift=drifted)
+    if drifted and drift == "repair":
+        return Decision("update", _drift_reason(drifted, "written back (drift: repair)"), changes,
+                        drift=drifted, repair=not (changes.keys() & asked), old=old)
+    return Decision("update", cmd.reason, changes, drift=drifted, old=old)
+
+
+def _deleted_in_target(cmd: ProvisioningCommand, drift: Drift) -> Decision:
+    gone = {DELETED_IN_TARGET: "deleted in the target"}
+    if drift == "report":
+        return Decision("skip", "the managed object was deleted directly in the target; reported "
+                                "only (drift: report)", drift=gone, repair=True)
+    return Decision("lookup", "the managed object was deleted directly in the target; re-created "
+                              "(drift: repair)", drift=gone, repair=True)
+
+
+def _drift_reason(drifted: Mapping[str, Any], outcome: str) -> str:
+    names = ", ".join(sorted(drifted))
+    return f"changed directly in the target ({names}); {outcome}"
+
+
+def _both_empty(a: Any, b: Any) -> bool:
+    return a in (None, "", []) and b in (None, "", [])
 
 
 def _remove_user(cmd: ProvisioningCommand, managed: ManagedObject, actions: frozenset[str],
@@ -64,18 +220,6 @@ def _remove_user(cmd: ProvisioningCommand, managed: ManagedObject, actions: froz
     return _disable(managed, f"{cmd.reason}; the Delete action is off, so disable instead")
 
 
-def _upsert(cmd: ProvisioningCommand, managed: ManagedObject | None,
-            actions: frozenset[str]) -> Decision:
-    if managed is None:
-        return Decision("lookup", cmd.reason)
-    changes = _changed(desired_state(cmd), managed.attributes)
-    if not changes:
-        return Decision("noop", "target already has the desired values")
-    if "update" not in actions:
-        return Decision("skip", "the Update action is off for this object mapping")
-    return Decision("update", cmd.reason, changes)
-
-
 def _remove_group(cmd: ProvisioningCommand, actions: frozenset[str]) -> Decision:
     if "delete" in actions:
         return Decision("delete", cmd.reason)
@@ -86,25 +230,27 @@ def _remove_group(cmd: ProvisioningCommand, actions: frozenset[str]) -> Decision
 def _disable(managed: ManagedObject, reason: str) -> Decision:
     if not managed.active:
         return Decision("noop", f"{reason}; already disabled")
-    return Decision("disable", reason, {"active": False})
+    return Decision("disable", reason, {"active": False}, old={"active": True})
 
 
 def after_lookup(cmd: ProvisioningCommand, found: Mapping[str, Any] | None,
-                 actions: frozenset[str], read: Any) -> Decision:
+                 actions: frozenset[str], read: Callable[[Mapping[str, Any], str], Any], *,
+                 case_exact: CaseRule = case_exact_default, repair: bool = False) -> Decision:
     """After looking the object up in the target: adopt what was found, or create.
 
-    ``read(resource, path)`` reads a value at a SCIM path of the found resource.
+    ``read(resource, path)`` reads a value at a SCIM path of the found resource. An adopted
+    account gets only the attributes whose values differ (none: no write at all).
     """
     desired = desired_state(cmd)
+    reason = cmd.reason if not repair else "re-created: the managed object was deleted directly in the target"
     if found is not None:
-        changes = {p: v for p, v in desired.items() if read(found, p) != v}
+        old = {p: read(found, p) for p in desired}
+        changes = {p: v for p, v in desired.items()
+                   if not same_value(old[p], v, case_exact=case_exact(p)) and not _both_empty(old[p], v)}
         if changes and "update" not in actions:
             return Decision("adopt", "matched an existing account; the Update action is off")
-        return Decision("adopt", "matched an existing account by its matching attribute", changes)
+        return Decision("adopt", "matched an existing account by its matching attribute", changes,
+                        old={p: old[p] for p in changes})
     if "create" not in actions:
         return Decision("skip", "no matching account and the Create action is off")
-    return Decision("create", cmd.reason, {**cmd.create_only, **desired})
-
-
-def _changed(desired: Mapping[str, Any], written: Mapping[str, Any]) -> dict[str, Any]:
-    return {p: v for p, v in desired.items() if p not in written or written[p] != v}
+    return Decision("create", reason, {**cmd.create_only, **desired}, repair=repair)

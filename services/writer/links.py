@@ -42,6 +42,8 @@ class LinkIndex:
 
     def __init__(self) -> None:
         self._links: dict[AppSource, str] = {}
+        self._owners: dict[tuple[str, str], str] = {}
+        """(app, target id) -> source id: a target id is linked to one source object."""
 
     def __len__(self) -> int:
         return len(self._links)
@@ -49,16 +51,26 @@ class LinkIndex:
     def target_id(self, app: str, source_id: str) -> str | None:
         return self._links.get((app, source_id))
 
+    def owner(self, app: str, target_id: str) -> str | None:
+        """The source id linked to ``target_id`` in ``app``, if any."""
+        return self._owners.get((app, target_id))
+
     def set(self, state: ManagedObject) -> bool:
         """Record a managed object's link; True if the link is new or moved."""
         link = (state.app, state.source_id)
-        if self._links.get(link) == state.target_id:
+        before = self._links.get(link)
+        if before == state.target_id:
             return False
+        if before is not None and self._owners.get((state.app, before)) == state.source_id:
+            del self._owners[(state.app, before)]
         self._links[link] = state.target_id
+        self._owners[(state.app, state.target_id)] = state.source_id
         return True
 
     def drop(self, app: str, source_id: str) -> None:
-        self._links.pop((app, source_id), None)
+        target_id = self._links.pop((app, source_id), None)
+        if target_id is not None and self._owners.get((app, target_id)) == source_id:
+            del self._owners[(app, target_id)]
 
     def apply(self, key: bytes | None, value: bytes | None) -> AppSource | None:
         """Apply one changelog record (a tombstone removes); the newly linked object, if any.
@@ -81,7 +93,7 @@ class LinkIndex:
 
     def forget_app(self, app: str) -> None:
         for link in [k for k in self._links if k[0] == app]:
-            del self._links[link]
+            self.drop(*link)
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,7 +51,7 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
     processor = CommandProcessor(settings, build_writers(settings, loaded), managed,
                                  activity=raw_topic(app, topics.activity),
                                  errors=raw_topic(app, topics.errors), escrow=escrow,
-                                 control=raw_topic(app, topics.control))
+                                 control=raw_topic(app, topics.control), restoring=True)
 
     @app.agent(raw_topic(app, topics.commands), name="write")  # type: ignore[untyped-decorator]
     async def write(stream: Any) -> None:
@@ -84,7 +84,8 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
     @app.task  # type: ignore[untyped-decorator]
     async def links() -> None:
         # Every replica needs every object's target id, not only its partitions' ones.
-        async for key, value in follow_records(bootstrap, topics.writer_state):
+        changelog = follow_records(bootstrap, topics.writer_state, on_caught_up=processor.links_restored)
+        async for key, value in changelog:
             processor.on_changelog(key, value)
 
     report_consumer_lag(app, "writer")

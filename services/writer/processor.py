@@ -80,7 +80,8 @@ class CommandProcessor:
     """Applies commands: objects concurrently, each object's commands in order."""
 
     def __init__(self, settings: Settings, writers: dict[str, Writer], managed: Any, *,
-                 activity: Any, errors: Any, escrow: Any = None, control: Any = None) -> None:
+                 activity: Any, errors: Any, escrow: Any = None, control: Any = None,
+                 restoring: bool = False) -> None:
         self.paused: dict[str, dict[bytes, ProvisioningCommand] | None] = {
             name: ({} if w.app.status == "off" else None) for name, w in writers.items()}
         """Per app: None while on; while off, the latest command of each object, to apply on resume."""
@@ -110,8 +111,15 @@ class CommandProcessor:
         self.restarts: set[str] = set()
         """request_ids of the Restart requests already handled by this process."""
         self._reruns: set[bytes] = set()
+        self._claims: dict[tuple[str, str], str] = {}
+        """(app, target id) -> source id of the job that is linking it right now."""
         self._waiting: Counter[str] = Counter()
         self._background: set[asyncio.Task[None]] = set()
+        self.restored = asyncio.Event()
+        """Set once the link index holds every link the changelog had at start: before that
+        a group would see its members as unlinked and remove them, a manager as missing."""
+        if not restoring:
+            self.restored.set()
         for writer in writers.values():
             writer.client.on_quarantine(self._on_quarantine)
 
@@ -119,8 +127,17 @@ class CommandProcessor:
     def inflight(self) -> set[asyncio.Task[None]]:
         return set(self.jobs)
 
+    def links_restored(self) -> None:
+        """The changelog follower reached the end offsets of its start: commands may run."""
+        if not self.restored.is_set():
+            log.info("writer state restored; applying commands", links=len(self.links))
+            self.restored.set()
+
     async def submit(self, event: Any, ack: Ack) -> None:
-        """Take one event; returns once it is scheduled (or handled, for frames)."""
+        """Take one event; returns once it is scheduled (or handled, for frames). Nothing
+        runs before the writer's state is restored (:meth:`links_restored`)."""
+        if not self.restored.is_set():
+            await self.restored.wait()
         ticket = self.acks.track(event)
         message = await self._decode(event)
         partition = event.message.partition
@@ -134,6 +151,7 @@ class CommandProcessor:
             # (or wait for a retry: those are in the scan's ``seen`` set all the same).
             await self.drain()
             await self._on_marker(partition, message)
+            await self._discover(message)
         await self.acks.done(ticket, ack)
 
     # -- chains ----------------------------------------------------------------------------
@@ -268,6 +286,8 @@ class CommandProcessor:
 
     async def tick_escrow(self) -> None:
         """Try again the escrowed objects whose retry interval has passed."""
+        if not self.restored.is_set():
+            return
         def interval(app: str) -> float:
             writer = self.writers.get(app)
             return escrow_interval(writer.app.target.retries) if writer else float("inf")
@@ -331,16 +351,37 @@ class CommandProcessor:
                               f"`scimflow allow-deletes {command.app}` releases them")
                     await self._report_staged(writer, Staged(key, command, datetime.now(UTC)), reason)
                 return None
+        if not writer.discovered(command.cycle_id):
+            await writer.discover(command.cycle_id or "")  # a scan this writer did not see start
         resolved = resolve(command, self.links)
         # Before any await: a link that appears while this runs finds the object waiting.
         self.deferrals.defer(key, command, resolved.missing)
-        outcome = await writer.handle(resolved.command, state, resolved.members)
-        if not writer.app.dry_run:
-            self._keep(key, command, state, outcome, deferred=command if resolved.missing else None)
+        claims: set[str] = set()
+        try:
+            outcome = await writer.handle(resolved.command, state, resolved.members,
+                                          owner=lambda t: self.links.owner(command.app, t),
+                                          claim=lambda t: self._claim(command, t, claims))
+            if not writer.app.dry_run:
+                self._keep(key, command, state, outcome, deferred=command if resolved.missing else None)
+        finally:
+            for target_id in claims:
+                self._claims.pop((command.app, target_id), None)
         if outcome.retry is not None:
             return outcome  # reported only if it ends in escrow
         await self._publish(key, command, outcome)
         return outcome
+
+    def _claim(self, command: ProvisioningCommand, target_id: str, claims: set[str]) -> str | None:
+        """Reserve ``target_id`` for ``command``'s object until its state is stored; the
+        source id that holds it already (linked, or reserved by a job in flight), if any."""
+        linked = self.links.owner(command.app, target_id)
+        if linked is not None:
+            return linked
+        holder = self._claims.setdefault((command.app, target_id), command.source_id)
+        if holder == command.source_id:
+            claims.add(target_id)
+            return None
+        return holder
 
     def _keep(self, key: bytes, command: ProvisioningCommand, before: ManagedObject | None,
               outcome: Outcome, *, deferred: ProvisioningCommand | None) -> None:
@@ -383,6 +424,8 @@ class CommandProcessor:
 
     async def tick_guard(self) -> None:
         """Run removals that are due; report the ones a threshold just held."""
+        if not self.restored.is_set():
+            return
         now = datetime.now(UTC)
         for app, writer in self.writers.items():
             if not self.guard.guards(app):
@@ -561,9 +604,17 @@ class CommandProcessor:
         return [] if missing else [(key, deferred)]
 
     async def _run_restored(self, ready: list[tuple[bytes, ProvisioningCommand]]) -> None:
+        await self.restored.wait()
         for key, command in ready:
             if key not in self.tails:
                 await self._schedule(Job(key, command))
+
+    async def _discover(self, marker: CycleMarker) -> None:
+        """A scan starts: list the app's target once, before its commands (read on)."""
+        writer = self.writers.get(marker.app or "")
+        if marker.phase != "start" or writer is None or self.paused.get(writer.app.name) is not None:
+            return
+        await writer.discover(marker.cycle_id)
 
     async def _on_marker(self, partition: int, marker: CycleMarker) -> None:
         finished = self.cycles.on_marker(partition, marker)
@@ -621,12 +672,15 @@ def _count(activity: ActivityRecord, command: ProvisioningCommand) -> None:
 
 def _escrowed(command: ProvisioningCommand, exc: TransientError, attempts: int,
               interval: float) -> ErrorRecord:
+    # A failure of its own kind (e.g. a 409 no lookup explains) knows what to do about it.
+    specific = type(exc) is not TransientError
+    action = (exc.recommended_action if specific else
+              "None if the target recovers; otherwise check its availability.")
     return error_record(
         "writer", "ObjectEscrowed",
         f"{attempts} attempts failed; the object is escrowed and retried every {interval:g}s "
         f"and with its next change. Last failure: {exc}",
-        "None if the target recovers; otherwise check its availability. "
-        "`scimflow restart` clears escrowed objects.",
+        f"{action} `scimflow restart` clears escrowed objects.",
         attempts=attempts, app=command.app, object_type=command.object_type,
         source_id=command.source_id, change_id=command.change_id, cycle_id=command.cycle_id,
         target_status=exc.status,

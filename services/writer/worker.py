@@ -6,16 +6,27 @@ target failure: every outcome becomes an ActivityRecord, every failure also an
 ErrorRecord, so nothing is dropped silently. A transient failure (the client already
 retried the call) comes back as ``Outcome.retry``: the processor re-queues the object.
 
-Groups are created without members; membership follows as PATCH deltas (``groups``).
-With ``dry_run`` every decision is made (lookups are reads, so they happen) and reported
-with status ``dryRun``, and nothing is written to the target or to the managed state.
+The target is the truth. During a full scan the writer decides against the scan's
+:class:`~services.writer.discovery.TargetSnapshot` (the target's users and groups listed
+once at the scan's start): a managed object's actual resource (drift is repaired, reported
+or ignored per the app's ``drift``), and an unmanaged object's match without a lookup
+request each. Every account the writer is about to adopt or link is verified first: its
+matching attribute must equal the searched value, it must be the only one, and no other
+source object of the app may be linked to it already (``owner``).
+
+Groups are created without members; membership follows as deltas against the members the
+target actually has (``groups``). With ``dry_run`` every decision is made (lookups are
+reads, so they happen) and reported with status ``dryRun``, and nothing is written to the
+target or to the managed state.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -24,12 +35,41 @@ import structlog
 
 from schemas import ActivityRecord, ErrorRecord, ManagedObject, ModifiedProperty, ProvisioningCommand, Step
 from services.runtime.config import Application
-from services.runtime.errors import ConflictError, NotFoundError, RejectedError, TargetError, TransientError
+from services.runtime.errors import (
+    AmbiguousMatchError,
+    ConflictError,
+    IdentityMismatchError,
+    NotFoundError,
+    RejectedError,
+    TargetError,
+    TransientError,
+    UnfindableConflictError,
+)
 from services.runtime.records import error_record
-from services.writer.decide import Decision, after_lookup, decide, desired_state
-from services.writer.groups import MEMBERS, MemberDelta, current_members, member_delta, written_members
+from services.writer.decide import (
+    ABSENT,
+    UNKNOWN,
+    CaseRule,
+    Decision,
+    Observed,
+    after_lookup,
+    case_exact_default,
+    decide,
+    desired_state,
+    nfc,
+    same_value,
+)
+from services.writer.discovery import TargetSnapshot, discover
+from services.writer.groups import (
+    MEMBERS,
+    MemberDelta,
+    current_members,
+    has_members,
+    member_delta,
+    written_members,
+)
 from services.writer.scim_client import Kind, ScimClient, ScimResource
-from services.writer.scim_paths import build_resource, read_path
+from services.writer.scim_paths import build_resource, equality_filter, read_path
 
 __all__ = ["GROUP", "Outcome", "Writer"]
 
@@ -39,6 +79,10 @@ REDACTED = "[Redact]"
 GROUP: Kind = "group"
 """The resource kind of groups in ScimClient's generic calls."""
 _ENDPOINTS = {"user": "Users", "group": "Groups"}
+_CYCLES_KEPT = 64
+Owner = Callable[[str], str | None]
+"""Target id -> the source id of the app already linked to it (None: nobody). As a *claim*
+it also reserves a free target id for the object at hand, until its state is stored."""
 
 
 @dataclass(slots=True)
@@ -64,6 +108,30 @@ class _Trace:
         self.steps.append(Step(name=name, status=status, detail=detail))
 
 
+@dataclass(slots=True)
+class _Run:
+    """One command on its way through the writer; ``decision`` is the latest one taken
+    (after a lookup it says adopt or create), so a failure is reported as what failed."""
+
+    cmd: ProvisioningCommand
+    managed: ManagedObject | None
+    members: list[str] | None
+    owner: Owner
+    claim: Owner
+    snapshot: TargetSnapshot | None
+    trace: _Trace
+    decision: Decision
+    conflicts: int = 0
+
+    @property
+    def kind(self) -> Kind:
+        return GROUP if self.cmd.object_type == "group" else "user"
+
+
+def _nobody(_: str) -> str | None:
+    return None
+
+
 class Writer:
     """Applies commands for one application to its SCIM target."""
 
@@ -74,6 +142,13 @@ class Writer:
         group = app.mappings.group
         self.group_actions = frozenset(group.actions) if group is not None and group.enabled else None
         """None: this app does not provision groups."""
+        self.case_exact: CaseRule = case_exact_default
+        """Whether a target path compares case-sensitively (RFC 7643 defaults)."""
+        self.snapshot: TargetSnapshot | None = None
+        """The target as listed at the start of the latest full scan (``discover``)."""
+        self._discovering: dict[str, asyncio.Task[TargetSnapshot]] = {}
+        self._cycles: deque[str] = deque(maxlen=_CYCLES_KEPT)
+        """The scans discovered lately: a late command of an older scan does not list again."""
 
     def actions_for(self, cmd: ProvisioningCommand) -> frozenset[str]:
         if cmd.object_type == "group":
@@ -85,12 +160,43 @@ class Writer:
         """The user mapping's actions (kept for callers that predate groups)."""
         return self.user_actions
 
-    def preview(self, cmd: ProvisioningCommand, managed: ManagedObject | None) -> Decision:
+    # -- discovery -------------------------------------------------------------------------
+
+    async def discover(self, cycle_id: str) -> None:
+        """List the target once for the full scan ``cycle_id`` (once per cycle, however many
+        partitions and commands ask); its commands are then decided against the listing."""
+        if self.snapshot is not None and self.snapshot.cycle_id == cycle_id:
+            return
+        task = self._discovering.get(cycle_id)
+        if task is None:
+            self._cycles.append(cycle_id)
+            kinds: list[Kind] = ["user", GROUP] if self.group_actions is not None else ["user"]
+            task = asyncio.ensure_future(discover(self.client, cycle_id, kinds))
+            self._discovering = {cycle_id: task}  # an older cycle's listing is of no use now
+        snapshot = await asyncio.shield(task)
+        if self._discovering.get(cycle_id) is task:
+            self.snapshot = snapshot
+
+    def discovered(self, cycle_id: str | None) -> bool:
+        """Whether ``cycle_id`` was discovered or is being discovered (or is not a scan)."""
+        return cycle_id is None or cycle_id in self._cycles
+
+    def _snapshot_for(self, cmd: ProvisioningCommand) -> TargetSnapshot | None:
+        snapshot = self.snapshot
+        if snapshot is None or cmd.cycle_id is None or snapshot.cycle_id != cmd.cycle_id:
+            return None
+        return snapshot
+
+    # -- decisions ---------------------------------------------------------------------------
+
+    def preview(self, cmd: ProvisioningCommand, managed: ManagedObject | None,
+                target: Observed = UNKNOWN) -> Decision:
         """What ``handle`` would do first, without doing it (pure)."""
         if cmd.object_type == "group" and self.group_actions is None:
             return Decision("skip", "this application has no enabled group mapping")
         return decide(cmd, managed, self.actions_for(cmd),
-                      skip_out_of_scope_deletions=self.app.skip_out_of_scope_deletions)
+                      skip_out_of_scope_deletions=self.app.skip_out_of_scope_deletions,
+                      target=target, drift=self.app.drift, read=read_path, case_exact=self.case_exact)
 
     def staged(self, cmd: ProvisioningCommand, managed: ManagedObject | None,
                reason: str) -> ActivityRecord:
@@ -105,23 +211,71 @@ class Writer:
         trace.step("scope", "success" if cmd.operation == "upsert" else "skipped", cmd.reason)
         return trace
 
+    def _observed(self, run: _Run) -> Observed:
+        """The target's resource for a managed object, when this scan's listing knows it."""
+        if run.snapshot is None or run.managed is None:
+            return UNKNOWN
+        if run.managed.updated_at >= run.snapshot.taken_at:
+            return UNKNOWN  # written after the listing (here or by another replica)
+        if not run.snapshot.knows(run.kind, run.managed.target_id):
+            return UNKNOWN
+        found = run.snapshot.resource(run.kind, run.managed.target_id)
+        return found.body if found is not None else ABSENT
+
+    @staticmethod
+    def _listed(run: _Run, managed: ManagedObject) -> ScimResource | None:
+        """The managed object's resource in this scan's listing, unless written since."""
+        if run.snapshot is None or managed.updated_at >= run.snapshot.taken_at:
+            return None
+        return run.snapshot.resource(run.kind, managed.target_id)
+
     async def handle(self, cmd: ProvisioningCommand, managed: ManagedObject | None,
-                     members: list[str] | None = None) -> Outcome:
-        """Apply ``cmd``; ``members`` are a group's member target ids (linked ones only)."""
+                     members: list[str] | None = None, *, owner: Owner | None = None,
+                     claim: Owner | None = None) -> Outcome:
+        """Apply ``cmd``; ``members`` are a group's member target ids (linked ones only);
+        ``owner`` tells which source object, if any, is linked to a target id already, and
+        ``claim`` reserves a target id for this object (or names the one that holds it)."""
         trace = self._trace(cmd)
-        decision = self.preview(cmd, managed)
+        run = _Run(cmd, managed, members, owner or _nobody, claim or owner or _nobody,
+                   self._snapshot_for(cmd), trace, Decision("noop", cmd.reason))
         try:
-            if cmd.object_type == "group" and decision.action not in ("skip", "delete"):
-                outcome = await self._group(cmd, managed, decision, members or [], trace)
-            elif self.app.dry_run:
-                outcome = await self._dry_run(cmd, managed, decision, trace)
-            else:
-                outcome = await self._apply(cmd, managed, decision, trace)
+            run.decision = self.preview(cmd, managed, self._observed(run))
+            outcome = await self._execute(run)
         except TargetError as exc:
-            return self._failure(cmd, managed, decision, exc, trace)
+            return self._failure(run, exc)
         if outcome.activity is None and cmd.on_demand:
             outcome.activity = self._in_sync(cmd, managed, trace)
         return outcome
+
+    async def _execute(self, run: _Run) -> Outcome:
+        action = run.decision.action
+        if run.kind == GROUP and action not in ("skip", "delete"):
+            return await self._group(run)
+        if self.app.dry_run:
+            return await self._dry_run(run)
+        if action in ("noop", "skip"):
+            return self._skip(run, run.managed) if action == "skip" else Outcome(run.managed, None,
+                                                                                 changed_state=False)
+        if action == "lookup":
+            return await self._lookup_then_write(run)
+        managed = run.managed
+        assert managed is not None  # decide() only asks to update/disable/delete what we manage
+        run.trace.step("match", "success", f"managed by scimflow as target id {managed.target_id}")
+        if action == "delete":
+            return await self._delete(run, managed)
+        return await self._update(run, managed)
+
+    @staticmethod
+    def _skipped(run: _Run) -> bool:
+        """Whether the latest decision (a lookup may have changed it) is to skip."""
+        return run.decision.action == "skip"
+
+    def _skip(self, run: _Run, managed: ManagedObject | None) -> Outcome:
+        decision = run.decision
+        run.trace.step("action", "skipped", decision.reason)
+        action = "repair" if decision.repair else "skip"
+        return Outcome(managed, self._activity(run.cmd, action, "skipped", decision, managed, run.trace),
+                       changed_state=False)
 
     def _in_sync(self, cmd: ProvisioningCommand, managed: ManagedObject | None,
                  trace: _Trace) -> ActivityRecord:
@@ -132,269 +286,379 @@ class Writer:
         trace.step("action", "skipped", reason)
         return self._activity(cmd, "skip", "skipped", Decision("skip", reason), managed, trace)
 
-    async def _apply(self, cmd: ProvisioningCommand, managed: ManagedObject | None,
-                     decision: Decision, trace: _Trace) -> Outcome:
-        if decision.action == "noop":
-            return Outcome(managed, None, changed_state=False)
-        if decision.action == "skip":
-            trace.step("action", "skipped", decision.reason)
-            return Outcome(managed, self._activity(cmd, "skip", "skipped", decision, managed, trace),
-                           changed_state=False)
-        if decision.action == "lookup":
-            return await self._lookup_then_write(cmd, trace)
-        assert managed is not None  # decide() only asks to update/disable/delete what we manage
-        trace.step("match", "success", f"managed by scimflow as target id {managed.target_id}")
-        if decision.action == "delete":
-            return await self._delete(cmd, managed, decision, trace)
-        return await self._update(cmd, managed, decision, trace)
+    # -- matching ------------------------------------------------------------------------------
 
-    async def _match(self, cmd: ProvisioningCommand, trace: _Trace
-                     ) -> tuple[ScimResource | None, Decision, Outcome | None]:
-        """Look the object up by its matching attributes; the Outcome when that ends it (skip)."""
-        found, how = await self._find(cmd)
-        trace.step("match", "success", how)
-        decision = after_lookup(cmd, found.body if found else None, self.actions_for(cmd), read_path)
-        if decision.action != "skip":
-            return found, decision, None
-        trace.step("action", "skipped", decision.reason)
-        return found, decision, Outcome(None, self._activity(cmd, "skip", "skipped", decision, None, trace),
-                                        changed_state=False)
+    async def _match(self, run: _Run) -> ScimResource | None:
+        """Look the object up by its matching attributes and decide adopt, create or skip."""
+        found, how = await self._find(run)
+        run.trace.step("match", "success", how)
+        run.decision = after_lookup(run.cmd, found.body if found else None, self.actions_for(run.cmd),
+                                    read_path, case_exact=self.case_exact, repair=run.decision.repair)
+        return found
 
-    async def _lookup_then_write(self, cmd: ProvisioningCommand, trace: _Trace) -> Outcome:
-        found, decision, skipped = await self._match(cmd, trace)
-        if skipped is not None:
-            return skipped
-        if decision.action == "create":
-            return await self._create(cmd, decision, trace)
-        assert found is not None
-        return await self._adopt(cmd, found, decision, trace)
-
-    async def _find(self, cmd: ProvisioningCommand) -> tuple[ScimResource | None, str]:
+    async def _find(self, run: _Run) -> tuple[ScimResource | None, str]:
+        """The one account the matching attributes name (in precedence order), verified."""
+        cmd = run.cmd
         for m in sorted(cmd.matching, key=lambda m: m.precedence):
-            if cmd.object_type == "group":
-                hits = await self.client.find(GROUP, m.target, str(m.value))
-            else:
-                hits = await self.client.find_users(m.target, str(m.value))
-            if len(hits) > 1:
-                raise RejectedError(
-                    f"{len(hits)} target accounts match {m.target} eq {self._show(cmd, m.target, m.value)}; "
-                    "matching attributes must be unique")
-            if hits:
-                return hits[0], f"found by {m.target} (precedence {m.precedence}): id {hits[0].id}"
+            value = nfc(str(m.value)) if m.value is not None else ""
+            if not value.strip():
+                raise RejectedError(f"the matching attribute {m.target} has no value (blank or "
+                                    "missing in the source): the object cannot be matched")
+            hits, where = await self._candidates(run, m.target, value)
+            found = self._verified(run, m.target, value, hits)
+            if found is not None:
+                return found, (f"found by {m.target} (precedence {m.precedence}) {where}: "
+                               f"id {found.id}")
         tried = ", ".join(m.target for m in cmd.matching) or "no matching attributes"
         return None, f"no target account matches ({tried})"
 
-    async def _create(self, cmd: ProvisioningCommand, decision: Decision, trace: _Trace) -> Outcome:
-        values = _without_none(decision.changes)
+    async def _candidates(self, run: _Run, path: str, value: str) -> tuple[list[ScimResource], str]:
+        if run.snapshot is not None:
+            match = run.snapshot.match(run.kind, path, value, case_exact=self.case_exact(path))
+            if match.settled:
+                return match.hits, "in the target's listing"
+        return await self.client.find(run.kind, path, value), "by filter"
+
+    def _verified(self, run: _Run, path: str, value: str, hits: list[ScimResource]) -> ScimResource | None:
+        """Only an account whose ``path`` really holds ``value``, the only one, and not
+        linked to another source object of the app, is the one meant."""
+        case_exact = self.case_exact(path)
+        exact = [h for h in hits if same_value(read_path(h.body, path), value, case_exact=case_exact)]
+        shown = self._show(run.cmd, path, value)
+        if hits and not exact:
+            others = sorted({str(self._show(run.cmd, path, read_path(h.body, path))) for h in hits})[:3]
+            raise IdentityMismatchError(
+                f"the target answered `{equality_filter(path, str(shown))}` with {len(hits)} account(s) "
+                f"whose {path} is not that value (e.g. {', '.join(others)}): it ignores or misapplies "
+                "the filter; no account was written")
+        if len(exact) > 1:
+            ids = ", ".join(sorted(h.id for h in exact)[:5])
+            raise AmbiguousMatchError(f"{len(exact)} target accounts match {path} eq {shown} (ids {ids}); "
+                                      "matching attributes must be unique; none was written")
+        if not exact:
+            return None
+        self._claim(run, exact[0].id)
+        return exact[0]
+
+    def _claim(self, run: _Run, target_id: str) -> None:
+        """A target id is linked to at most one source object per app."""
+        other = run.claim(target_id)
+        if other is not None and other != run.cmd.source_id:
+            raise IdentityMismatchError(
+                f"target id {target_id} is already linked to source object {other}; source object "
+                f"{run.cmd.source_id} ({run.cmd.display_name or 'no display name'}) matches it too. "
+                "Neither is written through this match: make the matching values unique")
+
+    # -- users ---------------------------------------------------------------------------------
+
+    async def _lookup_then_write(self, run: _Run) -> Outcome:
+        found = await self._match(run)
+        if run.decision.action == "skip":
+            return self._skip(run, None)
+        if run.decision.action == "create":
+            state, found = await self._create(run)
+            if state is not None:
+                return Outcome(state, self._activity(run.cmd, self._named("create", run), "success",
+                                                     run.decision, state, run.trace))
+            if self._skipped(run):
+                return self._skip(run, None)
+        assert found is not None
+        return await self._adopt(run, found)
+
+    async def _create(self, run: _Run) -> tuple[ManagedObject | None, ScimResource | None]:
+        """POST the object: (its state, the answer); or, when the target answered 409 and a
+        fresh lookup found the account, (None, that account) to adopt."""
+        cmd = run.cmd
+        values = _without_none(run.decision.changes)
         for path, candidates in cmd.unique_candidates.items():
             values[path] = await self._first_free(cmd, path, candidates)
-            trace.step("action", "success", f"SelectUniqueValue chose a free {path}")
-        body = build_resource(values)
+            run.trace.step("action", "success", f"SelectUniqueValue chose a free {path}")
+        body = build_resource(values, schemas_for="Group" if run.kind == GROUP else "User")
         try:
-            created = await self.client.create_user(body)
-        except ConflictError:
-            # Someone (or our own earlier attempt) created it meanwhile: adopt, never duplicate.
-            trace.step("action", "failure", "create answered 409 Conflict; looking it up again")
-            return await self._lookup_then_write(cmd, trace)
-        trace.step("action", "success", "create")
-        trace.step("export", "success", f"POST /Users -> 201, id {created.id}")
+            created = await self.client.create(run.kind, body)
+        except ConflictError as exc:
+            return None, await self._conflicted(run, exc)
+        created = await self._verify_created(run, created)
+        self._written(run, created.id)
+        detail = " (no members yet)" if run.kind == GROUP else ""
+        if run.kind != GROUP:  # a group's action step follows its members
+            run.trace.step("action", "success", self._named("create", run))
+        run.trace.step("export", "success", f"POST /{_ENDPOINTS[run.kind]} -> 201, id {created.id}{detail}")
         chosen = {p: values[p] for p in cmd.unique_candidates}
-        managed = self._managed(cmd, created.id, desired_state(cmd) | chosen, "created", None)
-        return Outcome(managed, self._activity(cmd, "create", "success", decision, managed, trace))
+        written = desired_state(cmd) | chosen | ({MEMBERS: []} if run.kind == GROUP else {})
+        unstored = _unstored(values, created.body)
+        return self._managed(cmd, created.id, written, "created", None, unstored), created
+
+    async def _conflicted(self, run: _Run, exc: ConflictError) -> ScimResource | None:
+        """A 409 to a create: someone (or our own earlier attempt) created it meanwhile. Look
+        it up again, by filter (the listing predates it); finding nothing is an error that
+        is retried with backoff, never a tight loop of creates."""
+        run.trace.step("action", "failure", "create answered 409 Conflict; looking it up again")
+        run.snapshot = None
+        found = await self._match(run)
+        if found is None and run.decision.action == "create":
+            filters = " or ".join(f"`{m.target} eq`" for m in run.cmd.matching) or "any"
+            raise UnfindableConflictError(
+                f"the target refuses the create as a duplicate ({exc.status}) but its filter does not "
+                f"find the object: check that the target supports {filters} filters on "
+                f"/{_ENDPOINTS[run.kind]}", status=exc.status, detail=exc.detail) from exc
+        return found
+
+    async def _verify_created(self, run: _Run, created: ScimResource) -> ScimResource:
+        """The created account must carry the matching values sent, and be nobody else's."""
+        checked = created
+        for m in run.cmd.matching:
+            if m.value is None:
+                continue
+            got = read_path(checked.body, m.target)
+            if got is None and checked is created:
+                checked = await self.client.get(run.kind, created.id)  # a minimal 201 answer
+                got = read_path(checked.body, m.target)
+            if not same_value(got, nfc(str(m.value)), case_exact=self.case_exact(m.target)):
+                raise IdentityMismatchError(
+                    f"the create answered with id {created.id} whose {m.target} is "
+                    f"{self._show(run.cmd, m.target, got)!r}, not "
+                    f"{self._show(run.cmd, m.target, m.value)!r}: that is another account; scimflow "
+                    "does not link it and writes nothing more to it")
+        self._claim(run, created.id)
+        return created
 
     async def _first_free(self, cmd: ProvisioningCommand, path: str, candidates: list[Any]) -> Any:
         """SelectUniqueValue: the first candidate no target account uses yet."""
         for candidate in candidates:
-            if not await self.client.find_users(path, str(candidate)):
+            hits = await self.client.find_users(path, str(candidate))
+            if not [h for h in hits if same_value(read_path(h.body, path), str(candidate),
+                                                  case_exact=self.case_exact(path))]:
                 return candidate
         shown = [self._show(cmd, path, c) for c in candidates]
         raise RejectedError(f"SelectUniqueValue: every candidate for {path} is taken: {shown}")
 
-    async def _adopt(self, cmd: ProvisioningCommand, found: ScimResource, decision: Decision,
-                     trace: _Trace) -> Outcome:
-        if decision.changes:
+    async def _adopt(self, run: _Run, found: ScimResource) -> Outcome:
+        state = await self._adopted(run, found)
+        run.trace.step("action", "success", "adopt")
+        return Outcome(state, self._activity(run.cmd, "adopt", "success", run.decision, state, run.trace))
+
+    async def _adopted(self, run: _Run, found: ScimResource) -> ManagedObject:
+        """Write what differs to the found account (nothing when it already agrees)."""
+        changes = run.decision.changes
+        answer = None
+        if changes:
             # The client picks PATCH or PUT and the dialect per app, conditional on the ETag.
-            await self.client.update("user", found.id, decision.changes, current=found)
-            trace.step("export", "success",
-                       f"{self._method} /Users/{found.id} ({len(decision.changes)} attributes)")
-        trace.step("action", "success", "adopt")
-        written = {p: read_path(found.body, p) for p in desired_state(cmd)} | decision.changes
-        managed = self._managed(cmd, found.id, written, "adopted", None)
-        old = {p: read_path(found.body, p) for p in decision.changes}
-        return Outcome(managed, self._activity(cmd, "adopt", "success", decision, managed, trace, old))
+            answer = await self.client.update(run.kind, found.id, changes, current=found)
+            self._written(run, found.id)
+            run.trace.step("export", "success",
+                           f"{self._method} /{_ENDPOINTS[run.kind]}/{found.id} ({len(changes)} attributes)")
+        written = {p: read_path(found.body, p) for p in desired_state(run.cmd)} | changes
+        unstored = _unstored(changes, answer.body) if answer is not None else []
+        return self._managed(run.cmd, found.id, written, "adopted", None, unstored)
 
-    async def _update(self, cmd: ProvisioningCommand, managed: ManagedObject, decision: Decision,
-                      trace: _Trace) -> Outcome:
+    async def _update(self, run: _Run, managed: ManagedObject) -> Outcome:
+        decision = run.decision
+        current = self._listed(run, managed)
         try:
-            # What we last wrote is what the target holds, as far as we know.
-            current = build_resource(_without_none(managed.attributes))
-            await self.client.update("user", managed.target_id, decision.changes, current=current)
+            answer = await self.client.update(run.kind, managed.target_id, decision.changes, current=current)
         except NotFoundError:
-            if decision.action == "disable":
-                trace.step("export", "success", "account already gone from the target")
-                return Outcome(None, self._activity(cmd, "disable", "warning", decision, None, trace))
-            # We manage it and it vanished in the target: recreate (matching first).
-            trace.step("action", "failure", f"target id {managed.target_id} is gone (404); recreating")
-            return await self._lookup_then_write(cmd, trace)
-        trace.step("action", "success", decision.action)
-        trace.step("export", "success",
-                   f"{self._method} /Users/{managed.target_id} ({len(decision.changes)} attributes)")
+            return await self._vanished(run, managed)
+        self._written(run, managed.target_id)
+        run.trace.step("action", "success", decision.action)
+        run.trace.step("export", "success",
+                       f"{self._method} /{_ENDPOINTS[run.kind]}/{managed.target_id} "
+                       f"({len(decision.changes)} attributes)")
         written = {**managed.attributes, **decision.changes}
-        new = self._managed(cmd, managed.target_id, written, managed.origin, managed)
-        action = "disable" if decision.action == "disable" else "update"
-        return Outcome(new, self._activity(cmd, action, "success", decision, new, trace, managed.attributes))
+        unstored = _unstored(decision.changes, answer.body) if answer is not None else list(managed.unstored)
+        new = self._managed(run.cmd, managed.target_id, written, managed.origin, managed, unstored)
+        action = "disable" if decision.action == "disable" else self._named("update", run)
+        return Outcome(new, self._activity(run.cmd, action, "success", decision, new, run.trace))
 
-    async def _delete(self, cmd: ProvisioningCommand, managed: ManagedObject, decision: Decision,
-                      trace: _Trace) -> Outcome:
-        where = f"/{_ENDPOINTS[cmd.object_type]}/{managed.target_id}"
+    async def _vanished(self, run: _Run, managed: ManagedObject) -> Outcome:
+        """The managed object is gone from the target (404)."""
+        if run.decision.action == "disable":
+            run.trace.step("export", "success", "account already gone from the target")
+            return Outcome(None, self._activity(run.cmd, "disable", "warning", run.decision, None, run.trace))
+        # We manage it and it vanished in the target: recreate (matching first).
+        run.trace.step("action", "failure", f"target id {managed.target_id} is gone (404); recreating")
+        run.managed, run.snapshot = None, None
+        return await self._lookup_then_write(run)
+
+    async def _delete(self, run: _Run, managed: ManagedObject) -> Outcome:
+        where = f"/{_ENDPOINTS[run.kind]}/{managed.target_id}"
         try:
-            if cmd.object_type == "group":
-                await self.client.delete(GROUP, managed.target_id)
-            else:
-                await self.client.delete_user(managed.target_id)
-            trace.step("export", "success", f"DELETE {where} -> 204")
+            await self.client.delete(run.kind, managed.target_id)
+            run.trace.step("export", "success", f"DELETE {where} -> 204")
         except NotFoundError:
-            trace.step("export", "success", f"DELETE {where} -> 404 (already gone)")
-        trace.step("action", "success", "delete")
-        return Outcome(None, self._activity(cmd, "delete", "success", decision, managed, trace))
+            run.trace.step("export", "success", f"DELETE {where} -> 404 (already gone)")
+        self._written(run, managed.target_id)
+        run.trace.step("action", "success", "delete")
+        return Outcome(None, self._activity(run.cmd, "delete", "success", run.decision, managed, run.trace))
 
-    # -- groups ----------------------------------------------------------------------------
+    def _written(self, run: _Run, target_id: str) -> None:
+        if self.snapshot is not None:
+            self.snapshot.forget(run.kind, target_id)
 
-    async def _group(self, cmd: ProvisioningCommand, managed: ManagedObject | None, decision: Decision,
-                     members: list[str], trace: _Trace) -> Outcome:
+    # -- groups --------------------------------------------------------------------------------
+
+    async def _group(self, run: _Run) -> Outcome:
         """Make sure the group exists with the mapped attributes, then write member deltas."""
         if self.app.dry_run:
-            return await self._dry_run(cmd, managed, decision, trace, members)
-        if decision.action == "lookup":
-            found, decision, skipped = await self._match(cmd, trace)
-            if skipped is not None:
-                return skipped
-            state, written, decision = await self._group_exists(cmd, found, decision, members, trace)
-        else:
-            assert managed is not None  # decide() asks for lookup when we do not manage it
-            trace.step("match", "success", f"managed by scimflow as target id {managed.target_id}")
-            try:
-                state = await self._group_update(cmd, managed, decision, trace)
-            except NotFoundError:
-                trace.step("action", "failure", f"group {managed.target_id} is gone (404); recreating")
-                return await self._group(cmd, None, Decision("lookup", cmd.reason), members, trace)
-            written = written_members(managed)
-        return await self._group_members(cmd, managed, state, decision, written, members, trace)
+            return await self._dry_run(run)
+        if run.decision.action == "skip":
+            return self._skip(run, run.managed)
+        if run.decision.action == "lookup":
+            return await self._new_group(run)
+        managed = run.managed
+        assert managed is not None  # decide() asks for lookup when we do not manage it
+        run.trace.step("match", "success", f"managed by scimflow as target id {managed.target_id}")
+        listed = self._listed(run, managed) if self.app.drift != "ignore" else None
+        try:
+            state, answer = await self._group_update(run, managed, listed)
+        except NotFoundError:
+            run.trace.step("action", "failure", f"group {managed.target_id} is gone (404); recreating")
+            run.managed, run.snapshot = None, None
+            run.decision = Decision("lookup", run.cmd.reason, repair=run.decision.repair)
+            return await self._new_group(run)
+        actual = answer if answer is not None and has_members(answer.body) else listed
+        return await self._group_members(run, state, written_members(managed), actual)
 
-    async def _group_exists(self, cmd: ProvisioningCommand, found: ScimResource | None,
-                            decision: Decision, members: list[str],
-                            trace: _Trace) -> tuple[ManagedObject, set[str], Decision]:
-        """Adopt the found group or create one without members: its state, the members
-        counted as written, and the decision taken."""
-        if found is None:
-            body = build_resource(_without_none(decision.changes), schemas_for="Group")
-            try:
-                created = await self.client.create(GROUP, body)
-            except ConflictError:
-                # Created meanwhile (or by our own retried POST): adopt it, never duplicate.
-                trace.step("action", "failure", "create answered 409 Conflict; looking it up again")
-                again, how = await self._find(cmd)
-                if again is None:
-                    raise
-                trace.step("match", "success", how)
-                adopt = after_lookup(cmd, again.body, self.actions_for(cmd), read_path)
-                return await self._group_exists(cmd, again, adopt, members, trace)
-            trace.step("export", "success", f"POST /Groups -> 201, id {created.id} (no members yet)")
-            written = desired_state(cmd) | {MEMBERS: []}
-            return self._managed(cmd, created.id, written, "created", None), set(), decision
-        if decision.changes:
-            await self.client.update(GROUP, found.id, decision.changes, current=found)
-            trace.step("export", "success",
-                       f"{self._method} /Groups/{found.id} ({len(decision.changes)} attributes)")
-        # Members already there count as written; those scimflow did not add are never removed.
-        already = current_members(found.body) & set(members)
-        written_attrs = {p: read_path(found.body, p) for p in desired_state(cmd)} | decision.changes
-        state = self._managed(cmd, found.id, written_attrs | {MEMBERS: sorted(already)}, "adopted", None)
-        return state, already, decision
+    async def _new_group(self, run: _Run) -> Outcome:
+        """Adopt the matching group (its members as they are) or create one without members."""
+        found = await self._match(run)
+        if run.decision.action == "skip":
+            return self._skip(run, None)
+        if run.decision.action == "create":
+            state, found = await self._create(run)
+            if state is not None:
+                return await self._group_members(run, state, set(), found, created=True)
+            if self._skipped(run):
+                return self._skip(run, None)
+        assert found is not None
+        state = await self._adopted(run, found)
+        return await self._group_members(run, state, set(), found)
 
-    async def _group_update(self, cmd: ProvisioningCommand, managed: ManagedObject, decision: Decision,
-                            trace: _Trace) -> ManagedObject:
+    async def _group_update(self, run: _Run, managed: ManagedObject,
+                            listed: ScimResource | None) -> tuple[ManagedObject, ScimResource | None]:
+        decision = run.decision
         if decision.action != "update":
-            return managed
-        current = {k: v for k, v in managed.attributes.items() if k != MEMBERS}
-        await self.client.update(GROUP, managed.target_id, decision.changes,
-                                 current=build_resource(_without_none(current), schemas_for="Group"))
-        trace.step("export", "success",
-                   f"{self._method} /Groups/{managed.target_id} ({len(decision.changes)} attributes)")
-        return self._managed(cmd, managed.target_id, {**managed.attributes, **decision.changes},
-                             managed.origin, managed)
+            return managed, None
+        answer = await self.client.update(GROUP, managed.target_id, decision.changes, current=listed)
+        self._written(run, managed.target_id)
+        run.trace.step("export", "success",
+                       f"{self._method} /Groups/{managed.target_id} ({len(decision.changes)} attributes)")
+        unstored = _unstored(decision.changes, answer.body) if answer is not None else list(managed.unstored)
+        state = self._managed(run.cmd, managed.target_id, {**managed.attributes, **decision.changes},
+                              managed.origin, managed, unstored)
+        return state, answer
 
-    async def _group_members(self, cmd: ProvisioningCommand, before: ManagedObject | None,
-                             state: ManagedObject, decision: Decision, written: set[str],
-                             members: list[str], trace: _Trace) -> Outcome:
-        delta = member_delta(written, members)
-        if decision.action == "noop" and delta:
-            decision = Decision("update", f"membership changed ({delta.describe()})")
+    async def _group_members(self, run: _Run, state: ManagedObject, written: set[str],
+                             seen: ScimResource | None, *, created: bool = False) -> Outcome:
+        """Bring the group's members to the desired ones, against what the target has."""
+        desired = set(run.members or [])
+        actual = set() if created else await self._actual_members(run, state, written, desired, seen)
+        sources = set(run.cmd.members)
+        delta = member_delta(written, desired, actual=actual, owned=lambda t: run.owner(t) is not None,
+                             keep=lambda t: run.owner(t) in sources)
+        before, decision = run.managed, run.decision
+        drifted = bool(delta) and not member_delta(written, desired) and not created
+        if drifted and self.app.drift == "report":
+            run.decision = Decision("skip", f"members changed directly in the target ({delta.describe()}); "
+                                            "reported only (drift: report)", repair=True)
+            return self._skip(run, before)
         if delta:
+            if decision.action == "noop":
+                run.decision = decision = Decision(
+                    "update", (f"members changed directly in the target ({delta.describe()}); written back"
+                               if drifted else f"membership changed ({delta.describe()})"), repair=drifted)
             try:
                 await self.client.patch_members(state.target_id, add=delta.add, remove=delta.remove)
             except TargetError as exc:
                 # The group itself is written: keep its state, so a retry sends only members.
-                return self._failure(cmd, state, decision, exc, trace, changed_state=state is not before)
-            trace.step("export", "success", f"PATCH /Groups/{state.target_id} members {delta.describe()}")
-            state = self._managed(cmd, state.target_id, {**state.attributes, MEMBERS: sorted(set(members))},
-                                  state.origin, state)
-        elif state is before:
-            return Outcome(before, None, changed_state=False)
-        action = _group_action(decision, delta)
-        trace.step("action", "success", action)
-        extra = _member_props(written, members, delta)
-        return Outcome(state, self._activity(cmd, action, "success", decision, state, trace, extra=extra))
+                return self._failure(run, exc, state=state, changed_state=state is not before)
+            self._written(run, state.target_id)
+            run.trace.step("export", "success", f"{self._method} /Groups/{state.target_id} members "
+                                                f"{delta.describe()}")
+        if written != desired:
+            state = self._managed(run.cmd, state.target_id, {**state.attributes, MEMBERS: sorted(desired)},
+                                  state.origin, state, list(state.unstored))
+        if not delta and decision.action == "noop":
+            # Nothing written: at most the members found in place are now counted as ours.
+            return Outcome(state, None, changed_state=state is not before)
+        action = self._named(_group_action(decision, delta), run)
+        run.trace.step("action", "success", action)
+        extra = _member_props(written, run.members, delta)
+        return Outcome(state, self._activity(run.cmd, action, "success", decision, state, run.trace,
+                                             extra=extra))
 
-    # -- dry run ---------------------------------------------------------------------------
+    async def _actual_members(self, run: _Run, state: ManagedObject, written: set[str],
+                              desired: set[str], seen: ScimResource | None) -> set[str] | None:
+        """The members the target has: from a resource read in this run, else a GET when
+        something is to change (an unchanged group costs no call). None: the target does
+        not say (the delta is then against what scimflow wrote)."""
+        if seen is not None and has_members(seen.body):
+            return current_members(seen.body)
+        if not member_delta(written, desired) and (run.snapshot is None or self.app.drift == "ignore"):
+            return written  # nothing to change as far as scimflow knows: no read, no write
+        fresh = await self.client.get(GROUP, state.target_id)
+        if has_members(fresh.body):
+            return current_members(fresh.body)
+        return written
 
-    async def _dry_run(self, cmd: ProvisioningCommand, managed: ManagedObject | None, decision: Decision,
-                       trace: _Trace, members: list[str] | None = None) -> Outcome:
+    # -- dry run -------------------------------------------------------------------------------
+
+    async def _dry_run(self, run: _Run) -> Outcome:
         """Every decision, reads included, reported as ``dryRun``; nothing written anywhere."""
-        written = written_members(managed)
-        if decision.action == "lookup":
-            found, how = await self._find(cmd)
-            trace.step("match", "success", how)
-            decision = after_lookup(cmd, found.body if found else None, self.actions_for(cmd), read_path)
-            if found is not None and members is not None:
-                written = current_members(found.body) & set(members)
-        delta = member_delta(written, members) if members is not None else MemberDelta([], [])
+        written = written_members(run.managed)
+        delta = MemberDelta([], [])
+        if run.decision.action == "lookup":
+            found = await self._match(run)
+            if found is not None and run.members is not None:
+                written = current_members(found.body) & set(run.members)
+        if run.members is not None:
+            delta = member_delta(written, run.members)
+        decision = run.decision
         if decision.action == "noop" and not delta:
-            return Outcome(managed, None, changed_state=False)
-        action = _group_action(decision, delta) if members is not None else decision.action
-        trace.step("action", "skipped", f"dry run: would {action}; nothing was written")
-        extra = _member_props(written, members, delta) if members is not None else []
+            return Outcome(run.managed, None, changed_state=False)
+        action = self._named(_group_action(decision, delta) if run.members is not None else decision.action,
+                             run)
+        run.trace.step("action", "skipped", f"dry run: would {action}; nothing was written")
+        extra = _member_props(written, run.members, delta) if run.members is not None else []
         status = "skipped" if action == "skip" else "dryRun"
-        return Outcome(managed, self._activity(cmd, action, status, decision, managed, trace, extra=extra),
-                       changed_state=False)
+        return Outcome(run.managed, self._activity(run.cmd, action, status, decision, run.managed, run.trace,
+                                                   extra=extra), changed_state=False)
+
+    # -- records -------------------------------------------------------------------------------
 
     @property
     def _method(self) -> str:
         """How the client sent the last update (PUT once a target refused PATCH)."""
         return "PUT" if self.client.uses_put else "PATCH"
 
+    @staticmethod
+    def _named(action: str, run: _Run) -> Any:
+        """A write made to repair drift is reported as ``repair``."""
+        return "repair" if run.decision.repair and action in ("create", "update") else action
+
     def _managed(self, cmd: ProvisioningCommand, target_id: str, written: Mapping[str, Any],
-                 origin: Any, before: ManagedObject | None) -> ManagedObject:
+                 origin: Any, before: ManagedObject | None,
+                 unstored: list[str] | None = None) -> ManagedObject:
         now = datetime.now(UTC)
         return ManagedObject(
             app=cmd.app, object_type=cmd.object_type, source_id=cmd.source_id, target_id=target_id,
             attributes=dict(written), active=bool(written.get("active", True)), origin=origin,
             display_name=cmd.display_name, created_at=before.created_at if before else now,
-            updated_at=now,
+            updated_at=now, unstored=sorted(unstored or []),
         )
 
     def _show(self, cmd: ProvisioningCommand, path: str, value: Any) -> Any:
         return REDACTED if path in cmd.redacted else value
 
     def _activity(self, cmd: ProvisioningCommand, action: Any, status: Any, decision: Decision,
-                  managed: ManagedObject | None, trace: _Trace,
-                  old: Mapping[str, Any] | None = None, error_code: str | None = None,
+                  managed: ManagedObject | None, trace: _Trace, error_code: str | None = None,
                   extra: list[ModifiedProperty] | None = None) -> ActivityRecord:
-        old = old or {}
+        desired = cmd.attributes
+        names = dict(decision.changes) or {p: desired.get(p) for p in decision.drift}
         props = [
-            ModifiedProperty(name=p, old_value=self._show(cmd, p, old.get(p)),
+            ModifiedProperty(name=p, old_value=self._show(cmd, p, decision.old.get(p, decision.drift.get(p))),
                              new_value=self._show(cmd, p, v))
-            for p, v in decision.changes.items()
+            for p, v in names.items()
         ] + (extra or [])
         return ActivityRecord(
             id=str(uuid.uuid4()), at=datetime.now(UTC), app=cmd.app, object_type=cmd.object_type,
@@ -405,14 +669,15 @@ class Writer:
             duration_ms=round((time.perf_counter() - trace.started) * 1000, 3), error_code=error_code,
         )
 
-    def _failure(self, cmd: ProvisioningCommand, managed: ManagedObject | None, decision: Decision,
-                 exc: TargetError, trace: _Trace, *, changed_state: bool = False) -> Outcome:
+    def _failure(self, run: _Run, exc: TargetError, *, state: ManagedObject | None = None,
+                 changed_state: bool = False) -> Outcome:
+        cmd, decision, trace = run.cmd, run.decision, run.trace
+        managed = state or run.managed
         trace.step("export", "failure", str(exc))
-        action = {"lookup": "create", "noop": "skip"}.get(decision.action, decision.action)
+        action = self._named({"lookup": "create", "noop": "skip"}.get(decision.action, decision.action), run)
         activity = self._activity(cmd, action, "failure", decision, managed, trace, error_code=exc.code)
         error = error_record(
-            "writer", exc.code, str(exc) + (f" (target said: {exc.detail})" if exc.detail else ""),
-            exc.recommended_action, attempts=int(getattr(exc, "attempts", 1)),
+            "writer", exc.code, str(exc), exc.recommended_action, attempts=int(getattr(exc, "attempts", 1)),
             app=cmd.app, object_type=cmd.object_type, source_id=cmd.source_id,
             change_id=cmd.change_id, cycle_id=cmd.cycle_id, target_status=exc.status,
         )
@@ -437,6 +702,12 @@ def _member_props(written: set[str], members: list[str] | None, delta: MemberDel
         return []
     return [ModifiedProperty(name=MEMBERS, old_value=len(written),
                              new_value=f"{len(set(members))} ({delta.describe()})")]
+
+
+def _unstored(sent: Mapping[str, Any], answer: Mapping[str, Any]) -> list[str]:
+    """Paths the target's answer shows it did not keep as sent (left out or changed)."""
+    return sorted(p for p, v in sent.items() if v is not None and p != MEMBERS
+                  and not same_value(read_path(answer, p), v, case_exact=False))
 
 
 def _without_none(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -111,6 +111,7 @@ class FaultProxy:
         self._random = random.Random(seed)
         self._outage_until = 0.0
         self._outage_mode: OutageMode = "reset"
+        self._page_size: int | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="faultproxy", daemon=True)
         self._runner: web.AppRunner | None = None
@@ -183,6 +184,13 @@ class FaultProxy:
         with self._lock:
             self._outage_until = time.monotonic() + seconds
             self._outage_mode = mode
+
+    def page_size(self, size: int | None) -> None:
+        """Answer list requests (``GET /Users``, ``GET /Groups``) ``size`` resources per
+        page whatever ``count`` the client asked for, as targets that default to 20 or 50
+        per page and ignore ``count`` do (None: forward ``count`` as sent)."""
+        with self._lock:
+            self._page_size = size
 
     def clear(self) -> None:
         """Remove every rule and end any outage (the log is kept)."""
@@ -270,7 +278,12 @@ class FaultProxy:
 
     async def _forward(self, request: web.Request, body: bytes) -> web.Response:
         assert self._session is not None
-        target = self.upstream.with_path(request.path).with_query(request.query)
+        query = dict(request.query)
+        with self._lock:
+            page_size = self._page_size
+        if page_size is not None and request.method == "GET" and re.search(r"/(Users|Groups)$", request.path):
+            query["count"] = str(page_size)
+        target = self.upstream.with_path(request.path).with_query(query)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _SKIPPED_HEADERS}
         async with self._session.request(request.method, target, headers=headers, data=body or None,
                                          allow_redirects=False) as upstream:

@@ -16,7 +16,14 @@ from typing import Any
 
 import msgspec
 
-from schemas import ActivityRecord, ErrorRecord, ManagedObject, MatchingAttribute, ProvisioningCommand
+from schemas import (
+    ActivityRecord,
+    CycleMarker,
+    ErrorRecord,
+    ManagedObject,
+    MatchingAttribute,
+    ProvisioningCommand,
+)
 from schemas.codecs import encode
 from services.runtime.config import Application
 from services.runtime.kafka import partition_for
@@ -46,6 +53,8 @@ def application(**overrides: Any) -> Application:
     for key, value in overrides.items():
         if key == "retries":
             raw["target"]["retries"].update(value)
+        elif key == "target_extra":
+            raw["target"].update(value)
         else:
             raw[key] = value
     return msgspec.convert(raw, Application)
@@ -119,6 +128,30 @@ class Harness:
             event = _Event(key, encode(command), _Message("commands", partition, offset))
             await self.processor.submit(event, self._ack)
 
+    async def scan(self, cycle_id: str, *commands: ProvisioningCommand) -> None:
+        """A complete full scan as the mapper frames it: start markers from every changes
+        partition on every commands partition, the commands (with ``cycle_id``), the ends."""
+        await self._frames(cycle_id, "start")
+        await self.feed(*(msgspec.structs.replace(c, cycle_id=cycle_id) for c in commands))
+        await self._frames(cycle_id, "end")
+
+    async def _frames(self, cycle_id: str, phase: Any) -> None:
+        for partition in range(PARTITIONS):
+            for origin in range(PARTITIONS):
+                marker = CycleMarker(source="hr", cycle_id=cycle_id, phase=phase, at=datetime.now(UTC),
+                                     app="app", origin_partition=origin, origin_partitions=PARTITIONS)
+                offset = self._offsets.get(partition, 0)
+                self._offsets[partition] = offset + 1
+                event = _Event(b"app", encode(marker), _Message("commands", partition, offset))
+                await self.processor.submit(event, self._ack)
+
+    def restore_links(self) -> None:
+        """What the writer's changelog follower does at start: every stored state, then
+        "caught up"."""
+        for key, value in list(self.managed.items()):
+            self.processor.on_changelog(key, value)
+        self.processor.links_restored()
+
     async def _ack(self, event: Any) -> None:
         self.acked.append((event.message.partition, event.message.offset))
 
@@ -146,17 +179,20 @@ class Harness:
 
 
 def harness(base_url: str, token: str, app: Application | None = None, *,
-            writer_batch: int = 64) -> Harness:
-    """A processor for one app whose client talks to ``base_url`` (a target or a proxy)."""
+            writer_batch: int = 64, managed: dict[bytes, bytes] | None = None,
+            restoring: bool = False) -> Harness:
+    """A processor for one app whose client talks to ``base_url`` (a target or a proxy).
+    ``managed`` is the state a previous processor left (a restart with state kept);
+    ``restoring`` holds commands back until :meth:`Harness.restore_links`."""
     app = app or application()
     client = ScimClient(base_url, token, attempts=app.target.retries.attempts, app=app.name,
                         backoff=Backoff(wait_initial=0.01, wait_max=0.05, wait_jitter=0.01),
                         max_patch_operations=app.target.max_patch_operations,
                         dialect=app.target.dialect, update_method=app.target.update_method)
     settings = load_settings({}, partitions=PARTITIONS, writer_batch=writer_batch)
-    managed: dict[bytes, bytes] = {}
+    managed = {} if managed is None else managed
     escrow: dict[bytes, bytes] = {}
     activity, errors, control = Recorder(), Recorder(), Recorder()
     processor = CommandProcessor(settings, {app.name: Writer(app, client)}, managed, activity=activity,
-                                 errors=errors, escrow=escrow, control=control)
+                                 errors=errors, escrow=escrow, control=control, restoring=restoring)
     return Harness(processor, managed, escrow, activity, errors, control)
