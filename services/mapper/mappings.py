@@ -182,7 +182,7 @@ def _compile_attribute(loaded: LoadedConfig, a: AttributeMapping, path: str,
         except ConfigError as exc:
             raise loaded.error(f"{path}.expression", f"mapping {a.target!r}: {exc}") from None
         redacted = compiled.redacted
-        if a.matching is not None and compiled.text.lstrip().startswith("SelectUniqueValue"):
+        if a.matching is not None and getattr(compiled, "function", None) == "SelectUniqueValue":
             raise loaded.error(f"{path}.matching",
                                f"{a.target!r} comes from SelectUniqueValue, so it cannot find an "
                                "existing account; match on another attribute (e.g. externalId)")

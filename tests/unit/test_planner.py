@@ -12,6 +12,7 @@ from schemas import DirectoryChange
 from services.mapper.main import compile_apps
 from services.mapper.planner import CompiledApp, command_key, plan
 from services.runtime.config import load_config
+from services.runtime.errors import ConfigError
 
 CONFIG = """\
 sources:
@@ -147,3 +148,16 @@ def test_bad_scoping_filter_is_a_config_error_with_its_line(tmp_path: Path,
                              "operator: REGEX MATCH, value: \"([a-z\"")
     with pytest.raises(ConfigError, match=r"regex|regular expression"):
         filtered_app(tmp_path, monkeypatch, regex)
+
+
+@pytest.mark.parametrize("name", ["SelectUniqueValue", "selectUniqueValue", "SELECTUNIQUEVALUE"])
+def test_a_selectuniquevalue_attribute_cannot_be_matched_on_in_any_spelling(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    monkeypatch.setenv("T", "x")
+    expression = f'{name}(Join("@", [givenName], "example.com"), [upn])'
+    plain = "- {target: userName, source: upn, matching: 1}\n          - {target: name.givenName"
+    unique = (f"- {{target: userName, type: expression, expression: '{expression}', matching: 1}}\n"
+              "          - {target: name.givenName")
+    (tmp_path / "c.yaml").write_text(CONFIG.replace(plain, unique, 1))
+    with pytest.raises(ConfigError, match="comes from SelectUniqueValue, so it cannot find an"):
+        compile_apps(load_config(tmp_path / "c.yaml"))
