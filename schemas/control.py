@@ -16,6 +16,7 @@ from schemas.messages import Message
 
 __all__ = [
     "AllowDeletes",
+    "AppCapabilities",
     "AppHealth",
     "AppStatus",
     "AuditRecord",
@@ -105,7 +106,21 @@ class RemovalTally(Message, tag="control.removal-tally.v1", frozen=True, kw_only
     at: datetime
 
 
-ControlMessage = AllowDeletes | AppStatus | Restart | ProvisionRequest | AppHealth | RemovalTally
+class AppCapabilities(Message, tag="control.capabilities.v1", frozen=True, kw_only=True):
+    """Published by the writer (key ``"{app}/capabilities"``) once it read the target's
+    ``/ServiceProviderConfig``, ``/ResourceTypes`` and ``/Schemas`` (at start and at a
+    restart of the app): what the target supports, for sync details."""
+
+    app: str
+    capabilities: dict[str, Any]
+    """``services.writer.capabilities.Capabilities`` as JSON (``msgspec.to_builtins``)."""
+    problems: list[str] = []
+    """Attribute mappings the target cannot take, one line each (with the config line)."""
+    at: datetime
+
+
+ControlMessage = (AllowDeletes | AppStatus | Restart | ProvisionRequest | AppHealth | RemovalTally
+                  | AppCapabilities)
 
 
 class AuditRecord(Message, tag="control.audit.v1", frozen=True, kw_only=True):

@@ -685,9 +685,26 @@ def _print_details(r: dict[str, Any]) -> None:
     if r.get("quarantined_since"):
         rows.append(("quarantined", f"since {_when(r['quarantined_since'])}, "
                                     f"next probe {_when(r.get('next_probe'))}"))
+    rows.append(("target capabilities", _capabilities_text(r.get("capabilities"))))
+    rows.extend(("mapping problem", problem) for problem in r.get("mapping_problems") or [])
     for name, value in rows:
         table.add_row(name, value)
     out.print(table)
+
+
+def _capabilities_text(found: dict[str, Any] | None) -> str:
+    """One line of what the target declares (the writer reads it at start)."""
+    if not found:
+        return "not read yet"
+
+    def flag(name: str) -> str:
+        value = found.get(name)
+        return "unknown" if value is None else ("yes" if value else "no")
+    bulk = flag("bulk")
+    if found.get("bulk") and found.get("bulk_max_operations"):
+        bulk += f" (max {found['bulk_max_operations']} operations)"
+    return (f"PATCH {flag('patch')}, bulk {bulk}, filter {flag('filter')}, ETag {flag('etag')}, "
+            f"sort {flag('sort')}")
 
 
 def _watch_cycle(backend: Backend, app: str, *, after: datetime | None, wait: float = 60.0) -> None:

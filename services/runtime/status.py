@@ -30,7 +30,7 @@ import msgspec
 
 from schemas import ActivityRecord, CycleMarker, DirectoryChange, ErrorRecord, ManagedObject
 from schemas.codecs import decoder
-from schemas.control import AllowDeletes, AppHealth, AppStatus, ControlMessage
+from schemas.control import AllowDeletes, AppCapabilities, AppHealth, AppStatus, ControlMessage
 from services.runtime.config import LoadedConfig
 from services.runtime.kafka import read_latest, read_records
 from services.runtime.topics import Topics
@@ -73,6 +73,9 @@ class AppStatusReport:
     held_removals: int = 0
     last_error: str | None = None
     last_error_at: datetime | None = None
+    capabilities: dict[str, Any] | None = None
+    """What the target declares (PATCH, bulk, filter, ETag, schemas), as the writer read it."""
+    mapping_problems: list[str] = field(default_factory=list)
 
 
 def read_status(loaded: LoadedConfig, bootstrap: str, topics: Topics) -> list[AppStatusReport]:
@@ -215,6 +218,8 @@ def _control(reports: dict[str, AppStatusReport], latest: dict[bytes, bytes]) ->
             allowed[message.app] = message.before
         elif isinstance(message, AppHealth):
             health[message.app] = message
+        elif isinstance(message, AppCapabilities):
+            report.capabilities, report.mapping_problems = message.capabilities, list(message.problems)
     for app, h in health.items():
         _health(reports[app], h)
     return allowed

@@ -16,6 +16,7 @@ import msgspec
 
 from schemas.control import (
     AllowDeletes,
+    AppCapabilities,
     AppHealth,
     AppStatus,
     ControlMessage,
@@ -82,6 +83,11 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
             await _dispatch(processor, message)
 
     @app.task  # type: ignore[untyped-decorator]
+    async def capabilities() -> None:
+        # What each target declares: caseExact for matching, PATCH support, sync details.
+        await processor.learn(loaded=loaded)
+
+    @app.task  # type: ignore[untyped-decorator]
     async def links() -> None:
         # Every replica needs every object's target id, not only its partitions' ones.
         changelog = follow_records(bootstrap, topics.writer_state, on_caught_up=processor.links_restored)
@@ -120,5 +126,5 @@ async def _dispatch(processor: CommandProcessor, message: ControlMessage) -> Non
             await processor.on_health(message)  # what a writer published, maybe before a crash
         case RemovalTally():
             processor.on_tally(message)
-        case ProvisionRequest():
-            pass  # ingest's
+        case ProvisionRequest() | AppCapabilities():
+            pass  # ingest's; the writer's own, for status

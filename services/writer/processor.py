@@ -42,12 +42,13 @@ import structlog
 
 from schemas import ActivityRecord, CycleMarker, ErrorRecord, ManagedObject, ProvisioningCommand
 from schemas.codecs import decoder, encode
-from schemas.control import AllowDeletes, AppHealth, AppStatus, RemovalTally, Restart
+from schemas.control import AllowDeletes, AppCapabilities, AppHealth, AppStatus, RemovalTally, Restart
 from services.runtime import metrics
 from services.runtime.errors import TransientError
 from services.runtime.kafka import partition_for
 from services.runtime.records import error_record, malformed_message
 from services.runtime.settings import Settings
+from services.writer.capabilities import check_mappings
 from services.writer.chains import Ack, InOrderAcks, Job
 from services.writer.cycles import CycleTracker, FinishedScan
 from services.writer.deletion_guard import DeletionGuard, Staged
@@ -506,6 +507,20 @@ class CommandProcessor:
         log.info("restart", app=control.app, reset_links=control.reset_links, by=control.by)
         await self.restart(control.app, reset_links=control.reset_links)
 
+    async def learn(self, apps: list[str] | None = None, *, loaded: Any = None) -> None:
+        """Read each app's target capabilities (all apps at start; one at its restart) and
+        publish them for sync details, with the mappings the target cannot take."""
+        for name in apps or list(self.writers):
+            writer = self.writers[name]
+            found = await writer.learn()
+            problems = [str(p) for p in check_mappings(writer.app, found, loaded)]
+            for problem in problems:
+                log.warning("the target does not declare what a mapping writes", app=name, problem=problem)
+            if self.control is not None:
+                record = AppCapabilities(app=name, capabilities=msgspec.to_builtins(found),
+                                         problems=problems, at=datetime.now(UTC))
+                await self.control.send(key=f"{name}/capabilities".encode(), value=encode(record))
+
     async def restart(self, app: str, *, reset_links: bool) -> None:
         """Clear the app's escrow, quarantine and deferrals (and links, if asked): Entra's
         "clear current state and restart synchronization", the writer's part."""
@@ -518,6 +533,7 @@ class CommandProcessor:
                 job.wake.set()  # try again now rather than after the backoff
         forgotten = self._forget_links(app) if reset_links else 0
         log.info("writer state of app cleared", app=app, escrowed=dropped, links=forgotten)
+        self._spawn(self.learn([app]))
 
     def _forget_links(self, app: str) -> int:
         prefix = f"{app}/".encode()

@@ -46,6 +46,8 @@ from services.runtime.errors import (
     UnfindableConflictError,
 )
 from services.runtime.records import error_record
+from services.writer import capabilities as target_capabilities
+from services.writer.capabilities import Capabilities
 from services.writer.decide import (
     ABSENT,
     UNKNOWN,
@@ -142,8 +144,8 @@ class Writer:
         group = app.mappings.group
         self.group_actions = frozenset(group.actions) if group is not None and group.enabled else None
         """None: this app does not provision groups."""
-        self.case_exact: CaseRule = case_exact_default
-        """Whether a target path compares case-sensitively (RFC 7643 defaults)."""
+        self.capabilities: Capabilities | None = None
+        """What the target declares (``learn``); None until read."""
         self.snapshot: TargetSnapshot | None = None
         """The target as listed at the start of the latest full scan (``discover``)."""
         self._discovering: dict[str, asyncio.Task[TargetSnapshot]] = {}
@@ -159,6 +161,32 @@ class Writer:
     def actions(self) -> frozenset[str]:
         """The user mapping's actions (kept for callers that predate groups)."""
         return self.user_actions
+
+    # -- what the target is ------------------------------------------------------------------
+
+    async def learn(self) -> Capabilities:
+        """Read the target's capabilities (at start, and again at a restart of the app):
+        ``caseExact`` per attribute for matching, and PUT from the start on a target that
+        says it has no PATCH. Never raises: what the target does not say stays unknown."""
+        found = await target_capabilities.discover(self.client)
+        self.capabilities = found
+        if found.patch is False and not self.client.uses_put:
+            log.info("the target declares no PATCH support; updates are read-modify-write PUTs",
+                     app=self.app.name)
+            self.client.uses_put = True
+        return found
+
+    def case_rule(self, kind: Kind) -> CaseRule:
+        """Whether a target path of ``kind`` compares case-sensitively: as the target
+        declares it (``caseExact``), else RFC 7643's default."""
+        found = self.capabilities
+        if found is None:
+            return case_exact_default
+
+        def rule(path: str) -> bool:
+            declared = target_capabilities.case_exact(found, kind, path)
+            return case_exact_default(path) if declared is None else declared
+        return rule
 
     # -- discovery -------------------------------------------------------------------------
 
@@ -196,7 +224,8 @@ class Writer:
             return Decision("skip", "this application has no enabled group mapping")
         return decide(cmd, managed, self.actions_for(cmd),
                       skip_out_of_scope_deletions=self.app.skip_out_of_scope_deletions,
-                      target=target, drift=self.app.drift, read=read_path, case_exact=self.case_exact)
+                      target=target, drift=self.app.drift, read=read_path,
+                      case_exact=self.case_rule(GROUP if cmd.object_type == "group" else "user"))
 
     def staged(self, cmd: ProvisioningCommand, managed: ManagedObject | None,
                reason: str) -> ActivityRecord:
@@ -293,7 +322,8 @@ class Writer:
         found, how = await self._find(run)
         run.trace.step("match", "success", how)
         run.decision = after_lookup(run.cmd, found.body if found else None, self.actions_for(run.cmd),
-                                    read_path, case_exact=self.case_exact, repair=run.decision.repair)
+                                    read_path, case_exact=self.case_rule(run.kind),
+                                    repair=run.decision.repair)
         return found
 
     async def _find(self, run: _Run) -> tuple[ScimResource | None, str]:
@@ -314,7 +344,7 @@ class Writer:
 
     async def _candidates(self, run: _Run, path: str, value: str) -> tuple[list[ScimResource], str]:
         if run.snapshot is not None:
-            match = run.snapshot.match(run.kind, path, value, case_exact=self.case_exact(path))
+            match = run.snapshot.match(run.kind, path, value, case_exact=self.case_rule(run.kind)(path))
             if match.settled:
                 return match.hits, "in the target's listing"
         return await self.client.find(run.kind, path, value), "by filter"
@@ -322,7 +352,7 @@ class Writer:
     def _verified(self, run: _Run, path: str, value: str, hits: list[ScimResource]) -> ScimResource | None:
         """Only an account whose ``path`` really holds ``value``, the only one, and not
         linked to another source object of the app, is the one meant."""
-        case_exact = self.case_exact(path)
+        case_exact = self.case_rule(run.kind)(path)
         exact = [h for h in hits if same_value(read_path(h.body, path), value, case_exact=case_exact)]
         shown = self._show(run.cmd, path, value)
         if hits and not exact:
@@ -414,7 +444,7 @@ class Writer:
             if got is None and checked is created:
                 checked = await self.client.get(run.kind, created.id)  # a minimal 201 answer
                 got = read_path(checked.body, m.target)
-            if not same_value(got, nfc(str(m.value)), case_exact=self.case_exact(m.target)):
+            if not same_value(got, nfc(str(m.value)), case_exact=self.case_rule(run.kind)(m.target)):
                 raise IdentityMismatchError(
                     f"the create answered with id {created.id} whose {m.target} is "
                     f"{self._show(run.cmd, m.target, got)!r}, not "
@@ -428,7 +458,7 @@ class Writer:
         for candidate in candidates:
             hits = await self.client.find_users(path, str(candidate))
             if not [h for h in hits if same_value(read_path(h.body, path), str(candidate),
-                                                  case_exact=self.case_exact(path))]:
+                                                  case_exact=self.case_rule("user")(path))]:
                 return candidate
         shown = [self._show(cmd, path, c) for c in candidates]
         raise RejectedError(f"SelectUniqueValue: every candidate for {path} is taken: {shown}")

@@ -21,7 +21,7 @@ from schemas import (
     ProvisioningCommand,
 )
 from schemas.codecs import encode
-from schemas.control import AllowDeletes, AppHealth, AppStatus
+from schemas.control import AllowDeletes, AppCapabilities, AppHealth, AppStatus
 from services.runtime import status
 from services.runtime.config import load_config
 from services.runtime.topics import Topics
@@ -117,6 +117,16 @@ def test_status_from_control_with_quarantine_and_why(monkeypatch: pytest.MonkeyP
     assert (r["crm"].status, r["crm"].status_by, r["crm"].status_at) == ("off", "alice", T0)
     assert (r["wiki"].status, r["wiki"].status_reason) == ("quarantined", "failure ratio 0.9")
     assert r["wiki"].next_probe == T0 + timedelta(seconds=5)
+
+
+def test_sync_details_show_what_the_target_declares(monkeypatch: pytest.MonkeyPatch, loaded: Any) -> None:
+    declared = {"patch": False, "bulk": True, "bulk_max_operations": 1000, "etag": True}
+    problem = "c.yaml:7: crm: user mapping 'nickname': the target declares no attribute 'nickname'"
+    control = {b"crm/capabilities": encode(AppCapabilities(app="crm", capabilities=declared,
+                                                            problems=[problem], at=T0))}
+    r = _reports(monkeypatch, loaded, control=control)
+    assert r["crm"].capabilities == declared and r["crm"].mapping_problems == [problem]
+    assert r["wiki"].capabilities is None and r["wiki"].mapping_problems == []
 
 
 def test_outcomes_held_removals_and_last_error(monkeypatch: pytest.MonkeyPatch, loaded: Any) -> None:
