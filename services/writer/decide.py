@@ -139,7 +139,23 @@ def decide(cmd: ProvisioningCommand, managed: ManagedObject | None, actions: fro
         return Decision("skip", "not managed by scimflow: left untouched")
     if cmd.object_type == "group":
         return _remove_group(cmd, actions)
-    return _remove_user(cmd, managed, actions, skip_out_of_scope_deletions)
+    removal = _remove_user(cmd, managed, actions, skip_out_of_scope_deletions)
+    if removal.action == "noop" and not managed.active and drift != "ignore" and read is not None:
+        return _enabled_in_target(removal, target, drift, read)
+    return removal
+
+
+def _enabled_in_target(removal: Decision, target: Observed, drift: Drift,
+                       read: Callable[[Mapping[str, Any], str], Any]) -> Decision:
+    """A user scimflow disabled that was enabled again directly in the target."""
+    if isinstance(target, _Unknown) or target is ABSENT or read(target, "active") is not True:
+        return removal
+    drifted = {"active": True}
+    if drift == "report":
+        return Decision("skip", _drift_reason(drifted, "reported only (drift: report)"),
+                        drift=drifted, repair=True, old=drifted)
+    return Decision("disable", _drift_reason(drifted, "disabled again (drift: repair)"), {"active": False},
+                    drift=drifted, repair=True, old=drifted)
 
 
 def _upsert(cmd: ProvisioningCommand, managed: ManagedObject | None, actions: frozenset[str],

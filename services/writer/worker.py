@@ -497,7 +497,7 @@ class Writer:
         written = {**managed.attributes, **decision.changes}
         unstored = _unstored(decision.changes, answer.body) if answer is not None else list(managed.unstored)
         new = self._managed(run.cmd, managed.target_id, written, managed.origin, managed, unstored)
-        action = "disable" if decision.action == "disable" else self._named("update", run)
+        action = self._named("disable" if decision.action == "disable" else "update", run)
         return Outcome(new, self._activity(run.cmd, action, "success", decision, new, run.trace))
 
     async def _vanished(self, run: _Run, managed: ManagedObject) -> Outcome:
@@ -664,7 +664,7 @@ class Writer:
     @staticmethod
     def _named(action: str, run: _Run) -> Any:
         """A write made to repair drift is reported as ``repair``."""
-        return "repair" if run.decision.repair and action in ("create", "update") else action
+        return "repair" if run.decision.repair and action in ("create", "update", "disable") else action
 
     def _managed(self, cmd: ProvisioningCommand, target_id: str, written: Mapping[str, Any],
                  origin: Any, before: ManagedObject | None,

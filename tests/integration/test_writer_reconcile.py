@@ -383,3 +383,19 @@ async def test_a_409_that_no_lookup_explains_is_one_error_with_bounded_retries(
     assert "does not find the object" in error.reason and "`displayName eq`" in error.reason
     assert "supports `eq` filters" in error.recommended_action
     assert [a.action for a in h.activity()] == ["create"]
+
+
+async def test_a_user_enabled_again_in_the_target_is_disabled_again_by_the_scan(
+        scim_target: ScimTarget, proxy: FaultProxy, http: httpx.Client) -> None:
+    h = await synced(scim_target, proxy, [user_cmd(1)])
+    await h.feed(user_cmd(1, operation="deprovision"))
+    await h.settle()
+    target_id = h.activity()[0].target_id
+    assert read(http, f"/Users/{target_id}")["active"] is False
+    edit(http, f"/Users/{target_id}", {"op": "replace", "path": "active", "value": True})
+    await h.scan("scan-2", user_cmd(1, operation="deprovision"))
+    await h.settle()
+    assert read(http, f"/Users/{target_id}")["active"] is False
+    last = h.activity()[-1]
+    assert (last.action, last.status) == ("repair", "success")
+    assert [(p.name, p.old_value, p.new_value) for p in last.modified_properties] == [("active", True, False)]

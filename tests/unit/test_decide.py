@@ -164,3 +164,16 @@ def test_member_deltas_against_the_target_never_add_twice_nor_remove_the_unowned
     # c already there: not added; b was ours: removed; m is a managed account: removed; x not ours: kept.
     assert (delta.add, delta.remove) == ([], ["b", "m"])
     assert not member_delta({"a"}, {"a"}, actual={"a"})
+
+
+def test_a_disabled_user_enabled_again_in_the_target_is_disabled_again() -> None:
+    gone = cmd("deprovision", "not assigned", userName="x")
+    target = {"userName": "x", "active": True}
+    d = decide(gone, managed(active=False, userName="x"), ALL, target=target, drift="repair", read=read)
+    assert (d.action, d.changes, d.repair) == ("disable", {"active": False}, True)
+    reported = decide(gone, managed(active=False, userName="x"), ALL, target=target, drift="report",
+                      read=read)
+    assert (reported.action, reported.repair) == ("skip", True)
+    still_off = decide(gone, managed(active=False, userName="x"), ALL, target={"active": False},
+                       drift="repair", read=read)
+    assert still_off.action == "noop"
