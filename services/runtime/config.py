@@ -134,6 +134,9 @@ class Target(_Base, frozen=True):
     """Most operations (or group members) in one PATCH request; larger changes are chunked."""
     page_size: Count | None = None
     """``count`` asked for when listing; unset lets the target choose."""
+    bulk: Literal["auto", "off"] = "auto"
+    """``auto``: creates go out in ``/Bulk`` requests when the target declares bulk support
+    (``/ServiceProviderConfig``); ``off``: one request per create."""
     timeout: Positive = 10.0
     max_connections: Count = 32
     rate_limit: RateLimit = RateLimit()

@@ -52,10 +52,13 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
     processor = CommandProcessor(settings, build_writers(settings, loaded), managed,
                                  activity=raw_topic(app, topics.activity),
                                  errors=raw_topic(app, topics.errors), escrow=escrow,
-                                 control=raw_topic(app, topics.control), restoring=True)
+                                 control=raw_topic(app, topics.control), restoring=("links", "capabilities"))
 
     @app.agent(raw_topic(app, topics.commands), name="write")  # type: ignore[untyped-decorator]
     async def write(stream: Any) -> None:
+        # Take no event before the writer's state is restored: an event held across a
+        # rebalance would be acknowledged out of offset order.
+        await processor.restored.wait()
         manual = stream.noack()
         async for event in manual.events():
             await processor.submit(event, manual.ack)

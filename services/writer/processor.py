@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -82,7 +83,7 @@ class CommandProcessor:
 
     def __init__(self, settings: Settings, writers: dict[str, Writer], managed: Any, *,
                  activity: Any, errors: Any, escrow: Any = None, control: Any = None,
-                 restoring: bool = False) -> None:
+                 restoring: Iterable[str] = ()) -> None:
         self.paused: dict[str, dict[bytes, ProvisioningCommand] | None] = {
             name: ({} if w.app.status == "off" else None) for name, w in writers.items()}
         """Per app: None while on; while off, the latest command of each object, to apply on resume."""
@@ -117,9 +118,13 @@ class CommandProcessor:
         self._waiting: Counter[str] = Counter()
         self._background: set[asyncio.Task[None]] = set()
         self.restored = asyncio.Event()
-        """Set once the link index holds every link the changelog had at start: before that
-        a group would see its members as unlinked and remove them, a manager as missing."""
-        if not restoring:
+        """Set once the link index holds every link the changelog had at start (before that
+        a group would see its members as unlinked and remove them, a manager as missing)
+        and each target's capabilities were read (how to match, PATCH or PUT, bulk)."""
+        self._restoring = set(restoring)
+        """What is still being restored: ``links`` (:meth:`links_restored`) and
+        ``capabilities`` (:meth:`learn`), as the worker asks for them."""
+        if not self._restoring:
             self.restored.set()
         for writer in writers.values():
             writer.client.on_quarantine(self._on_quarantine)
@@ -129,8 +134,12 @@ class CommandProcessor:
         return set(self.jobs)
 
     def links_restored(self) -> None:
-        """The changelog follower reached the end offsets of its start: commands may run."""
-        if not self.restored.is_set():
+        """The changelog follower reached the end offsets of its start."""
+        self._ready("links")
+
+    def _ready(self, part: str) -> None:
+        self._restoring.discard(part)
+        if not self._restoring and not self.restored.is_set():
             log.info("writer state restored; applying commands", links=len(self.links))
             self.restored.set()
 
@@ -508,18 +517,26 @@ class CommandProcessor:
         await self.restart(control.app, reset_links=control.reset_links)
 
     async def learn(self, apps: list[str] | None = None, *, loaded: Any = None) -> None:
-        """Read each app's target capabilities (all apps at start; one at its restart) and
-        publish them for sync details, with the mappings the target cannot take."""
-        for name in apps or list(self.writers):
-            writer = self.writers[name]
-            found = await writer.learn()
-            problems = [str(p) for p in check_mappings(writer.app, found, loaded)]
-            for problem in problems:
-                log.warning("the target does not declare what a mapping writes", app=name, problem=problem)
-            if self.control is not None:
-                record = AppCapabilities(app=name, capabilities=msgspec.to_builtins(found),
-                                         problems=problems, at=datetime.now(UTC))
-                await self.control.send(key=f"{name}/capabilities".encode(), value=encode(record))
+        """Read each app's target capabilities (all apps at start, at once; one at its
+        restart) and publish them for sync details, with the mappings the target cannot
+        take. Commands wait for this at start; a failure here only leaves them unknown."""
+        try:
+            await asyncio.gather(*(self._learn(name, loaded) for name in apps or list(self.writers)))
+        except Exception:
+            log.exception("reading the targets' capabilities failed; they stay unknown")
+        finally:
+            self._ready("capabilities")
+
+    async def _learn(self, name: str, loaded: Any) -> None:
+        writer = self.writers[name]
+        found = await writer.learn()
+        problems = [str(p) for p in check_mappings(writer.app, found, loaded)]
+        for problem in problems:
+            log.warning("the target does not declare what a mapping writes", app=name, problem=problem)
+        if self.control is not None:
+            record = AppCapabilities(app=name, capabilities=msgspec.to_builtins(found),
+                                     problems=problems, at=datetime.now(UTC))
+            await self.control.send(key=f"{name}/capabilities".encode(), value=encode(record))
 
     async def restart(self, app: str, *, reset_links: bool) -> None:
         """Clear the app's escrow, quarantine and deferrals (and links, if asked): Entra's
@@ -572,7 +589,7 @@ class CommandProcessor:
     async def close(self) -> None:
         for task in list(self._background):
             task.cancel()
-        await asyncio.gather(*(w.client.aclose() for w in self.writers.values()))
+        await asyncio.gather(*(w.aclose() for w in self.writers.values()))
 
     # -- decoding, gauges, full scans ------------------------------------------------------
 

@@ -305,6 +305,20 @@ class ScimClient:
         response = await self._call("GET", path.lstrip("/"), ok=(200,), attempts=1, direct=True)
         return _json_object(response)
 
+    async def post_document(self, path: str, body: Mapping[str, Any], *,
+                            attempts: int | None = None) -> dict[str, Any]:
+        """``POST <base>/<path>`` of a JSON message that is not a User or Group, such as a
+        BulkRequest (RFC 7644 §3.7), through the quarantine gate, a rate-limit slot, the
+        token refresh and the error classification of every call. ``attempts`` (default:
+        the client's) bounds the retries: a bulk passes 1, since a retried bulk whose first
+        try landed would apply its operations twice."""
+        response = await self._call("POST", path.lstrip("/"), body=body, ok=(200,), attempts=attempts)
+        return _json_object(response)
+
+    def redact(self, text: str) -> str:
+        """``text`` without this client's credentials (for what a target said)."""
+        return self._redact(text)
+
     async def create(self, kind: Kind, body: Mapping[str, Any]) -> ScimResource:
         """``POST /<Kind>``. A retried POST whose first try did land answers 409: callers
         treat ConflictError as "look it up and adopt it"."""

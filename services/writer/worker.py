@@ -47,6 +47,8 @@ from services.runtime.errors import (
 )
 from services.runtime.records import error_record
 from services.writer import capabilities as target_capabilities
+from services.writer.batcher import CreateBatcher
+from services.writer.bulk import bulk_limits
 from services.writer.capabilities import Capabilities
 from services.writer.decide import (
     ABSENT,
@@ -146,6 +148,8 @@ class Writer:
         """None: this app does not provision groups."""
         self.capabilities: Capabilities | None = None
         """What the target declares (``learn``); None until read."""
+        self.batcher: CreateBatcher | None = None
+        """Creates gathered into ``/Bulk`` requests, when the target offers bulk."""
         self.snapshot: TargetSnapshot | None = None
         """The target as listed at the start of the latest full scan (``discover``)."""
         self._discovering: dict[str, asyncio.Task[TargetSnapshot]] = {}
@@ -174,7 +178,17 @@ class Writer:
             log.info("the target declares no PATCH support; updates are read-modify-write PUTs",
                      app=self.app.name)
             self.client.uses_put = True
+        limits = bulk_limits(found) if self.app.target.bulk == "auto" else None
+        if limits is not None and self.batcher is None:
+            log.info("the target declares bulk; creates go out in /Bulk requests", app=self.app.name,
+                     max_operations=limits.max_operations, max_payload_size=limits.max_payload_size)
+            self.batcher = CreateBatcher(self.client, limits)
         return found
+
+    async def aclose(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.aclose()
+        await self.client.aclose()
 
     def case_rule(self, kind: Kind) -> CaseRule:
         """Whether a target path of ``kind`` compares case-sensitively: as the target
@@ -405,7 +419,8 @@ class Writer:
             run.trace.step("action", "success", f"SelectUniqueValue chose a free {path}")
         body = build_resource(values, schemas_for="Group" if run.kind == GROUP else "User")
         try:
-            created = await self.client.create(run.kind, body)
+            created = await (self.batcher.create(run.kind, body) if self.batcher is not None
+                             else self.client.create(run.kind, body))
         except ConflictError as exc:
             return None, await self._conflicted(run, exc)
         created = await self._verify_created(run, created)

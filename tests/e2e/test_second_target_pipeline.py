@@ -110,7 +110,7 @@ def test_a_409_the_filter_cannot_explain_is_no_create_loop(pipeline_factory: Fac
     # filter compares exactly, so `userName eq "user3@…"` misses User3@… and a create of
     # user3@… answers 409. Entra-style sources differ from targets in case all the time.
     users = [user(i) for i in range(5)]
-    app = {**APP, "target": {"base_url": proxy.url, "token": "env:TEST_SCIM_TOKEN"}}
+    app = {**APP, "target": {"base_url": proxy.url, "token": "env:TEST_SCIM_TOKEN", "bulk": "off"}}
     p = pipeline_factory(users, app=app, start=False)
     stranger = p.scim.create({"userName": "User3@example.com", "title": "Keep me", "active": True})
     p.sup.start()

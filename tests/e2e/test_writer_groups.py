@@ -29,7 +29,8 @@ def group_app(proxy: FaultProxy) -> dict[str, Any]:
     user_mapping = APP["mappings"]["user"]  # type: ignore[index]
     return {
         **APP, "scope": "all", "deletion_threshold": 0,
-        "target": {"base_url": proxy.url, "token": "env:TEST_SCIM_TOKEN"},
+        # Single calls (not /Bulk): the test follows each group's own POST and PATCHes.
+        "target": {"base_url": proxy.url, "token": "env:TEST_SCIM_TOKEN", "bulk": "off"},
         "mappings": {
             "user": {"attributes": [*user_mapping["attributes"],
                                     {"target": MANAGER, "source": "manager", "reference": "user"}]},

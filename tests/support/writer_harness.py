@@ -194,5 +194,6 @@ def harness(base_url: str, token: str, app: Application | None = None, *,
     escrow: dict[bytes, bytes] = {}
     activity, errors, control = Recorder(), Recorder(), Recorder()
     processor = CommandProcessor(settings, {app.name: Writer(app, client)}, managed, activity=activity,
-                                 errors=errors, escrow=escrow, control=control, restoring=restoring)
+                                 errors=errors, escrow=escrow, control=control,
+                                 restoring=("links",) if restoring else ())
     return Harness(processor, managed, escrow, activity, errors, control)
