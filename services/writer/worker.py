@@ -633,18 +633,26 @@ class Writer:
                                              extra=extra))
 
     async def _actual_members(self, run: _Run, state: ManagedObject, written: set[str],
-                              desired: set[str], seen: ScimResource | None) -> set[str] | None:
-        """The members the target has: from a resource read in this run, else a GET when
-        something is to change (an unchanged group costs no call). None: the target does
-        not say (the delta is then against what scimflow wrote)."""
+                              desired: set[str], seen: ScimResource | None) -> set[str]:
+        """The members the target has: from a resource read in this run; else a GET when
+        :meth:`_read_members` says so. Otherwise the members scimflow wrote are what the
+        target has as far as it knows: no read."""
         if seen is not None and has_members(seen.body):
             return current_members(seen.body)
-        if not member_delta(written, desired) and (run.snapshot is None or self.app.drift == "ignore"):
-            return written  # nothing to change as far as scimflow knows: no read, no write
+        managed = run.managed
+        if managed is not None and not self._read_members(run, managed, written, desired):
+            return written
         fresh = await self.client.get(GROUP, state.target_id)
-        if has_members(fresh.body):
-            return current_members(fresh.body)
-        return written
+        return current_members(fresh.body) if has_members(fresh.body) else written
+
+    def _read_members(self, run: _Run, managed: ManagedObject, written: set[str], desired: set[str]) -> bool:
+        """Whether a managed group's members must be read from the target: a full scan checks
+        a group it listed for drift; and a group scimflow adopted may hold members it has not
+        linked yet, so adding one means looking first (some targets store duplicates)."""
+        listed = run.snapshot is not None and managed.updated_at < run.snapshot.taken_at
+        if listed and self.app.drift != "ignore":
+            return True
+        return managed.origin == "adopted" and bool(member_delta(written, desired).add)
 
     # -- dry run -------------------------------------------------------------------------------
 
