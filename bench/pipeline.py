@@ -220,6 +220,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["ratio_initial_sync_to_naive_loop"] = result["ratio_scimflow_to_baseline"]
         result["ratio_scimflow_to_baseline_aiohttp"] = round(
             result["scimflow_users_per_s"] / result["baseline_aiohttp_users_per_s"], 3)
+        with start_scim_target(threads=args.target_threads) as target:
+            log("scimflow again with target.bulk: off (one request per create)")
+            single = _pipeline(broker.bootstrap, target.base_url, target.token, people, args,
+                               measure_latency=False, bulk="off")
+        result["scimflow_users_per_s_no_bulk"] = single["scimflow_users_per_s"]
+        result["ratio_initial_sync_to_naive_loop_no_bulk"] = round(
+            single["scimflow_users_per_s"] / result["baseline_users_per_s"], 3)
         if args.fault_users:
             result.update(_faulted(broker.bootstrap, users(args.fault_users), args))
             result["ratio_faulted_to_baseline"] = round(
@@ -243,7 +250,9 @@ def _faulted(bootstrap: str, people: list[dict[str, Any]], args: argparse.Namesp
     with start_scim_target(threads=args.target_threads) as target, FaultProxy(target.base_url) as proxy:
         proxy.fail(429, retry_after="1", probability=args.fault_share)
         log(f"faulted: {len(people)} users, {args.fault_share:.0%} of requests answered 429 (Retry-After: 1)")
-        sync = _pipeline(bootstrap, proxy.url, target.token, people, args, measure_latency=False)
+        # One request per create, so 10 % of them meet the 429 rule (a bulk would carry them all).
+        sync = _pipeline(bootstrap, proxy.url, target.token, people, args, measure_latency=False,
+                         bulk="off")
         throttled = sum(1 for entry in proxy.log if entry.status == 429)
         landed = _count_users(target)
     if landed != len(people):
@@ -262,7 +271,7 @@ def _count_users(target: ScimTarget) -> int:
 
 def _pipeline(bootstrap: str, base_url: str, token: str, people: list[dict[str, Any]],
               args: argparse.Namespace, *, measure_latency: bool,
-              others: dict[str, int] | None = None) -> dict[str, Any]:
+              others: dict[str, int] | None = None, bulk: str = "auto") -> dict[str, Any]:
     """Initial sync of ``people`` through ingest -> mapper -> writer into ``base_url``;
     ``others`` are more processes (broker, target) whose CPU the sync costs."""
     result: dict[str, Any] = {}
@@ -276,7 +285,7 @@ def _pipeline(bootstrap: str, base_url: str, token: str, people: list[dict[str, 
     config = {
         "sources": [{"name": "hr", "type": "file", "path": str(directory), "poll_interval": 0.05}],
         "applications": [{
-            "name": "bench", "target": {"base_url": base_url, "token": "env:BENCH_TOKEN",
+            "name": "bench", "target": {"base_url": base_url, "token": "env:BENCH_TOKEN", "bulk": bulk,
                                         "max_connections": args.concurrency,
                                         "rate_limit": {"max_concurrency": args.concurrency,
                                                        "max_requests_per_second": 5000}},
