@@ -35,6 +35,7 @@ log = structlog.get_logger("scimflow.worker")
 __all__ = [
     "CAUGHT_UP",
     "BrokerUnavailableError",
+    "SkippedRecords",
     "consume",
     "create_topics",
     "faust_app",
@@ -243,6 +244,49 @@ async def _reached(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) 
         if await consumer.position(tp) < end:
             return False
     return True
+
+
+class SkippedRecords:
+    """Notices records faust dropped before they reached an agent, and reads them again.
+
+    faust skips (and does not deliver) records it fetched while flow control was off or in
+    an older consumer-group generation, i.e. around a rebalance, but keeps its fetch
+    position past them (faust-streaming#527, #216). With manual acks the partition's commits
+    then stop at the gap, and the skipped records wait for the next restart. ``check``
+    sees the offsets jump and seeks the partition back to the first one missing; the
+    records after it come again (writes are idempotent; a second ack is harmless).
+    """
+
+    def __init__(self, app: Any, service: str) -> None:
+        self._app = app
+        self._service = service
+        self._next: dict[tuple[Any, int | None], int] = {}
+        self._seeking: dict[tuple[Any, int | None], int] = {}
+        """Partitions sought back: the offset awaited; records after it pass meanwhile."""
+
+    async def check(self, event: Any) -> None:
+        message = event.message
+        tp, offset = message.tp, message.offset
+        key = (tp, getattr(message, "generation_id", None))
+        awaited = self._seeking.get(key)
+        if awaited is not None:
+            if offset > awaited:
+                return  # fetched before the seek; the missing ones follow
+            del self._seeking[key]
+        expected = self._next.get(key, self._committed(tp))
+        if awaited is None and expected is not None and offset > expected:
+            log.warning("records were skipped by the consumer; reading them again", service=self._service,
+                        topic=tp.topic, partition=tp.partition, first=expected, got=offset)
+            metrics.SKIPPED_RECORDS.labels(service=self._service).inc(offset - expected)
+            self._seeking[key] = expected
+            await self._app.consumer.seek(tp, expected)
+            return
+        self._next[key] = offset + 1
+
+    def _committed(self, tp: Any) -> int | None:
+        # faust keeps the group's committed offsets of its assignment here; no public accessor.
+        committed = getattr(self._app.consumer, "_committed_offset", {}).get(tp)
+        return committed if isinstance(committed, int) else None
 
 
 def report_consumer_lag(app: Any, service: str, every: float = 5.0) -> None:

@@ -235,6 +235,10 @@ ERRORS = _counter(
     "Records published to the errors topic, by service and error code.",
     ("service", "error_code"))
 
+SKIPPED_RECORDS = _counter(
+    "scimflow_skipped_records_total",
+    "Records the consumer skipped around a rebalance and the worker read again.",
+    ("service",))
 MALFORMED_MESSAGES = _counter(
     "scimflow_malformed_messages_total",
     "Messages that could not be decoded and were skipped (each also an error record).",

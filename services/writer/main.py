@@ -25,7 +25,14 @@ from schemas.control import (
     Restart,
 )
 from services.runtime.config import LoadedConfig
-from services.runtime.kafka import faust_app, follow_records, follow_topic, raw_topic, report_consumer_lag
+from services.runtime.kafka import (
+    SkippedRecords,
+    faust_app,
+    follow_records,
+    follow_topic,
+    raw_topic,
+    report_consumer_lag,
+)
 from services.runtime.settings import Settings
 from services.runtime.topics import Topics
 from services.writer.processor import CommandProcessor
@@ -59,8 +66,10 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
         # Take no event before the writer's state is restored: an event held across a
         # rebalance would be acknowledged out of offset order.
         await processor.restored.wait()
+        skipped = SkippedRecords(app, "writer")
         manual = stream.noack()
         async for event in manual.events():
+            await skipped.check(event)
             await processor.submit(event, manual.ack)
 
     @app.timer(5.0)  # type: ignore[untyped-decorator]

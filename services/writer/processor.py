@@ -361,8 +361,10 @@ class CommandProcessor:
                               f"`scimflow allow-deletes {command.app}` releases them")
                     await self._report_staged(writer, Staged(key, command, datetime.now(UTC)), reason)
                 return None
-        if not writer.discovered(command.cycle_id):
-            await writer.discover(command.cycle_id or "")  # a scan this writer did not see start
+        if command.cycle_id is not None:
+            # The scan's listing (started by its first frame, or now for a scan this writer
+            # did not see start): waited for here, in the object's job, not in the consumer.
+            await writer.discover(command.cycle_id)
         resolved = resolve(command, self.links)
         # Before any await: a link that appears while this runs finds the object waiting.
         self.deferrals.defer(key, command, resolved.missing)
@@ -643,11 +645,13 @@ class CommandProcessor:
                 await self._schedule(Job(key, command))
 
     async def _discover(self, marker: CycleMarker) -> None:
-        """A scan starts: list the app's target once, before its commands (read on)."""
+        """A scan starts: list the app's target once, in the background; the scan's commands
+        wait for the listing in their own jobs, so the consumer never blocks on it (a
+        consumer that stops reading for long can have faust skip records)."""
         writer = self.writers.get(marker.app or "")
         if marker.phase != "start" or writer is None or self.paused.get(writer.app.name) is not None:
             return
-        await writer.discover(marker.cycle_id)
+        self._spawn(writer.discover(marker.cycle_id))
 
     async def _on_marker(self, partition: int, marker: CycleMarker) -> None:
         finished = self.cycles.on_marker(partition, marker)

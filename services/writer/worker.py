@@ -211,6 +211,8 @@ class Writer:
             return
         task = self._discovering.get(cycle_id)
         if task is None:
+            if cycle_id in self._cycles:
+                return  # an older scan's late command: its listing is gone, decide without it
             self._cycles.append(cycle_id)
             kinds: list[Kind] = ["user", GROUP] if self.group_actions is not None else ["user"]
             task = asyncio.ensure_future(discover(self.client, cycle_id, kinds))
@@ -218,10 +220,6 @@ class Writer:
         snapshot = await asyncio.shield(task)
         if self._discovering.get(cycle_id) is task:
             self.snapshot = snapshot
-
-    def discovered(self, cycle_id: str | None) -> bool:
-        """Whether ``cycle_id`` was discovered or is being discovered (or is not a scan)."""
-        return cycle_id is None or cycle_id in self._cycles
 
     def _snapshot_for(self, cmd: ProvisioningCommand) -> TargetSnapshot | None:
         snapshot = self.snapshot
@@ -706,7 +704,7 @@ class Writer:
     def _activity(self, cmd: ProvisioningCommand, action: Any, status: Any, decision: Decision,
                   managed: ManagedObject | None, trace: _Trace, error_code: str | None = None,
                   extra: list[ModifiedProperty] | None = None) -> ActivityRecord:
-        desired = cmd.attributes
+        desired = desired_state(cmd)
         names = dict(decision.changes) or {p: desired.get(p) for p in decision.drift}
         props = [
             ModifiedProperty(name=p, old_value=self._show(cmd, p, decision.old.get(p, decision.drift.get(p))),

@@ -293,11 +293,6 @@ def test_a_full_scan_repairs_drift_made_in_the_target(pipeline_factory: Factory,
     assert _writes(proxy) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "writer bug: a drift report of an account disabled in the target says active False -> None, "
-    "not False -> True as the repair record does. Writer._activity (services/writer/worker.py) takes a "
-    "report's new values from cmd.attributes (the mapped attributes only) when decision.changes is "
-    "empty; `active` is never among them (desired_state() adds it), so its new value is None"))
 def test_drift_report_only_reports_and_leaves_the_target_as_it_is(pipeline_factory: Factory,
                                                                    proxy: FaultProxy) -> None:
     p, before = _drifting(pipeline_factory, proxy, "report")
@@ -315,4 +310,4 @@ def test_drift_report_only_reports_and_leaves_the_target_as_it_is(pipeline_facto
     assert "user3@example.com" not in users
     _untouched(p, proxy, before["stranger"])
     assert p.errors() == []
-    assert _props(reports["u00002"]) == {"active": (False, True)}  # last: the xfail's reason
+    assert _props(reports["u00002"]) == {"active": (False, True)}

@@ -28,7 +28,10 @@ def _app(proxy: FaultProxy) -> dict[str, Any]:
     target = {"base_url": proxy.url, "token": "env:TEST_SCIM_TOKEN",
               "retries": {"attempts": 3, "escrow_after": 1000, "initial_wait": 0.2, "max_wait": 5},
               "quarantine": {"min_calls": 20, "failure_ratio": 0.8, "window": 20,
-                             "probe_initial": 2, "probe_max": 8}}
+                             "probe_initial": 2, "probe_max": 8},
+              # One request per create: the faults and the quarantine count requests, and a
+              # /Bulk would carry the whole sync in a few.
+              "bulk": "off"}
     return {**APP, "target": target}
 
 

@@ -78,7 +78,8 @@ async def test_only_the_operations_that_failed_in_a_bulk_are_done_again(
         scim_target: ScimTarget, proxy: FaultProxy, http: httpx.Client) -> None:
     h = harness(proxy.url, scim_target.token, application())
     await h.processor.learn()
-    await h._frames("scan", "start")  # the target is listed now: u7 is not there yet
+    await h._frames("scan", "start")
+    await h.processor.writers["app"].discover("scan")  # the listing is done: u7 is not in it
     taken = new_user(http, "u7@example.com")  # created directly, between the listing and the bulk
     await h.feed(*(msgspec.structs.replace(user_cmd(i), cycle_id="scan") for i in range(20)))
     await h.settle()
