@@ -63,9 +63,9 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
 
     @app.agent(raw_topic(app, topics.commands), name="write")  # type: ignore[untyped-decorator]
     async def write(stream: Any) -> None:
-        # Take no event before the writer's state is restored: an event held across a
-        # rebalance would be acknowledged out of offset order.
-        await processor.restored.wait()
+        # The consume loop never waits for the writer's state: faust drops the records it
+        # fetched while a stream does not take them around a rebalance. Each object's job
+        # waits for the state instead (CommandProcessor._run).
         skipped = SkippedRecords(app, "writer")
         manual = stream.noack()
         async for event in manual.events():

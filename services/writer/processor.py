@@ -144,10 +144,8 @@ class CommandProcessor:
             self.restored.set()
 
     async def submit(self, event: Any, ack: Ack) -> None:
-        """Take one event; returns once it is scheduled (or handled, for frames). Nothing
-        runs before the writer's state is restored (:meth:`links_restored`)."""
-        if not self.restored.is_set():
-            await self.restored.wait()
+        """Take one event; returns once it is scheduled (or handled, for frames). No job
+        runs before the writer's state is restored (:meth:`links_restored`, :meth:`learn`)."""
         ticket = self.acks.track(event)
         message = await self._decode(event)
         partition = event.message.partition
@@ -194,6 +192,8 @@ class CommandProcessor:
             del self.tails[job.key]
 
     async def _run(self, previous: asyncio.Task[None] | None, job: Job) -> None:
+        if not self.restored.is_set():
+            await self.restored.wait()  # no write before the writer's state is restored
         if previous is not None:
             await asyncio.wait({previous})  # same object: strictly after the one before
         command = job.running = job.command or self.deferrals.command(job.key)
