@@ -253,8 +253,10 @@ class SkippedRecords:
     an older consumer-group generation, i.e. around a rebalance, but keeps its fetch
     position past them (faust-streaming#527, #216). With manual acks the partition's commits
     then stop at the gap, and the skipped records wait for the next restart. ``check``
-    sees the offsets jump and seeks the partition back to the first one missing; the
-    records after it come again (writes are idempotent; a second ack is harmless).
+    sees the offsets jump, logs and counts it (``scimflow_skipped_records_total``, the part
+    the tests verify) and seeks the partition back to the first one missing. In the one
+    case seen under load, after the worker's stream had not been read for seconds, the
+    seek did not bring the records back: the worker must not stop reading its stream.
     """
 
     def __init__(self, app: Any, service: str) -> None:
