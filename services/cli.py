@@ -297,6 +297,9 @@ def up(config: ConfigOpt = Path("examples/demo.yaml"),
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # Ctrl-C stops `up` even when it was started with SIGINT ignored (inherited from a
+    # parent that ignores it: a test runner, a shell's background job).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if data_dir is None and not config.is_file():  # else the default dir lands beside nothing
         raise _fail(ConfigError("no such config file", file=str(config)))
     state = (data_dir or default_data_dir(config)).expanduser().resolve()

@@ -80,6 +80,10 @@ def test_a_second_up_resumes_and_writes_only_what_changed(config: Path) -> None:
     assert written == [("update", "u-0001")]
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class _Up:
     """One `scimflow up` process and what it printed so far."""
 
@@ -91,7 +95,10 @@ class _Up:
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "services.cli", "up", "--config", str(config)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
+                # Started with SIGINT ignored, as from a test runner or a background job:
+                # Ctrl-C must stop it all the same.
+                preexec_fn=_ignore_sigint)  # noqa: PLW1509 (one signal call before exec)
         self.returncode: int | None = None
 
     def output(self) -> str:
