@@ -27,15 +27,14 @@ _HOLDER = (
 
 @pytest.fixture
 def holder(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
-    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(tmp_path)],
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline() == "held\n"
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
+    with subprocess.Popen([sys.executable, "-c", _HOLDER, str(tmp_path)],
+                          stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline() == "held\n"
+            yield proc
+        finally:
+            proc.kill()
 
 
 def test_a_second_up_is_refused_naming_the_dir_and_the_holder(
