@@ -188,7 +188,7 @@ def _expr_one(expression: str, attrs: str) -> None:
 def _expr_object(config: Path, app_name: str | None, object_id: str | None,
                  source_file: Path | None) -> None:
     """The Entra 'test an expression' harness: the full mapped resource of one object."""
-    from services.ingest.file_source import read_directory
+    from services.ingest.sources.file import read_directory
     from services.mapper.groups import GroupGraph
     from services.mapper.main import compile_apps
     from services.mapper.planner import plan
@@ -433,7 +433,7 @@ def _announce_commands(loaded: LoadedConfig, bootstrap: str, admin_url: str, adm
 
 def _watch(loaded: LoadedConfig, bootstrap: str, topics: Topics, sup: Any) -> None:
     """Show initial-sync progress, then every outcome as it happens, until Ctrl-C."""
-    from services.ingest.file_source import read_directory
+    from services.ingest.sources.file import read_directory
 
     total = sum(
         1 for s in loaded.config.sources if isinstance(s, FileSource)

@@ -25,7 +25,7 @@ import structlog
 from schemas import ErrorRecord
 from schemas.control import AppStatus, ControlMessage, ProvisionRequest, Restart
 from services.ingest.positions import Positions
-from services.ingest.source import SourceError
+from services.ingest.sources.base import SourceError
 from services.ingest.worker import SourceIngest
 from services.runtime import metrics
 from services.runtime.records import error_record

@@ -18,12 +18,12 @@ import structlog
 from schemas import CycleMarker, DirectoryChange, ErrorRecord
 from schemas.codecs import encode
 from schemas.control import ControlMessage
-from services.ingest.ad_source import AdDirectory, ad_settings
 from services.ingest.control import Controller
-from services.ingest.graph_source import GraphDirectory, graph_settings
 from services.ingest.positions import Positions
-from services.ingest.push_source import PushDirectory, push_settings
-from services.ingest.source import DirectorySource
+from services.ingest.sources.ad import AdDirectory, ad_settings
+from services.ingest.sources.base import DirectorySource
+from services.ingest.sources.graph import GraphDirectory, graph_settings
+from services.ingest.sources.push import PushDirectory, push_settings
 from services.ingest.worker import FileIngest, LdapIngest, Publisher, SourceIngest, ldap_settings
 from services.runtime.config import (
     ActiveDirectorySource,

@@ -1,6 +1,6 @@
 """ingest: drive each configured source and publish its changes to ``directory.changes``.
 
-Every source implements one interface (``services/ingest/source.py``: scan, watch from a
+Every source implements one interface (``services/ingest/sources/base.py``: scan, watch from a
 position, fetch one object) and runs under one loop, ``SourceIngest``:
 
 - a full scan at start, every ``full_scan_interval`` and on a Restart request, framed by
@@ -31,11 +31,11 @@ from typing import Literal
 import structlog
 
 from schemas import CycleMarker, DirectoryChange, ErrorRecord
-from services.ingest.file_directory import FileDirectory
-from services.ingest.file_source import Key, ObjectType, Snapshot, SourceObject
-from services.ingest.ldap_source import LdapDirectory, LdapSettings
+from services.ingest.objects import Key, ObjectType, Snapshot, SourceObject
 from services.ingest.positions import Positions
-from services.ingest.source import DirectorySource, Operation, SourceError, SourceUnavailableError
+from services.ingest.sources.base import DirectorySource, Operation, SourceError, SourceUnavailableError
+from services.ingest.sources.file import FileDirectory
+from services.ingest.sources.ldap import LdapDirectory, LdapSettings
 from services.runtime import metrics
 from services.runtime.config import FileSource
 from services.runtime.config import LdapSource as LdapSourceConfig

@@ -243,7 +243,7 @@ class LdapSource(_Base, frozen=True, tag="ldap", tag_field="type"):
     """An LDAP directory read with RFC 4533 syncrepl (OpenLDAP ``syncprov``); see docs/sources.md.
 
     The optional search settings left unset (``None``) take the LDAP source's own defaults
-    (``services/ingest/ldap_source.py``, ``LdapSettings``), documented in docs/sources.md.
+    (``services/ingest/sources/ldap/connection.py``, ``LdapSettings``), documented in docs/sources.md.
     """
 
     name: Name

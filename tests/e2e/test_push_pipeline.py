@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from services.ingest.push_source import BULK_REQUEST
+from services.ingest.sources.push import BULK_REQUEST
 from services.runtime.broker import Broker
 from services.runtime.scim_target import ScimTarget
 from tests.conftest import Pipeline

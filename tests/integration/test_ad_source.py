@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from services.ingest.ad_source import AdDirectory, AdSettings, AdSourceError
-from services.ingest.file_source import SourceObject
-from services.ingest.source import Operation
+from services.ingest.objects import SourceObject
+from services.ingest.sources.ad import AdDirectory, AdSettings, AdSourceError
+from services.ingest.sources.base import Operation
 from tests.support.samba import Samba, samba_missing, start_samba
 
 pytestmark = pytest.mark.integration

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from services.ingest.file_source import SourceObject
-from services.ingest.graph_source import GraphDirectory, GraphSettings, GraphSourceError
-from services.ingest.source import Operation
+from services.ingest.objects import SourceObject
+from services.ingest.sources.base import Operation
+from services.ingest.sources.graph import GraphDirectory, GraphSettings, GraphSourceError
 from tests.support.graph_server import FakeGraph, start_graph_server
 
 pytestmark = pytest.mark.integration

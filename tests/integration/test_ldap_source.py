@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from services.ingest.file_source import SourceObject
-from services.ingest.ldap_source import (
+from services.ingest.objects import SourceObject
+from services.ingest.sources.base import Operation
+from services.ingest.sources.ldap import (
     LdapSettings,
     LdapSource,
     LdapSourceError,
     LdapUnavailableError,
-    Operation,
 )
 from tests.support.slapd import Slapd, slapd_binary, start_slapd
 

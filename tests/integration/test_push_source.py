@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from schemas import DirectoryChange, ErrorRecord
-from services.ingest.push_source import BULK_REQUEST, BULK_RESPONSE, PushDirectory, PushSettings
+from services.ingest.sources.push import BULK_REQUEST, BULK_RESPONSE, PushDirectory, PushSettings
 from services.ingest.worker import Publisher, SourceIngest
 
 pytestmark = pytest.mark.integration

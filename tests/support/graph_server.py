@@ -1,6 +1,6 @@
 """A local Microsoft Graph for tests: the delta query protocol over real HTTP (aiohttp, in a thread).
 
-It follows Microsoft's documented shapes (the same pages ``services/ingest/graph_source.py``
+It follows Microsoft's documented shapes (the same pages ``services/ingest/sources/graph.py``
 cites): ``GET /v1.0/users/delta`` and ``/v1.0/groups/delta`` with ``$select``; pages of
 ``page_size`` objects (or ``Prefer: odata.maxpagesize``) linked by ``@odata.nextLink``
 (``$skiptoken``), the last one carrying ``@odata.deltaLink`` (``$deltatoken``); from a

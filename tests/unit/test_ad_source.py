@@ -7,7 +7,7 @@ import uuid
 
 from pyasn1.codec.ber import encoder  # type: ignore[import-untyped]
 
-from services.ingest.ad_source import (
+from services.ingest.sources.ad import (
     AdIndex,
     DirSyncRequest,
     DirSyncResponse,

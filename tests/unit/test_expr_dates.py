@@ -8,8 +8,8 @@ from typing import Final
 
 import pytest
 
-from services.mapper.expr_dates import compile_format
 from services.mapper.expressions import EvaluationError, ExpressionError, compile_expression
+from services.mapper.expressions.dates import compile_format
 
 
 def ev(text: str, **attrs: object) -> object:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from services.ingest.file_directory import FileDirectory, FileSourceError
-from services.ingest.file_source import DirectoryFileError, SourceObject, diff, parse_directory
-from services.ingest.source import Operation
+from services.ingest.objects import SourceObject, diff
+from services.ingest.sources.base import Operation
+from services.ingest.sources.file import DirectoryFileError, FileDirectory, FileSourceError, parse_directory
 from services.runtime.config import FileSource
 
 BASE = """

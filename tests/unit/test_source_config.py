@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from services.ingest.ad_source import ad_settings
-from services.ingest.graph_source import DEFAULT_USER_ATTRIBUTES, graph_settings
-from services.ingest.push_source import push_settings
+from services.ingest.sources.ad import ad_settings
+from services.ingest.sources.graph import DEFAULT_USER_ATTRIBUTES, graph_settings
+from services.ingest.sources.push import push_settings
 from services.runtime.config import ActiveDirectorySource, GraphSource, LoadedConfig, PushSource, load_config
 from services.runtime.errors import ConfigError
 

@@ -11,8 +11,8 @@ from typing import Any
 from schemas import CycleMarker, DirectoryChange, ErrorRecord
 from schemas.control import AppStatus, ProvisionRequest, Restart
 from services.ingest.control import Controller
-from services.ingest.file_source import ObjectType, Snapshot, SourceObject
-from services.ingest.source import DirectorySource, OnChange, OnPosition, SourceUnavailableError
+from services.ingest.objects import ObjectType, Snapshot, SourceObject
+from services.ingest.sources.base import DirectorySource, OnChange, OnPosition, SourceUnavailableError
 from services.ingest.worker import Publisher, SourceIngest
 
 

@@ -1,6 +1,18 @@
-"""The file source as a ``DirectorySource``: full reads of the file, and a poll for edits.
+"""The file source: a YAML or JSON file of users and groups (the demo default).
 
-The watch compares each new version of the file with the last one it saw. Its first
+The file looks like::
+
+    users:
+      - {id: u-0001, userPrincipalName: ada@example.com, givenName: Ada, accountEnabled: true}
+    groups:
+      - {id: g-eng, displayName: Engineering, members: [u-0001]}
+
+Each user's group memberships are derived from the groups' ``members`` lists, so moving a
+user between groups is a change of that user (and of the groups). ``read_directory`` and
+``parse_directory`` are pure functions from the file to a snapshot.
+
+``FileDirectory`` is the file as a ``DirectorySource``: full reads of the file, and a poll
+for edits. The watch compares each new version of the file with the last one it saw. Its first
 baseline is the start-up full scan's read, so what the scan published is not published
 again, and an edit made between the scan and the first poll is still seen. A file that
 does not parse is reported once per version (an ErrorRecord) and the last good version
@@ -10,27 +22,92 @@ stays in effect: a half-saved file must not look like mass deletion.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import structlog
+import yaml
 
-from services.ingest.file_source import (
-    DirectoryFileError,
-    ObjectType,
-    Snapshot,
-    SourceObject,
-    diff,
-    read_directory,
-)
-from services.ingest.source import DirectorySource, OnChange, OnPosition, SourceError
+from services.ingest.objects import ObjectType, Snapshot, SourceObject, diff
+from services.ingest.sources.base import DirectorySource, OnChange, OnPosition, SourceError
 from services.runtime.config import FileSource
+from services.runtime.errors import ScimflowError
 
-__all__ = ["FileDirectory", "FileSourceError"]
+__all__ = [
+    "DirectoryFileError",
+    "FileDirectory",
+    "FileSourceError",
+    "parse_directory",
+    "read_directory",
+]
 
 log = structlog.get_logger("scimflow.ingest.file")
 
+# libyaml's loader parses a 10,000-user file about 5x faster than the pure-Python one.
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 Report = Callable[[str], Awaitable[None]]
+
+
+class DirectoryFileError(ScimflowError):
+    """The directory file cannot be read or has the wrong shape."""
+
+
+def read_directory(path: Path) -> Snapshot:
+    """Read and parse the directory file; raise DirectoryFileError with the reason."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DirectoryFileError(f"{path}: cannot read directory file: {exc.strerror}") from exc
+    return parse_directory(text, str(path))
+
+
+def parse_directory(text: str, name: str = "<directory>") -> Snapshot:
+    try:
+        data = json.loads(text) if name.endswith(".json") else yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader
+    except (yaml.YAMLError, ValueError) as exc:
+        raise DirectoryFileError(f"{name}: not valid YAML/JSON: {exc}") from exc
+    data = data or {}
+    if not isinstance(data, dict):
+        raise DirectoryFileError(f"{name}: expected a mapping with `users` and `groups`")
+    users = _records(data.get("users") or [], name, "users")
+    groups = _records(data.get("groups") or [], name, "groups")
+    memberships: dict[str, list[str]] = {}
+    snapshot: Snapshot = {}
+    for g in groups:
+        members = tuple(str(m) for m in g.pop("members", None) or [])
+        for m in members:
+            memberships.setdefault(m, []).append(str(g["id"]))
+        obj = SourceObject("group", str(g["id"]), g, members=members)
+        snapshot[obj.key] = obj
+    for u in users:
+        uid = str(u["id"])
+        obj = SourceObject("user", uid, u, memberships=tuple(sorted(memberships.get(uid, []))))
+        snapshot[obj.key] = obj
+    return snapshot
+
+
+def _records(items: Any, name: str, section: str) -> list[dict[str, Any]]:
+    if not isinstance(items, list):
+        raise DirectoryFileError(f"{name}: `{section}` must be a list")
+    seen: set[str] = set()
+    out = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or "id" not in item:
+            raise DirectoryFileError(f"{name}: {section}[{i}] must be a mapping with an `id`")
+        if str(item["id"]) in seen:
+            raise DirectoryFileError(f"{name}: {section}[{i}]: duplicate id {item['id']!r}")
+        seen.add(str(item["id"]))
+        out.append(_plain(dict(item)))
+    return out
+
+
+def _plain(record: dict[str, Any]) -> dict[str, Any]:
+    # YAML gives dates as datetime objects; the pipeline carries them as ISO-8601 text,
+    # which is what a directory's API would give.
+    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in record.items()}
 
 
 class FileSourceError(SourceError):

@@ -22,7 +22,7 @@ import abc
 from collections.abc import Awaitable, Callable
 from typing import Literal
 
-from services.ingest.file_source import ObjectType, Snapshot, SourceObject
+from services.ingest.objects import ObjectType, Snapshot, SourceObject
 from services.runtime.errors import ScimflowError
 
 __all__ = [

@@ -1,16 +1,9 @@
-"""Entra-compatible attribute-mapping expressions: compile once, evaluate per object.
+"""The compiler: expression text -> a checked tree of closures, evaluated per object.
 
->>> expr = compile_expression('Join("@", NormalizeDiacritics(StripSpaces([givenName])), '
-...                           '"contoso.com")')
->>> expr.evaluate({"givenName": "Zoë Ann"})
-'ZoeAnn@contoso.com'
-
-``compile_expression`` parses the text once, checks every function name (in any case:
-``join`` is Join), argument count and constant argument (regexes, date formats,
-intervals) and builds a tree of closures;
+``compile_expression`` parses the text once (``parser``), checks every function name (in
+any case: ``join`` is Join), argument count and constant argument (regexes, date formats,
+intervals) against the registry (``functions``) and builds a tree of closures;
 ``Expression.evaluate`` runs them against one object's attributes. Pure code, no I/O.
-The language, every function, and where scimflow deliberately differs from Microsoft
-are described in docs/expressions.md.
 """
 
 from __future__ import annotations
@@ -20,7 +13,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Final
 
-from services.mapper.expr_calls import (
+from services.mapper.expressions.calls import (
     ARG,
     TOP,
     Attrs,
@@ -30,8 +23,8 @@ from services.mapper.expr_calls import (
     Now,
     attribute_getter,
 )
-from services.mapper.expr_functions import REGISTRY, UNSUPPORTED, compare
-from services.mapper.expr_parser import (
+from services.mapper.expressions.functions import REGISTRY, UNSUPPORTED, compare
+from services.mapper.expressions.parser import (
     Attr,
     Call,
     Compare,
@@ -41,24 +34,12 @@ from services.mapper.expr_parser import (
     Omitted,
     parse,
 )
-from services.mapper.expr_values import (
-    IGNORE,
+from services.mapper.expressions.values import (
     EvaluationError,
     InvalidValue,
-    RoleAssignments,
-    UniqueCandidates,
 )
 
-__all__ = [
-    "FUNCTIONS",
-    "IGNORE",
-    "EvaluationError",
-    "Expression",
-    "ExpressionError",
-    "RoleAssignments",
-    "UniqueCandidates",
-    "compile_expression",
-]
+__all__ = ["FUNCTIONS", "Expression", "compile_expression"]
 
 FUNCTIONS: Final = tuple(sorted(REGISTRY, key=str.lower))
 """Every function name the engine knows, as Microsoft spells it."""

@@ -17,7 +17,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from typing import Final
 
-from services.mapper.expr_values import InvalidValue, single
+from services.mapper.expressions.values import InvalidValue, single
 
 __all__ = [
     "DATE_TIME_STYLES",

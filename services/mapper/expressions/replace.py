@@ -17,14 +17,14 @@ import re
 from collections.abc import Callable
 from typing import Final
 
-from services.mapper.expr_calls import Attrs, CallSite, Eval, Now, eager, prepared
-from services.mapper.expr_text import (
+from services.mapper.expressions.calls import Attrs, CallSite, Eval, Now, eager, prepared
+from services.mapper.expressions.text import (
     compile_dotnet_regex,
     expand,
     parse_substitution,
     substitution_groups,
 )
-from services.mapper.expr_values import InvalidValue, to_str
+from services.mapper.expressions.values import InvalidValue, to_str
 
 __all__ = ["build_replace"]
 

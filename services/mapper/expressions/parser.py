@@ -12,7 +12,7 @@ Grammar (whitespace, tabs and newlines are allowed between any two tokens)::
     name       := vbBinaryCompare | vbTextCompare | True | False
 
 This module only knows the syntax; which functions exist and what they take is checked
-by ``expr_functions`` when the tree is compiled.
+by ``functions`` when the tree is compiled.
 """
 
 from __future__ import annotations

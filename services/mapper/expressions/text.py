@@ -18,7 +18,7 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import Final
 
-from services.mapper.expr_values import InvalidValue
+from services.mapper.expressions.values import InvalidValue
 
 __all__ = [
     "SPECIAL_CHARACTERS",

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, TypeVar
 
-from services.mapper.expr_parser import Call, Const, ExpressionError, Omitted
-from services.mapper.expr_values import EvaluationError, InvalidValue, to_str
+from services.mapper.expressions.parser import Call, Const, ExpressionError, Omitted
+from services.mapper.expressions.values import EvaluationError, InvalidValue, to_str
 
 __all__ = [
     "ARG",

@@ -1,7 +1,7 @@
 """The functions of Entra's expression language: what each takes and what it computes.
 
 ``REGISTRY`` maps every documented function name (spelled as Microsoft spells it; the
-compiler matches names in any case) to a FunctionSpec (see ``expr_calls``). Most
+compiler matches names in any case) to a FunctionSpec (see ``calls``). Most
 functions are ``eager(impl)`` over a small pure function below; IIF, Switch and Coalesce
 evaluate lazily; constant arguments (date formats, intervals, indexes, cultures) are
 checked when the expression is compiled. Replace has its own module.
@@ -18,7 +18,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any, Final
 
-from services.mapper.expr_calls import (
+from services.mapper.expressions.calls import (
     VARIABLE,
     Attrs,
     CallSite,
@@ -33,7 +33,7 @@ from services.mapper.expr_calls import (
     one_of,
     prepared,
 )
-from services.mapper.expr_dates import (
+from services.mapper.expressions.dates import (
     INTERVALS,
     DateFormat,
     add_interval,
@@ -44,8 +44,8 @@ from services.mapper.expr_dates import (
     to_datetime,
     to_filetime,
 )
-from services.mapper.expr_replace import build_replace
-from services.mapper.expr_text import (
+from services.mapper.expressions.replace import build_replace
+from services.mapper.expressions.text import (
     check_random_string,
     is_culture,
     normalize_diacritics,
@@ -54,7 +54,7 @@ from services.mapper.expr_text import (
     to_lower,
     to_upper,
 )
-from services.mapper.expr_values import (
+from services.mapper.expressions.values import (
     IGNORE,
     InvalidValue,
     RoleAssignments,

@@ -38,9 +38,8 @@ from ldap.controls import LDAPControl, RequestControl, ResponseControl  # type: 
 from pyasn1.codec.ber import decoder, encoder  # type: ignore[import-untyped]
 from pyasn1.type import namedtype, univ  # type: ignore[import-untyped]
 
-from services.ingest.file_source import ObjectType, Snapshot, SourceObject
-from services.ingest.ldap_source import normalize_dn
-from services.ingest.source import (
+from services.ingest.objects import ObjectType, Snapshot, SourceObject
+from services.ingest.sources.base import (
     DirectorySource,
     OnChange,
     OnPosition,
@@ -48,6 +47,7 @@ from services.ingest.source import (
     SourceError,
     SourceUnavailableError,
 )
+from services.ingest.sources.ldap.index import normalize_dn
 from services.runtime.config import ActiveDirectorySource
 
 __all__ = [

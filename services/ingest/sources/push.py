@@ -36,8 +36,8 @@ import structlog
 from aiohttp import web
 
 from schemas import ErrorRecord
-from services.ingest.file_source import ObjectType, Snapshot, SourceObject
-from services.ingest.source import DirectorySource, OnChange, OnPosition, Operation, SourceError
+from services.ingest.objects import ObjectType, Snapshot, SourceObject
+from services.ingest.sources.base import DirectorySource, OnChange, OnPosition, Operation, SourceError
 from services.runtime.config import PushSource
 from services.runtime.records import error_record
 

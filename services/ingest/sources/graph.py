@@ -47,8 +47,8 @@ from urllib.parse import quote, urlsplit
 import httpx
 import structlog
 
-from services.ingest.file_source import ObjectType, Snapshot, SourceObject
-from services.ingest.source import (
+from services.ingest.objects import ObjectType, Snapshot, SourceObject
+from services.ingest.sources.base import (
     DirectorySource,
     OnChange,
     OnPosition,
