@@ -18,11 +18,11 @@ import pytest
 import yaml
 
 from schemas import ActivityRecord, ErrorRecord
-from services.runtime.broker import Broker, start_broker
+from services.devstack.broker import Broker, start_broker
+from services.devstack.scim_target import ScimTarget, start_scim_target
+from services.devstack.supervisor import Supervisor
 from services.runtime.kafka import consume, create_topics
-from services.runtime.scim_target import ScimTarget, start_scim_target
 from services.runtime.settings import load_settings
-from services.runtime.supervisor import Supervisor
 from services.runtime.topics import Topics
 
 PARTITIONS = 3

@@ -75,7 +75,7 @@ _LAUNCHER = (
     "    cli.make_server = Waitress\n"
     f"resources = os.environ.pop({_RESOURCES_ENV!r}, '')\n"
     "if resources:\n"
-    "    from services.runtime.scim_target import _file_backed_storage\n"
+    "    from services.devstack.scim_target import _file_backed_storage\n"
     "    cli.InMemoryStorage = _file_backed_storage(resources)\n"
     "sys.argv = ['scim2-server', *sys.argv[1:], '--bearer-token=' + token]\n"
     "cli.main()\n"

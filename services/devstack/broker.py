@@ -29,8 +29,8 @@ its own, Tansu keeps only memory, and the container's log dir is not mounted.
 
 Command line::
 
-    python -m services.runtime.broker fetch   # cache jars, formatted storage, class archive
-    python -m services.runtime.broker run     # a broker with the pipeline topics, until ^C
+    python -m services.devstack.broker fetch   # cache jars, formatted storage, class archive
+    python -m services.devstack.broker run     # a broker with the pipeline topics, until ^C
 
 ``make test`` runs ``fetch`` first, so no test pays for a first start.
 """
@@ -734,7 +734,7 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 
 def _resource(name: str) -> str:
-    return importlib.resources.files("services.runtime").joinpath(name).read_text("utf-8")
+    return importlib.resources.files("services.devstack").joinpath(name).read_text("utf-8")
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -789,7 +789,7 @@ def _run(settings: Settings) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.runtime.broker",
+    parser = argparse.ArgumentParser(prog="python -m services.devstack.broker",
                                      description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("command", choices=["fetch", "run"],
                         help="fetch: cache the Kafka jars; run: a broker until Ctrl-C")
