@@ -320,7 +320,8 @@ def up(config: ConfigOpt = Path("examples/demo.yaml"),
 def _up(settings: Settings, config: Path, state: Path, *, demo_target: bool) -> None:
     """Start everything with its state in ``state``, follow the activity, stop on Ctrl-C."""
     from services.devstack.broker import start_broker
-    from services.devstack.supervisor import Supervisor, free_port
+    from services.devstack.processes import free_port
+    from services.devstack.supervisor import Supervisor
 
     env: dict[str, str] = {}
     stack: list[Any] = []
@@ -357,8 +358,8 @@ def _up(settings: Settings, config: Path, state: Path, *, demo_target: bool) -> 
 def _start_demo_target(state: Path) -> ScimTarget:
     """The demo scim2-server, with the users, groups, port and token of the last run (if
     any): a target that remembers what the pipeline remembers writing to it."""
+    from services.devstack.processes import free_port
     from services.devstack.scim_target import start_scim_target
-    from services.devstack.supervisor import free_port
 
     folder = state / "scim-target"
     folder.mkdir(parents=True, exist_ok=True)

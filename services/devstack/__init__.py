@@ -1,8 +1,11 @@
 """The development stack: what ``scimflow up``, the tests and the benchmarks run scimflow on.
 
-- :mod:`~services.devstack.broker`: a Kafka broker on this machine (or an external one);
+- :mod:`~services.devstack.broker`: a Kafka broker on this machine (or an external one),
+  one module per way of starting it: :mod:`~services.devstack.testcontainers`,
+  :mod:`~services.devstack.apache_kafka`, :mod:`~services.devstack.tansu`;
 - :mod:`~services.devstack.scim_target`: the demo SCIM target (scim2-server);
-- :mod:`~services.devstack.supervisor`: the workers as child processes, and ``up``'s data dir.
+- :mod:`~services.devstack.supervisor`: the workers as child processes, and ``up``'s data dir;
+- :mod:`~services.devstack.processes`: free ports, starting and stopping child processes.
 
 Production code never imports this package: a deployment runs a real Kafka cluster and
 real SCIM apps, and its image is built without the ``demo`` extra this package needs

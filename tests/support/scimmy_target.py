@@ -38,6 +38,7 @@ from pathlib import Path
 
 import httpx
 
+from services.devstack.processes import spawn
 from services.devstack.scim_target import ScimTarget, ScimTargetError
 from services.runtime.settings import load_settings
 
@@ -139,12 +140,8 @@ def start_scimmy_target(*, token: str | None = None) -> ScimTarget:
 
 def _spawn(node: str, modules: Path, token: str, log_file: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "SCIMMY_MODULES": str(modules), "SCIMMY_TOKEN": token}
-    with log_file.open("ab") as log:
-        return subprocess.Popen(
-            [node, str(PACKAGE_DIR / "server.cjs"), "0"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-            start_new_session=True,  # own process group: ScimTarget.stop() signals the group
-        )
+    # Own process group (spawn starts a session): ScimTarget.stop() signals the group.
+    return spawn([node, str(PACKAGE_DIR / "server.cjs"), "0"], log_file, env=env)
 
 
 def _wait_for_port(target: ScimTarget) -> int:
