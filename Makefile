@@ -15,7 +15,7 @@ deps: $(STAMP)
 $(STAMP): pyproject.toml | ldap-deps
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,demo]'
 	touch $@
 
 # A JDK (>= 17) and Maven run the real Apache Kafka broker; promtool (Debian package
@@ -56,7 +56,7 @@ scimmy-deps: deps
 	$(PY) -m tests.support.scimmy_target install
 
 kafka: deps system-deps
-	$(PY) -m services.runtime.broker fetch
+	$(PY) -m services.devstack.broker fetch
 
 run: kafka
 	$(VENV)/bin/scimflow up --config examples/demo.yaml

@@ -31,11 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support.sl
 from pipeline import Activity
 
 from schemas import ActivityRecord
-from services.runtime.broker import start_broker
+from services.devstack.broker import start_broker
+from services.devstack.scim_target import ScimTarget, start_scim_target
+from services.devstack.supervisor import Supervisor
 from services.runtime.kafka import create_topics
-from services.runtime.scim_target import ScimTarget, start_scim_target
 from services.runtime.settings import load_settings
-from services.runtime.supervisor import Supervisor
 from services.runtime.topics import Topics
 from tests.support.slapd import Slapd, start_slapd
 

@@ -55,11 +55,11 @@ from mapping import run_mapping
 from reconcile import run_reconcile
 
 from schemas import ActivityRecord, DirectoryChange
-from services.runtime.broker import start_broker
+from services.devstack.broker import start_broker
+from services.devstack.scim_target import ScimTarget, start_scim_target
+from services.devstack.supervisor import Supervisor
 from services.runtime.kafka import consume, create_topics
-from services.runtime.scim_target import ScimTarget, start_scim_target
 from services.runtime.settings import load_settings
-from services.runtime.supervisor import Supervisor
 from services.runtime.topics import Topics
 from tests.support.faultproxy import FaultProxy
 

@@ -48,10 +48,10 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from schemas import CycleMarker
 from schemas.codecs import decoder
+from services.devstack.scim_target import ScimTarget, start_scim_target
+from services.devstack.supervisor import Supervisor
 from services.runtime.config import Target
 from services.runtime.kafka import create_topics
-from services.runtime.scim_target import ScimTarget, start_scim_target
-from services.runtime.supervisor import Supervisor
 from services.runtime.topics import Topics
 from tests.support.faultproxy import FaultProxy, LogEntry
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import msgspec
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from schemas import ActivityRecord, DirectoryChange, ErrorRecord
@@ -28,7 +29,7 @@ from services.runtime.topics import Topics
 
 if TYPE_CHECKING:
     from services.admin.control import Backend
-    from services.runtime.scim_target import ScimTarget
+    from services.devstack.scim_target import ScimTarget
 
 __all__ = ["main"]
 
@@ -292,7 +293,10 @@ def up(config: ConfigOpt = Path("examples/demo.yaml"),
     """Run the whole pipeline: broker, demo SCIM target, ingest, mapper, writer and admin API.
 
     Ctrl-C stops it; the next `up` on the same data dir resumes where it stopped."""
-    from services.runtime.supervisor import claim_data_dir, default_data_dir
+    try:  # the dev stack comes with the demo extra; without it, say what to install
+        from services.devstack.supervisor import claim_data_dir, default_data_dir
+    except ModuleNotFoundError as exc:  # escaped: rich would take "[demo]" for markup
+        raise _fail(ScimflowError(escape(str(exc)))) from None
 
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level)
@@ -315,8 +319,9 @@ def up(config: ConfigOpt = Path("examples/demo.yaml"),
 
 def _up(settings: Settings, config: Path, state: Path, *, demo_target: bool) -> None:
     """Start everything with its state in ``state``, follow the activity, stop on Ctrl-C."""
-    from services.runtime.broker import start_broker
-    from services.runtime.supervisor import Supervisor, free_port
+    from services.devstack.broker import start_broker
+    from services.devstack.processes import free_port
+    from services.devstack.supervisor import Supervisor
 
     env: dict[str, str] = {}
     stack: list[Any] = []
@@ -353,8 +358,8 @@ def _up(settings: Settings, config: Path, state: Path, *, demo_target: bool) -> 
 def _start_demo_target(state: Path) -> ScimTarget:
     """The demo scim2-server, with the users, groups, port and token of the last run (if
     any): a target that remembers what the pipeline remembers writing to it."""
-    from services.runtime.scim_target import start_scim_target
-    from services.runtime.supervisor import free_port
+    from services.devstack.processes import free_port
+    from services.devstack.scim_target import start_scim_target
 
     folder = state / "scim-target"
     folder.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,6 @@ factory that runs the whole pipeline (three real worker processes) on unique top
 from __future__ import annotations
 
 import os
-import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,11 +17,12 @@ import pytest
 import yaml
 
 from schemas import ActivityRecord, ErrorRecord
-from services.runtime.broker import Broker, start_broker
+from services.devstack.broker import Broker, start_broker
+from services.devstack.processes import free_ports
+from services.devstack.scim_target import ScimTarget, start_scim_target
+from services.devstack.supervisor import Supervisor
 from services.runtime.kafka import consume, create_topics
-from services.runtime.scim_target import ScimTarget, start_scim_target
 from services.runtime.settings import load_settings
-from services.runtime.supervisor import Supervisor
 from services.runtime.topics import Topics
 
 PARTITIONS = 3
@@ -138,17 +138,6 @@ class Pipeline:
             assert not dead, f"workers died: {dead}; logs in {self.dir / 'logs'}"
             time.sleep(0.3)
         raise AssertionError(f"timed out after {timeout}s waiting for: {what}; logs in {self.dir / 'logs'}")
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def read_all(bootstrap: str, topic: str, kind: Any) -> list[Any]:

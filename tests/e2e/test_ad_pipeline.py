@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from services.runtime.broker import Broker
-from services.runtime.scim_target import ScimTarget
+from services.devstack.broker import Broker
+from services.devstack.scim_target import ScimTarget
 from tests.conftest import Pipeline
 from tests.support.samba import Samba, samba_missing, start_samba
 from tests.support.source_pipeline import (

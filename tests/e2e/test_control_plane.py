@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from services.runtime.scim_target import start_scim_target
+from services.devstack.scim_target import start_scim_target
 from tests.conftest import APP, Pipeline, Scim, user
 from tests.support.admin import Admin, audit_records, start_admin
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from services.runtime.broker import Broker
-from services.runtime.scim_target import ScimTarget
+from services.devstack.broker import Broker
+from services.devstack.scim_target import ScimTarget
 from tests.conftest import Pipeline
 from tests.support.graph_server import FakeGraph, start_graph_server
 from tests.support.source_pipeline import (

@@ -23,13 +23,13 @@ import yaml
 from schemas import DirectoryChange
 from schemas.codecs import decoder
 from schemas.messages import SourcePosition
+from services.devstack.broker import Broker
+from services.devstack.scim_target import ScimTarget
+from services.devstack.supervisor import Supervisor
 from services.ingest.positions import Positions
 from services.ingest.worker import LdapIngest, Publisher, ldap_settings
-from services.runtime.broker import Broker
 from services.runtime.config import LdapSource as LdapSourceConfig
 from services.runtime.kafka import consume, create_topics
-from services.runtime.scim_target import ScimTarget
-from services.runtime.supervisor import Supervisor
 from services.runtime.topics import Topics
 from tests.conftest import PARTITIONS, Pipeline, Scim
 from tests.support.slapd import Slapd, slapd_binary, start_slapd

@@ -282,7 +282,7 @@ def test_threshold_holds_600_removals_until_allowed(pipeline_factory: Factory) -
 
 def test_delete_action_and_skip_out_of_scope_deletions(pipeline_factory: Factory, tmp_path_factory:
                                                        pytest.TempPathFactory) -> None:
-    from services.runtime.scim_target import start_scim_target
+    from services.devstack.scim_target import start_scim_target
     from tests.conftest import Scim
 
     secrets = tmp_path_factory.mktemp("secrets")

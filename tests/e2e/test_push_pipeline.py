@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
+from services.devstack.broker import Broker
+from services.devstack.scim_target import ScimTarget
 from services.ingest.sources.push import BULK_REQUEST
-from services.runtime.broker import Broker
-from services.runtime.scim_target import ScimTarget
 from tests.conftest import Pipeline
 from tests.support.source_pipeline import (
     find_user,

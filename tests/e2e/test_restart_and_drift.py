@@ -29,8 +29,8 @@ import pytest
 import yaml
 
 from schemas import ActivityRecord
-from services.runtime.broker import Broker
-from services.runtime.scim_target import ScimTarget, start_scim_target
+from services.devstack.broker import Broker
+from services.devstack.scim_target import ScimTarget, start_scim_target
 from tests.conftest import APP, Pipeline, user
 from tests.support.faultproxy import FaultProxy
 from tests.support.settle import Mark, Settled, WriterLog, group_lag, joined, mark, request_scan, wait_settled

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from schemas import ActivityRecord
+from services.devstack.scim_target import ScimTarget
 from services.runtime import errors
-from services.runtime.scim_target import ScimTarget
 from tests.conftest import APP, Pipeline, user
 from tests.support.faultproxy import FaultProxy
 from tests.support.scimmy_target import start_scimmy_target

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from schemas.control import AppHealth, ControlMessage
-from services.runtime.scim_target import ScimTarget
+from services.devstack.scim_target import ScimTarget
 from tests.conftest import APP, Pipeline, read_all, user
 from tests.support.faultproxy import FaultProxy, LogEntry
 

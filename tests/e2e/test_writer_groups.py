@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from services.runtime.scim_target import ScimTarget
+from services.devstack.scim_target import ScimTarget
 from tests.conftest import APP, Pipeline, user
 from tests.support.faultproxy import FaultProxy
 from tests.support.writer_harness import MANAGER

@@ -21,8 +21,8 @@ from kafka import KafkaAdminClient
 from schemas import ProvisioningCommand
 from schemas.codecs import encode
 from schemas.control import AppHealth, Restart
+from services.devstack.scim_target import ScimTarget
 from services.runtime.kafka import consume, plain_producer
-from services.runtime.scim_target import ScimTarget
 from tests.conftest import Pipeline
 from tests.support.faultproxy import FaultProxy
 from tests.support.writer_harness import MANAGER, group_cmd, user_cmd

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from services.runtime.scim_target import ScimTarget
+from services.devstack.scim_target import ScimTarget
 from tests.support.scimmy_target import start_scimmy_target
 
 

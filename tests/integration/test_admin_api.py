@@ -16,10 +16,10 @@ import yaml
 from schemas import ActivityRecord, ErrorRecord
 from schemas.codecs import decoder, encode
 from schemas.control import AppStatus, ProvisionRequest, Restart
-from services.runtime.broker import Broker
+from services.devstack.broker import Broker
+from services.devstack.scim_target import start_scim_target
+from services.devstack.supervisor import Supervisor
 from services.runtime.kafka import create_topics, plain_producer, read_latest
-from services.runtime.scim_target import start_scim_target
-from services.runtime.supervisor import Supervisor
 from services.runtime.topics import Topics
 from tests.conftest import APP, PARTITIONS
 from tests.support.admin import Admin, audit_records, start_admin

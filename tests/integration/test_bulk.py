@@ -26,8 +26,8 @@ from typing import Any
 
 import pytest
 
+from services.devstack.scim_target import ScimTarget
 from services.runtime.errors import ConflictError, RejectedError, TargetError
-from services.runtime.scim_target import ScimTarget
 from services.writer import scim_client
 from services.writer.bulk import BulkLimits, BulkOperation, bulk_limits, send_bulk
 from services.writer.capabilities import discover

@@ -12,10 +12,10 @@ import pytest
 from typer.testing import CliRunner
 
 from services import cli as cli_module
-from services.runtime.broker import Broker
+from services.devstack.broker import Broker
+from services.devstack.scim_target import ScimTarget, start_scim_target
 from services.runtime.config import LoadedConfig, load_config
 from services.runtime.kafka import create_topics
-from services.runtime.scim_target import ScimTarget, start_scim_target
 from services.runtime.topics import Topics
 from services.writer.capabilities import case_exact, check_mappings, discover
 from services.writer.scim_client import ScimClient

@@ -13,7 +13,7 @@ import pytest
 
 from schemas import ActivityRecord, ModifiedProperty
 from schemas.codecs import encode
-from services.runtime.broker import Broker
+from services.devstack.broker import Broker
 from services.runtime.kafka import create_topics, plain_producer
 from services.runtime.topics import Topics
 

@@ -15,8 +15,8 @@ import pytest
 
 from schemas import DirectoryChange, ProvisioningCommand
 from schemas.codecs import encode
+from services.devstack.broker import Broker
 from services.mapper.group_feed import GroupFeed
-from services.runtime.broker import Broker
 from services.runtime.kafka import create_topics, follow_from_start, plain_producer
 from services.runtime.topics import TopicSpec
 from tests.conftest import APP, Pipeline, read_all, user

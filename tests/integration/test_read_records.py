@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from services.runtime.broker import Broker
+from services.devstack.broker import Broker
 from services.runtime.kafka import create_topics, plain_producer, read_latest, read_records
 from services.runtime.topics import TopicSpec
 

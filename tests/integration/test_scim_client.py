@@ -1,5 +1,5 @@
 """ScimClient and scim_paths against a real SCIM server we did not write: scim2-server,
-started as a subprocess by services.runtime.scim_target."""
+started as a subprocess by services.devstack.scim_target."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 
+from services.devstack.scim_target import ScimTarget, start_scim_target
 from services.runtime.errors import (
     ConflictError,
     CredentialsError,
@@ -20,7 +21,6 @@ from services.runtime.errors import (
     RejectedError,
     TransientError,
 )
-from services.runtime.scim_target import ScimTarget, start_scim_target
 from services.writer.scim_client import SCIM_JSON, Backoff, ScimClient, attempts_of
 from services.writer.scim_paths import (
     CORE_USER,

@@ -19,9 +19,9 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 
+from services.devstack.scim_target import ScimTarget, start_scim_target
 from services.runtime.config import Quarantine, RateLimit
 from services.runtime.errors import CredentialsError, RejectedError, TransientError
-from services.runtime.scim_target import ScimTarget, start_scim_target
 from services.writer.auth import ClientCredentials
 from services.writer.quarantine import CREDENTIALS, FAILURE_RATIO, QuarantineEvent
 from services.writer.scim_client import Backoff, ScimClient, attempts_of

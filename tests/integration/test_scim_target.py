@@ -6,7 +6,7 @@ import asyncio
 
 import httpx
 
-from services.runtime.scim_target import start_scim_target
+from services.devstack.scim_target import start_scim_target
 
 USER = "urn:ietf:params:scim:schemas:core:2.0:User"
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from services.runtime.scim_target import start_scim_target
+from services.devstack.scim_target import start_scim_target
 
 USER = "urn:ietf:params:scim:schemas:core:2.0:User"
 GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"

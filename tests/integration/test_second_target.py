@@ -13,8 +13,8 @@ from typing import Any, Literal
 import httpx
 import pytest
 
+from services.devstack.scim_target import ScimTarget
 from services.runtime.errors import ConflictError, CredentialsError, NotFoundError, RejectedError
-from services.runtime.scim_target import ScimTarget
 from services.writer.scim_client import Backoff, ScimClient
 from services.writer.scim_paths import CORE_GROUP, CORE_USER, ENTERPRISE_USER, build_resource, read_path
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from services.runtime.broker import Broker
+from services.devstack.broker import Broker
 
 WORKER = """
 import asyncio, sys

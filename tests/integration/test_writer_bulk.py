@@ -11,7 +11,7 @@ import httpx
 import msgspec
 import pytest
 
-from services.runtime.scim_target import ScimTarget
+from services.devstack.scim_target import ScimTarget
 from tests.support.faultproxy import FaultProxy
 from tests.support.writer_harness import application, group_cmd, harness, user_cmd
 

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from schemas import ProvisioningCommand
-from services.runtime.scim_target import ScimTarget
+from services.devstack.scim_target import ScimTarget
 from tests.support.faultproxy import FaultProxy
 from tests.support.writer_harness import Harness, application, group_cmd, harness, user_cmd
 

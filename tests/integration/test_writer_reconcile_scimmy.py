@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from services.runtime.scim_target import ScimTarget
+from services.devstack.scim_target import ScimTarget
 from tests.integration.test_writer_reconcile import (  # the fixtures come along
     anyio_backend,
     http,

@@ -15,7 +15,7 @@ import msgspec
 import pytest
 
 from schemas.control import AllowDeletes, ControlMessage, RemovalTally
-from services.runtime.scim_target import ScimTarget
+from services.devstack.scim_target import ScimTarget
 from tests.support.writer_harness import Harness, application, harness, user_cmd
 
 _control = msgspec.json.Decoder(ControlMessage)

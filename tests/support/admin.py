@@ -17,8 +17,9 @@ from typer.testing import CliRunner
 
 from schemas.control import AuditRecord
 from services.cli import cli
+from services.devstack.processes import free_port
+from services.devstack.supervisor import Supervisor
 from services.runtime.kafka import consume
-from services.runtime.supervisor import Supervisor, free_port
 from services.runtime.topics import Topics
 
 

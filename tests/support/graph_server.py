@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import socket
 import threading
 import uuid
 from collections.abc import Iterator
@@ -28,6 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from services.devstack.processes import free_port
 
 __all__ = ["FakeGraph", "start_graph_server"]
 
@@ -332,17 +333,10 @@ def _app(graph: FakeGraph) -> web.Application:
     return app
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @contextmanager
 def start_graph_server(**settings: Any) -> Iterator[FakeGraph]:
     """A FakeGraph serving on a free loopback port until the block ends."""
-    graph = FakeGraph(port=_free_port(), **settings)
+    graph = FakeGraph(port=free_port(), **settings)
     loop = asyncio.new_event_loop()
     ready = threading.Event()
     runner = web.AppRunner(_app(graph), access_log=None)

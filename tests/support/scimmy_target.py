@@ -1,7 +1,7 @@
 """A second real SCIM 2.0 target we did not write: SCIMMY (npm ``scimmy`` with its Express
 routers ``scimmy-routers``) in a Node.js subprocess on a loopback port.
 
-scim2-server (:mod:`services.runtime.scim_target`) is the suite's main target; a client
+scim2-server (:mod:`services.devstack.scim_target`) is the suite's main target; a client
 tested against one server only learns that server's reading of RFC 7644. SCIMMY has its own
 filter parser and matcher, its own PatchOp implementation and its own paging, so the same
 scenarios run against it show where scimflow relies on one server's leniency.
@@ -14,7 +14,7 @@ installs afresh and an unchanged one costs nothing: ``make scimmy-deps`` (a prer
 ``make test``) runs :func:`ensure_installed`, and :func:`start_scimmy_target` calls it too
 in case pytest runs on its own.
 
-The returned object is a :class:`services.runtime.scim_target.ScimTarget` (``base_url``,
+The returned object is a :class:`services.devstack.scim_target.ScimTarget` (``base_url``,
 ``token``, ``stop()``), so fixtures and helpers written for scim2-server take it as is. The
 token reaches Node through the environment, never ``argv`` (visible in ``ps``).
 """
@@ -38,7 +38,8 @@ from pathlib import Path
 
 import httpx
 
-from services.runtime.scim_target import ScimTarget, ScimTargetError
+from services.devstack.processes import spawn
+from services.devstack.scim_target import ScimTarget, ScimTargetError
 from services.runtime.settings import load_settings
 
 __all__ = ["PACKAGE_DIR", "ensure_installed", "installed_dir", "start_scimmy_target"]
@@ -139,12 +140,8 @@ def start_scimmy_target(*, token: str | None = None) -> ScimTarget:
 
 def _spawn(node: str, modules: Path, token: str, log_file: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "SCIMMY_MODULES": str(modules), "SCIMMY_TOKEN": token}
-    with log_file.open("ab") as log:
-        return subprocess.Popen(
-            [node, str(PACKAGE_DIR / "server.cjs"), "0"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-            start_new_session=True,  # own process group: ScimTarget.stop() signals the group
-        )
+    # Own process group (spawn starts a session): ScimTarget.stop() signals the group.
+    return spawn([node, str(PACKAGE_DIR / "server.cjs"), "0"], log_file, env=env)
 
 
 def _wait_for_port(target: ScimTarget) -> int:

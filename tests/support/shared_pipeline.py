@@ -19,9 +19,9 @@ from typing import Any
 
 import yaml
 
+from services.devstack.scim_target import ScimTarget
+from services.devstack.supervisor import Supervisor
 from services.runtime.kafka import create_topics
-from services.runtime.scim_target import ScimTarget
-from services.runtime.supervisor import Supervisor
 from services.runtime.topics import Topics
 from tests.conftest import PARTITIONS, Pipeline, Scim
 

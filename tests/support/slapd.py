@@ -21,7 +21,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -32,6 +31,8 @@ from typing import Any
 
 import ldap  # type: ignore[import-untyped]
 import ldap.modlist  # type: ignore[import-untyped]
+
+from services.devstack.processes import free_port, spawn
 
 __all__ = ["Entry", "Slapd", "SlapdError", "slapd_binary", "start_slapd"]
 
@@ -88,12 +89,9 @@ class Slapd:
 
     def start(self) -> None:
         """Start slapd on this instance's port and wait until a root bind succeeds."""
-        log = (self.root / "slapd.log").open("ab")
-        with log:
-            self._process = subprocess.Popen(
-                [_require("slapd"), "-F", str(self.root / "slapd.d"), "-h", f"{self.url}/", "-d", "0"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )
+        self._process = spawn(
+            [_require("slapd"), "-F", str(self.root / "slapd.d"), "-h", f"{self.url}/", "-d", "0"],
+            self.root / "slapd.log")
         _LIVE.add(self)
         self._wait_until_ready()
 
@@ -255,7 +253,7 @@ def start_slapd(base_dn: str = "dc=example,dc=com", *, refint: bool = False) -> 
     member DNs when the member is renamed (or deleted), as most production directories do.
     """
     root = Path(tempfile.mkdtemp(prefix="scimflow-slapd-"))
-    server = Slapd(root=root, port=_free_port(), base_dn=base_dn, password=secrets.token_urlsafe(18),
+    server = Slapd(root=root, port=free_port(), base_dn=base_dn, password=secrets.token_urlsafe(18),
                    refint=refint)
     try:
         _configure(server)
@@ -386,11 +384,3 @@ def _values(value: str | list[str]) -> list[bytes]:
 
 def _encode(entry: dict[str, Any]) -> dict[str, list[bytes]]:
     return {name: _values(value) for name, value in entry.items()}
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-

@@ -14,10 +14,10 @@ import yaml
 
 from schemas import DirectoryChange
 from schemas.codecs import decoder
-from services.runtime.broker import Broker
+from services.devstack.broker import Broker
+from services.devstack.scim_target import ScimTarget
+from services.devstack.supervisor import Supervisor
 from services.runtime.kafka import consume, create_topics, plain_producer
-from services.runtime.scim_target import ScimTarget
-from services.runtime.supervisor import Supervisor
 from services.runtime.topics import Topics
 from tests.conftest import PARTITIONS, Pipeline, Scim
 

@@ -1,5 +1,5 @@
 """`scimflow up`'s data dir: one `up` at a time holds it, `--fresh` wipes it, and a
-directory that is not one is neither used nor wiped (services.runtime.supervisor)."""
+directory that is not one is neither used nor wiped (services.devstack.supervisor)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from services.runtime.supervisor import DataDirError, claim_data_dir, default_data_dir
+from services.devstack.supervisor import DataDirError, claim_data_dir, default_data_dir
 
 # Another process that claims the dir, says so, and holds it until it is killed.
 _HOLDER = (
     "import sys, time\n"
     "from pathlib import Path\n"
-    "from services.runtime.supervisor import claim_data_dir\n"
+    "from services.devstack.supervisor import claim_data_dir\n"
     "with claim_data_dir(Path(sys.argv[1])):\n"
     "    print('held', flush=True)\n"
     "    time.sleep(60)\n"

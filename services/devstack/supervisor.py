@@ -16,7 +16,6 @@ import fcntl
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,10 +26,11 @@ from typing import IO
 
 import httpx
 
+from services.devstack.processes import spawn
 from services.runtime.errors import ScimflowError
 
 __all__ = ["ADMIN", "DATA_DIR_NAME", "SERVICES", "DataDirError", "Supervisor", "claim_data_dir",
-           "default_data_dir", "free_port", "wipe_data_dir"]
+           "default_data_dir", "wipe_data_dir"]
 
 SERVICES = ("ingest", "mapper", "writer")
 ADMIN = "admin"
@@ -56,14 +56,10 @@ class Supervisor:
 
     def start_one(self, name: str, extra_env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        log = (self.log_dir / f"{name}.log").open("ab")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", name, "--config", str(self.config)],
-            env={**os.environ, **self.env, **self._metrics_env(name), **(extra_env or {})},
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,  # we stop workers ourselves, in order, after Ctrl-C
-        )
-        log.close()
+        # In a session of its own: we stop workers ourselves, in order, after Ctrl-C.
+        proc = spawn([sys.executable, "-m", "services.cli", name, "--config", str(self.config)],
+                     self.log_dir / f"{name}.log",
+                     env={**os.environ, **self.env, **self._metrics_env(name), **(extra_env or {})})
         self.procs[name] = proc
         return proc
 
@@ -132,22 +128,6 @@ class Supervisor:
                 proc.kill()
                 proc.wait(timeout=5)
         self.procs.clear()
-
-
-def free_port(preferred: int = 0, host: str = "127.0.0.1") -> int:
-    """``preferred`` if nothing listens on it, else a free port the OS picks."""
-    for port in (preferred, 0) if preferred else (0,):
-        with socket.socket() as sock:
-            # As the servers we start do (Python's http.server, aiohttp): connections of a
-            # run that just stopped, left in TIME_WAIT, do not keep the next one off its port.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind((host, port))
-            except OSError:
-                continue
-            bound: int = sock.getsockname()[1]
-            return bound
-    raise RuntimeError("no free port")
 
 
 DATA_DIR_NAME = ".scimflow"

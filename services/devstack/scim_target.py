@@ -34,8 +34,6 @@ import json
 import os
 import re
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,6 +45,7 @@ from typing import Any
 
 import httpx
 
+from services.devstack.processes import LOOPBACK, free_port, spawn, terminate
 from services.runtime.errors import ScimflowError
 
 __all__ = ["ScimTarget", "ScimTargetError", "start_scim_target"]
@@ -75,7 +74,7 @@ _LAUNCHER = (
     "    cli.make_server = Waitress\n"
     f"resources = os.environ.pop({_RESOURCES_ENV!r}, '')\n"
     "if resources:\n"
-    "    from services.runtime.scim_target import _file_backed_storage\n"
+    "    from services.devstack.scim_target import _file_backed_storage\n"
     "    cli.InMemoryStorage = _file_backed_storage(resources)\n"
     "sys.argv = ['scim2-server', *sys.argv[1:], '--bearer-token=' + token]\n"
     "cli.main()\n"
@@ -118,7 +117,7 @@ class ScimTarget:
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL after a grace period). Idempotent."""
         _LIVE.discard(self)
-        _terminate(self._process)
+        terminate(self._process, _STOP_GRACE)
         if self._owns_log:
             self.log_file.unlink(missing_ok=True)
 
@@ -164,7 +163,7 @@ def start_scim_target(*, token: str | None = None, port: int = 0,
     last: ScimTargetError | None = None
     for _ in range(tries):
         try:
-            return _start_once(token, port or _free_port(), log_file, threads, resources_file)
+            return _start_once(token, port or free_port(), log_file, threads, resources_file)
         except _PortTakenError as exc:
             last = exc
     raise ScimTargetError(f"could not start scim2-server after {tries} attempt(s): {last}")
@@ -180,7 +179,7 @@ def _start_once(token: str, port: int, log_file: Path | None, threads: int,
     log_path = log_file if log_file is not None else _temp_log()
     log_path.parent.mkdir(parents=True, exist_ok=True)
     process = _spawn(token, port, log_path, threads, resources_file)
-    target = ScimTarget(base_url=f"http://127.0.0.1:{port}/v2", token=token,
+    target = ScimTarget(base_url=f"http://{LOOPBACK}:{port}/v2", token=token,
                         process=process, log_file=log_path, owns_log=owns_log)
     _LIVE.add(target)
     try:
@@ -196,13 +195,8 @@ def _spawn(token: str, port: int, log_path: Path, threads: int,
     env = {**os.environ, _TOKEN_ENV: token, _THREADS_ENV: str(threads), "PYTHONUNBUFFERED": "1"}
     if resources_file is not None:
         env[_RESOURCES_ENV] = str(resources_file.resolve())
-    with log_path.open("ab") as log:
-        # The child keeps its own copy of the log descriptor; ours can close at once.
-        return subprocess.Popen(
-            [sys.executable, "-c", _LAUNCHER, "--hostname", "127.0.0.1", "--port", str(port)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-            start_new_session=True,  # own process group: stop() signals the whole group
-        )
+    return spawn([sys.executable, "-c", _LAUNCHER, "--hostname", LOOPBACK, "--port", str(port)],
+                 log_path, env=env)
 
 
 def _wait_until_ready(target: ScimTarget) -> None:
@@ -232,30 +226,6 @@ def _raise_exited(target: ScimTarget) -> None:
         raise _PortTakenError(f"port of {target.base_url} already in use")
     raise ScimTargetError(f"scim2-server exited with status {target._process.returncode} "
                           f"before answering; log: {tail}")
-
-
-def _terminate(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    _signal_group(process, signal.SIGTERM)
-    try:
-        process.wait(timeout=_STOP_GRACE)
-    except subprocess.TimeoutExpired:
-        _signal_group(process, signal.SIGKILL)
-        process.wait()
-
-
-def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    # The group id is the child's pid (start_new_session); it may already be gone.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, sig)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _temp_log() -> Path:
