@@ -152,8 +152,9 @@ class BulkBatcher:
         async def single() -> tuple[ScimResource, set[str]]:
             return await self.client.create("group", body), set()
 
-        # Refused with members (a reference the target would not take): without them, singly.
-        again = (lambda e: _transient(e) or isinstance(e, RejectedError)) if values else _transient
+        # Refused with members (a member that failed, a reference the target would not take):
+        # created singly without them, as ever; a 409 then answers the single create too.
+        again = (lambda _: True) if values else _transient
         created: tuple[ScimResource, set[str]] = await self._enqueue(
             _Pending(_post("group", data), single, read, again))
         return created
