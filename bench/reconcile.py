@@ -75,9 +75,9 @@ def _log(msg: str) -> None:
 # -- the directory and the app -----------------------------------------------------------------
 
 
-def _directory(users: int, groups: int) -> dict[str, Any]:
+def _directory(users: int, groups: int, *, name: str = "Member") -> dict[str, Any]:
     people = [{"id": f"r{i:06d}", "userPrincipalName": f"member{i}@example.com", "givenName": f"G{i}",
-               "surname": f"S{i}", "displayName": f"Member {i}", "accountEnabled": True}
+               "surname": f"S{i}", "displayName": f"{name} {i}", "accountEnabled": True}
               for i in range(users)]
     teams = [{"id": f"team-{g:02d}", "displayName": f"Team {g:02d}",
               "members": [p["id"] for i, p in enumerate(people) if i % groups == g]}
@@ -308,6 +308,25 @@ def _shown(window: str, entry: LogEntry) -> dict[str, Any]:
             "body": body if len(body) <= 400 else body[:400] + "..."}
 
 
+def _renamed(target: ScimTarget, users: int) -> bool:
+    """Straight to the target: every user's displayName is the update wave's."""
+    found: list[dict[str, Any]] = []
+    with httpx.Client(base_url=target.base_url, timeout=30,
+                      headers={"Authorization": f"Bearer {target.token}"}) as http:
+        while len(found) < users:
+            page = http.get("/Users", params={"startIndex": len(found) + 1, "count": 1000}).json()
+            if not page.get("Resources"):
+                break
+            found.extend(page["Resources"])
+    return len(found) == users and all(str(u.get("displayName", "")).startswith("Renamed ") for u in found)
+
+
+def _bulk_operations(entries: list[LogEntry]) -> Counter[str]:
+    """Operations the ``/Bulk`` requests among ``entries`` carried, by method."""
+    return Counter(str(op.get("method")) for e in entries if e.method == "POST" and e.path.endswith("/Bulk")
+                   for op in (e.json() or {}).get("Operations", []))
+
+
 def _target_holds(target: ScimTarget, users: int, groups: int) -> bool:
     """Straight to the target (not through the proxy): every user, group and member there."""
     with httpx.Client(base_url=target.base_url, timeout=30,
@@ -512,17 +531,37 @@ def _explain(run: _Run, windows: dict[str, list[LogEntry]], *, since: float) -> 
 
 def _bulk_initial(bootstrap: str, args: argparse.Namespace) -> dict[str, Any]:
     """``requests_per_user_initial_bulk``: the same initial sync with ``target.bulk: auto``,
-    against another fresh target; None (and why, in ``notes``) while the writer has no /Bulk."""
+    against another fresh target, then an update wave (every user renamed in the source):
+    its requests per user and the updates each ``/Bulk`` request carried. None (and why, in
+    ``notes``) while the writer has no /Bulk."""
     if not has_bulk_switch():
         return {"requests_per_user_initial_bulk": None, "notes": {"bulk": BULK_NOTE}}
     with _recorded(bootstrap, args, "auto") as run:
         _log(f"reconcile: the same initial sync with target.bulk: auto (logs in {run.work / 'logs'})")
         with _running(run) as (_, watch):
             mark = _initial_sync(run, watch)
+            _log("reconcile: an update wave (every user renamed) with target.bulk: auto")
+            directory = run.work / "directory.json"
+            directory.write_text(json.dumps(_directory(run.users, run.groups, name="Renamed")))
+            watch.until("the target to hold every user renamed", lambda: _renamed(run.target, run.users))
+            watch.scan_after(mark)
+            wave_end = watch.quiet()
         initial, _ = _initial(run.proxy.log[:mark.requests], run.base_path)
+        wave = run.proxy.log[mark.requests:wave_end.requests]
     by_kind = _by_kind(initial, run.base_path)
     used = sum(n for kind, n in by_kind.items() if kind.startswith("POST /Bulk"))
     note = ("target.bulk: auto; requests_per_user_initial is with target.bulk: off" if used else
             "target.bulk: auto, but the writer sent no /Bulk request (does the target declare bulk?)")
     return {"requests_per_user_initial_bulk": round(len(initial) / run.users, 3),
-            "requests_initial_bulk_by_kind": by_kind, "notes": {"bulk": note}}
+            "requests_initial_bulk_by_kind": by_kind, "notes": {"bulk": note}, **_wave(wave, run)}
+
+
+def _wave(wave: list[LogEntry], run: _Run) -> dict[str, Any]:
+    """The update wave's figures: its writes (the listing of the full scan waited for is a
+    read), and how many updates each /Bulk request carried."""
+    bulks = [e for e in wave if e.method == "POST" and e.path.endswith("/Bulk")]
+    carried = _bulk_operations(wave)
+    updates = carried["PATCH"] + carried["PUT"]
+    return {"requests_per_user_update_wave_bulk": round(sum(map(_is_write, wave)) / run.users, 3),
+            "bulk_updates_per_request": round(updates / len(bulks), 1) if bulks else None,
+            "requests_update_wave_bulk_by_kind": _by_kind(wave, run.base_path)}

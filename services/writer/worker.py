@@ -47,7 +47,7 @@ from services.runtime.errors import (
 )
 from services.runtime.records import error_record
 from services.writer import capabilities as target_capabilities
-from services.writer.batcher import CreateBatcher
+from services.writer.batcher import BulkBatcher
 from services.writer.bulk import bulk_limits
 from services.writer.capabilities import Capabilities
 from services.writer.decide import (
@@ -126,6 +126,8 @@ class _Run:
     trace: _Trace
     decision: Decision
     conflicts: int = 0
+    created_members: set[str] = field(default_factory=set)
+    """A group created in a bulk request with members: their target ids."""
 
     @property
     def kind(self) -> Kind:
@@ -148,8 +150,8 @@ class Writer:
         """None: this app does not provision groups."""
         self.capabilities: Capabilities | None = None
         """What the target declares (``learn``); None until read."""
-        self.batcher: CreateBatcher | None = None
-        """Creates gathered into ``/Bulk`` requests, when the target offers bulk."""
+        self.batcher: BulkBatcher | None = None
+        """Creates and updates gathered into ``/Bulk`` requests, when the target offers bulk."""
         self.snapshot: TargetSnapshot | None = None
         """The target as listed at the start of the latest full scan (``discover``)."""
         self._discovering: dict[str, asyncio.Task[TargetSnapshot]] = {}
@@ -180,9 +182,10 @@ class Writer:
             self.client.uses_put = True
         limits = bulk_limits(found) if self.app.target.bulk == "auto" else None
         if limits is not None and self.batcher is None:
-            log.info("the target declares bulk; creates go out in /Bulk requests", app=self.app.name,
+            log.info("the target declares bulk; creates and updates go out in /Bulk requests",
+                     app=self.app.name,
                      max_operations=limits.max_operations, max_payload_size=limits.max_payload_size)
-            self.batcher = CreateBatcher(self.client, limits)
+            self.batcher = BulkBatcher(self.client, limits)
         return found
 
     async def aclose(self) -> None:
@@ -417,20 +420,45 @@ class Writer:
             run.trace.step("action", "success", f"SelectUniqueValue chose a free {path}")
         body = build_resource(values, schemas_for="Group" if run.kind == GROUP else "User")
         try:
-            created = await (self.batcher.create(run.kind, body) if self.batcher is not None
-                             else self.client.create(run.kind, body))
+            created = await self._post(run, body)
         except ConflictError as exc:
             return None, await self._conflicted(run, exc)
         created = await self._verify_created(run, created)
         self._written(run, created.id)
-        detail = " (no members yet)" if run.kind == GROUP else ""
+        detail = (f" ({len(run.created_members)} members)" if run.created_members
+                  else " (no members yet)" if run.kind == GROUP else "")
         if run.kind != GROUP:  # a group's action step follows its members
             run.trace.step("action", "success", self._named("create", run))
         run.trace.step("export", "success", f"POST /{_ENDPOINTS[run.kind]} -> 201, id {created.id}{detail}")
         chosen = {p: values[p] for p in cmd.unique_candidates}
-        written = desired_state(cmd) | chosen | ({MEMBERS: []} if run.kind == GROUP else {})
+        written = desired_state(cmd) | chosen | ({MEMBERS: sorted(run.created_members)}
+                                                 if run.kind == GROUP else {})
         unstored = _unstored(values, created.body)
         return self._managed(cmd, created.id, written, "created", None, unstored), created
+
+    async def _post(self, run: _Run, body: Mapping[str, Any]) -> ScimResource:
+        """The create: in a bulk request when the target offers bulk, a group there with its
+        linked members and the members whose creates wait in the same request (``bulkId:``)."""
+        if self.batcher is None:
+            return await self.client.create(run.kind, body)
+        if run.kind != GROUP:
+            return await self.batcher.create(run.kind, body, key=run.cmd.source_id)
+        created, run.created_members = await self.batcher.create_group(
+            body, members=run.members or [], pending=self._unlinked(run))
+        return created
+
+    @staticmethod
+    def _unlinked(run: _Run) -> list[str]:
+        """The group's members (source ids) without a link yet."""
+        linked = {run.owner(t) for t in run.members or []}
+        return [s for s in run.cmd.members if s not in linked]
+
+    async def _write(self, kind: Kind, target_id: str, changes: Mapping[str, Any],
+                     current: ScimResource | None) -> ScimResource | None:
+        """An update (PATCH, or read-modify-write PUT): in a bulk request when the target offers bulk."""
+        if self.batcher is not None:
+            return await self.batcher.update(kind, target_id, changes, current=current)
+        return await self.client.update(kind, target_id, changes, current=current)
 
     async def _conflicted(self, run: _Run, exc: ConflictError) -> ScimResource | None:
         """A 409 to a create: someone (or our own earlier attempt) created it meanwhile. Look
@@ -487,7 +515,7 @@ class Writer:
         answer = None
         if changes:
             # The client picks PATCH or PUT and the dialect per app, conditional on the ETag.
-            answer = await self.client.update(run.kind, found.id, changes, current=found)
+            answer = await self._write(run.kind, found.id, changes, found)
             self._written(run, found.id)
             run.trace.step("export", "success",
                            f"{self._method} /{_ENDPOINTS[run.kind]}/{found.id} ({len(changes)} attributes)")
@@ -499,7 +527,7 @@ class Writer:
         decision = run.decision
         current = self._listed(run, managed)
         try:
-            answer = await self.client.update(run.kind, managed.target_id, decision.changes, current=current)
+            answer = await self._write(run.kind, managed.target_id, decision.changes, current)
         except NotFoundError:
             return await self._vanished(run, managed)
         self._written(run, managed.target_id)
@@ -582,7 +610,7 @@ class Writer:
         decision = run.decision
         if decision.action != "update":
             return managed, None
-        answer = await self.client.update(GROUP, managed.target_id, decision.changes, current=listed)
+        answer = await self._write(GROUP, managed.target_id, decision.changes, listed)
         self._written(run, managed.target_id)
         run.trace.step("export", "success",
                        f"{self._method} /Groups/{managed.target_id} ({len(decision.changes)} attributes)")
@@ -594,27 +622,35 @@ class Writer:
     async def _group_members(self, run: _Run, state: ManagedObject, written: set[str],
                              seen: ScimResource | None, *, created: bool = False) -> Outcome:
         """Bring the group's members to the desired ones, against what the target has."""
-        desired = set(run.members or [])
-        actual = set() if created else await self._actual_members(run, state, written, desired, seen)
+        if created:
+            written = set(run.created_members)  # what the create carried (none when sent singly)
+        desired = set(run.members or []) | written if created else set(run.members or [])
+        actual = written if created else await self._actual_members(run, state, written, desired, seen)
         sources = set(run.cmd.members)
         delta = member_delta(written, desired, actual=actual, owned=lambda t: run.owner(t) is not None,
                              keep=lambda t: run.owner(t) in sources)
+        # No await from here to the write: members whose creates wait in the batcher now can
+        # be referred to by bulkId in the same request.
+        pending = self.batcher.queued(self._unlinked(run)) if self.batcher is not None else []
         before, decision = run.managed, run.decision
         drifted = bool(delta) and not member_delta(written, desired) and not created
         if drifted and self.app.drift == "report":
             run.decision = Decision("skip", f"members changed directly in the target ({delta.describe()}); "
                                             "reported only (drift: report)", repair=True)
             return self._skip(run, before)
-        if delta:
+        if delta or pending:
+            shown = MemberDelta([*delta.add, *pending], delta.remove)
             if decision.action == "noop":
                 run.decision = decision = Decision(
-                    "update", (f"members changed directly in the target ({delta.describe()}); written back"
-                               if drifted else f"membership changed ({delta.describe()})"), repair=drifted)
+                    "update", (f"members changed directly in the target ({shown.describe()}); written back"
+                               if drifted else f"membership changed ({shown.describe()})"), repair=drifted)
             try:
-                await self.client.patch_members(state.target_id, add=delta.add, remove=delta.remove)
+                added = await self._send_members(state.target_id, delta, pending)
             except TargetError as exc:
                 # The group itself is written: keep its state, so a retry sends only members.
                 return self._failure(run, exc, state=state, changed_state=state is not before)
+            desired |= added
+            delta = MemberDelta(sorted({*delta.add, *added}), delta.remove)
             self._written(run, state.target_id)
             run.trace.step("export", "success", f"{self._method} /Groups/{state.target_id} members "
                                                 f"{delta.describe()}")
@@ -626,9 +662,18 @@ class Writer:
             return Outcome(state, None, changed_state=state is not before)
         action = self._named(_group_action(decision, delta), run)
         run.trace.step("action", "success", action)
-        extra = _member_props(written, run.members, delta)
+        extra = (_member_props(set(), sorted(desired), MemberDelta(sorted(desired), []))
+                 if created and desired else _member_props(written, sorted(desired), delta))
         return Outcome(state, self._activity(run.cmd, action, "success", decision, state, run.trace,
                                              extra=extra))
+
+    async def _send_members(self, group_id: str, delta: MemberDelta, pending: list[str]) -> set[str]:
+        """Write a member delta, and add the ``pending`` members (source ids whose creates
+        wait in the batcher) by bulkId; the target ids added that way."""
+        if self.batcher is not None:
+            return await self.batcher.patch_members(group_id, delta.add, delta.remove, pending=pending)
+        await self.client.patch_members(group_id, add=delta.add, remove=delta.remove)
+        return set()
 
     async def _actual_members(self, run: _Run, state: ManagedObject, written: set[str],
                               desired: set[str], seen: ScimResource | None) -> set[str]:

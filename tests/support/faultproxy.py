@@ -3,7 +3,8 @@
 It forwards every request to a real upstream (scim2-server in the tests) unless a rule
 says otherwise: answer 429 with ``Retry-After`` (seconds or an HTTP-date), 503, any other
 status or body; wait before answering (slow target, client timeouts); drop the connection
-(reset); or fail everything for N seconds (an outage). Every request is logged with a
+(reset); rewrite the upstream's JSON answer (e.g. make some operations of a BulkResponse
+fail); or fail everything for N seconds (an outage). Every request is logged with a
 monotonic timestamp, so tests can assert that waits were honoured::
 
     with FaultProxy(scim_target.base_url) as proxy:
@@ -28,6 +29,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal
@@ -60,6 +62,8 @@ class Rule:
     reset: bool = False
     lose_answer: bool = False
     """Forward the request, then reset the connection: the target acted, the client never hears."""
+    rewrite: Callable[[Any, Any], Any] | None = None
+    """Forward the request, then answer ``rewrite(request JSON, answer JSON)`` instead."""
     method: str | None = None
     path: str | None = None
     times: int | None = None
@@ -179,6 +183,13 @@ class FaultProxy:
         return self.add(Rule(lose_answer=True, method=method, path=path, times=times,
                              probability=probability))
 
+    def rewrite(self, change: Callable[[Any, Any], Any], *, method: str | None = None,
+                path: str | None = None, times: int | None = None) -> Rule:
+        """Forward matching requests and answer ``change(request JSON, answer JSON)``, with the
+        upstream's status: what the target did stays done, the client hears something else
+        (a BulkResponse whose operations failed, say)."""
+        return self.add(Rule(rewrite=change, method=method, path=path, times=times))
+
     def outage(self, seconds: float, *, mode: OutageMode = "reset") -> None:
         """Fail every request for the next ``seconds``: reset connections, or answer 503."""
         with self._lock:
@@ -264,6 +275,9 @@ class FaultProxy:
                 status, fault = rule.status, outage or str(rule.status)
                 return _fault_response(rule)
             response = await self._forward(request, body)
+            if rule is not None and rule.rewrite is not None:
+                fault = "rewritten"
+                response = _rewritten(response, rule.rewrite, body)
             if rule is not None and rule.lose_answer:
                 status, fault = response.status, "lost answer"
                 return _reset(request)
@@ -307,6 +321,13 @@ def _fault_response(rule: Rule) -> web.Response:
         "status": str(rule.status), "detail": f"injected by the fault proxy ({rule.status})"})
     return web.Response(status=rule.status, body=body.encode(),
                         headers={**headers, "Content-Type": rule.content_type})
+
+
+def _rewritten(response: web.Response, change: Callable[[Any, Any], Any], sent: bytes) -> web.Response:
+    assert isinstance(response.body, bytes)
+    answer = change(json.loads(sent) if sent else None, json.loads(response.body) if response.body else None)
+    return web.Response(status=response.status, body=json.dumps(answer).encode(),
+                        headers={"Content-Type": response.content_type or "application/scim+json"})
 
 
 def _reset(request: web.Request) -> web.Response:
