@@ -134,9 +134,14 @@ class Target(_Base, frozen=True):
     """Most operations (or group members) in one PATCH request; larger changes are chunked."""
     page_size: Count | None = None
     """``count`` asked for when listing; unset lets the target choose."""
-    bulk: Literal["auto", "off"] = "auto"
-    """``auto``: creates go out in ``/Bulk`` requests when the target declares bulk support
-    (``/ServiceProviderConfig``); ``off``: one request per create."""
+    bulk: Literal["auto", "references", "off"] = "auto"
+    """``auto``: creates, updates and member changes go out in ``/Bulk`` requests when the
+    target declares bulk support (``/ServiceProviderConfig``); an operation that refers to
+    another's new resource (``bulkId:``, a group and its new members) goes in the next
+    request, with the real id. ``references``: the same, and such operations travel in one
+    request for the target to resolve (RFC 7644 §3.7.2), for targets known to resolve them
+    (scim2-server does; SCIMMY 1.3 keeps all but one reference as literal text).
+    ``off``: one request per write."""
     timeout: Positive = 10.0
     max_connections: Count = 32
     rate_limit: RateLimit = RateLimit()

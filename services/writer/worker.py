@@ -180,12 +180,13 @@ class Writer:
             log.info("the target declares no PATCH support; updates are read-modify-write PUTs",
                      app=self.app.name)
             self.client.uses_put = True
-        limits = bulk_limits(found) if self.app.target.bulk == "auto" else None
+        limits = bulk_limits(found) if self.app.target.bulk != "off" else None
         if limits is not None and self.batcher is None:
             log.info("the target declares bulk; creates and updates go out in /Bulk requests",
                      app=self.app.name,
                      max_operations=limits.max_operations, max_payload_size=limits.max_payload_size)
-            self.batcher = BulkBatcher(self.client, limits)
+            self.batcher = BulkBatcher(self.client, limits,
+                                       resolves_references=self.app.target.bulk == "references")
         return found
 
     async def aclose(self) -> None:

@@ -239,11 +239,11 @@ async def test_operations_that_failed_in_a_bulk_of_updates_are_retried_singly_an
 @pytest.mark.parametrize("resolves", [False, True], ids=["ids-from-an-earlier-request", "target-resolves"])
 async def test_a_group_and_its_new_members_go_in_one_bulk(
         scim_target: ScimTarget, proxy: FaultProxy, http: httpx.Client, resolves: bool) -> None:
-    h = harness(proxy.url, scim_target.token, application())
+    bulk = "references" if resolves else "auto"
+    h = harness(proxy.url, scim_target.token, application(target_extra={"bulk": bulk}))
     await h.processor.learn()
     batcher = h.processor.writers["app"].batcher
-    assert batcher is not None
-    batcher.resolves_references = resolves
+    assert batcher is not None and batcher.resolves_references is resolves
     proxy.clear_log()
     team = group_cmd("g", "Team", [f"u{i}" for i in range(5)])
     await h.scan("initial", *(user_cmd(i) for i in range(5)), team)
