@@ -24,8 +24,8 @@ from typing import Any, Final
 import structlog
 
 from services.runtime.errors import RejectedError
+from services.scim.client import Kind, ScimClient, ScimResource
 from services.writer.bulk import BulkLimits, BulkOperation, BulkResult, send_bulk
-from services.writer.scim_client import Kind, ScimClient, ScimResource
 
 __all__ = ["CreateBatcher"]
 

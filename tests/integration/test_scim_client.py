@@ -21,8 +21,8 @@ from services.runtime.errors import (
     TransientError,
 )
 from services.runtime.scim_target import ScimTarget, start_scim_target
-from services.writer.scim_client import SCIM_JSON, Backoff, ScimClient, attempts_of
-from services.writer.scim_paths import (
+from services.scim.client import SCIM_JSON, Backoff, ScimClient, attempts_of
+from services.scim.paths import (
     CORE_USER,
     ENTERPRISE_USER,
     build_resource,

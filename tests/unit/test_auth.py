@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from services.runtime.errors import CredentialsError, RejectedError, TransientError
-from services.writer.auth import BearerToken, ClientCredentials
+from services.scim.auth import BearerToken, ClientCredentials
 
 pytestmark = pytest.mark.anyio
 

@@ -28,7 +28,9 @@ from services.runtime.errors import (
     TargetError,
     TransientError,
 )
-from services.writer import scim_client
+from services.scim import client as scim_client
+from services.scim.capabilities import capabilities_from
+from services.scim.client import Backoff, ScimClient
 from services.writer.bulk import (
     BULK_REQUEST,
     BULK_RESPONSE,
@@ -40,8 +42,6 @@ from services.writer.bulk import (
     parse_status,
     send_bulk,
 )
-from services.writer.capabilities import capabilities_from
-from services.writer.scim_client import Backoff, ScimClient
 
 pytestmark = pytest.mark.anyio
 

@@ -29,9 +29,8 @@ from services.runtime.errors import (
     TransientError,
 )
 from services.runtime.settings import load_settings
-from services.writer.auth import ClientCredentials
-from services.writer.ratelimit import Limits
-from services.writer.scim_client import (
+from services.scim.auth import ClientCredentials
+from services.scim.client import (
     SCIM_JSON,
     Backoff,
     ScimClient,
@@ -40,6 +39,7 @@ from services.writer.scim_client import (
     client_for,
     parse_retry_after,
 )
+from services.scim.ratelimit import Limits
 
 pytestmark = pytest.mark.anyio
 

@@ -34,7 +34,7 @@ _DETAIL_LIMIT = 300
 
 
 class Auth(Protocol):
-    """What :class:`~services.writer.scim_client.ScimClient` needs from credentials."""
+    """What :class:`~services.scim.client.ScimClient` needs from credentials."""
 
     async def authorization(self) -> str:
         """The ``Authorization`` header value for the next request."""

@@ -18,12 +18,12 @@ network error, timeout, 408, 429, 5xx   ``TransientError`` (retried here first)
 
 Every request goes through three stages, in this order:
 
-1. the **quarantine gate** (:mod:`services.writer.quarantine`): closed while the app is
+1. the **quarantine gate** (:mod:`services.scim.quarantine`): closed while the app is
    quarantined; calls wait there, nothing is dropped;
-2. a **rate-limit slot** (:mod:`services.writer.ratelimit`): at most the current AIMD
+2. a **rate-limit slot** (:mod:`services.scim.ratelimit`): at most the current AIMD
    concurrency in flight, paced to the current requests/s; held only while the request is
    on the wire;
-3. the request itself, with the ``Authorization`` header of :mod:`services.writer.auth`
+3. the request itself, with the ``Authorization`` header of :mod:`services.scim.auth`
    (a 401 refreshes an OAuth2 token and is retried once).
 
 Transient errors are retried here (stamina: exponential backoff with jitter, or exactly the
@@ -72,10 +72,8 @@ from services.runtime.errors import (
     TransientError,
 )
 from services.runtime.settings import Settings
-from services.writer.auth import Auth, BearerToken, ClientCredentials
-from services.writer.quarantine import QuarantineEvent, QuarantineGate
-from services.writer.ratelimit import Limits, RateLimiter
-from services.writer.scim_paths import (
+from services.scim.auth import Auth, BearerToken, ClientCredentials
+from services.scim.paths import (
     PATCH_OP,
     apply_changes,
     chunked,
@@ -83,6 +81,8 @@ from services.writer.scim_paths import (
     member_operations,
     patch_operations,
 )
+from services.scim.quarantine import QuarantineEvent, QuarantineGate
+from services.scim.ratelimit import Limits, RateLimiter
 
 __all__ = [
     "SCIM_JSON",
@@ -191,7 +191,7 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
 class ScimClient:
     """SCIM 2.0 calls on one target's ``/Users`` and ``/Groups``, over one connection pool.
 
-    ``auth`` is a static bearer token (a ``str``) or an :class:`~services.writer.auth.Auth`.
+    ``auth`` is a static bearer token (a ``str``) or an :class:`~services.scim.auth.Auth`.
     ``rate_limit`` and ``quarantine`` (the app's config) turn on AIMD limits and the
     quarantine gate; left None (tools, most tests) there is neither.
     """
