@@ -2,7 +2,7 @@
 ``/Bulk`` and discovery endpoints, and nothing about who calls it.
 
 The writer and the admin API's test connection import it; it imports only ``services.runtime``
-(settings, config types, errors, metrics), never a service.
+(settings, config types, errors, metrics, the shared HTTP helpers), never a service.
 
 - :mod:`.client` the verbs (find, get, create, update, patch, delete, members, documents),
   each HTTP exchange and the HTTP status -> scimflow error table;

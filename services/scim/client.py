@@ -39,7 +39,6 @@ back gets them redacted.
 from __future__ import annotations
 
 import builtins
-import email.utils
 import socket
 import ssl
 import time
@@ -47,7 +46,6 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from http import HTTPStatus
 from types import TracebackType
 from typing import Any, Final, Literal
@@ -71,8 +69,9 @@ from services.runtime.errors import (
     TargetError,
     TransientError,
 )
+from services.runtime.http import ClientCredentials, parse_retry_after
 from services.runtime.settings import Settings
-from services.scim.auth import Auth, BearerToken, ClientCredentials
+from services.scim.auth import Auth, BearerToken
 from services.scim.paths import (
     PATCH_OP,
     apply_changes,
@@ -92,7 +91,6 @@ __all__ = [
     "ScimResource",
     "attempts_of",
     "client_for",
-    "parse_retry_after",
 ]
 
 SCIM_JSON: Final = "application/scim+json"
@@ -169,23 +167,6 @@ def attempts_of(exc: BaseException) -> int:
     """How many attempts the client made before raising ``exc`` (1 if it did not record it)."""
     value = getattr(exc, "attempts", 1)
     return value if isinstance(value, int) else 1
-
-
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header: delay-seconds or an HTTP-date
-    (RFC 9110 §10.2.3). None when absent or unreadable; never negative."""
-    if value is None:
-        return None
-    text = value.strip()
-    if text.isdigit():
-        return float(text)
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)  # HTTP-dates are always GMT
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 class ScimClient:

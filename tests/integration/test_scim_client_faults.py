@@ -21,8 +21,8 @@ import pytest
 
 from services.runtime.config import Quarantine, RateLimit
 from services.runtime.errors import CredentialsError, RejectedError, TransientError
+from services.runtime.http import ClientCredentials
 from services.runtime.scim_target import ScimTarget, start_scim_target
-from services.scim.auth import ClientCredentials
 from services.scim.client import Backoff, ScimClient, attempts_of
 from services.scim.paths import build_resource, read_path
 from services.scim.quarantine import CREDENTIALS, FAILURE_RATIO, QuarantineEvent

@@ -28,8 +28,8 @@ from services.runtime.errors import (
     TargetError,
     TransientError,
 )
+from services.runtime.http import ClientCredentials
 from services.runtime.settings import load_settings
-from services.scim.auth import ClientCredentials
 from services.scim.client import (
     SCIM_JSON,
     Backoff,
@@ -37,7 +37,6 @@ from services.scim.client import (
     ScimResource,
     attempts_of,
     client_for,
-    parse_retry_after,
 )
 from services.scim.ratelimit import Limits
 
@@ -408,28 +407,6 @@ async def test_resources_without_id_are_rejected() -> None:
     async with client(Script(scim(201, {"userName": "x"}))) as c:
         with pytest.raises(RejectedError, match="resource without an `id`"):
             await c.create_user({"userName": "x"})
-
-
-# -- Retry-After parsing -------------------------------------------------------------------
-
-NOW = datetime(2026, 1, 15, 12, 0, 0, tzinfo=UTC)
-
-
-@pytest.mark.parametrize(
-    ("header", "seconds"),
-    [
-        ("120", 120.0),
-        (" 7 ", 7.0),
-        ("Thu, 15 Jan 2026 12:01:30 GMT", 90.0),
-        ("Thu, 15 Jan 2026 11:00:00 GMT", 0.0),  # in the past: retry now
-        ("soon", None),
-        ("-5", None),
-        ("", None),
-        (None, None),
-    ],
-)
-def test_parse_retry_after(header: str | None, seconds: float | None) -> None:
-    assert parse_retry_after(header, now=NOW) == seconds
 
 
 # -- client_for: one constructor, every target setting --------------------------------------
