@@ -4,8 +4,11 @@
 The writer and the admin API's test connection import it; it imports only ``services.runtime``
 (settings, config types, errors, metrics, the shared HTTP helpers), never a service.
 
-- :mod:`.client` the verbs (find, get, create, update, patch, delete, members, documents),
-  each HTTP exchange and the HTTP status -> scimflow error table;
+- :mod:`.client` the verbs (find, get, create, update, patch, delete, members, documents);
+  they build what they send;
+- :mod:`._transport` one HTTP exchange: quarantine gate, rate-limit slot, credentials,
+  retries; it sends what it is given;
+- :mod:`.errors` the one HTTP status -> scimflow error table;
 - :mod:`.auth` bearer tokens and OAuth2 client credentials;
 - :mod:`.ratelimit` AIMD limits; :mod:`.quarantine` the failing-app gate;
 - :mod:`.paths` SCIM attribute paths, filters and PATCH/PUT bodies (pure);

@@ -31,6 +31,7 @@ from services.runtime.errors import (
 from services.scim import client as scim_client
 from services.scim.capabilities import capabilities_from
 from services.scim.client import Backoff, ScimClient
+from services.scim.errors import error_class
 from services.writer.bulk import (
     BULK_REQUEST,
     BULK_RESPONSE,
@@ -38,7 +39,6 @@ from services.writer.bulk import (
     BulkOperation,
     BulkResult,
     bulk_limits,
-    error_class,
     parse_status,
     send_bulk,
 )

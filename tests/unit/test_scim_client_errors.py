@@ -446,11 +446,11 @@ async def test_client_for_applies_every_target_setting(tmp_path: Path,
         assert c.page_size == 200
         assert c.limits == Limits(4, 10.0)
         assert c.quarantine.settings.failure_ratio == 0.6
-        assert c._attempts == 7
-        assert c._backoff.wait_initial == 0.25
-        assert c._backoff.retry_after_cap == 8.0  # never longer than retries.max_wait
-        assert isinstance(c._auth, ClientCredentials)
-        assert "crm-client-s3cret" not in repr(c._auth)
+        assert c._transport._attempts == 7
+        assert c._transport._backoff.wait_initial == 0.25
+        assert c._transport._backoff.retry_after_cap == 8.0  # never longer than retries.max_wait
+        assert isinstance(c._transport.auth, ClientCredentials)
+        assert "crm-client-s3cret" not in repr(c._transport.auth)
         assert "crm-client-s3cret" not in repr(c)
 
 
