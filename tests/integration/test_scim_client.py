@@ -1,4 +1,4 @@
-"""ScimClient and scim_paths against a real SCIM server we did not write: scim2-server,
+"""ScimClient and services.scim.paths against a real SCIM server we did not write: scim2-server,
 started as a subprocess by services.runtime.scim_target."""
 
 from __future__ import annotations
