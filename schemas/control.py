@@ -113,7 +113,7 @@ class AppCapabilities(Message, tag="control.capabilities.v1", frozen=True, kw_on
 
     app: str
     capabilities: dict[str, Any]
-    """``services.writer.capabilities.Capabilities`` as JSON (``msgspec.to_builtins``)."""
+    """``services.scim.capabilities.Capabilities`` as JSON (``msgspec.to_builtins``)."""
     problems: list[str] = []
     """Attribute mappings the target cannot take, one line each (with the config line)."""
     at: datetime

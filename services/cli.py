@@ -44,7 +44,7 @@ ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Provisioning co
 
 def _load(config: Path, *, resolve_secrets: bool = True) -> LoadedConfig:
     from services.mapper.main import compile_apps
-    from services.writer.scim_paths import validate_path
+    from services.scim.paths import validate_path
 
     loaded = load_config(config, resolve_secrets=resolve_secrets)
     compile_apps(loaded)
@@ -86,7 +86,7 @@ def _validate_online(loaded: LoadedConfig) -> bool:
     its target could not be read (a target that serves no capabilities is not a problem)."""
     import asyncio
 
-    from services.writer.capabilities import check_mappings
+    from services.scim.capabilities import check_mappings
 
     fine = True
     for app, found in zip(loaded.config.applications, asyncio.run(_discover_all(loaded)), strict=True):
@@ -108,8 +108,8 @@ async def _discover_all(loaded: LoadedConfig) -> list[Any]:
     """Every app's Capabilities, read concurrently; a message instead where no client could be made."""
     import asyncio
 
-    from services.writer.capabilities import discover
-    from services.writer.scim_client import client_for
+    from services.scim.capabilities import discover
+    from services.scim.client import client_for
 
     settings = load_settings()
 
@@ -127,7 +127,7 @@ async def _discover_all(loaded: LoadedConfig) -> list[Any]:
 def _print_capabilities(capabilities: dict[str, Any] | None, problems: list[dict[str, Any]]) -> None:
     """What ``validate --online`` and ``test-connection`` show of a target's capabilities
     (given as the JSON the control plane returns) and the app's mapping problems."""
-    from services.writer.capabilities import Capabilities, Problem, describe
+    from services.scim.capabilities import Capabilities, Problem, describe
 
     if capabilities is None:
         return
@@ -193,8 +193,8 @@ def _expr_object(config: Path, app_name: str | None, object_id: str | None,
     from services.mapper.groups import GroupGraph
     from services.mapper.main import compile_apps
     from services.mapper.planner import plan
+    from services.scim.paths import build_resource
     from services.writer.decide import desired_state
-    from services.writer.scim_paths import build_resource
 
     if not app_name or not object_id:
         raise ConfigError("--config needs --app and --object")

@@ -36,8 +36,8 @@ from services.runtime.topics import Topics
 # The one place a non-writer builds a target client: test connection must test exactly the
 # client (credentials, timeouts, TLS) the writer uses, and read what that target declares
 # the way the writer reads it.
-from services.writer.capabilities import Capabilities, check_mappings, discover
-from services.writer.scim_client import client_for
+from services.scim.capabilities import Capabilities, check_mappings, discover
+from services.scim.client import client_for
 
 __all__ = [
     "Backend",

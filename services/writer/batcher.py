@@ -42,9 +42,9 @@ from urllib.parse import quote
 import structlog
 
 from services.runtime.errors import NotFoundError, RejectedError, TargetError, TransientError
+from services.scim.client import Kind, ScimClient, ScimResource
+from services.scim.paths import PATCH_OP, apply_changes, member_operations, patch_operations
 from services.writer.bulk import BulkLimits, BulkOperation, BulkResult, send_bulk
-from services.writer.scim_client import Kind, ScimClient, ScimResource
-from services.writer.scim_paths import PATCH_OP, apply_changes, member_operations, patch_operations
 
 __all__ = ["BulkBatcher"]
 

@@ -24,7 +24,7 @@ The writer hands :func:`send_bulk` a list of :class:`BulkOperation` and gets one
   ``failOnErrors`` leaves the rest out), and its ``status`` read whether it is ``"201"``,
   ``201`` or an old draft's ``{"code": 201}``.
 - **Errors.** A failed operation's error is the TargetError subclass
-  :mod:`services.writer.scim_client` gives the same HTTP status in a single call (409 ->
+  :mod:`services.scim.errors` gives the same HTTP status in a single call (409 ->
   ConflictError, 400 -> RejectedError, ...), so the writer handles a bulk failure as it
   handles a single one. A request that fails as a whole (network, 413, 5xx, an answer that
   is no BulkResponse) gives its error to every operation it carried and to every operation
@@ -51,8 +51,8 @@ import msgspec
 import structlog
 
 from services.runtime.errors import RejectedError, TargetError, TransientError
-from services.writer.capabilities import Capabilities
-from services.writer.scim_client import _error_class
+from services.scim.capabilities import Capabilities
+from services.scim.errors import error_class
 
 __all__ = [
     "BULK_REQUEST",
@@ -63,7 +63,6 @@ __all__ = [
     "BulkTransport",
     "Method",
     "bulk_limits",
-    "error_class",
     "parse_status",
     "send_bulk",
 ]
@@ -158,12 +157,6 @@ def bulk_limits(capabilities: Capabilities) -> BulkLimits | None:
     if not capabilities.bulk or capabilities.bulk_max_operations is None:
         return None
     return BulkLimits(capabilities.bulk_max_operations, capabilities.bulk_max_payload_size)
-
-
-def error_class(status: int) -> type[TargetError]:
-    """The TargetError subclass of an HTTP ``status``: the table of
-    :mod:`services.writer.scim_client`, the one module that owns it."""
-    return _error_class(status)
 
 
 async def send_bulk(client: BulkTransport, operations: Iterable[BulkOperation], *,

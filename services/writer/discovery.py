@@ -24,9 +24,9 @@ from typing import Any
 
 import structlog
 
+from services.scim.client import Kind, ScimClient, ScimResource
+from services.scim.paths import read_path
 from services.writer.decide import nfc
-from services.writer.scim_client import Kind, ScimClient, ScimResource
-from services.writer.scim_paths import read_path
 
 __all__ = ["Match", "TargetSnapshot", "discover"]
 

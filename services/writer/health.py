@@ -11,7 +11,7 @@ from __future__ import annotations
 from schemas import ErrorRecord
 from schemas.control import AppHealth
 from services.runtime.records import error_record
-from services.writer.quarantine import CREDENTIALS, QuarantineEvent
+from services.scim.quarantine import CREDENTIALS, QuarantineEvent
 
 __all__ = ["app_health", "health_key", "quarantine_error"]
 

@@ -49,14 +49,14 @@ from services.runtime.errors import TransientError
 from services.runtime.kafka import partition_for
 from services.runtime.records import error_record, malformed_message
 from services.runtime.settings import Settings
-from services.writer.capabilities import check_mappings
+from services.scim.capabilities import check_mappings
+from services.scim.quarantine import QuarantineEvent
 from services.writer.chains import Ack, InOrderAcks, Job
 from services.writer.cycles import CycleTracker, FinishedScan
 from services.writer.deletion_guard import DeletionGuard, Staged
 from services.writer.escrow import EscrowStore
 from services.writer.health import app_health, health_key, quarantine_error
 from services.writer.links import Deferrals, LinkIndex, resolve
-from services.writer.quarantine import QuarantineEvent
 from services.writer.retry import escrow_interval, retry_delay, should_escrow
 from services.writer.worker import Outcome, Writer
 

@@ -14,6 +14,7 @@ import random
 from collections.abc import Callable
 
 from services.runtime.config import Retries
+from services.runtime.http import backoff_delay
 
 __all__ = ["ESCROW_RETRY_MIN", "escrow_interval", "retry_delay", "should_escrow"]
 
@@ -23,19 +24,11 @@ ESCROW_RETRY_MIN = 1.0
 
 def retry_delay(attempt: int, retries: Retries, *, retry_after: float | None = None,
                 rand: Callable[[], float] = random.random) -> float:
-    """Seconds to wait after failed attempt number ``attempt`` (1-based) of one object.
-
-    "Equal jitter": half the exponential step is fixed, half random, so the wait still
-    grows with each attempt. A ``Retry-After`` from the target is a floor: the target
-    said when it can take the request again, asking sooner only earns another 429.
-    """
-    if attempt < 1:
-        raise ValueError(f"attempt counts from 1, not {attempt}")
-    step = min(retries.max_wait, retries.initial_wait * 2.0 ** (attempt - 1))
-    jittered = step / 2 + step / 2 * rand()
-    if retry_after is not None and retry_after > jittered:
-        return retry_after
-    return jittered
+    """Seconds to wait after failed attempt number ``attempt`` (1-based) of one object: the
+    shared backoff (:func:`services.runtime.http.backoff_delay`, equal jitter, the target's
+    ``Retry-After`` as a floor) between the app's ``initial_wait`` and ``max_wait``."""
+    return backoff_delay(attempt, retries.initial_wait, retries.max_wait, retry_after=retry_after,
+                         rand=rand)
 
 
 def should_escrow(attempts: int, retries: Retries) -> bool:

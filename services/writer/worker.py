@@ -46,10 +46,12 @@ from services.runtime.errors import (
     UnfindableConflictError,
 )
 from services.runtime.records import error_record
-from services.writer import capabilities as target_capabilities
+from services.scim import capabilities as target_capabilities
+from services.scim.capabilities import Capabilities
+from services.scim.client import Kind, ScimClient, ScimResource
+from services.scim.paths import build_resource, equality_filter, read_path
 from services.writer.batcher import BulkBatcher
 from services.writer.bulk import bulk_limits
-from services.writer.capabilities import Capabilities
 from services.writer.decide import (
     ABSENT,
     UNKNOWN,
@@ -72,8 +74,6 @@ from services.writer.groups import (
     member_delta,
     written_members,
 )
-from services.writer.scim_client import Kind, ScimClient, ScimResource
-from services.writer.scim_paths import build_resource, equality_filter, read_path
 
 __all__ = ["GROUP", "Outcome", "Writer"]
 

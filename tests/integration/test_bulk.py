@@ -28,10 +28,10 @@ import pytest
 
 from services.devstack.scim_target import ScimTarget
 from services.runtime.errors import ConflictError, RejectedError, TargetError
-from services.writer import scim_client
+from services.scim import client as scim_client
+from services.scim.capabilities import discover
+from services.scim.client import Backoff, ScimClient
 from services.writer.bulk import BulkLimits, BulkOperation, bulk_limits, send_bulk
-from services.writer.capabilities import discover
-from services.writer.scim_client import Backoff, ScimClient
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 

@@ -17,9 +17,9 @@ from services.devstack.scim_target import ScimTarget, start_scim_target
 from services.runtime.config import LoadedConfig, load_config
 from services.runtime.kafka import create_topics
 from services.runtime.topics import Topics
-from services.writer.capabilities import case_exact, check_mappings, discover
-from services.writer.scim_client import ScimClient
-from services.writer.scim_paths import CORE_USER, ENTERPRISE_USER
+from services.scim.capabilities import case_exact, check_mappings, discover
+from services.scim.client import ScimClient
+from services.scim.paths import CORE_USER, ENTERPRISE_USER
 from tests.conftest import PARTITIONS
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,4 @@
-"""ScimClient and scim_paths against a real SCIM server we did not write: scim2-server,
+"""ScimClient and services.scim.paths against a real SCIM server we did not write: scim2-server,
 started as a subprocess by services.devstack.scim_target."""
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from services.runtime.errors import (
     RejectedError,
     TransientError,
 )
-from services.writer.scim_client import SCIM_JSON, Backoff, ScimClient, attempts_of
-from services.writer.scim_paths import (
+from services.scim.client import SCIM_JSON, Backoff, ScimClient, attempts_of
+from services.scim.paths import (
     CORE_USER,
     ENTERPRISE_USER,
     build_resource,

@@ -22,10 +22,10 @@ import pytest
 from services.devstack.scim_target import ScimTarget, start_scim_target
 from services.runtime.config import Quarantine, RateLimit
 from services.runtime.errors import CredentialsError, RejectedError, TransientError
-from services.writer.auth import ClientCredentials
-from services.writer.quarantine import CREDENTIALS, FAILURE_RATIO, QuarantineEvent
-from services.writer.scim_client import Backoff, ScimClient, attempts_of
-from services.writer.scim_paths import build_resource, read_path
+from services.runtime.http import ClientCredentials
+from services.scim.client import Backoff, ScimClient, attempts_of
+from services.scim.paths import build_resource, read_path
+from services.scim.quarantine import CREDENTIALS, FAILURE_RATIO, QuarantineEvent
 from tests.support.faultproxy import FaultProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]

@@ -15,8 +15,8 @@ import pytest
 
 from services.devstack.scim_target import ScimTarget
 from services.runtime.errors import ConflictError, CredentialsError, NotFoundError, RejectedError
-from services.writer.scim_client import Backoff, ScimClient
-from services.writer.scim_paths import CORE_GROUP, CORE_USER, ENTERPRISE_USER, build_resource, read_path
+from services.scim.client import Backoff, ScimClient
+from services.scim.paths import CORE_GROUP, CORE_USER, ENTERPRISE_USER, build_resource, read_path
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 

@@ -24,7 +24,7 @@ from schemas import ManagedObject
 from schemas.codecs import encode
 from schemas.control import AppHealth, Restart
 from services.devstack.scim_target import ScimTarget
-from services.writer.scim_client import ScimClient
+from services.scim.client import ScimClient
 from tests.support.faultproxy import FaultProxy
 from tests.support.writer_harness import MANAGER, Harness, application, group_cmd, harness, user_cmd
 

@@ -28,8 +28,8 @@ from schemas.codecs import encode
 from services.runtime.config import Application
 from services.runtime.kafka import partition_for
 from services.runtime.settings import load_settings
+from services.scim.client import Backoff, ScimClient
 from services.writer.processor import CommandProcessor
-from services.writer.scim_client import Backoff, ScimClient
 from services.writer.worker import Writer
 
 MANAGER = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager"

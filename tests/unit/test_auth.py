@@ -13,7 +13,8 @@ import httpx
 import pytest
 
 from services.runtime.errors import CredentialsError, RejectedError, TransientError
-from services.writer.auth import BearerToken, ClientCredentials
+from services.runtime.http import ClientCredentials
+from services.scim.auth import BearerToken
 
 pytestmark = pytest.mark.anyio
 

@@ -28,7 +28,10 @@ from services.runtime.errors import (
     TargetError,
     TransientError,
 )
-from services.writer import scim_client
+from services.scim import client as scim_client
+from services.scim.capabilities import capabilities_from
+from services.scim.client import Backoff, ScimClient
+from services.scim.errors import error_class
 from services.writer.bulk import (
     BULK_REQUEST,
     BULK_RESPONSE,
@@ -36,12 +39,9 @@ from services.writer.bulk import (
     BulkOperation,
     BulkResult,
     bulk_limits,
-    error_class,
     parse_status,
     send_bulk,
 )
-from services.writer.capabilities import capabilities_from
-from services.writer.scim_client import Backoff, ScimClient
 
 pytestmark = pytest.mark.anyio
 

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.runtime.config import LoadedConfig, load_config
-from services.writer.capabilities import (
+from services.scim.capabilities import (
     Capabilities,
     capabilities_from,
     case_exact,
@@ -27,8 +27,8 @@ from services.writer.capabilities import (
     parse_schemas,
     parse_service_provider_config,
 )
-from services.writer.scim_client import Backoff, ScimClient
-from services.writer.scim_paths import CORE_GROUP, CORE_USER, ENTERPRISE_USER
+from services.scim.client import Backoff, ScimClient
+from services.scim.paths import CORE_GROUP, CORE_USER, ENTERPRISE_USER
 
 BASE = "https://app.example.com/scim/v2"
 TOKEN = "s3cr3t-T0ken-value"

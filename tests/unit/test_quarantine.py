@@ -16,7 +16,7 @@ from services.runtime.errors import (
     RejectedError,
     TransientError,
 )
-from services.writer.quarantine import (
+from services.scim.quarantine import (
     CREDENTIALS,
     FAILURE_RATIO,
     FailureWindow,

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from services.writer.ratelimit import AimdLimits, Limits, RateLimiter
+from services.scim.ratelimit import AimdLimits, Limits, RateLimiter
 
 pytestmark = pytest.mark.anyio
 

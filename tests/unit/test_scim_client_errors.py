@@ -28,18 +28,17 @@ from services.runtime.errors import (
     TargetError,
     TransientError,
 )
+from services.runtime.http import ClientCredentials
 from services.runtime.settings import load_settings
-from services.writer.auth import ClientCredentials
-from services.writer.ratelimit import Limits
-from services.writer.scim_client import (
+from services.scim.client import (
     SCIM_JSON,
     Backoff,
     ScimClient,
     ScimResource,
     attempts_of,
     client_for,
-    parse_retry_after,
 )
+from services.scim.ratelimit import Limits
 
 pytestmark = pytest.mark.anyio
 
@@ -410,28 +409,6 @@ async def test_resources_without_id_are_rejected() -> None:
             await c.create_user({"userName": "x"})
 
 
-# -- Retry-After parsing -------------------------------------------------------------------
-
-NOW = datetime(2026, 1, 15, 12, 0, 0, tzinfo=UTC)
-
-
-@pytest.mark.parametrize(
-    ("header", "seconds"),
-    [
-        ("120", 120.0),
-        (" 7 ", 7.0),
-        ("Thu, 15 Jan 2026 12:01:30 GMT", 90.0),
-        ("Thu, 15 Jan 2026 11:00:00 GMT", 0.0),  # in the past: retry now
-        ("soon", None),
-        ("-5", None),
-        ("", None),
-        (None, None),
-    ],
-)
-def test_parse_retry_after(header: str | None, seconds: float | None) -> None:
-    assert parse_retry_after(header, now=NOW) == seconds
-
-
 # -- client_for: one constructor, every target setting --------------------------------------
 
 APP_CONFIG = """\
@@ -469,11 +446,11 @@ async def test_client_for_applies_every_target_setting(tmp_path: Path,
         assert c.page_size == 200
         assert c.limits == Limits(4, 10.0)
         assert c.quarantine.settings.failure_ratio == 0.6
-        assert c._attempts == 7
-        assert c._backoff.wait_initial == 0.25
-        assert c._backoff.retry_after_cap == 8.0  # never longer than retries.max_wait
-        assert isinstance(c._auth, ClientCredentials)
-        assert "crm-client-s3cret" not in repr(c._auth)
+        assert c._transport._attempts == 7
+        assert c._transport._backoff.wait_initial == 0.25
+        assert c._transport._backoff.retry_after_cap == 8.0  # never longer than retries.max_wait
+        assert isinstance(c._transport.auth, ClientCredentials)
+        assert "crm-client-s3cret" not in repr(c._transport.auth)
         assert "crm-client-s3cret" not in repr(c)
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from scim2_models import Context, EnterpriseUser, Group, PatchOp, User
 
-from services.writer.scim_paths import (
+from services.scim.paths import (
     CORE_GROUP,
     CORE_USER,
     ENTERPRISE_USER,

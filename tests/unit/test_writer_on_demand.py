@@ -9,7 +9,7 @@ import msgspec
 
 from schemas import ManagedObject, MatchingAttribute, ProvisioningCommand
 from services.runtime.config import Application
-from services.writer.scim_client import ScimClient
+from services.scim.client import ScimClient
 from services.writer.worker import Outcome, Writer
 
 APP = msgspec.convert({

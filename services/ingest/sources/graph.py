@@ -26,19 +26,21 @@ The position is both deltaLinks (JSON), stored after each round whose changes ar
 topic. A restarted ingest first fills the index with a fresh enumeration (publishing
 nothing), then resumes from the stored deltaLinks, so only what changed is published.
 
-HTTP: app-only OAuth2 client credentials (a plain RFC 6749 POST to the token endpoint; the
-token is cached until shortly before it expires and refreshed on a 401); 429 and 503 are
-retried after ``Retry-After``; 410 Gone (the sync state expired: Graph's "sync reset") makes
-the source enumerate from scratch, upserting everything and deleting what disappeared. Links
-the server returns are followed only if they point at the configured Graph URL, so the
-token is never sent elsewhere.
+HTTP: app-only OAuth2 client credentials (:class:`services.runtime.http.ClientCredentials`, as
+for SCIM targets: a plain RFC 6749 POST to the token endpoint; the token is cached until
+shortly before it expires and refreshed on a 401); 429, 500 and 502-504 are retried after
+``Retry-After`` (delay-seconds or an HTTP-date, at most five minutes) or, when Graph does not
+say, after an exponential backoff with jitter (:func:`services.runtime.http.backoff_delay`),
+so sources throttled together do not come back together; 410 Gone (the sync state expired:
+Graph's "sync reset") makes the source enumerate from scratch, upserting everything and
+deleting what disappeared. Links the server returns are followed only if they point at the
+configured Graph URL, so the token is never sent elsewhere.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +59,8 @@ from services.ingest.sources.base import (
     SourceUnavailableError,
 )
 from services.runtime.config import GraphSource
+from services.runtime.errors import TargetError, TransientError
+from services.runtime.http import ClientCredentials, backoff_delay, parse_retry_after
 
 __all__ = [
     "DEFAULT_GROUP_ATTRIBUTES",
@@ -80,7 +84,9 @@ DEFAULT_GROUP_ATTRIBUTES = ("displayName", "description", "mail", "mailNickname"
                             "mailEnabled")
 _MEMBER_TYPES = {"#microsoft.graph.user": "user", "#microsoft.graph.group": "group"}
 _RETRY_STATUS = {429, 500, 502, 503, 504}
-_TOKEN_MARGIN = 120.0  # seconds before expiry that a cached token is renewed
+_RETRY_AFTER_CAP = 300.0  # longest Retry-After honoured (seconds)
+_BACKOFF_INITIAL = 1.0  # first backoff step when Graph gives no Retry-After; doubles each time
+_BACKOFF_MAX = 30.0
 
 
 @dataclass(frozen=True)
@@ -255,12 +261,13 @@ class _GraphClient:
     def __init__(self, settings: GraphSettings, http: httpx.AsyncClient | None = None) -> None:
         self.settings = settings
         self.http = http or httpx.AsyncClient(timeout=settings.timeout)
-        self._token: str | None = None
-        self._expires = 0.0
+        self._credentials = ClientCredentials(settings.token_endpoint, settings.client_id,
+                                              settings.client_secret, settings.scope, http=self.http)
         origin = urlsplit(settings.graph_url)
         self._origin = (origin.scheme, origin.netloc)
 
     async def close(self) -> None:
+        await self._credentials.aclose()
         await self.http.aclose()
 
     async def get(self, url: str, *, missing_ok: bool = False) -> dict[str, Any] | None:
@@ -270,10 +277,11 @@ class _GraphClient:
         for attempt in range(self.settings.max_retries + 1):
             response = await self._send(url)
             if response.status_code == 401 and not refreshed:
-                self._token, refreshed = None, True  # expired or revoked: one fresh token
+                refreshed = True  # expired or revoked: one fresh token
+                await self._renew(response.request.headers.get("Authorization", ""))
                 continue
             if response.status_code in _RETRY_STATUS and attempt < self.settings.max_retries:
-                wait = _retry_after(response, attempt)
+                wait = _retry_wait(response, attempt)
                 log.info("graph asked us to wait", status=response.status_code, retry_in=wait)
                 await asyncio.sleep(wait)
                 continue
@@ -282,7 +290,7 @@ class _GraphClient:
                                     f"{self.settings.max_retries} retries")
 
     async def _send(self, url: str) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {await self._access_token()}", "Accept": "application/json"}
+        headers = {"Authorization": await self._authorization(), "Accept": "application/json"}
         if self.settings.page_size:
             headers["Prefer"] = f"odata.maxpagesize={self.settings.page_size}"
         try:
@@ -308,27 +316,19 @@ class _GraphClient:
             raise GraphSourceError(f"Graph GET {_path(url)}: expected a JSON object")
         return body
 
-    async def _access_token(self) -> str:
-        if self._token is None or time.monotonic() > self._expires:
-            self._token, lifetime = await self._request_token()
-            self._expires = time.monotonic() + max(0.0, lifetime - _TOKEN_MARGIN)
-        return self._token
-
-    async def _request_token(self) -> tuple[str, float]:
-        s = self.settings
-        form = {"grant_type": "client_credentials", "client_id": s.client_id,
-                "client_secret": s.client_secret, "scope": s.scope}
+    async def _authorization(self) -> str:
+        """The ``Authorization`` header: the cached token, or a new one from the token endpoint."""
         try:
-            response = await self.http.post(s.token_endpoint, data=form)
-        except httpx.TransportError as exc:
-            raise GraphUnavailableError(f"token endpoint {s.token_endpoint}: {type(exc).__name__}") from None
-        body = _json_or_empty(response)
-        if response.status_code != 200 or "access_token" not in body:
-            error = body.get("error") or response.status_code
-            kind = GraphUnavailableError if response.status_code in _RETRY_STATUS else GraphSourceError
-            raise kind(f"token endpoint {s.token_endpoint} refused client {s.client_id}: {error}")
-        log.info("graph token acquired", client_id=s.client_id, expires_in=body.get("expires_in"))
-        return str(body["access_token"]), float(body.get("expires_in") or 3600)
+            return await self._credentials.authorization()
+        except TargetError as exc:
+            raise _token_error(exc) from exc
+
+    async def _renew(self, rejected: str) -> None:
+        """Graph refused ``rejected`` (a header value): fetch a new token unless one already was."""
+        try:
+            await self._credentials.refresh(rejected)
+        except TargetError as exc:
+            raise _token_error(exc) from exc
 
     def _check_link(self, url: str) -> None:
         parts = urlsplit(url)
@@ -336,11 +336,21 @@ class _GraphClient:
             raise GraphSourceError(f"Graph returned a link outside {self.settings.graph_url}; not followed")
 
 
-def _retry_after(response: httpx.Response, attempt: int) -> float:
-    try:
-        return min(300.0, max(0.0, float(response.headers.get("Retry-After", ""))))
-    except ValueError:
-        return float(min(30, 2 ** attempt))
+def _retry_wait(response: httpx.Response, attempt: int) -> float:
+    """Seconds to wait before retrying after failed ``attempt`` (0-based): what Graph's
+    ``Retry-After`` asks (capped), as Microsoft's throttling guidance says, else the jittered
+    exponential backoff."""
+    asked = parse_retry_after(response.headers.get("Retry-After"))
+    if asked is not None:
+        return min(_RETRY_AFTER_CAP, asked)
+    return backoff_delay(attempt + 1, _BACKOFF_INITIAL, _BACKOFF_MAX)
+
+
+def _token_error(exc: TargetError) -> GraphSourceError:
+    """A token endpoint failure as the source's error: worth retrying, or not (credentials,
+    a refused client, an unusable answer). The message holds no secret."""
+    kind = GraphUnavailableError if isinstance(exc, TransientError) else GraphSourceError
+    return kind(str(exc))
 
 
 def _json_or_empty(response: httpx.Response) -> dict[str, Any]:

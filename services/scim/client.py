@@ -1,81 +1,47 @@
-"""Async SCIM 2.0 client for one target application — and THE place where an HTTP status
-becomes a scimflow error.
+"""Async SCIM 2.0 client for one target application: the verbs the writer and the admin API's
+test connection call, on ``/Users``, ``/Groups`` and the documents beside them.
 
-One :class:`ScimClient` per target app holds one pooled ``httpx.AsyncClient`` whose transport
-is aiohttp's (httpx-aiohttp): the same httpx API and errors, with aiohttp's C-accelerated
-HTTP/1.1 parser and connection pool underneath, which cost the writer about a third of the
-CPU per request that httpcore's pure-Python stack does. Every
-outcome a caller sees is a :class:`ScimResource` or an error of ``services.runtime.errors``,
-classified by what the writer does next:
+One :class:`ScimClient` per target app. Its verbs build what they send (a PatchOp from the
+changed attributes in the app's dialect, a PUT body read-modify-written from the resource as
+the target holds it, member deltas; see :mod:`services.scim.paths`) and hand it to the
+app's :class:`~services.scim._transport.Transport`, which sends it through the quarantine
+gate, a rate-limit slot and the credentials, retries it and turns failures into errors.
+Every outcome a caller sees is a :class:`ScimResource` or an error of
+``services.runtime.errors``, classified by what the writer does next
+(:mod:`services.scim.errors` holds the table).
 
-======================================  ==========================================
-network error, timeout, 408, 429, 5xx   ``TransientError`` (retried here first)
-401, 403 (after one token refresh)      ``CredentialsError`` (app quarantined at once)
-404                                     ``NotFoundError``
-409, 412                                ``ConflictError`` (look up and reconcile)
-3xx, 501, other 4xx, malformed answer   ``RejectedError`` with the target's ``detail``
-======================================  ==========================================
-
-Every request goes through three stages, in this order:
-
-1. the **quarantine gate** (:mod:`services.writer.quarantine`): closed while the app is
-   quarantined; calls wait there, nothing is dropped;
-2. a **rate-limit slot** (:mod:`services.writer.ratelimit`): at most the current AIMD
-   concurrency in flight, paced to the current requests/s; held only while the request is
-   on the wire;
-3. the request itself, with the ``Authorization`` header of :mod:`services.writer.auth`
-   (a 401 refreshes an OAuth2 token and is retried once).
-
-Transient errors are retried here (stamina: exponential backoff with jitter, or exactly the
-target's ``Retry-After``) for at most ``attempts`` attempts; while a call waits for its next
-attempt it holds no slot, so other objects keep flowing. A ``Retry-After`` longer than
-``Backoff.retry_after_cap`` is not waited for inside the call: the TransientError is raised
-at once with its ``retry_after``, so the writer can re-queue the object instead of holding
-its partition. Every TargetError says how many attempts were made (``attempts``).
-Credentials never appear in a message, a repr or a log line, and a target that echoes them
-back gets them redacted.
+What targets do differently is handled here: paging by what each page really held,
+PATCH chunked to ``max_patch_operations``, PUT (remembered) for a target that answers
+405/501 to PATCH, one re-read and retry after a 412, and Entra's test connection.
 """
 
 from __future__ import annotations
 
 import builtins
-import email.utils
-import socket
-import ssl
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from http import HTTPStatus
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final, Literal
 from urllib.parse import quote
 
-import aiohttp
 import httpx
 import msgspec
-import stamina
 import structlog
-from httpx_aiohttp import AiohttpTransport
 
-from services.runtime import metrics
 from services.runtime.config import Application, LoadedConfig, Quarantine, RateLimit
 from services.runtime.errors import (
     ConfigError,
     ConflictError,
-    CredentialsError,
-    NotFoundError,
     RejectedError,
     TargetError,
     TransientError,
 )
+from services.runtime.http import ClientCredentials
 from services.runtime.settings import Settings
-from services.writer.auth import Auth, BearerToken, ClientCredentials
-from services.writer.quarantine import QuarantineEvent, QuarantineGate
-from services.writer.ratelimit import Limits, RateLimiter
-from services.writer.scim_paths import (
+from services.scim._transport import RETRY_AFTER_CAP, SCIM_JSON, Backoff, Transport
+from services.scim.auth import Auth, BearerToken
+from services.scim.errors import decode_json, describe, first_bytes
+from services.scim.paths import (
     PATCH_OP,
     apply_changes,
     chunked,
@@ -83,6 +49,8 @@ from services.writer.scim_paths import (
     member_operations,
     patch_operations,
 )
+from services.scim.quarantine import QuarantineEvent, QuarantineGate
+from services.scim.ratelimit import Limits, RateLimiter
 
 __all__ = [
     "SCIM_JSON",
@@ -92,10 +60,7 @@ __all__ = [
     "ScimResource",
     "attempts_of",
     "client_for",
-    "parse_retry_after",
 ]
-
-SCIM_JSON: Final = "application/scim+json"
 
 Kind = Literal["user", "group"]
 _ENDPOINTS: Final[dict[str, str]] = {"user": "Users", "group": "Groups"}
@@ -103,45 +68,10 @@ _PATCH_UNSUPPORTED = (405, 501)
 
 log = structlog.get_logger("scimflow.writer")
 
-_DETAIL_LIMIT = 500
-_RETRY_AFTER_CAP = 30.0
-_TIMEOUT_PHASES: Final[dict[type[Exception], str]] = {
-    httpx.ConnectTimeout: "connecting",
-    httpx.ReadTimeout: "waiting for the answer",
-    httpx.WriteTimeout: "sending the request",
-    httpx.PoolTimeout: "waiting for a free connection (raise max_connections?)",
-    aiohttp.ConnectionTimeoutError: "connecting",  # before its base class, ServerTimeoutError
-    aiohttp.ServerTimeoutError: "waiting for the answer",
-    httpx.TimeoutException: "waiting",
-}
-_BAD_SCHEME = (httpx.UnsupportedProtocol, aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError)
-_CONNECT_FAILED = (httpx.ConnectError, aiohttp.ClientConnectorError)
 _CONNECTION_HINTS = {
     404: ("; check the application's base URL: it must be the SCIM root that /Users hangs "
           "off (e.g. https://app.example.com/scim/v2), without /Users"),
 }
-
-
-class _NoCookies(httpx.Cookies):
-    def extract_cookies(self, response: httpx.Response) -> None:
-        return None
-
-
-_NO_COOKIES: Final = _NoCookies()
-
-
-class _StatelessClient(httpx.AsyncClient):
-    """An httpx client that neither keeps nor sends cookies. SCIM is stateless (the
-    credentials ride on every request), and parsing each answer's cookies with
-    http.cookiejar was a third of the client's CPU per request."""
-
-    @property
-    def cookies(self) -> httpx.Cookies:
-        return _NO_COOKIES
-
-    @cookies.setter
-    def cookies(self, cookies: Any) -> None:
-        return None
 
 
 class ScimResource(msgspec.Struct, frozen=True, kw_only=True):
@@ -152,46 +82,16 @@ class ScimResource(msgspec.Struct, frozen=True, kw_only=True):
     etag: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Waits between attempts (seconds). Tests pass zeros."""
-
-    wait_initial: float = 0.5
-    wait_max: float = 10.0
-    wait_jitter: float = 1.0
-    retry_after_cap: float = _RETRY_AFTER_CAP
-    """Longest ``Retry-After`` waited for inside one call; a longer one is raised at once
-    (with ``retry_after``) for the writer to re-queue the object: a call must not hold its
-    Kafka partition for minutes."""
-
-
 def attempts_of(exc: BaseException) -> int:
     """How many attempts the client made before raising ``exc`` (1 if it did not record it)."""
     value = getattr(exc, "attempts", 1)
     return value if isinstance(value, int) else 1
 
 
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header: delay-seconds or an HTTP-date
-    (RFC 9110 §10.2.3). None when absent or unreadable; never negative."""
-    if value is None:
-        return None
-    text = value.strip()
-    if text.isdigit():
-        return float(text)
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)  # HTTP-dates are always GMT
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
-
-
 class ScimClient:
     """SCIM 2.0 calls on one target's ``/Users`` and ``/Groups``, over one connection pool.
 
-    ``auth`` is a static bearer token (a ``str``) or an :class:`~services.writer.auth.Auth`.
+    ``auth`` is a static bearer token (a ``str``) or an :class:`~services.scim.auth.Auth`.
     ``rate_limit`` and ``quarantine`` (the app's config) turn on AIMD limits and the
     quarantine gate; left None (tools, most tests) there is neither.
     """
@@ -203,18 +103,11 @@ class ScimClient:
                  update_method: Literal["patch", "put"] = "patch", max_patch_operations: int = 100,
                  page_size: int | None = None, rate_limit: RateLimit | None = None,
                  quarantine: Quarantine | None = None) -> None:
-        self._auth: Auth = BearerToken(auth) if isinstance(auth, str) else auth
-        self._app = app  # the metrics label; "" when used outside a writer (tests, tools)
         if attempts < 1:
             raise ValueError(f"attempts must be at least 1, not {attempts}")
         if max_patch_operations < 1:
             raise ValueError(f"max_patch_operations must be at least 1, not {max_patch_operations}")
-        self._base = httpx.URL(base_url.rstrip("/") + "/")
-        self._shown_base = _shown(self._base)
-        self._collections: dict[str, httpx.URL] = {}
-        self._timeout = timeout
-        self._attempts = attempts
-        self._backoff = backoff or Backoff()
+        self._app = app  # the metrics label; "" when used outside a writer (tests, tools)
         self.dialect = dialect
         self.max_patch_operations = max_patch_operations
         self.page_size = page_size
@@ -223,18 +116,13 @@ class ScimClient:
         self.limiter = (RateLimiter(rate_limit.max_concurrency, rate_limit.max_requests_per_second,
                                     app=app)
                         if rate_limit is not None else None)
-        self._quarantining = quarantine is not None
         self.quarantine = QuarantineGate(quarantine or Quarantine(), app=app, probe=self._probe)
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        self._http = _StatelessClient(
-            base_url=self._base,
-            headers={"Accept": SCIM_JSON},
-            timeout=timeout,
-            limits=limits,
-            # A redirect means a wrong base URL: report it instead of following it.
-            follow_redirects=False,
-            transport=transport or AiohttpTransport(limits=limits),
-        )
+        self._transport = Transport(
+            httpx.URL(base_url.rstrip("/") + "/"), BearerToken(auth) if isinstance(auth, str) else auth,
+            timeout=timeout, max_connections=max_connections, attempts=attempts,
+            backoff=backoff or Backoff(), app=app, limiter=self.limiter, gate=self.quarantine,
+            quarantining=quarantine is not None, transport=transport)
+        self._shown_base = self._transport.shown_base
 
     def __repr__(self) -> str:
         return f"ScimClient(base_url={self._shown_base!r})"
@@ -253,8 +141,7 @@ class ScimClient:
 
     async def aclose(self) -> None:
         await self.quarantine.aclose()
-        await self._http.aclose()
-        await self._auth.aclose()
+        await self._transport.aclose()
 
     @property
     def limits(self) -> Limits | None:
@@ -506,170 +393,14 @@ class ScimClient:
                     params: Mapping[str, str] | None = None, body: Mapping[str, Any] | None = None,
                     headers: Mapping[str, str] | None = None, attempts: int | None = None,
                     direct: bool = False) -> httpx.Response:
-        """Send with retries; the 2xx response in ``ok``, or the mapped TargetError.
-
-        ``direct`` calls (test connection, quarantine probes) skip the gate and do not count
-        in the quarantine's window.
-        """
-        request = _Request(method, path, ok, params, None if body is None else msgspec.json.encode(body),
-                           _with_content_type(headers, body), direct)
-        backoff = self._backoff
-        retrying = stamina.retry_context(
-            on=self._retry_wait, attempts=attempts or self._attempts, timeout=None,
-            wait_initial=backoff.wait_initial, wait_max=backoff.wait_max,
-            wait_jitter=backoff.wait_jitter)
-        async for attempt in retrying:
-            if attempt.num > 1:
-                metrics.TARGET_RETRIES.labels(app=self._app).inc()
-            with attempt:
-                try:
-                    return await self._attempt(request)
-                except TargetError as exc:
-                    exc.attempts = attempt.num
-                    raise
-        raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
-
-    async def _attempt(self, request: _Request) -> httpx.Response:
-        """One attempt: gate, slot, send (and resend once after a token refresh on 401)."""
-        if not request.direct:
-            await self.quarantine.wait()
-        try:
-            response = await self._exchange(request)
-            if response.status_code == 401 and await self._auth.refresh(
-                    response.request.headers.get("Authorization", "")):
-                response = await self._exchange(request)
-            if response.status_code not in request.ok:
-                raise self._status_error(_describe(response.request), response)
-        except TargetError as exc:
-            self._observe(exc, request)
-            raise
-        self._observe(None, request)
-        return response
-
-    async def _exchange(self, request: _Request) -> httpx.Response:
-        """Send one HTTP request within a rate-limit slot; transport failures become TargetErrors."""
-        headers = {**request.headers, "Authorization": await self._auth.authorization()}
-        built = self._http.build_request(request.method, self._url(request.path), params=request.params,
-                                         headers=headers, content=request.content)
-        async with self._slot():
-            started = time.perf_counter()
-            try:
-                response = await self._http.send(built)
-            except httpx.HTTPError as exc:
-                metrics.observe_target_request(self._app, built.method, None, time.perf_counter() - started)
-                raise self._transport_error(_describe(built), exc) from exc
-        metrics.observe_target_request(self._app, built.method, response.status_code,
-                                       time.perf_counter() - started)
-        return response
-
-    def _url(self, path: str) -> httpx.URL | str:
-        """The absolute URL of a collection (``Users``, ``Groups``), parsed once: httpx
-        parses a relative path three times per request, a sixth of the client's CPU.
-        Other paths (they carry an id) go to httpx as they are."""
-        if "/" in path:
-            return path
-        url = self._collections.get(path)
-        if url is None:
-            url = self._collections[path] = self._http.build_request("GET", path).url
-        return url
-
-    def _slot(self) -> AbstractAsyncContextManager[None]:
-        return self.limiter.slot() if self.limiter is not None else _no_slot()
-
-    def _observe(self, exc: TargetError | None, request: _Request) -> None:
-        """Feed one outcome to the AIMD limits and the quarantine window."""
-        if self.limiter is not None:
-            if exc is not None and exc.status == 429:
-                self.limiter.throttled()
-            elif exc is None or not isinstance(exc, TransientError):
-                self.limiter.succeeded()
-        if request.direct or not self._quarantining:
-            return
-        if exc is None:
-            self.quarantine.succeeded()
-        else:
-            self.quarantine.failed(exc)
-
-    def _retry_wait(self, exc: Exception) -> bool | float:
-        """stamina's hook: retry only TransientError; wait what ``Retry-After`` asked, unless
-        that is longer than the cap (then give up now: the writer re-queues the object)."""
-        if not isinstance(exc, TransientError):
-            return False
-        if exc.retry_after is None:
-            return True  # stamina's exponential backoff with jitter
-        return exc.retry_after if exc.retry_after <= self._backoff.retry_after_cap else False
-
-    # -- errors --------------------------------------------------------------------------
-
-    def _transport_error(self, where: str, exc: httpx.HTTPError) -> TargetError:
-        # httpx-aiohttp maps aiohttp's errors onto httpx's coarsely (a reset becomes a
-        # ConnectTimeout): judge by aiohttp's own error when there is one.
-        failure: Exception = exc.__cause__ if isinstance(exc.__cause__, aiohttp.ClientError) else exc
-        phase = next((p for kind, p in _TIMEOUT_PHASES.items() if isinstance(failure, kind)), None)
-        if phase is not None:
-            return TransientError(f"{where}: timed out after {self._timeout:g}s {phase}")
-        if isinstance(failure, _BAD_SCHEME):
-            return RejectedError(f"{where}: unsupported URL scheme; use http:// or https://")
-        if isinstance(failure, _CONNECT_FAILED):
-            return TransientError(f"{where}: {self._describe_connect_error(exc)}")
-        # The connection broke mid-exchange (reset, closed, garbled HTTP): worth a retry.
-        return TransientError(f"{where}: {type(failure).__name__}: {self._redact(str(failure))}")
-
-    def _describe_connect_error(self, exc: httpx.HTTPError) -> str:
-        default_port = 443 if self._base.scheme == "https" else 80
-        host, port = self._base.host, self._base.port or default_port
-        for cause in _causes(exc):
-            if isinstance(cause, aiohttp.ClientError):
-                continue  # aiohttp's wrappers subclass ssl's errors; the OS's error is further down
-            if isinstance(cause, socket.gaierror):
-                return f"cannot resolve host {host!r}: DNS lookup failed ({cause.strerror})"
-            if isinstance(cause, ConnectionRefusedError):
-                return f"connection refused by {host}:{port}: nothing is listening there"
-            if isinstance(cause, ssl.SSLCertVerificationError):
-                return f"TLS certificate of {host} is not trusted: {cause.verify_message}"
-            if isinstance(cause, ssl.SSLError):
-                return (f"TLS handshake with {host}:{port} failed ({cause.reason}); "
-                        "does it speak HTTPS on that port?")
-        return f"cannot connect to {host}:{port}: {self._redact(str(exc))}"
-
-    def _status_error(self, where: str, response: httpx.Response) -> TargetError:
-        status = response.status_code
-        detail, scim_type = _scim_error(response)
-        detail = self._redact(detail) if detail else None
-        message = f"{where} -> {status} {_reason(response)}"
-        message += f" [{scim_type}]" if scim_type else ""
-        message += f": {detail}" if detail else ""
-        if detail is None and response.content.strip():
-            content_type = response.headers.get("Content-Type") or "none"
-            message += (f" (answered with Content-Type {content_type}, starting "
-                        f"{self._redact(_first_bytes(response.content))})")
-        message += _status_hint(response, oauth2=isinstance(self._auth, ClientCredentials))
-        error_class = _error_class(status)
-        retry_after = (parse_retry_after(response.headers.get("Retry-After"))
-                       if error_class is TransientError else None)
-        return error_class(self._redact(message), status=status, detail=detail,
-                           retry_after=retry_after)
+        """One request, as built here, through the transport (gate, slot, credentials,
+        retries); the 2xx response in ``ok``, or the TargetError. ``direct`` calls (test
+        connection, quarantine probes) skip the gate and do not count in its window."""
+        return await self._transport.call(method, path, ok=ok, params=params, body=body,
+                                          headers=headers, attempts=attempts, direct=direct)
 
     def _redact(self, text: str) -> str:
-        return self._auth.redact(text)
-
-
-@dataclass(frozen=True, slots=True)
-class _Request:
-    """One logical request, re-sent as is by every attempt (with a fresh Authorization)."""
-
-    method: str
-    path: str
-    ok: tuple[int, ...]
-    params: Mapping[str, str] | None
-    content: bytes | None
-    headers: dict[str, str]
-    direct: bool
-
-
-@asynccontextmanager
-async def _no_slot() -> AsyncIterator[None]:
-    yield
+        return self._transport.redact(text)
 
 
 # -- helpers without state ---------------------------------------------------------------
@@ -687,95 +418,20 @@ def _as_resource(id: str, body: Mapping[str, Any]) -> ScimResource:
     return ScimResource(id=id, body=dict(body), etag=version if isinstance(version, str) else None)
 
 
-def _with_content_type(headers: Mapping[str, str] | None,
-                       body: Mapping[str, Any] | None) -> dict[str, str]:
-    merged = dict(headers or {})
-    if body is not None:
-        merged["Content-Type"] = SCIM_JSON
-    return merged
-
-
-def _error_class(status: int) -> type[TargetError]:
-    if status in (401, 403):
-        return CredentialsError
-    if status == 404:
-        return NotFoundError
-    if status in (409, 412):  # 412: our If-Match lost a race: re-read and reconcile
-        return ConflictError
-    if status in (408, 429) or (status >= 500 and status != 501):
-        return TransientError  # 501: the target does not implement it; a retry won't help
-    return RejectedError
-
-
-def _status_hint(response: httpx.Response, *, oauth2: bool) -> str:
-    status = response.status_code
-    if status == 401:
-        return (" (the target refused the OAuth2 access token, also a freshly fetched one)" if oauth2
-                else " (the target refused the bearer token)")
-    if status == 403:
-        return " (the token was accepted but is not allowed to do this)"
-    if 300 <= status < 400:
-        location = httpx.URL(response.headers.get("Location", "")).copy_with(query=None)
-        return f" (redirected to {location}; set the base URL to the final address)"
-    return ""
-
-
-def _reason(response: httpx.Response) -> str:
-    try:
-        return HTTPStatus(response.status_code).phrase
-    except ValueError:
-        return response.reason_phrase or "(unknown status)"
-
-
-def _scim_error(response: httpx.Response) -> tuple[str | None, str | None]:
-    """(detail, scimType) of a SCIM error answer; a trimmed text for a plain-text one. An
-    HTML page has no detail: what scimflow says about it is not what the target said."""
-    body = _decode(response.content)
-    if isinstance(body, dict):
-        detail, scim_type = body.get("detail"), body.get("scimType")
-        return (str(detail)[:_DETAIL_LIMIT] if detail else None,
-                str(scim_type) if scim_type else None)
-    if "html" in response.headers.get("Content-Type", "").lower():
-        return None, None
-    text = " ".join(response.text.split())
-    return (text[:_DETAIL_LIMIT] or None), None
-
-
-def _decode(content: bytes) -> object:
-    try:
-        return msgspec.json.decode(content)
-    except msgspec.DecodeError:
-        return None
-
-
-def _shown(url: httpx.URL) -> str:
-    """A URL fit for messages: no userinfo, no query (it holds searched values)."""
-    return str(url.copy_with(userinfo=b"", query=None))
-
-
-def _describe(request: httpx.Request) -> str:
-    return f"{request.method} {_shown(request.url)}"
-
-
 def _json_object(response: httpx.Response) -> dict[str, Any]:
     """The JSON object of a successful answer. Anything else (an HTML page from a proxy,
     truncated JSON) is transient: retried with backoff, then escrowed. The message says what
     came back, without guessing why."""
-    body = _decode(response.content)
+    body = decode_json(response.content)
     if isinstance(body, dict):
         return body
     content_type = response.headers.get("Content-Type") or "none"
     what = "JSON that is not an object" if body is not None else "not JSON"
     raise TransientError(
-        f"{_describe(response.request)} -> {response.status_code} with a body that is {what} "
+        f"{describe(response.request)} -> {response.status_code} with a body that is {what} "
         f"(Content-Type: {content_type}, {len(response.content)} bytes, starting "
-        f"{_first_bytes(response.content)})",
+        f"{first_bytes(response.content)})",
         status=response.status_code)
-
-
-def _first_bytes(content: bytes, limit: int = 80) -> str:
-    text = content[:limit].decode("utf-8", "replace")
-    return repr(" ".join(text.split())) + ("..." if len(content) > limit else "")
 
 
 def _members_of(resource: Mapping[str, Any]) -> builtins.list[dict[str, Any]]:
@@ -791,7 +447,7 @@ def _resource(response: httpx.Response) -> ScimResource:
 def _to_resource(response: httpx.Response, body: dict[str, Any], etag: str | None) -> ScimResource:
     resource_id = body.get("id")
     if not isinstance(resource_id, str) or not resource_id:
-        raise RejectedError(f"{_describe(response.request)} -> {response.status_code}: the "
+        raise RejectedError(f"{describe(response.request)} -> {response.status_code}: the "
                             "target returned a resource without an `id`",
                             status=response.status_code)
     meta = body.get("meta")
@@ -806,23 +462,13 @@ def _list_response(response: httpx.Response) -> tuple[int, list[ScimResource]]:
     items = body.get("Resources", body.get("resources", []))
     total = body.get("totalResults")
     if not isinstance(items, list) or not (isinstance(total, int) or "Resources" in body):
-        raise RejectedError(f"{_describe(response.request)} -> {response.status_code}: the "
+        raise RejectedError(f"{describe(response.request)} -> {response.status_code}: the "
                             "answer is JSON but not a "
                             "SCIM ListResponse (no totalResults/Resources)",
                             status=response.status_code)
     resources = [_to_resource(response, item, None)
                  for item in items if isinstance(item, dict)]
     return (total if isinstance(total, int) else len(resources)), resources
-
-
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    """``exc`` and the exceptions it was raised from (httpx -> httpcore -> OSError)."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
 
 
 def _connection_failed(exc: TargetError) -> TargetError:
@@ -854,7 +500,7 @@ def client_for(app: Application, loaded: LoadedConfig, settings: Settings, *,
         attempts=retries.attempts, app=app.name, transport=transport,
         backoff=Backoff(wait_initial=retries.initial_wait, wait_max=retries.max_wait,
                         wait_jitter=retries.initial_wait,
-                        retry_after_cap=min(_RETRY_AFTER_CAP, retries.max_wait)),
+                        retry_after_cap=min(RETRY_AFTER_CAP, retries.max_wait)),
         dialect=target.dialect, update_method=target.update_method,
         max_patch_operations=target.max_patch_operations, page_size=target.page_size,
         rate_limit=target.rate_limit, quarantine=target.quarantine)

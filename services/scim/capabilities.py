@@ -30,7 +30,7 @@ import msgspec
 
 from services.runtime.config import Application, LoadedConfig, ObjectMapping
 from services.runtime.errors import CredentialsError, TargetError, TransientError
-from services.writer.scim_paths import CORE_GROUP, CORE_USER, ScimPath, parse_path
+from services.scim.paths import CORE_GROUP, CORE_USER, ScimPath, parse_path
 
 __all__ = [
     "Attribute",

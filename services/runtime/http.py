@@ -1,55 +1,83 @@
-"""Credentials for a target's SCIM API: a static bearer token, or OAuth2 client credentials.
+"""What every outbound HTTP client of scimflow shares: how long a server asked us to wait
+(``Retry-After``), how long to back off when it did not say (exponential, with jitter), and
+OAuth2 client-credentials tokens.
 
-Both give the ``Authorization`` header of the next request, and both can say whether a
-401 is worth one more try: a static token cannot change, while OAuth2 fetches a fresh
-token (the cached one may have been revoked or rotated before it expired). Secrets never
-leave this module except inside that header: not in a repr, a message or a log line;
-:meth:`redact` scrubs them from any text a target or token endpoint echoed back.
+The SCIM client (:mod:`services.scim`) and the Microsoft Graph source both use them, so a
+``Retry-After`` is read the same way (delay-seconds or an HTTP-date) wherever it arrives,
+and a token is fetched, cached, refreshed and kept out of messages the same way for a target
+application as for Graph.
 
 OAuth2 follows RFC 6749 section 4.4: ``POST token_url`` with ``grant_type=
 client_credentials``, ``client_id``, ``client_secret`` (in the form body, which every
 common provider accepts, Entra included) and ``scope``; the token is cached until shortly
-before ``expires_in`` says it ends.
+before ``expires_in`` says it ends. Secrets never leave :class:`ClientCredentials` except
+inside the ``Authorization`` header: not in a repr, a message or a log line;
+:meth:`ClientCredentials.redact` scrubs them from any text a server echoed back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
+import random
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Final, Protocol
+from datetime import UTC, datetime
+from typing import Any, Final
 
 import httpx
 import msgspec
 
 from services.runtime.errors import CredentialsError, RejectedError, TargetError, TransientError
 
-__all__ = ["Auth", "BearerToken", "ClientCredentials", "check_token"]
+__all__ = ["REDACTED", "ClientCredentials", "backoff_delay", "check_token", "parse_retry_after"]
 
-_REDACTED: Final = "[redacted]"
+REDACTED: Final = "[redacted]"
 _REMEMBERED_TOKENS = 4  # tokens to keep redacting after they were replaced
 _MAX_MARGIN = 60.0  # refresh at most this long before expiry (less for short-lived tokens)
 _DETAIL_LIMIT = 300
 
 
-class Auth(Protocol):
-    """What :class:`~services.writer.scim_client.ScimClient` needs from credentials."""
+# -- waiting -----------------------------------------------------------------------------
 
-    async def authorization(self) -> str:
-        """The ``Authorization`` header value for the next request."""
-        ...
 
-    async def refresh(self, rejected: str) -> bool:
-        """The target answered 401 to ``rejected`` (a header value): True if a retry with
-        :meth:`authorization` may succeed."""
-        ...
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delay-seconds or an HTTP-date
+    (RFC 9110 §10.2.3). None when absent or unreadable; never negative."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)  # HTTP-dates are always GMT
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
-    def redact(self, text: str) -> str:
-        """``text`` with every secret replaced by ``[redacted]``."""
-        ...
 
-    async def aclose(self) -> None: ...
+def backoff_delay(attempt: int, initial: float, maximum: float, *, retry_after: float | None = None,
+                  rand: Callable[[], float] = random.random) -> float:
+    """Seconds to wait after failed attempt number ``attempt`` (1-based).
+
+    The step doubles from ``initial`` up to ``maximum``. "Equal jitter": half the step is
+    fixed, half random, so the wait still grows with each attempt while clients that failed
+    together do not come back together. A ``Retry-After`` from the server is a floor: it
+    said when it can take the request again, asking sooner only earns another refusal.
+    """
+    if attempt < 1:
+        raise ValueError(f"attempt counts from 1, not {attempt}")
+    step = min(maximum, initial * 2.0 ** (attempt - 1))
+    jittered = step / 2 + step / 2 * rand()
+    if retry_after is not None and retry_after > jittered:
+        return retry_after
+    return jittered
+
+
+# -- OAuth2 client credentials -------------------------------------------------------------
 
 
 def check_token(token: str) -> None:
@@ -59,37 +87,23 @@ def check_token(token: str) -> None:
         raise ValueError("the bearer token must be non-empty printable ASCII without spaces")
 
 
-class BearerToken:
-    """A static bearer token (``target.token``)."""
-
-    def __init__(self, token: str) -> None:
-        check_token(token)
-        self._token = token
-
-    def __repr__(self) -> str:
-        return f"BearerToken({_REDACTED})"
-
-    async def authorization(self) -> str:
-        return f"Bearer {self._token}"
-
-    async def refresh(self, rejected: str) -> bool:
-        return False  # the same token will be refused again
-
-    def redact(self, text: str) -> str:
-        return text.replace(self._token, _REDACTED)
-
-    async def aclose(self) -> None:
-        return None
-
-
 class ClientCredentials:
     """OAuth2 client-credentials grant, with the token cached until shortly before it expires.
 
-    One lock serialises fetches, so a burst of calls (or of 401s) makes one token request.
+    It gives the ``Authorization`` header of the next request, and after a 401 says whether
+    one more try is worth it (always: a token other than the refused one is fetched, since
+    the cached one may have been revoked or rotated before it expired). One lock serialises
+    fetches, so a burst of calls (or of 401s) makes one token request. Failures are
+    TargetErrors: CredentialsError (the endpoint refused the client), TransientError
+    (unreachable, 429, 5xx), RejectedError (an answer without a usable token).
+
+    ``http`` shares the caller's client for the token requests (it stays the caller's to
+    close); otherwise one of its own is made, over ``transport`` when given.
     """
 
     def __init__(self, token_url: str, client_id: str, client_secret: str, scope: str | None = None,
                  *, timeout: float = 10.0, transport: httpx.AsyncBaseTransport | None = None,
+                 http: httpx.AsyncClient | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if not client_secret:
             raise ValueError("the OAuth2 client secret must not be empty")
@@ -98,7 +112,8 @@ class ClientCredentials:
         self._secret = client_secret
         self._scope = scope
         self._clock = clock
-        self._http = httpx.AsyncClient(timeout=timeout, transport=transport, follow_redirects=False)
+        self._owns_http = http is None
+        self._http = http or httpx.AsyncClient(timeout=timeout, transport=transport, follow_redirects=False)
         self._lock = asyncio.Lock()
         self._token: str | None = None
         self._expires_at = float("inf")
@@ -109,6 +124,7 @@ class ClientCredentials:
         return f"ClientCredentials(token_url={self.token_url!r}, client_id={self.client_id!r})"
 
     async def authorization(self) -> str:
+        """The ``Authorization`` header value for the next request."""
         async with self._lock:
             if self._token is None or self._clock() >= self._expires_at:
                 await self._fetch()
@@ -116,19 +132,23 @@ class ClientCredentials:
             return f"Bearer {self._token}"
 
     async def refresh(self, rejected: str) -> bool:
+        """The server answered 401 to ``rejected`` (a header value): fetch a new token unless
+        another call already replaced that one. True: a retry may succeed."""
         async with self._lock:
             if self._token is None or rejected == f"Bearer {self._token}":
                 await self._fetch()
             return True  # a token other than the rejected one is ready now
 
     def redact(self, text: str) -> str:
+        """``text`` with the secret and every recent token replaced by ``[redacted]``."""
         for secret in (self._secret, self._token, *self._old_tokens):
             if secret:
-                text = text.replace(secret, _REDACTED)
+                text = text.replace(secret, REDACTED)
         return text
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._owns_http:
+            await self._http.aclose()
 
     async def _fetch(self) -> None:
         """Get a new token from the token endpoint, or raise what went wrong (no secrets)."""

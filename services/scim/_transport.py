@@ -1,0 +1,316 @@
+"""One HTTP exchange with a SCIM target: what every request of :mod:`services.scim.client`
+goes through, whatever its verb. It sends the request it is given (the client built the
+body), and returns the answer or raises a TargetError.
+
+One :class:`Transport` per target app holds one pooled ``httpx.AsyncClient`` whose transport
+is aiohttp's (httpx-aiohttp): the same httpx API and errors, with aiohttp's C-accelerated
+HTTP/1.1 parser and connection pool underneath, which cost the writer about a third of the
+CPU per request that httpcore's pure-Python stack does.
+
+Every request goes through three stages, in this order:
+
+1. the **quarantine gate** (:mod:`services.scim.quarantine`): closed while the app is
+   quarantined; calls wait there, nothing is dropped;
+2. a **rate-limit slot** (:mod:`services.scim.ratelimit`): at most the current AIMD
+   concurrency in flight, paced to the current requests/s; held only while the request is
+   on the wire;
+3. the request itself, with the ``Authorization`` header of :mod:`services.scim.auth`
+   (a 401 refreshes an OAuth2 token and is retried once).
+
+An answer with an unexpected status becomes the error :mod:`services.scim.errors` gives it;
+a network error or a timeout is a TransientError that says what failed (DNS, refused, TLS,
+which phase timed out). Transient errors are retried here (stamina: exponential backoff with
+jitter, or exactly the target's ``Retry-After``) for at most ``attempts`` attempts; while a
+call waits for its next attempt it holds no slot, so other objects keep flowing. A
+``Retry-After`` longer than ``Backoff.retry_after_cap`` is not waited for inside the call:
+the TransientError is raised at once with its ``retry_after``, so the writer can re-queue
+the object instead of holding its partition. Every TargetError says how many attempts were
+made (``attempts``). Credentials never appear in a message, a repr or a log line, and a
+target that echoes them back gets them redacted.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Final
+
+import aiohttp
+import httpx
+import msgspec
+import stamina
+from httpx_aiohttp import AiohttpTransport
+
+from services.runtime import metrics
+from services.runtime.errors import RejectedError, TargetError, TransientError
+from services.runtime.http import ClientCredentials
+from services.scim.auth import Auth
+from services.scim.errors import describe, shown, status_error
+from services.scim.quarantine import QuarantineGate
+from services.scim.ratelimit import RateLimiter
+
+__all__ = ["RETRY_AFTER_CAP", "SCIM_JSON", "Backoff", "Transport"]
+
+SCIM_JSON: Final = "application/scim+json"
+RETRY_AFTER_CAP = 30.0
+
+_TIMEOUT_PHASES: Final[dict[type[Exception], str]] = {
+    httpx.ConnectTimeout: "connecting",
+    httpx.ReadTimeout: "waiting for the answer",
+    httpx.WriteTimeout: "sending the request",
+    httpx.PoolTimeout: "waiting for a free connection (raise max_connections?)",
+    aiohttp.ConnectionTimeoutError: "connecting",  # before its base class, ServerTimeoutError
+    aiohttp.ServerTimeoutError: "waiting for the answer",
+    httpx.TimeoutException: "waiting",
+}
+_BAD_SCHEME = (httpx.UnsupportedProtocol, aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError)
+_CONNECT_FAILED = (httpx.ConnectError, aiohttp.ClientConnectorError)
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Waits between attempts (seconds). Tests pass zeros."""
+
+    wait_initial: float = 0.5
+    wait_max: float = 10.0
+    wait_jitter: float = 1.0
+    retry_after_cap: float = RETRY_AFTER_CAP
+    """Longest ``Retry-After`` waited for inside one call; a longer one is raised at once
+    (with ``retry_after``) for the writer to re-queue the object: a call must not hold its
+    Kafka partition for minutes."""
+
+
+class _NoCookies(httpx.Cookies):
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+
+_NO_COOKIES: Final = _NoCookies()
+
+
+class _StatelessClient(httpx.AsyncClient):
+    """An httpx client that neither keeps nor sends cookies. SCIM is stateless (the
+    credentials ride on every request), and parsing each answer's cookies with
+    http.cookiejar was a third of the client's CPU per request."""
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return _NO_COOKIES
+
+    @cookies.setter
+    def cookies(self, cookies: Any) -> None:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """One logical request, re-sent as is by every attempt (with a fresh Authorization)."""
+
+    method: str
+    path: str
+    ok: tuple[int, ...]
+    params: Mapping[str, str] | None
+    content: bytes | None
+    headers: dict[str, str]
+    direct: bool
+
+
+class Transport:
+    """Requests to one target: gate, slot, credentials, retries, errors. ``quarantining``
+    says whether outcomes count in the ``gate``'s window (the app configured a quarantine)."""
+
+    def __init__(self, base_url: httpx.URL, auth: Auth, *, timeout: float, max_connections: int,
+                 attempts: int, backoff: Backoff, app: str, limiter: RateLimiter | None,
+                 gate: QuarantineGate, quarantining: bool,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.base = base_url
+        self.shown_base = shown(base_url)
+        self._auth = auth
+        self._app = app  # the metrics label; "" when used outside a writer (tests, tools)
+        self._timeout = timeout
+        self._attempts = attempts
+        self._backoff = backoff
+        self._limiter = limiter
+        self._gate = gate
+        self._quarantining = quarantining
+        self._collections: dict[str, httpx.URL] = {}
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self._http = _StatelessClient(
+            base_url=base_url,
+            headers={"Accept": SCIM_JSON},
+            timeout=timeout,
+            limits=limits,
+            # A redirect means a wrong base URL: report it instead of following it.
+            follow_redirects=False,
+            transport=transport or AiohttpTransport(limits=limits),
+        )
+
+    @property
+    def auth(self) -> Auth:
+        return self._auth
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+        await self._auth.aclose()
+
+    def redact(self, text: str) -> str:
+        """``text`` without this target's credentials."""
+        return self._auth.redact(text)
+
+    async def call(self, method: str, path: str, *, ok: tuple[int, ...],
+                   params: Mapping[str, str] | None = None, body: Mapping[str, Any] | None = None,
+                   headers: Mapping[str, str] | None = None, attempts: int | None = None,
+                   direct: bool = False) -> httpx.Response:
+        """Send with retries; the 2xx response in ``ok``, or the mapped TargetError.
+
+        ``direct`` calls (test connection, quarantine probes) skip the gate and do not count
+        in the quarantine's window.
+        """
+        request = _Request(method, path, ok, params, None if body is None else msgspec.json.encode(body),
+                           _with_content_type(headers, body), direct)
+        backoff = self._backoff
+        retrying = stamina.retry_context(
+            on=self._retry_wait, attempts=attempts or self._attempts, timeout=None,
+            wait_initial=backoff.wait_initial, wait_max=backoff.wait_max,
+            wait_jitter=backoff.wait_jitter)
+        async for attempt in retrying:
+            if attempt.num > 1:
+                metrics.TARGET_RETRIES.labels(app=self._app).inc()
+            with attempt:
+                try:
+                    return await self._attempt(request)
+                except TargetError as exc:
+                    exc.attempts = attempt.num
+                    raise
+        raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
+
+    async def _attempt(self, request: _Request) -> httpx.Response:
+        """One attempt: gate, slot, send (and resend once after a token refresh on 401)."""
+        if not request.direct:
+            await self._gate.wait()
+        try:
+            response = await self._exchange(request)
+            if response.status_code == 401 and await self._auth.refresh(
+                    response.request.headers.get("Authorization", "")):
+                response = await self._exchange(request)
+            if response.status_code not in request.ok:
+                raise status_error(describe(response.request), response, redact=self.redact,
+                                   oauth2=isinstance(self._auth, ClientCredentials))
+        except TargetError as exc:
+            self._observe(exc, request)
+            raise
+        self._observe(None, request)
+        return response
+
+    async def _exchange(self, request: _Request) -> httpx.Response:
+        """Send one HTTP request within a rate-limit slot; transport failures become TargetErrors."""
+        headers = {**request.headers, "Authorization": await self._auth.authorization()}
+        built = self._http.build_request(request.method, self._url(request.path), params=request.params,
+                                         headers=headers, content=request.content)
+        async with self._slot():
+            started = time.perf_counter()
+            try:
+                response = await self._http.send(built)
+            except httpx.HTTPError as exc:
+                metrics.observe_target_request(self._app, built.method, None, time.perf_counter() - started)
+                raise self._transport_error(describe(built), exc) from exc
+        metrics.observe_target_request(self._app, built.method, response.status_code,
+                                       time.perf_counter() - started)
+        return response
+
+    def _url(self, path: str) -> httpx.URL | str:
+        """The absolute URL of a collection (``Users``, ``Groups``), parsed once: httpx
+        parses a relative path three times per request, a sixth of the client's CPU.
+        Other paths (they carry an id) go to httpx as they are."""
+        if "/" in path:
+            return path
+        url = self._collections.get(path)
+        if url is None:
+            url = self._collections[path] = self._http.build_request("GET", path).url
+        return url
+
+    def _slot(self) -> AbstractAsyncContextManager[None]:
+        return self._limiter.slot() if self._limiter is not None else _no_slot()
+
+    def _observe(self, exc: TargetError | None, request: _Request) -> None:
+        """Feed one outcome to the AIMD limits and the quarantine window."""
+        if self._limiter is not None:
+            if exc is not None and exc.status == 429:
+                self._limiter.throttled()
+            elif exc is None or not isinstance(exc, TransientError):
+                self._limiter.succeeded()
+        if request.direct or not self._quarantining:
+            return
+        if exc is None:
+            self._gate.succeeded()
+        else:
+            self._gate.failed(exc)
+
+    def _retry_wait(self, exc: Exception) -> bool | float:
+        """stamina's hook: retry only TransientError; wait what ``Retry-After`` asked, unless
+        that is longer than the cap (then give up now: the writer re-queues the object)."""
+        if not isinstance(exc, TransientError):
+            return False
+        if exc.retry_after is None:
+            return True  # stamina's exponential backoff with jitter
+        return exc.retry_after if exc.retry_after <= self._backoff.retry_after_cap else False
+
+    # -- transport failures ----------------------------------------------------------------
+
+    def _transport_error(self, where: str, exc: httpx.HTTPError) -> TargetError:
+        # httpx-aiohttp maps aiohttp's errors onto httpx's coarsely (a reset becomes a
+        # ConnectTimeout): judge by aiohttp's own error when there is one.
+        failure: Exception = exc.__cause__ if isinstance(exc.__cause__, aiohttp.ClientError) else exc
+        phase = next((p for kind, p in _TIMEOUT_PHASES.items() if isinstance(failure, kind)), None)
+        if phase is not None:
+            return TransientError(f"{where}: timed out after {self._timeout:g}s {phase}")
+        if isinstance(failure, _BAD_SCHEME):
+            return RejectedError(f"{where}: unsupported URL scheme; use http:// or https://")
+        if isinstance(failure, _CONNECT_FAILED):
+            return TransientError(f"{where}: {self._describe_connect_error(exc)}")
+        # The connection broke mid-exchange (reset, closed, garbled HTTP): worth a retry.
+        return TransientError(f"{where}: {type(failure).__name__}: {self.redact(str(failure))}")
+
+    def _describe_connect_error(self, exc: httpx.HTTPError) -> str:
+        default_port = 443 if self.base.scheme == "https" else 80
+        host, port = self.base.host, self.base.port or default_port
+        for cause in _causes(exc):
+            if isinstance(cause, aiohttp.ClientError):
+                continue  # aiohttp's wrappers subclass ssl's errors; the OS's error is further down
+            if isinstance(cause, socket.gaierror):
+                return f"cannot resolve host {host!r}: DNS lookup failed ({cause.strerror})"
+            if isinstance(cause, ConnectionRefusedError):
+                return f"connection refused by {host}:{port}: nothing is listening there"
+            if isinstance(cause, ssl.SSLCertVerificationError):
+                return f"TLS certificate of {host} is not trusted: {cause.verify_message}"
+            if isinstance(cause, ssl.SSLError):
+                return (f"TLS handshake with {host}:{port} failed ({cause.reason}); "
+                        "does it speak HTTPS on that port?")
+        return f"cannot connect to {host}:{port}: {self.redact(str(exc))}"
+
+
+@asynccontextmanager
+async def _no_slot() -> AsyncIterator[None]:
+    yield
+
+
+def _with_content_type(headers: Mapping[str, str] | None,
+                       body: Mapping[str, Any] | None) -> dict[str, str]:
+    merged = dict(headers or {})
+    if body is not None:
+        merged["Content-Type"] = SCIM_JSON
+    return merged
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and the exceptions it was raised from (httpx -> httpcore -> OSError)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
