@@ -25,12 +25,12 @@ from schemas import ActivityRecord, ErrorRecord
 from schemas.codecs import encode
 from schemas.control import AllowDeletes, AppStatus, AuditRecord, ProvisionRequest, Restart
 from services.admin.provision import provision
+from services.admin.status import read_status
 from services.runtime import metrics
 from services.runtime.config import LoadedConfig
 from services.runtime.errors import ConfigError, ScimflowError, TargetError
 from services.runtime.kafka import plain_producer, read_records
 from services.runtime.settings import Settings
-from services.runtime.status import read_status
 from services.runtime.topics import Topics
 
 # The one place a non-writer builds a target client: test connection must test exactly the

@@ -24,12 +24,11 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import msgspec
-from kafka import KafkaConsumer
-from kafka.structs import TopicPartition
 
 from schemas import ActivityRecord, DirectoryChange, ErrorRecord, ProvisioningCommand
 from schemas.codecs import decoder
 from schemas.control import ProvisionRequest
+from services.runtime.kafka import TopicReader
 from services.runtime.topics import Topics
 
 __all__ = ["MAX_MEMBERS", "ObjectTrace", "provision"]
@@ -112,28 +111,6 @@ def _import(trace: ObjectTrace) -> dict[str, str]:
     return {"name": "import", "status": "skipped", "detail": "no answer from ingest yet"}
 
 
-class _Follower:
-    """Reads the pipeline topics from their end offsets as of construction (no consumer group)."""
-
-    def __init__(self, bootstrap: str, topics: list[str]) -> None:
-        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                      client_id="scimflow-admin-provision")
-        assigned = [TopicPartition(t, p) for t in topics
-                    for p in sorted(self.consumer.partitions_for_topic(t) or ())]
-        self.consumer.assign(assigned)
-        self.consumer.seek_to_end(*assigned)
-        for tp in assigned:
-            self.consumer.position(tp)  # resolve "end" now, before the request is sent
-
-    def poll(self, timeout: float) -> list[tuple[str, bytes]]:
-        batches = self.consumer.poll(timeout_ms=int(timeout * 1000))
-        return [(tp.topic, r.value) for tp, records in batches.items() for r in records
-                if r.value is not None]
-
-    def close(self) -> None:
-        self.consumer.close()
-
-
 @dataclass
 class _Run:
     app: str
@@ -183,14 +160,13 @@ def provision(bootstrap: str, topics: Topics, send: Send, *, app: str, object_id
     seconds for its whole trace; returns what arrived (``report()`` says what is missing)."""
     roles = {topics.changes: "directory.changes", topics.commands: "provisioning.commands",
              topics.activity: "provisioning.activity", topics.errors: "provisioning.errors"}
-    follower = _Follower(bootstrap, list(roles))
-    try:
+    # From the end offsets as of now, before the request is sent: no answer can be missed.
+    with TopicReader(bootstrap, roles, start="end", client_id="scimflow-admin-provision") as reader:
         run = _Run(app, by, send)
         trace = run.request(object_id, object_type)
         deadline = time.monotonic() + timeout
         while not trace.finished and (left := deadline - time.monotonic()) > 0:
-            for topic, value in follower.poll(min(left, 0.2)):
-                run.take(roles[topic], value)
+            for record in reader.poll(min(left, 0.2)):
+                if record.value is not None:
+                    run.take(roles[record.topic], record.value)
         return trace
-    finally:
-        follower.close()

@@ -15,10 +15,9 @@ import asyncio
 
 import msgspec
 import structlog
-from aiokafka.errors import KafkaError
 
 from services.mapper.groups import GroupGraph
-from services.runtime.kafka import CAUGHT_UP, follow_from_start
+from services.runtime.kafka import CAUGHT_UP, BrokerUnavailableError, follow_from_start
 
 __all__ = ["GroupFeed", "apply_value"]
 
@@ -67,7 +66,7 @@ class GroupFeed:
         while True:
             try:
                 await self._follow()
-            except (KafkaError, OSError, TimeoutError) as exc:
+            except (BrokerUnavailableError, OSError, TimeoutError) as exc:
                 log.warning("group graph feed failed; reading again", topic=self._topic,
                             reason=f"{type(exc).__name__}: {exc}")
             await asyncio.sleep(self._retry_wait)

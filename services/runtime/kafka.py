@@ -1,8 +1,13 @@
 """The one module that owns Kafka clients.
 
 faust apps for the three workers, and kafka-python for everything outside a worker:
-waiting for a broker, creating topics, and the plain producer/consumer used by the CLI
-(``scimflow tail``) and the test harness.
+waiting for a broker, creating topics, the plain producer, and every read of a topic
+outside a worker's stream. Those reads all go through :class:`TopicReader` (no consumer
+group, every partition, nothing committed): a snapshot up to the end offsets
+(:func:`read_records`, :func:`read_latest`: ``scimflow status``, the admin API), a tail
+(:func:`tail_records`, :func:`consume`: ``scimflow tail``, ``up``, the test harness), or
+polls from the end (provision on demand). Inside a worker, :func:`follow_records` and
+friends (aiokafka) follow a topic from its beginning for ever.
 """
 
 from __future__ import annotations
@@ -12,13 +17,14 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Self
 
 import faust
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError as AioKafkaError
 from aiokafka.partitioner import murmur2
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
@@ -34,8 +40,10 @@ log = structlog.get_logger("scimflow.worker")
 
 __all__ = [
     "CAUGHT_UP",
+    "IDLE",
     "BrokerUnavailableError",
     "SkippedRecords",
+    "TopicReader",
     "consume",
     "create_topics",
     "faust_app",
@@ -50,6 +58,7 @@ __all__ = [
     "read_records",
     "report_consumer_lag",
     "run_worker",
+    "tail_records",
     "wait_until_ready",
 ]
 
@@ -118,17 +127,10 @@ def plain_producer(bootstrap: str) -> Any:
 def consume(bootstrap: str, topic: str, *, from_beginning: bool = True,
             idle_timeout: float = 1.0) -> Iterator[Any]:
     """Yield records of ``topic`` until it has been idle for ``idle_timeout`` seconds."""
-    consumer = KafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest" if from_beginning else "latest",
-        enable_auto_commit=False,
-        consumer_timeout_ms=int(idle_timeout * 1000),
-    )
-    try:
-        yield from consumer
-    finally:
-        consumer.close()
+    for record in tail_records(bootstrap, topic, from_beginning=from_beginning, idle_timeout=idle_timeout):
+        if record is IDLE:
+            return
+        yield record
 
 
 def partition_for(key: bytes, partitions: int) -> int:
@@ -208,7 +210,18 @@ async def follow_from_start(bootstrap: str, topic: str) -> AsyncIterator[bytes |
 
 async def _from_start(bootstrap: str, topic: str) -> AsyncIterator[Any]:
     """Every record of ``topic`` from the beginning, with :data:`CAUGHT_UP` once between
-    the records that were there at the start and the ones that came after."""
+    the records that were there at the start and the ones that came after. A broker
+    failure raises BrokerUnavailableError (callers never see aiokafka's errors)."""
+    try:
+        # aclosing: a caller that stops reading stops the consumer now, not at garbage collection.
+        async with contextlib.aclosing(_from_start_unwrapped(bootstrap, topic)) as records:
+            async for record in records:
+                yield record
+    except AioKafkaError as exc:
+        raise BrokerUnavailableError(f"cannot follow {topic} from {bootstrap}: {exc}") from exc
+
+
+async def _from_start_unwrapped(bootstrap: str, topic: str) -> AsyncGenerator[Any, None]:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                 auto_offset_reset="earliest")
     await consumer.start()
@@ -369,6 +382,103 @@ def run_worker(app: Any, *, loglevel: str = "info", shutdown_timeout: float = 30
     worker.execute_from_commandline()
 
 
+class TopicReader:
+    """Reads topics with no consumer group: every partition, nothing committed.
+
+    Each partition starts at its beginning or, with ``start="end"``, at its end offset as
+    of construction, resolved before the constructor returns: a caller that then asks for
+    something misses none of the answers. A topic that has no partitions yet is looked up
+    again at each poll, and read from its beginning once it appears (all of it is new).
+    Records are kafka-python ``ConsumerRecord`` (``topic``, ``partition``, ``offset``,
+    ``key``, ``value``). Broker failures raise BrokerUnavailableError.
+    """
+
+    def __init__(self, bootstrap: str, topics: Iterable[str], *,
+                 start: Literal["beginning", "end"] = "beginning", client_id: str = "scimflow-read",
+                 request_timeout: float | None = None) -> None:
+        self._missing = list(topics)
+        self._where = f"{', '.join(self._missing)} from {bootstrap}"
+        self.assigned: list[KafkaPartition] = []
+        """The partitions read so far (those of the topics that exist)."""
+        try:
+            timeouts = {} if request_timeout is None else {"request_timeout_ms": int(request_timeout * 1000)}
+            self._consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                           client_id=client_id, **timeouts)
+        except KafkaError as exc:
+            raise BrokerUnavailableError(f"cannot read {self._where}: {exc}") from exc
+        try:
+            found = self._assign_missing()
+            if start == "end":
+                self._consumer.seek_to_end(*found)
+                for tp in found:
+                    self._consumer.position(tp)  # resolve "end" now, not at the first poll
+        except KafkaError as exc:
+            self.close()
+            raise BrokerUnavailableError(f"cannot read {self._where}: {exc}") from exc
+
+    def poll(self, timeout: float) -> list[Any]:
+        """The records that arrive within ``timeout`` seconds (empty: none did)."""
+        try:
+            if self._missing:
+                self._assign_missing()
+            batches = self._consumer.poll(timeout_ms=int(timeout * 1000))
+        except KafkaError as exc:
+            raise BrokerUnavailableError(f"cannot read {self._where}: {exc}") from exc
+        return [record for records in batches.values() for record in records]
+
+    def end_offsets(self) -> dict[Any, int]:
+        """The end offset of every partition read, now."""
+        ends: dict[Any, int] = self._consumer.end_offsets(self.assigned)
+        return ends
+
+    def position(self, tp: Any) -> int:
+        """The offset of the next record this reader gets from partition ``tp``."""
+        offset: int = self._consumer.position(tp)
+        return offset
+
+    def close(self) -> None:
+        self._consumer.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _assign_missing(self) -> list[KafkaPartition]:
+        """Assign the partitions of the topics that had none so far; returns the new ones."""
+        found = [KafkaPartition(topic, p) for topic in self._missing
+                 for p in sorted(self._consumer.partitions_for_topic(topic) or ())]
+        if not found:
+            return []
+        self._missing = [t for t in self._missing if t not in {tp.topic for tp in found}]
+        self.assigned += found
+        self._consumer.assign(self.assigned)
+        self._consumer.seek_to_beginning(*found)
+        return found
+
+
+IDLE = None
+"""What :func:`tail_records` yields each time the topic has been idle for a while."""
+
+
+def tail_records(bootstrap: str, topic: str, *, from_beginning: bool = True,
+                 idle_timeout: float = 0.5) -> Generator[Any, None, None]:
+    """Every record of ``topic`` from its beginning (or from now), for ever; :data:`IDLE`
+    (None) each time no record came for ``idle_timeout`` seconds, so the caller can stop
+    there or check on something before it reads on."""
+    with TopicReader(bootstrap, [topic], start="beginning" if from_beginning else "end") as reader:
+        last = time.monotonic()
+        while True:
+            records = reader.poll(max(0.0, last + idle_timeout - time.monotonic()))
+            if records:
+                yield from records
+                last = time.monotonic()
+            elif time.monotonic() >= last + idle_timeout:
+                yield IDLE
+                last = time.monotonic()
+
+
 def read_latest(bootstrap: str, topic: str, *, timeout: float = 30.0) -> dict[bytes, bytes]:
     """The latest value of every key of a compacted ``topic``, as of its end offsets now.
 
@@ -393,31 +503,20 @@ def read_records(bootstrap: str, topic: str, *, timeout: float = 30.0) -> list[A
     growing (activity during a sync) does not keep the read going, and nothing waits for
     the topic to fall idle. Same errors as :func:`read_latest`."""
     deadline = time.monotonic() + timeout
-    try:
-        consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                 client_id="scimflow-read", request_timeout_ms=int(timeout * 1000))
-    except KafkaError as exc:
-        raise BrokerUnavailableError(f"cannot read {topic} from {bootstrap}: {exc}") from exc
-    try:
-        return _read_to_end(consumer, topic, deadline)
-    except KafkaError as exc:
-        raise BrokerUnavailableError(f"cannot read {topic} from {bootstrap}: {exc}") from exc
-    finally:
-        consumer.close()
+    with TopicReader(bootstrap, [topic], request_timeout=timeout) as reader:
+        try:
+            return _read_to_end(reader, topic, deadline)
+        except KafkaError as exc:
+            raise BrokerUnavailableError(f"cannot read {topic} from {bootstrap}: {exc}") from exc
 
 
-def _read_to_end(consumer: Any, topic: str, deadline: float) -> list[Any]:
-    partitions = consumer.partitions_for_topic(topic)
-    if not partitions:
-        return []
-    assigned = [KafkaPartition(topic, p) for p in sorted(partitions)]
-    consumer.assign(assigned)
-    consumer.seek_to_beginning(*assigned)
-    ends: dict[Any, int] = consumer.end_offsets(assigned)
+def _read_to_end(reader: TopicReader, topic: str, deadline: float) -> list[Any]:
+    ends = reader.end_offsets()
     records: list[Any] = []
-    while any(consumer.position(tp) < ends[tp] for tp in assigned):
+    while any(reader.position(tp) < end for tp, end in ends.items()):
         if time.monotonic() > deadline:
             raise BrokerUnavailableError(f"reading {topic} did not reach its end offsets in time")
-        for tp, batch in consumer.poll(timeout_ms=200).items():
-            records.extend(record for record in batch if record.offset < ends[tp])
+        # A partition that appeared during the read is past "now": none of it is taken.
+        records.extend(r for r in reader.poll(0.2)
+                       if r.offset < ends.get(KafkaPartition(r.topic, r.partition), 0))
     return records

@@ -1,5 +1,6 @@
-"""Reading a topic "up to now" (``scimflow status``, the admin API's recent records) on a
-real broker: a snapshot at the end offsets, even while producers keep writing."""
+"""Reading topics outside a worker on a real broker: "up to now" (``scimflow status``, the admin
+API's recent records) is a snapshot at the end offsets, even while producers keep writing;
+a reader from the end (provision on demand) and a tail (``scimflow tail``) miss nothing new."""
 
 from __future__ import annotations
 
@@ -10,7 +11,15 @@ import uuid
 import pytest
 
 from services.devstack.broker import Broker
-from services.runtime.kafka import create_topics, plain_producer, read_latest, read_records
+from services.runtime.kafka import (
+    IDLE,
+    TopicReader,
+    create_topics,
+    plain_producer,
+    read_latest,
+    read_records,
+    tail_records,
+)
 from services.runtime.topics import TopicSpec
 
 pytestmark = pytest.mark.integration
@@ -59,3 +68,44 @@ def test_read_latest_keeps_the_last_value_of_each_key_and_drops_tombstones(broke
     producer.close()
     assert read_latest(broker.bootstrap, topic) == {b"a": b"2", b"c": b"1"}
     assert read_records(broker.bootstrap, f"missing-{uuid.uuid4().hex[:8]}") == []
+
+
+def test_a_reader_from_the_end_gets_only_what_came_after_it_started(broker: Broker) -> None:
+    """Provision on demand's read: nothing older, nothing missed, and a topic that appears
+    later is read from its beginning."""
+    old, later = f"end-{uuid.uuid4().hex[:8]}", f"later-{uuid.uuid4().hex[:8]}"
+    create_topics(broker.bootstrap, [TopicSpec(old, 2)])
+    producer = plain_producer(broker.bootstrap)
+    for i in range(20):
+        producer.send(old, value=f"before{i}".encode())
+    producer.flush()
+    with TopicReader(broker.bootstrap, [old, later], start="end") as reader:
+        producer.send(old, value=b"after")
+        create_topics(broker.bootstrap, [TopicSpec(later, 1)])
+        producer.send(later, value=b"new topic")
+        producer.flush()
+        seen: list[tuple[str, bytes]] = []
+        deadline = time.monotonic() + 15
+        while len(seen) < 2 and time.monotonic() < deadline:
+            seen += [(r.topic, r.value) for r in reader.poll(0.2)]
+    producer.close()
+    assert sorted(seen) == sorted([(old, b"after"), (later, b"new topic")])
+
+
+def test_a_tail_says_when_the_topic_fell_idle_and_reads_on(broker: Broker) -> None:
+    topic = f"tail-{uuid.uuid4().hex[:8]}"
+    create_topics(broker.bootstrap, [TopicSpec(topic, 2)])
+    producer = plain_producer(broker.bootstrap)
+    producer.send(topic, value=b"first")
+    producer.flush()
+    tail = tail_records(broker.bootstrap, topic, idle_timeout=0.3)
+    try:
+        assert next(tail).value == b"first"
+        assert next(tail) is IDLE
+        producer.send(topic, value=b"second")
+        producer.flush()
+        following = next(r for r in tail if r is not IDLE)
+    finally:
+        tail.close()
+        producer.close()
+    assert following.value == b"second"

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from services import cli as cli_module
 from services.admin.control import ProvisionFailedError
+from services.cli import control, up
 
 runner = CliRunner()
 
@@ -87,7 +88,7 @@ def backend(monkeypatch: pytest.MonkeyPatch) -> Recorder:
         seen.append((api, by, secrets))
         return contextlib.nullcontext(recorder)
 
-    monkeypatch.setattr(cli_module, "_backend", fake)
+    monkeypatch.setattr(control, "backend", fake)
     recorder.calls = seen  # the backend choice first, then the operations
     return recorder
 
@@ -178,7 +179,7 @@ def test_restart_watches_the_new_cycle_until_it_ends(backend: Recorder,
         {**REPORT, "last_cycle_start": soon, "cycle_running": False, "last_cycle_end": soon},
     ])
     monkeypatch.setattr(backend, "status", lambda app=None: [next(states)])
-    monkeypatch.setattr("services.cli.time.sleep", lambda _: None)
+    monkeypatch.setattr("services.cli.control.time.sleep", lambda _: None)
     result = invoke("restart", "crm", "--watch")
     assert result.exit_code == 0, result.output
     assert "crm: cycle done" in result.stderr
@@ -193,7 +194,7 @@ def test_up_announces_the_admin_api_with_its_own_token_file(
     monkeypatch.setenv("DEMO_SCIM_URL", "http://127.0.0.1:9/v2")
     loaded = load_config("examples/demo.yaml")
     env = {"DEMO_SCIM_TOKEN": "demo-secret", "DEMO_SCIM_URL": "http://127.0.0.1:9/v2"}
-    cli_module._announce(loaded, "127.0.0.1:9092", env, tmp_path, "http://127.0.0.1:8088")
+    up.announce(loaded, "127.0.0.1:9092", env, tmp_path, "http://127.0.0.1:8088")
     printed = capsys.readouterr().out
     api_lines = [line for line in printed.splitlines() if "SCIMFLOW_ADMIN_URL=http://127.0.0.1:8088" in line]
     assert len(api_lines) == 2
@@ -223,3 +224,22 @@ def test_expr_object_shows_the_mapped_resource_and_its_references(
     manager = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager"
     assert shown["references"] == {manager: "u-0118"}
     assert manager not in json.dumps(shown["resource_on_create"])  # written by the writer, as a target id
+
+
+def test_the_cli_loads_no_dev_stack_until_up_runs() -> None:
+    """`python -m services.cli` (how the supervisor starts workers) works, and only `up`
+    imports the embedded broker, the supervisor and the demo target."""
+    import os
+    import subprocess
+    import sys
+
+    devstack = ("services.runtime.broker", "services.runtime.supervisor", "services.runtime.scim_target")
+    probe = ("import sys, runpy; sys.argv = ['scimflow', 'validate', 'examples/demo.yaml']\n"
+             "try:\n    runpy.run_module('services.cli', run_name='__main__')\n"
+             "except SystemExit as exc:\n    assert not exc.code, exc.code\n"
+             f"print(sorted(set({devstack!r}) & set(sys.modules)))\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "DEMO_SCIM_TOKEN": "unused"}, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "OK (1 applications" in done.stdout
+    assert done.stdout.strip().endswith("[]"), done.stdout

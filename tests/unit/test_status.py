@@ -22,7 +22,7 @@ from schemas import (
 )
 from schemas.codecs import encode
 from schemas.control import AllowDeletes, AppCapabilities, AppHealth, AppStatus
-from services.runtime import status
+from services.admin import status
 from services.runtime.config import load_config
 from services.runtime.topics import Topics
 
