@@ -24,6 +24,7 @@ from services.devstack.supervisor import Supervisor
 from services.runtime.kafka import consume, create_topics
 from services.runtime.settings import load_settings
 from services.runtime.topics import Topics
+from tests.support.faultproxy import FaultProxy
 
 PARTITIONS = 3
 
@@ -43,8 +44,29 @@ def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
 
 @pytest.fixture
 def scim_target() -> Iterator[ScimTarget]:
+    """A fresh scim2-server; a module overrides it for one per module or another server."""
     with start_scim_target() as target:
         yield target
+
+
+@pytest.fixture
+def proxy(scim_target: ScimTarget) -> Iterator[FaultProxy]:
+    """The fault proxy in front of ``scim_target``: counts and logs what reaches it."""
+    with FaultProxy(scim_target.base_url) as p:
+        yield p
+
+
+@pytest.fixture
+def http(scim_target: ScimTarget) -> Iterator[httpx.Client]:
+    """A plain client on ``scim_target`` for assertions (not the code under test)."""
+    with httpx.Client(base_url=scim_target.base_url, timeout=30,
+                      headers={"Authorization": f"Bearer {scim_target.token}"}) as client:
+        yield client
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
 
 
 class Scim:

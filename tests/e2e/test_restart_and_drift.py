@@ -30,7 +30,7 @@ import yaml
 
 from schemas import ActivityRecord
 from services.devstack.broker import Broker
-from services.devstack.scim_target import ScimTarget, start_scim_target
+from services.devstack.scim_target import start_scim_target
 from tests.conftest import APP, Pipeline, user
 from tests.support.faultproxy import FaultProxy
 from tests.support.settle import Mark, Settled, WriterLog, group_lag, joined, mark, request_scan, wait_settled
@@ -205,12 +205,6 @@ STALLED = (
 
 
 # -- drift through the pipeline -----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def proxy(scim_target: ScimTarget) -> Iterator[FaultProxy]:
-    with FaultProxy(scim_target.base_url) as p:
-        yield p
 
 
 SCAN_EVERY = 2.0

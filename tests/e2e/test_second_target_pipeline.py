@@ -39,13 +39,6 @@ def scim_target() -> Iterator[ScimTarget]:
         yield target
 
 
-@pytest.fixture
-def proxy(scim_target: ScimTarget) -> Iterator[FaultProxy]:
-    """Counts what the writer sends to SCIMMY."""
-    with FaultProxy(scim_target.base_url) as p:
-        yield p
-
-
 def _groups(p: Pipeline) -> dict[str, dict[str, Any]]:
     resources = p.scim.http.get("/Groups").json().get("Resources", [])
     return {g["displayName"]: g for g in resources}

@@ -3,12 +3,11 @@ mapper -> writer -> real scim2-server), with the fault proxy counting what the w
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from services.devstack.scim_target import ScimTarget
 from tests.conftest import APP, Pipeline, user
 from tests.support.faultproxy import FaultProxy
 from tests.support.writer_harness import MANAGER
@@ -17,12 +16,6 @@ pytestmark = pytest.mark.e2e
 
 Factory = Callable[..., Pipeline]
 ENTERPRISE = MANAGER.rsplit(":", 1)[0]
-
-
-@pytest.fixture
-def proxy(scim_target: ScimTarget) -> Iterator[FaultProxy]:
-    with FaultProxy(scim_target.base_url) as p:
-        yield p
 
 
 def group_app(proxy: FaultProxy) -> dict[str, Any]:

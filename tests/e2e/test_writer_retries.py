@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,7 +21,6 @@ from kafka import KafkaAdminClient
 from schemas import ProvisioningCommand
 from schemas.codecs import encode
 from schemas.control import AppHealth, Restart
-from services.devstack.scim_target import ScimTarget
 from services.runtime.kafka import consume, plain_producer
 from tests.conftest import Pipeline
 from tests.support.faultproxy import FaultProxy
@@ -30,12 +29,6 @@ from tests.support.writer_harness import MANAGER, group_cmd, user_cmd
 pytestmark = pytest.mark.e2e
 
 Factory = Callable[..., Pipeline]
-
-
-@pytest.fixture
-def proxy(scim_target: ScimTarget) -> Iterator[FaultProxy]:
-    with FaultProxy(scim_target.base_url) as p:
-        yield p
 
 
 def writer_app(proxy: FaultProxy, **retries: Any) -> dict[str, Any]:

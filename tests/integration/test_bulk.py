@@ -41,11 +41,6 @@ NO_WAIT = Backoff(wait_initial=0.0, wait_max=0.0, wait_jitter=0.0)
 DECLARED = BulkLimits(max_operations=1000, max_payload_size=1048576)
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @dataclass(frozen=True)
 class Target:
     name: str

@@ -29,11 +29,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 EVENT_DEADLINE = 2.0  # seconds from the LDAP write to the event
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def _skip_without_slapd() -> None:
     if slapd_binary("slapd") is None or slapd_binary("slapadd") is None:
         pytest.skip("OpenLDAP slapd is not installed: apt-get install slapd ldap-utils")

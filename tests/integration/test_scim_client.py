@@ -40,11 +40,6 @@ MANAGER = f"{ENTERPRISE_USER}:manager"
 NO_WAIT = Backoff(wait_initial=0.0, wait_max=0.0, wait_jitter=0.0)
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(scope="module")
 def scim_target() -> Iterator[ScimTarget]:
     """One server per module (start-up takes ~1 s); tests use unique user names."""

@@ -33,11 +33,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 FAST = Backoff(wait_initial=0.05, wait_max=0.2, wait_jitter=0.05)
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(scope="module")
 def scim_target() -> Iterator[ScimTarget]:
     """One server per module; tests use unique names."""

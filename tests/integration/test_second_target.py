@@ -29,11 +29,6 @@ SCIMMY_PAGE = 20  # SCIMMY's ListResponse page size when the request names no co
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 async def client(scimmy_target: ScimTarget) -> AsyncIterator[ScimClient]:
     async with ScimClient(scimmy_target.base_url, scimmy_target.token, backoff=NO_WAIT) as c:
         yield c

@@ -5,7 +5,6 @@ a target whose /Bulk fails falling back to single calls. Counted at the wire (th
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -14,36 +13,10 @@ import pytest
 
 from services.devstack.scim_target import ScimTarget
 from tests.support.faultproxy import FaultProxy
+from tests.support.scim_view import all_of
 from tests.support.writer_harness import application, group_cmd, harness, user_cmd
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def proxy(scim_target: ScimTarget) -> Iterator[FaultProxy]:
-    with FaultProxy(scim_target.base_url) as p:
-        yield p
-
-
-@pytest.fixture
-def http(scim_target: ScimTarget) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=scim_target.base_url, timeout=30,
-                      headers={"Authorization": f"Bearer {scim_target.token}"}) as client:
-        yield client
-
-
-def all_of(http: httpx.Client, kind: str) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    while True:
-        page = http.get(f"/{kind}", params={"startIndex": len(out) + 1, "count": 1000}).json()
-        out.extend(page.get("Resources", []))
-        if not page.get("Resources") or len(out) >= page["totalResults"]:
-            return out
 
 
 def new_user(http: httpx.Client, user_name: str) -> dict[str, Any]:

@@ -12,9 +12,7 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import httpx
 import msgspec
@@ -26,34 +24,15 @@ from schemas.control import AppHealth, Restart
 from services.devstack.scim_target import ScimTarget
 from services.scim.client import ScimClient
 from tests.support.faultproxy import FaultProxy
+from tests.support.scim_view import all_of
 from tests.support.writer_harness import MANAGER, Harness, application, group_cmd, harness, user_cmd
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def proxy(scim_target: ScimTarget) -> Iterator[FaultProxy]:
-    with FaultProxy(scim_target.base_url) as p:
-        yield p
-
-
 def target(scim_target: ScimTarget) -> httpx.Client:
     return httpx.Client(base_url=scim_target.base_url, timeout=10,
                         headers={"Authorization": f"Bearer {scim_target.token}"})
-
-
-def all_of(http: httpx.Client, kind: str) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    while True:
-        page = http.get(f"/{kind}", params={"startIndex": len(out) + 1, "count": 1000}).json()
-        out.extend(page.get("Resources", []))
-        if not page.get("Resources") or len(out) >= page["totalResults"]:
-            return out
 
 
 def member_ids(http: httpx.Client, group_id: str) -> set[str]:

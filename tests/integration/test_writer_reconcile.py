@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -19,29 +18,12 @@ import pytest
 from schemas import ProvisioningCommand
 from services.devstack.scim_target import ScimTarget
 from tests.support.faultproxy import FaultProxy
+from tests.support.scim_view import all_of
 from tests.support.writer_harness import Harness, application, group_cmd, harness, user_cmd
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def proxy(scim_target: ScimTarget) -> Iterator[FaultProxy]:
-    with FaultProxy(scim_target.base_url) as p:
-        yield p
-
-
-@pytest.fixture
-def http(scim_target: ScimTarget) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=scim_target.base_url, timeout=10,
-                      headers={"Authorization": f"Bearer {scim_target.token}"}) as client:
-        yield client
 
 
 PATCH_OP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
@@ -70,15 +52,6 @@ def remove(http: httpx.Client, path: str) -> None:
 
 def writes(proxy: FaultProxy) -> list[str]:
     return [f"{e.method} {e.path}" for e in proxy.log if e.method in WRITES]
-
-
-def all_of(http: httpx.Client, kind: str) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    while True:
-        page = http.get(f"/{kind}", params={"startIndex": len(out) + 1, "count": 1000}).json()
-        out.extend(page.get("Resources", []))
-        if not page.get("Resources") or len(out) >= page["totalResults"]:
-            return out
 
 
 def members_by_group(http: httpx.Client) -> dict[str, list[str]]:

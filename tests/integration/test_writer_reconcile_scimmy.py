@@ -8,10 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from services.devstack.scim_target import ScimTarget
-from tests.integration.test_writer_reconcile import (  # the fixtures come along
-    anyio_backend,
-    http,
-    proxy,
+from tests.integration.test_writer_reconcile import (  # the fixtures are tests/conftest.py's
     test_a_409_that_no_lookup_explains_is_one_error_with_bounded_retries,
     test_a_full_scan_after_a_restart_reads_the_target_once_and_writes_nothing,
     test_a_full_scan_repairs_drift_and_leaves_unmanaged_accounts_alone,
@@ -25,9 +22,6 @@ from tests.integration.test_writer_reconcile import (  # the fixtures come along
 from tests.support.scimmy_target import start_scimmy_target
 
 __all__ = [
-    "anyio_backend",
-    "http",
-    "proxy",
     "test_a_409_that_no_lookup_explains_is_one_error_with_bounded_retries",
     "test_a_full_scan_after_a_restart_reads_the_target_once_and_writes_nothing",
     "test_a_full_scan_repairs_drift_and_leaves_unmanaged_accounts_alone",

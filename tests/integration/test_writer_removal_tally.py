@@ -21,11 +21,6 @@ from tests.support.writer_harness import Harness, application, harness, user_cmd
 _control = msgspec.json.Decoder(ControlMessage)
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def _replicas(scim_target: ScimTarget, threshold: int) -> tuple[Harness, Harness]:
     app = application(deletion_threshold=threshold)
     a, b = (harness(scim_target.base_url, scim_target.token, app) for _ in range(2))

@@ -22,11 +22,6 @@ URL = "https://login.example.com/oauth2/token"
 SECRET = "cl1ent-s3cret-value"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class Clock:
     def __init__(self) -> None:
         self.now = 0.0

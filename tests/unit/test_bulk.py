@@ -56,11 +56,6 @@ Outcome = tuple[int, str | None, str]
 """(status, scimType, detail) of a failed operation."""
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class BulkServer:
     """A BulkTransport that answers like an RFC 7644 target, recording every request body.
 

@@ -386,11 +386,6 @@ def test_capabilities_survive_json_both_ways() -> None:
 
 # -- discover ---------------------------------------------------------------------------------
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def client(answers: dict[str, httpx.Response]) -> tuple[ScimClient, list[str]]:
     asked: list[str] = []
 

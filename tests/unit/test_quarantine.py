@@ -30,11 +30,6 @@ SETTINGS = Quarantine(failure_ratio=0.5, min_calls=4, window=60.0, probe_initial
 DOWN = TransientError("GET /Users -> 503 Service Unavailable", status=503)
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class Clock:
     def __init__(self) -> None:
         self.now = 1000.0

@@ -12,11 +12,6 @@ from services.scim.ratelimit import AimdLimits, Limits, RateLimiter
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class Clock:
     def __init__(self) -> None:
         self.now = 0.0

@@ -51,11 +51,6 @@ USER = {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "id": "u-1",
 Handler = Callable[[httpx.Request], httpx.Response]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class Script:
     """A MockTransport handler answering from a list, one answer per request, recording them."""
 
