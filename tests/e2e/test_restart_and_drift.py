@@ -24,7 +24,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 
@@ -33,6 +32,7 @@ from services.devstack.broker import Broker
 from services.devstack.scim_target import start_scim_target
 from tests.conftest import APP, Pipeline, user
 from tests.support.faultproxy import FaultProxy
+from tests.support.scim_view import all_of
 from tests.support.settle import Mark, Settled, WriterLog, group_lag, joined, mark, request_scan, wait_settled
 from tests.support.shared_pipeline import shared_pipeline
 
@@ -57,18 +57,9 @@ def _writes(proxy: FaultProxy) -> list[str]:
     return [f"{e.method} {e.path}" for e in proxy.log if e.method in WRITES]
 
 
-def _all(http: httpx.Client, kind: str) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    while True:
-        page = http.get(f"/{kind}", params={"startIndex": len(out) + 1, "count": 1000}).json()
-        out.extend(page.get("Resources", []))
-        if not page.get("Resources") or len(out) >= page["totalResults"]:
-            return out
-
-
 def _members(p: Pipeline) -> dict[str, list[str]]:
     """Group name -> member ids as the target holds them (duplicates kept)."""
-    groups = _all(p.scim.http, "Groups")
+    groups = all_of(p.scim.http, "Groups")
     return {g["displayName"]: sorted(m["value"] for m in g.get("members", [])) for g in groups}
 
 
