@@ -31,6 +31,7 @@ from schemas import ManagedObject, ProvisioningCommand
 
 __all__ = [
     "ABSENT",
+    "REDACTED",
     "UNKNOWN",
     "CaseRule",
     "Decision",
@@ -48,6 +49,10 @@ Action = Literal["lookup", "create", "adopt", "update", "disable", "delete", "sk
 Drift = Literal["repair", "report", "ignore"]
 CaseRule = Callable[[str], bool]
 """Target path -> whether its values compare case-sensitively (``caseExact``)."""
+
+REDACTED: Final = "[Redact]"
+"""How a value the mapping marks redacted shows in activity and error records (and in
+``scimflow expr``), where the writer would show the value."""
 
 
 class _Unknown:

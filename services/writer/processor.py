@@ -51,6 +51,7 @@ from services.runtime.records import error_record, malformed_message
 from services.runtime.settings import Settings
 from services.scim.capabilities import check_mappings
 from services.scim.quarantine import QuarantineEvent
+from services.writer.apply import Outcome, Writer
 from services.writer.chains import Ack, InOrderAcks, Job
 from services.writer.cycles import CycleTracker, FinishedScan
 from services.writer.deletion_guard import DeletionGuard, Staged
@@ -58,7 +59,6 @@ from services.writer.escrow import EscrowStore
 from services.writer.health import app_health, health_key, quarantine_error
 from services.writer.links import Deferrals, LinkIndex, resolve
 from services.writer.retry import escrow_interval, retry_delay, should_escrow
-from services.writer.worker import Outcome, Writer
 
 __all__ = ["Ack", "CommandProcessor"]
 

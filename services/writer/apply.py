@@ -1,4 +1,4 @@
-"""The writer's consume -> decide -> call the target -> record loop, for one command.
+"""One command against the target: match -> decide -> write -> record.
 
 ``Writer.handle`` takes one ProvisioningCommand and the object's managed state, calls the
 target through :class:`ScimClient` and returns what to record. It never raises for a
@@ -54,6 +54,7 @@ from services.writer.batcher import BulkBatcher
 from services.writer.bulk import bulk_limits
 from services.writer.decide import (
     ABSENT,
+    REDACTED,
     UNKNOWN,
     CaseRule,
     Decision,
@@ -79,7 +80,6 @@ __all__ = ["GROUP", "Outcome", "Writer"]
 
 log = structlog.get_logger("scimflow.writer")
 
-REDACTED = "[Redact]"
 GROUP: Kind = "group"
 """The resource kind of groups in ScimClient's generic calls."""
 _ENDPOINTS = {"user": "Users", "group": "Groups"}
