@@ -37,7 +37,7 @@ from services.runtime.settings import Settings
 from services.runtime.topics import Topics
 from services.scim.client import client_for
 from services.writer.apply import Writer
-from services.writer.processor import CommandProcessor
+from services.writer.worker import CommandProcessor
 
 __all__ = ["build_app", "build_writers"]
 

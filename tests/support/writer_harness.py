@@ -30,7 +30,7 @@ from services.runtime.kafka import partition_for
 from services.runtime.settings import load_settings
 from services.scim.client import Backoff, ScimClient
 from services.writer.apply import Writer
-from services.writer.processor import CommandProcessor
+from services.writer.worker import CommandProcessor
 
 MANAGER = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager"
 PARTITIONS = 3

@@ -1,4 +1,4 @@
-"""The writer's command processor: consume -> decide -> call the target -> record.
+"""The writer's consume loop: consume -> decide -> call the target -> record.
 
 Commands for different objects run concurrently (up to ``writer_batch`` commands in
 flight; the SCIM client caps each app's concurrent calls and rate) while commands for the
