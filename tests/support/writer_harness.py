@@ -158,9 +158,10 @@ class Harness:
     async def settle(self, *, wait: float = 30.0) -> None:
         """Wait until nothing is in flight or parked (escrowed objects are not in flight)."""
         deadline = asyncio.get_running_loop().time() + wait
-        while self.processor.jobs or self.processor._reruns:
+        jobs = self.processor.scheduler.jobs
+        while jobs or self.processor._reruns:
             if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"still in flight after {wait}s: {len(self.processor.jobs)} jobs")
+                raise AssertionError(f"still in flight after {wait}s: {len(jobs)} jobs")
             await asyncio.sleep(0.05)
 
     def activity(self) -> list[ActivityRecord]:
