@@ -63,7 +63,13 @@ from services.writer.decide import (
     case_exact_default,
     decide,
     desired_state,
+    dry_run,
+    failed_action,
+    group_action,
+    members_decision,
+    must_read_members,
     nfc,
+    reported_action,
     same_value,
 )
 from services.writer.discovery import TargetSnapshot, discover
@@ -127,6 +133,8 @@ class _Run:
     decision: Decision
     conflicts: int = 0
     created_members: set[str] = field(default_factory=set)
+    listed: ScimResource | None = None
+    """The managed object's resource in this scan's listing, unless written since."""
     """A group created in a bulk request with members: their target ids."""
 
     @property
@@ -256,23 +264,18 @@ class Writer:
         trace.step("scope", "success" if cmd.operation == "upsert" else "skipped", cmd.reason)
         return trace
 
-    def _observed(self, run: _Run) -> Observed:
-        """The target's resource for a managed object, when this scan's listing knows it."""
-        if run.snapshot is None or run.managed is None:
-            return UNKNOWN
-        if run.managed.updated_at >= run.snapshot.taken_at:
-            return UNKNOWN  # written after the listing (here or by another replica)
-        if not run.snapshot.knows(run.kind, run.managed.target_id):
-            return UNKNOWN
-        found = run.snapshot.resource(run.kind, run.managed.target_id)
-        return found.body if found is not None else ABSENT
-
     @staticmethod
-    def _listed(run: _Run, managed: ManagedObject) -> ScimResource | None:
-        """The managed object's resource in this scan's listing, unless written since."""
-        if run.snapshot is None or managed.updated_at >= run.snapshot.taken_at:
-            return None
-        return run.snapshot.resource(run.kind, managed.target_id)
+    def _observed(run: _Run) -> Observed:
+        """The target's resource for a managed object, when this scan's listing knows it;
+        the listed resource is kept in ``run.listed`` for the write (read once)."""
+        managed, snapshot = run.managed, run.snapshot
+        if snapshot is None or managed is None or managed.updated_at >= snapshot.taken_at:
+            return UNKNOWN  # no listing, or written after it (here or by another replica)
+        kind = run.kind
+        run.listed = snapshot.resource(kind, managed.target_id)
+        if not snapshot.knows(kind, managed.target_id):
+            return UNKNOWN
+        return run.listed.body if run.listed is not None else ABSENT
 
     async def handle(self, cmd: ProvisioningCommand, managed: ManagedObject | None,
                      members: list[str] | None = None, *, owner: Owner | None = None,
@@ -404,8 +407,9 @@ class Writer:
         if run.decision.action == "create":
             state, found = await self._create(run)
             if state is not None:
-                return Outcome(state, self._activity(run.cmd, self._named("create", run), "success",
-                                                     run.decision, state, run.trace))
+                action = reported_action("create", run.decision)
+                record = self._activity(run.cmd, action, "success", run.decision, state, run.trace)
+                return Outcome(state, record)
             if self._skipped(run):
                 return self._skip(run, None)
         assert found is not None
@@ -429,7 +433,7 @@ class Writer:
         detail = (f" ({len(run.created_members)} members)" if run.created_members
                   else " (no members yet)" if run.kind == GROUP else "")
         if run.kind != GROUP:  # a group's action step follows its members
-            run.trace.step("action", "success", self._named("create", run))
+            run.trace.step("action", "success", reported_action("create", run.decision))
         run.trace.step("export", "success", f"POST /{_ENDPOINTS[run.kind]} -> 201, id {created.id}{detail}")
         chosen = {p: values[p] for p in cmd.unique_candidates}
         written = desired_state(cmd) | chosen | ({MEMBERS: sorted(run.created_members)}
@@ -526,7 +530,7 @@ class Writer:
 
     async def _update(self, run: _Run, managed: ManagedObject) -> Outcome:
         decision = run.decision
-        current = self._listed(run, managed)
+        current = run.listed
         try:
             answer = await self._write(run.kind, managed.target_id, decision.changes, current)
         except NotFoundError:
@@ -539,7 +543,7 @@ class Writer:
         written = {**managed.attributes, **decision.changes}
         unstored = _unstored(decision.changes, answer.body) if answer is not None else list(managed.unstored)
         new = self._managed(run.cmd, managed.target_id, written, managed.origin, managed, unstored)
-        action = self._named("disable" if decision.action == "disable" else "update", run)
+        action = reported_action("disable" if decision.action == "disable" else "update", decision)
         return Outcome(new, self._activity(run.cmd, action, "success", decision, new, run.trace))
 
     async def _vanished(self, run: _Run, managed: ManagedObject) -> Outcome:
@@ -580,7 +584,7 @@ class Writer:
         managed = run.managed
         assert managed is not None  # decide() asks for lookup when we do not manage it
         run.trace.step("match", "success", f"managed by scimflow as target id {managed.target_id}")
-        listed = self._listed(run, managed) if self.app.drift != "ignore" else None
+        listed = run.listed if self.app.drift != "ignore" else None
         try:
             state, answer = await self._group_update(run, managed, listed)
         except NotFoundError:
@@ -633,18 +637,13 @@ class Writer:
         # No await from here to the write: members whose creates wait in the batcher now can
         # be referred to by bulkId in the same request.
         pending = self.batcher.queued(self._unlinked(run)) if self.batcher is not None else []
-        before, decision = run.managed, run.decision
+        before = run.managed
         drifted = bool(delta) and not member_delta(written, desired) and not created
-        if drifted and self.app.drift == "report":
-            run.decision = Decision("skip", f"members changed directly in the target ({delta.describe()}); "
-                                            "reported only (drift: report)", repair=True)
+        run.decision = decision = members_decision(run.decision, delta, pending, drifted=drifted,
+                                                   drift=self.app.drift)
+        if decision.action == "skip":  # member drift, reported only (a skip never gets here)
             return self._skip(run, before)
         if delta or pending:
-            shown = MemberDelta([*delta.add, *pending], delta.remove)
-            if decision.action == "noop":
-                run.decision = decision = Decision(
-                    "update", (f"members changed directly in the target ({shown.describe()}); written back"
-                               if drifted else f"membership changed ({shown.describe()})"), repair=drifted)
             try:
                 added = await self._send_members(state.target_id, delta, pending)
             except TargetError as exc:
@@ -661,7 +660,7 @@ class Writer:
         if not delta and decision.action == "noop":
             # Nothing written: at most the members found in place are now counted as ours.
             return Outcome(state, None, changed_state=state is not before)
-        action = self._named(_group_action(decision, delta), run)
+        action = reported_action(group_action(decision, delta), decision)
         run.trace.step("action", "success", action)
         extra = (_member_props(set(), sorted(desired), MemberDelta(sorted(desired), []))
                  if created and desired else _member_props(written, sorted(desired), delta))
@@ -679,42 +678,31 @@ class Writer:
     async def _actual_members(self, run: _Run, state: ManagedObject, written: set[str],
                               desired: set[str], seen: ScimResource | None) -> set[str]:
         """The members the target has: from a resource read in this run; else a GET when
-        :meth:`_read_members` says so. Otherwise the members scimflow wrote are what the
+        ``must_read_members`` says so. Otherwise the members scimflow wrote are what the
         target has as far as it knows: no read."""
         if seen is not None and has_members(seen.body):
             return current_members(seen.body)
         managed = run.managed
-        if managed is not None and not self._read_members(run, managed, written, desired):
-            return written
+        if managed is not None:
+            listed = run.snapshot is not None and managed.updated_at < run.snapshot.taken_at
+            if not must_read_members(managed, written, desired, listed=listed, drift=self.app.drift):
+                return written
         fresh = await self.client.get(GROUP, state.target_id)
         return current_members(fresh.body) if has_members(fresh.body) else written
-
-    def _read_members(self, run: _Run, managed: ManagedObject, written: set[str], desired: set[str]) -> bool:
-        """Whether a managed group's members must be read from the target: a full scan checks
-        a group it listed for drift; and a group scimflow adopted may hold members it has not
-        linked yet, so adding one means looking first (some targets store duplicates)."""
-        listed = run.snapshot is not None and managed.updated_at < run.snapshot.taken_at
-        if listed and self.app.drift != "ignore":
-            return True
-        return managed.origin == "adopted" and bool(member_delta(written, desired).add)
 
     # -- dry run -------------------------------------------------------------------------------
 
     async def _dry_run(self, run: _Run) -> Outcome:
         """Every decision, reads included, reported as ``dryRun``; nothing written anywhere."""
         written = written_members(run.managed)
-        delta = MemberDelta([], [])
         if run.decision.action == "lookup":
             found = await self._match(run)
             if found is not None and run.members is not None:
                 written = current_members(found.body) & set(run.members)
-        if run.members is not None:
-            delta = member_delta(written, run.members)
         decision = run.decision
-        if decision.action == "noop" and not delta:
+        action, delta = dry_run(decision, written, run.members)
+        if action is None:
             return Outcome(run.managed, None, changed_state=False)
-        action = self._named(_group_action(decision, delta) if run.members is not None else decision.action,
-                             run)
         run.trace.step("action", "skipped", f"dry run: would {action}; nothing was written")
         extra = _member_props(written, run.members, delta) if run.members is not None else []
         status = "skipped" if action == "skip" else "dryRun"
@@ -727,11 +715,6 @@ class Writer:
     def _method(self) -> str:
         """How the client sent the last update (PUT once a target refused PATCH)."""
         return "PUT" if self.client.uses_put else "PATCH"
-
-    @staticmethod
-    def _named(action: str, run: _Run) -> Any:
-        """A write made to repair drift is reported as ``repair``."""
-        return "repair" if run.decision.repair and action in ("create", "update", "disable") else action
 
     def _managed(self, cmd: ProvisioningCommand, target_id: str, written: Mapping[str, Any],
                  origin: Any, before: ManagedObject | None,
@@ -771,7 +754,7 @@ class Writer:
         cmd, decision, trace = run.cmd, run.decision, run.trace
         managed = state or run.managed
         trace.step("export", "failure", str(exc))
-        action = self._named({"lookup": "create", "noop": "skip"}.get(decision.action, decision.action), run)
+        action = failed_action(decision)
         activity = self._activity(cmd, action, "failure", decision, managed, trace, error_code=exc.code)
         error = error_record(
             "writer", exc.code, str(exc), exc.recommended_action, attempts=int(getattr(exc, "attempts", 1)),
@@ -784,13 +767,6 @@ class Writer:
             "target call failed", app=cmd.app, source_id=cmd.source_id, action=action,
             error_code=exc.code, status=exc.status)
         return Outcome(managed, activity, error, changed_state=changed_state, retry=retry)
-
-
-def _group_action(decision: Decision, delta: MemberDelta) -> Any:
-    """The activity action of a group outcome: members alone changing is an update."""
-    if decision.action in ("create", "adopt", "skip", "delete"):
-        return decision.action
-    return "update" if decision.action == "update" or delta else "skip"
 
 
 def _member_props(written: set[str], members: list[str] | None, delta: MemberDelta) -> list[ModifiedProperty]:
