@@ -149,7 +149,7 @@ def _expr_object(config: Path, app_name: str | None, object_id: str | None,
     from services.mapper.main import compile_apps
     from services.mapper.planner import plan
     from services.scim.paths import build_resource, read_path
-    from services.writer.decide import after_lookup
+    from services.writer.decide import REDACTED, after_lookup
 
     if not app_name or not object_id:
         raise ConfigError("--config needs --app and --object")
@@ -174,7 +174,7 @@ def _expr_object(config: Path, app_name: str | None, object_id: str | None,
         raise ConfigError(f"application {app_name!r} does not provision users")
     # The writer's own decision when no target account matches: what it would POST.
     create = after_lookup(cmd, None, frozenset({"create"}), read_path)
-    shown = dict.fromkeys(cmd.redacted, "[Redact]")  # as the writer shows them (REDACTED)
+    shown = dict.fromkeys(cmd.redacted, REDACTED)  # as the writer shows them
     print_json({
         "operation": cmd.operation,
         "scope": cmd.reason,

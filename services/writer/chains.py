@@ -1,4 +1,4 @@
-"""Per-object chains of the writer's processor: jobs, and acknowledgements in offset order.
+"""Per-object chains of the writer's scheduler: jobs, and acknowledgements in offset order.
 
 Each object (key ``app/source_id``) has a chain of :class:`Job`s that run one after another;
 different objects run concurrently. Acks are manual and in offset order per partition

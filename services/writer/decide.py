@@ -14,7 +14,9 @@ it owns. The rules (Entra's, plus "never touch what we do not manage"):
 
 Groups have no soft delete in SCIM (no ``active``): a group that leaves scope or the
 source is deleted if the Delete action is enabled, else left in the target (skip), as
-Entra does. Their membership is not an attribute here: ``groups.member_delta`` owns it.
+Entra does. Their membership is not an attribute here: ``groups.member_delta`` computes the
+delta, and the decisions around it are here (when to read the target's members, what a
+member change or member drift leads to, what a dry run reports).
 
 Values compare as SCIM does: Unicode NFC, and case-insensitively for attributes whose
 schema says ``caseExact: false`` (RFC 7643's defaults, or what the target declares).
@@ -28,9 +30,11 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from schemas import ManagedObject, ProvisioningCommand
+from services.writer.groups import MemberDelta, member_delta
 
 __all__ = [
     "ABSENT",
+    "REDACTED",
     "UNKNOWN",
     "CaseRule",
     "Decision",
@@ -40,7 +44,13 @@ __all__ = [
     "case_exact_default",
     "decide",
     "desired_state",
+    "dry_run",
+    "failed_action",
+    "group_action",
+    "members_decision",
+    "must_read_members",
     "nfc",
+    "reported_action",
     "same_value",
 ]
 
@@ -48,6 +58,10 @@ Action = Literal["lookup", "create", "adopt", "update", "disable", "delete", "sk
 Drift = Literal["repair", "report", "ignore"]
 CaseRule = Callable[[str], bool]
 """Target path -> whether its values compare case-sensitively (``caseExact``)."""
+
+REDACTED: Final = "[Redact]"
+"""How a value the mapping marks redacted shows in activity and error records (and in
+``scimflow expr``), where the writer would show the value."""
 
 
 class _Unknown:
@@ -270,3 +284,60 @@ def after_lookup(cmd: ProvisioningCommand, found: Mapping[str, Any] | None,
     if "create" not in actions:
         return Decision("skip", "no matching account and the Create action is off")
     return Decision("create", reason, {**cmd.create_only, **desired}, repair=repair)
+
+
+# -- after the first decision: groups' members, dry runs, what an outcome is called ---------
+
+
+def must_read_members(managed: ManagedObject, written: set[str], desired: set[str], *,
+                      listed: bool, drift: Drift) -> bool:
+    """Whether a managed group's members must be read from the target: a full scan checks
+    a group it ``listed`` for drift; and a group scimflow adopted may hold members it has not
+    linked yet, so adding one means looking first (some targets store duplicates)."""
+    if listed and drift != "ignore":
+        return True
+    return managed.origin == "adopted" and bool(member_delta(written, desired).add)
+
+
+def members_decision(decision: Decision, delta: MemberDelta, pending: list[str], *,
+                     drifted: bool, drift: Drift) -> Decision:
+    """The decision once a group's member ``delta`` (and the ``pending`` members, source ids
+    whose creates wait in a bulk request) is known. ``drifted``: the delta is only members
+    changed directly in the target; reported and skipped with ``drift: report``."""
+    if drifted and drift == "report":
+        return Decision("skip", f"members changed directly in the target ({delta.describe()}); "
+                                "reported only (drift: report)", repair=True)
+    if (delta or pending) and decision.action == "noop":
+        shown = MemberDelta([*delta.add, *pending], delta.remove)
+        reason = (f"members changed directly in the target ({shown.describe()}); written back"
+                  if drifted else f"membership changed ({shown.describe()})")
+        return Decision("update", reason, repair=drifted)
+    return decision
+
+
+def group_action(decision: Decision, delta: MemberDelta) -> Any:
+    """The activity action of a group outcome: members alone changing is an update."""
+    if decision.action in ("create", "adopt", "skip", "delete"):
+        return decision.action
+    return "update" if decision.action == "update" or delta else "skip"
+
+
+def reported_action(action: str, decision: Decision) -> Any:
+    """A write made to repair drift is reported as ``repair``."""
+    return "repair" if decision.repair and action in ("create", "update", "disable") else action
+
+
+def failed_action(decision: Decision) -> Any:
+    """What a failure is reported as: the write that was attempted (a lookup was for a create)."""
+    attempted = {"lookup": "create", "noop": "skip"}.get(decision.action, decision.action)
+    return reported_action(attempted, decision)
+
+
+def dry_run(decision: Decision, written: set[str], members: list[str] | None) -> tuple[Any, MemberDelta]:
+    """What a dry run reports: the action it would take (None: nothing to do) and, for a
+    group (``members`` given), the member delta against ``written``."""
+    delta = member_delta(written, members) if members is not None else MemberDelta([], [])
+    if decision.action == "noop" and not delta:
+        return None, delta
+    action = group_action(decision, delta) if members is not None else decision.action
+    return reported_action(action, decision), delta

@@ -36,8 +36,8 @@ from services.runtime.kafka import (
 from services.runtime.settings import Settings
 from services.runtime.topics import Topics
 from services.scim.client import client_for
-from services.writer.processor import CommandProcessor
-from services.writer.worker import Writer
+from services.writer.apply import Writer
+from services.writer.worker import CommandProcessor
 
 __all__ = ["build_app", "build_writers"]
 
@@ -65,7 +65,7 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
     async def write(stream: Any) -> None:
         # The consume loop never waits for the writer's state: faust drops the records it
         # fetched while a stream does not take them around a rebalance. Each object's job
-        # waits for the state instead (CommandProcessor._run).
+        # waits for the state instead (Scheduler._run).
         skipped = SkippedRecords(app, "writer")
         manual = stream.noack()
         async for event in manual.events():
@@ -78,11 +78,11 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
 
     @app.timer(0.5)  # type: ignore[untyped-decorator]
     async def guard() -> None:
-        await processor.tick_guard()
+        await processor.app_state.tick_guard()
 
     @app.timer(1.0)  # type: ignore[untyped-decorator]
     async def escrowed() -> None:
-        await processor.tick_escrow()
+        await processor.scheduler.tick_escrow()
 
     @app.task  # type: ignore[untyped-decorator]
     async def control() -> None:
@@ -129,14 +129,14 @@ def _raw_table(app: Any, name: str, settings: Settings) -> Any:
 async def _dispatch(processor: CommandProcessor, message: ControlMessage) -> None:
     match message:
         case AllowDeletes():
-            processor.allow_deletes(message)
+            processor.app_state.allow_deletes(message)
         case AppStatus():
-            await processor.set_status(message)
+            await processor.app_state.set_status(message)
         case Restart():
-            await processor.on_restart(message)
+            await processor.app_state.on_restart(message)
         case AppHealth():
-            await processor.on_health(message)  # what a writer published, maybe before a crash
+            await processor.app_state.on_health(message)  # what a writer published, maybe before a crash
         case RemovalTally():
-            processor.on_tally(message)
+            processor.app_state.on_tally(message)
         case ProvisionRequest() | AppCapabilities():
             pass  # ingest's; the writer's own, for status

@@ -94,7 +94,7 @@ _CONFLICT_LOOP = not hasattr(errors, "UnfindableConflictError")
 
 
 @pytest.mark.xfail(_CONFLICT_LOOP, strict=True, reason=(
-    "scimflow bug: services/writer/worker.py _create -> ConflictError -> _lookup_then_write "
+    "scimflow bug: services/writer/apply.py _create -> ConflictError -> _lookup_then_write "
     "-> _create recurses without bound when the target's filter cannot find the account its "
     "409 is about; ends in RecursionError (WriterFailure) after hundreds of POSTs"))
 def test_a_409_the_filter_cannot_explain_is_no_create_loop(pipeline_factory: Factory,

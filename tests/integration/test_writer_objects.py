@@ -159,7 +159,7 @@ async def test_waiting_object_does_not_block_its_partition_and_retry_after_is_ho
     first_post = proxy.requests("POST", "/Users")
     while len(all_of(target(scim_target), "Users")) < 29:
         assert time.monotonic() - started < 10
-        await h.processor.drain()
+        await h.processor.scheduler.drain()
     others_done = time.monotonic() - started
     assert others_done < 3, "the 29 other objects waited for the throttled one"
     assert h.pending_acks >= 1  # the waiting command's offset is not acknowledged
@@ -179,7 +179,7 @@ async def test_newer_command_supersedes_a_waiting_one_and_nothing_runs_out_of_or
     proxy.fail(429, retry_after="5", method="POST", path="/Users", times=1)
     started = time.monotonic()
     await h.feed(user_cmd(1, displayName="Old"))
-    await h.processor.drain()  # returns while the object waits out its Retry-After
+    await h.processor.scheduler.drain()  # returns while the object waits out its Retry-After
     assert [e.status for e in proxy.requests("POST", "/Users")] == [429]
     await h.feed(user_cmd(1, displayName="New"))
     await h.settle()
@@ -239,15 +239,15 @@ async def test_escrow_after_n_attempts_acks_reports_once_and_applies_when_target
     assert sorted(e.source_id or "" for e in errors) == ["u1", "u2"]
     assert {e.error_code for e in errors} == {"ObjectEscrowed"} and all(e.attempts == 3 for e in errors)
     assert len(h.escrow) == 2
-    await h.processor.tick_escrow()  # not due yet: nothing happens
+    await h.processor.scheduler.tick_escrow()  # not due yet: nothing happens
     assert len(proxy.requests("POST", "/Users")) == 6
     await asyncio.sleep(1.0)
-    await h.processor.tick_escrow()  # due, the target still fails: no second report
+    await h.processor.scheduler.tick_escrow()  # due, the target still fails: no second report
     await h.settle()
     assert len(h.errors()) == 2 and len(h.escrow) == 2
     proxy.clear()
     await asyncio.sleep(1.0)
-    await h.processor.tick_escrow()
+    await h.processor.scheduler.tick_escrow()
     await h.settle()
     assert h.escrow == {}
     assert sorted(u["userName"] for u in all_of(target(scim_target), "Users")) == [
@@ -285,7 +285,7 @@ async def test_restart_with_link_reset_matches_existing_accounts_without_duplica
     await h.feed(*(user_cmd(i) for i in range(5)), group_cmd("g1", "Team", ["u0", "u1"]))
     await h.settle()
     before = {sid: h.state(sid).target_id for sid in ("u0", "g1")}  # type: ignore[union-attr]
-    await h.processor.restart("app", reset_links=True)
+    await h.processor.app_state.restart("app", reset_links=True)
     assert h.managed == {} and h.processor.links.target_id("app", "u0") is None
     await h.feed(*(user_cmd(i) for i in range(5)), group_cmd("g1", "Team", ["u0", "u1"]))
     await h.settle()
@@ -311,7 +311,7 @@ async def test_quarantine_publishes_one_error_and_health_on_enter_and_leave(
     client = ScimClient(proxy.url, scim_target.token, attempts=1, app="app",
                         quarantine=app.target.quarantine)
     writer.client = client
-    client.on_quarantine(h.processor._on_quarantine)
+    client.on_quarantine(h.processor.app_state.on_quarantine)
     proxy.outage(2.0, mode="503")
     await h.feed(*(user_cmd(i) for i in range(10)))
     await h.settle(wait=30)
@@ -325,9 +325,9 @@ async def test_quarantine_publishes_one_error_and_health_on_enter_and_leave(
 
 async def test_a_quarantine_left_behind_by_a_stopped_writer_is_cleared_at_start() -> None:
     h = harness("http://127.0.0.1:9/v2", "token-not-used")
-    earlier = h.processor.started - timedelta(minutes=5)
-    await h.processor.on_health(AppHealth(app="app", quarantined=True, reason="x", at=earlier))
-    await h.processor.on_health(AppHealth(app="app", quarantined=True, reason="x",
+    earlier = h.processor.app_state.started - timedelta(minutes=5)
+    await h.processor.app_state.on_health(AppHealth(app="app", quarantined=True, reason="x", at=earlier))
+    await h.processor.app_state.on_health(AppHealth(app="app", quarantined=True, reason="x",
                                           at=datetime.now(UTC)))  # this process's own: left alone
     sent = [(k, msgspec.json.decode(v, type=AppHealth)) for k, v in h.control_topic.sent]
     assert [(k, m.quarantined) for k, m in sent] == [(b"app/health", False)]
@@ -389,14 +389,14 @@ async def test_a_restart_request_is_acted_on_once_and_not_again_when_the_topic_i
     h = harness("http://127.0.0.1:9/v2", "token-not-used")
     h.managed[b"app/u1"] = b"{}"
     old = Restart(app="app", request_id="r0", reset_links=True, by="ops",
-                  at=h.processor.started - timedelta(minutes=1))
-    await h.processor.on_restart(old)  # read back from the compacted topic: done before
+                  at=h.processor.app_state.started - timedelta(minutes=1))
+    await h.processor.app_state.on_restart(old)  # read back from the compacted topic: done before
     assert b"app/u1" in h.managed
     new = Restart(app="app", request_id="r1", reset_links=True, by="ops", at=datetime.now(UTC))
-    await h.processor.on_restart(new)
+    await h.processor.app_state.on_restart(new)
     assert h.managed == {}
     h.managed[b"app/u2"] = b"{}"
-    await h.processor.on_restart(new)  # the same request again: nothing
+    await h.processor.app_state.on_restart(new)  # the same request again: nothing
     assert b"app/u2" in h.managed
     await h.processor.close()
 

@@ -98,7 +98,7 @@ async def test_a_restart_with_state_kept_writes_nothing(scim_target: ScimTarget,
         feeding = asyncio.ensure_future(again.feed(*commands))
         await asyncio.sleep(0.2)
         # Taken (the consumer never stalls on it) but held: not one request before the state.
-        assert again.processor.jobs and proxy.log == []
+        assert again.processor.scheduler.jobs and proxy.log == []
         again.restore_links()
         await feeding
     elif order == "links-before-commands":

@@ -25,7 +25,7 @@ def _replicas(scim_target: ScimTarget, threshold: int) -> tuple[Harness, Harness
     app = application(deletion_threshold=threshold)
     a, b = (harness(scim_target.base_url, scim_target.token, app) for _ in range(2))
     for h in (a, b):
-        h.processor.guard.grace = timedelta(seconds=0.5)
+        h.processor.app_state.guard.grace = timedelta(seconds=0.5)
     return a, b
 
 
@@ -35,13 +35,13 @@ async def _run_guards(a: Harness, b: Harness, seconds: float, *, exchange: bool)
     end = asyncio.get_running_loop().time() + seconds
     while asyncio.get_running_loop().time() < end:
         for me, peer in ((a, b), (b, a)):
-            await me.processor.tick_guard()
+            await me.processor.app_state.tick_guard()
             sent = me.control_topic.sent[seen[id(me)]:]
             seen[id(me)] += len(sent)
             for _, value in sent:
                 message = _control.decode(value)
                 if exchange and isinstance(message, RemovalTally):
-                    peer.processor.on_tally(message)
+                    peer.processor.app_state.on_tally(message)
         await asyncio.sleep(0.1)
     await asyncio.gather(a.settle(), b.settle())
 
@@ -66,18 +66,18 @@ async def test_a_burst_spread_over_two_replicas_is_held_on_both(scim_target: Sci
     await _provision_and_remove(a, b)  # 8 removals, 4 per replica: each alone is under 5
     await _run_guards(a, b, 1.5, exchange=True)
 
-    assert a.processor.guard.held("app") and b.processor.guard.held("app")
+    assert a.processor.app_state.guard.held("app") and b.processor.app_state.guard.held("app")
     for h in (a, b):
         assert sorted(r.action for r in h.activity() if r.action == "stagedDelete") == ["stagedDelete"] * 4
     assert all(_active(scim_target).values()), "no account may be disabled while held"
 
     allowed = AllowDeletes(app="app", before=datetime.now(UTC), by="test")
     for h in (a, b):
-        h.processor.allow_deletes(allowed)
+        h.processor.app_state.allow_deletes(allowed)
     await _run_guards(a, b, 1.0, exchange=True)
     active = _active(scim_target)
     assert len(active) == 8 and not any(active.values())  # exactly the 8, after the allow
-    assert not a.processor.guard.held("app") and not b.processor.guard.held("app")
+    assert not a.processor.app_state.guard.held("app") and not b.processor.app_state.guard.held("app")
 
 
 @pytest.mark.anyio
@@ -90,4 +90,4 @@ async def test_without_the_tallies_each_replica_alone_would_let_them_through(
     assert not any(_active(scim_target).values())
     sent = [_control.decode(v) for _, v in a.control_topic.sent]
     tallies = [m for m in sent if isinstance(m, RemovalTally)]
-    assert tallies and tallies[0].count == 4 and tallies[0].replica == a.processor.replica
+    assert tallies and tallies[0].count == 4 and tallies[0].replica == a.processor.app_state.replica

@@ -29,8 +29,8 @@ from services.runtime.config import Application
 from services.runtime.kafka import partition_for
 from services.runtime.settings import load_settings
 from services.scim.client import Backoff, ScimClient
-from services.writer.processor import CommandProcessor
-from services.writer.worker import Writer
+from services.writer.apply import Writer
+from services.writer.worker import CommandProcessor
 
 MANAGER = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager"
 PARTITIONS = 3
@@ -158,9 +158,10 @@ class Harness:
     async def settle(self, *, wait: float = 30.0) -> None:
         """Wait until nothing is in flight or parked (escrowed objects are not in flight)."""
         deadline = asyncio.get_running_loop().time() + wait
-        while self.processor.jobs or self.processor._reruns:
+        jobs = self.processor.scheduler.jobs
+        while jobs or self.processor._reruns:
             if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"still in flight after {wait}s: {len(self.processor.jobs)} jobs")
+                raise AssertionError(f"still in flight after {wait}s: {len(jobs)} jobs")
             await asyncio.sleep(0.05)
 
     def activity(self) -> list[ActivityRecord]:

@@ -10,7 +10,7 @@ import msgspec
 from schemas import ManagedObject, MatchingAttribute, ProvisioningCommand
 from services.runtime.config import Application
 from services.scim.client import ScimClient
-from services.writer.worker import Outcome, Writer
+from services.writer.apply import Outcome, Writer
 
 APP = msgspec.convert({
     "name": "crm", "target": {"base_url": "http://127.0.0.1:9/v2", "token": "env:T"},

@@ -1,0 +1,245 @@
+"""The writer's app-level rules: provisioning status Off/On, restart, accidental-deletion
+prevention with the replicas' removal tallies, and quarantine health.
+
+Per-object work runs through the :class:`~services.writer.scheduler.Scheduler`; these rules
+sit around it, per application: Off keeps each object's latest command until On; the
+deletion guard (``deletion_guard``) stages removals and holds them past the threshold,
+counting every replica's removals (``RemovalTally`` on the control topic); a Restart
+clears the app's escrow, quarantine and deferrals (and links, if asked).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+
+from schemas import ErrorRecord, ManagedObject, ProvisioningCommand
+from schemas.codecs import decoder
+from schemas.control import AllowDeletes, AppHealth, AppStatus, RemovalTally, Restart
+from services.runtime import metrics
+from services.runtime.records import error_record
+from services.runtime.settings import Settings
+from services.scim.quarantine import QuarantineEvent
+from services.writer.apply import Writer
+from services.writer.chains import Job
+from services.writer.deletion_guard import DeletionGuard, Staged
+from services.writer.health import app_health, health_key, quarantine_error
+from services.writer.links import Deferrals, LinkIndex
+from services.writer.publish import Publisher
+from services.writer.scheduler import Scheduler
+
+__all__ = ["AppState"]
+
+log = structlog.get_logger("scimflow.writer")
+
+_state = decoder("writer.managed")
+
+_TALLY_REPEAT = timedelta(seconds=5)
+"""How often a replica repeats a non-zero removal tally (peers forget one after 15 s)."""
+
+
+class AppState:
+    """Per app: status On/Off, the deletion guard and its tallies, restarts, health."""
+
+    def __init__(self, settings: Settings, writers: dict[str, Writer], managed: Any, *,
+                 scheduler: Scheduler, publisher: Publisher, links: LinkIndex, deferrals: Deferrals,
+                 restored: asyncio.Event, spawn: Callable[[Awaitable[None]], None],
+                 learn: Callable[[list[str]], Awaitable[None]]) -> None:
+        self.paused: dict[str, dict[bytes, ProvisioningCommand] | None] = {
+            name: ({} if w.app.status == "off" else None) for name, w in writers.items()}
+        """Per app: None while on; while off, the latest command of each object, to apply on resume."""
+        self.guard = DeletionGuard({name: w.app.deletion_threshold for name, w in writers.items()},
+                                   grace=settings.removal_grace)
+        self.replica = uuid.uuid4().hex[:12]
+        """This writer process among the replicas (the removal tallies it publishes)."""
+        self._tallies: dict[str, tuple[int, datetime]] = {}
+        """Per app: the tally this replica last published, and when."""
+        self.started = datetime.now(UTC)
+        self.restarts: set[str] = set()
+        """request_ids of the Restart requests already handled by this process."""
+        self.writers = writers
+        self.managed = managed
+        self._scheduler = scheduler
+        self._publisher = publisher
+        self._links = links
+        self._deferrals = deferrals
+        self._restored = restored
+        self._spawn = spawn
+        self._learn = learn
+        """Reads an app's target capabilities again (after its restart)."""
+        for writer in writers.values():
+            writer.client.on_quarantine(self.on_quarantine)
+
+    # -- status On/Off ---------------------------------------------------------------------
+
+    def is_off(self, app: str) -> bool:
+        return self.paused.get(app) is not None
+
+    def hold_while_off(self, key: bytes, command: ProvisioningCommand) -> bool:
+        """Off: nothing reaches the target; the latest desired state waits for On."""
+        waiting = self.paused.get(command.app)
+        if waiting is None:
+            return False
+        waiting[key] = command
+        self.guard.drop(command.app, key)
+        return True
+
+    async def set_status(self, control: AppStatus) -> None:
+        """Off pauses an app's writes (other apps go on); on applies what changed meanwhile."""
+        if control.app not in self.paused:
+            return
+        waiting = self.paused[control.app]
+        if control.status == "off":
+            if waiting is None:
+                log.info("provisioning paused", app=control.app, by=control.by)
+                self.paused[control.app] = {}
+            return
+        if waiting is None:
+            return
+        self.paused[control.app] = None
+        log.info("provisioning resumed", app=control.app, by=control.by, pending=len(waiting))
+        for key, command in waiting.items():
+            await self._scheduler.schedule(Job(key, command))
+
+    # -- accidental-deletion prevention ----------------------------------------------------
+
+    async def stage_removal(self, key: bytes, command: ProvisioningCommand,
+                            state: ManagedObject | None, writer: Writer) -> bool:
+        """While the guard watches the app: a removal is staged (True: not applied now), and
+        any other command supersedes a removal the object had waiting."""
+        if not self.guard.guards(command.app):
+            return False
+        self.guard.drop(command.app, key)  # this command supersedes a waiting removal
+        if writer.preview(command, state).action not in ("disable", "delete"):
+            return False
+        if self.guard.stage(Staged(key, command, datetime.now(UTC))):
+            reason = (f"removals of {command.app} are held by the deletion threshold; "
+                      f"`scimflow allow-deletes {command.app}` releases them")
+            await self._report_staged(writer, Staged(key, command, datetime.now(UTC)), reason)
+        return True
+
+    async def tick_guard(self) -> None:
+        """Run removals that are due; report the ones a threshold just held."""
+        if not self._restored.is_set():
+            return
+        now = datetime.now(UTC)
+        for app, writer in self.writers.items():
+            if not self.guard.guards(app):
+                continue
+            release = self.guard.tick(app, now)
+            for staged in release.run:
+                await self._scheduler.schedule(Job(staged.key, staged.command, releasing=True))
+            if release.newly_held:
+                await self._held(writer, release.newly_held)
+            metrics.STAGED_DELETES.labels(app=app).set(self.guard.waiting(app))
+            await self._publish_tally(app, now)
+
+    async def _publish_tally(self, app: str, now: datetime) -> None:
+        """Tell the other writer replicas this one's removals: on change, and every few
+        seconds while not zero (so a stopped replica's tally ages out)."""
+        count = self.guard.tally(app)
+        last = self._tallies.get(app)
+        due = last is None or last[0] != count or (count and now - last[1] >= _TALLY_REPEAT)
+        if not self._publisher.has_control or not due or (last is None and count == 0):
+            return
+        self._tallies[app] = (count, now)
+        tally = RemovalTally(app=app, replica=self.replica, count=count, at=now)
+        await self._publisher.control(f"{app}/tally/{self.replica}".encode(), tally)
+
+    def on_tally(self, tally: RemovalTally) -> None:
+        """Another replica's removals for an app (from the control topic)."""
+        if tally.replica != self.replica:
+            self.guard.peer(tally.app, tally.replica, tally.count, tally.at)
+
+    async def _held(self, writer: Writer, held: list[Staged]) -> None:
+        app = writer.app
+        reason = (f"{len(held)} removals exceed the deletion threshold ({app.deletion_threshold}) "
+                  f"of this cycle; held until `scimflow allow-deletes {app.name}`")
+        log.warning("removals held", app=app.name, count=len(held), threshold=app.deletion_threshold)
+        await self._publisher.error(app.name.encode(), _threshold_exceeded(app.name, reason))
+        for staged in held:
+            await self._report_staged(writer, staged, reason)
+
+    async def _report_staged(self, writer: Writer, staged: Staged, reason: str) -> None:
+        raw = self.managed.get(staged.key)
+        record = writer.staged(staged.command, _state.decode(raw) if raw else None, reason)
+        await self._publisher.activity(staged.key, record, staged.command)
+
+    def allow_deletes(self, control: AllowDeletes) -> None:
+        log.info("removals allowed", app=control.app, before=control.before.isoformat(), by=control.by)
+        self.guard.allow(control.app, control.before)
+
+    # -- restart ---------------------------------------------------------------------------
+
+    async def on_restart(self, control: Restart) -> None:
+        """A Restart from the control topic, acted on once per request.
+
+        The control topic is compacted and read from its beginning at every start: a request
+        older than this process was handled by the writer that ran before it (or issued
+        while none ran; ingest's new full scan then still re-runs every object).
+        """
+        if control.app not in self.writers or control.request_id in self.restarts:
+            return
+        self.restarts.add(control.request_id)
+        if control.at < self.started:
+            return
+        log.info("restart", app=control.app, reset_links=control.reset_links, by=control.by)
+        await self.restart(control.app, reset_links=control.reset_links)
+
+    async def restart(self, app: str, *, reset_links: bool) -> None:
+        """Clear the app's escrow, quarantine and deferrals (and links, if asked): Entra's
+        "clear current state and restart synchronization", the writer's part."""
+        dropped = self._scheduler.forget_escrow(app)
+        self._deferrals.forget_app(app)
+        self.writers[app].client.quarantine.reset()
+        self._scheduler.wake(app)  # try again now rather than after the backoff
+        forgotten = self._forget_links(app) if reset_links else 0
+        log.info("writer state of app cleared", app=app, escrowed=dropped, links=forgotten)
+        self._spawn(self._learn([app]))
+
+    def _forget_links(self, app: str) -> int:
+        prefix = f"{app}/".encode()
+        keys = [k for k in list(self.managed.keys()) if k.startswith(prefix)]
+        for key in keys:
+            self.managed.pop(key, None)
+        self._links.forget_app(app)
+        return len(keys)
+
+    # -- quarantine ------------------------------------------------------------------------
+
+    async def on_health(self, health: AppHealth) -> None:
+        """An AppHealth read back from the control topic. One that says "quarantined" and
+        predates this process was left by a writer that stopped while quarantined; this
+        process starts with a closed record, so it says it is healthy again (else status
+        would show the quarantine until the next one ends)."""
+        writer = self.writers.get(health.app)
+        if writer is None or not health.quarantined or health.at >= self.started:
+            return
+        if writer.client.quarantine.active or not self._publisher.has_control:
+            return
+        now = datetime.now(UTC)
+        healthy = AppHealth(app=health.app, quarantined=False, at=now)
+        await self._publisher.control(health_key(health.app), healthy)
+
+    def on_quarantine(self, event: QuarantineEvent) -> None:
+        """The client's listener (synchronous): publish from a task of our own."""
+        self._spawn(self._report_quarantine(event))
+
+    async def _report_quarantine(self, event: QuarantineEvent) -> None:
+        if event.quarantined:
+            await self._publisher.error(event.app.encode(), quarantine_error(event))
+        await self._publisher.control(health_key(event.app), app_health(event))
+
+
+def _threshold_exceeded(app: str, reason: str) -> ErrorRecord:
+    return error_record(
+        "writer", "DeletionThresholdExceeded", reason,
+        f"Check why so many objects left scope or the source; if intended, "
+        f"run `scimflow allow-deletes {app}`. Nothing was removed.",
+        app=app,
+    )
