@@ -22,8 +22,8 @@ from services.ingest.control import Controller
 from services.ingest.positions import Positions
 from services.ingest.sources.ad import AdDirectory, ad_settings
 from services.ingest.sources.base import DirectorySource
-from services.ingest.sources.graph import GraphDirectory, graph_settings
-from services.ingest.sources.push import PushDirectory, push_settings
+from services.ingest.sources.graph import GraphDirectory
+from services.ingest.sources.push import PushDirectory
 from services.ingest.worker import FileIngest, LdapIngest, Publisher, SourceIngest, ldap_settings
 from services.runtime.config import (
     ActiveDirectorySource,
@@ -94,11 +94,9 @@ def _directory(source: GraphSource | PushSource | ActiveDirectorySource, loaded:
                publisher: Publisher) -> DirectorySource:
     """The source object of a configured source that has no ingest class of its own."""
     if isinstance(source, GraphSource):
-        settings = graph_settings(source, loaded.secret(source.client_secret).reveal())
-        return GraphDirectory(source.name, settings, full_scan_interval=source.full_scan_interval)
+        return GraphDirectory(source, loaded.secret(source.client_secret).reveal())
     if isinstance(source, PushSource):
-        return PushDirectory(source.name, push_settings(source, loaded.secret(source.token).reveal()),
-                             publisher.error)
+        return PushDirectory(source, loaded.secret(source.token).reveal(), publisher.error)
     return AdDirectory(source.name, ad_settings(source, loaded.secret(source.password).reveal()),
                        full_scan_interval=source.full_scan_interval)
 
