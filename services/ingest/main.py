@@ -20,7 +20,7 @@ from schemas.codecs import encode
 from schemas.control import ControlMessage
 from services.ingest.control import Controller
 from services.ingest.positions import Positions
-from services.ingest.sources.ad import AdDirectory, ad_settings
+from services.ingest.sources.ad import AdDirectory
 from services.ingest.sources.base import DirectorySource
 from services.ingest.sources.graph import GraphDirectory
 from services.ingest.sources.push import PushDirectory
@@ -97,8 +97,7 @@ def _directory(source: GraphSource | PushSource | ActiveDirectorySource, loaded:
         return GraphDirectory(source, loaded.secret(source.client_secret).reveal())
     if isinstance(source, PushSource):
         return PushDirectory(source, loaded.secret(source.token).reveal(), publisher.error)
-    return AdDirectory(source.name, ad_settings(source, loaded.secret(source.password).reveal()),
-                       full_scan_interval=source.full_scan_interval)
+    return AdDirectory(source, loaded.secret(source.password).reveal())
 
 
 def _error_sender(errors: Any) -> Callable[[ErrorRecord], Awaitable[None]]:

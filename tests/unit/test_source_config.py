@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from schemas import ErrorRecord
-from services.ingest.sources.ad import ad_settings
+from services.ingest.sources.ad import AdDirectory, search_filter
 from services.ingest.sources.graph import (
     DEFAULT_USER_ATTRIBUTES,
     GraphDirectory,
@@ -79,8 +79,8 @@ def test_graph_push_and_ad_sources_load_with_their_secrets(tmp_path: Path) -> No
     p = PushDirectory(push, loaded.secret(push.token).reveal(), _no_report)
     assert (p.host, p.listen_port) == ("127.0.0.1", 8099)
     assert "push-secret-2" not in repr(p)
-    a = ad_settings(ad, loaded.secret(ad.password).reveal())
-    assert a.search_filter.endswith("(isDeleted=TRUE))") and "ad-secret-3" not in repr(a)
+    a = AdDirectory(ad, loaded.secret(ad.password).reveal())
+    assert search_filter(ad).endswith("(isDeleted=TRUE))") and "ad-secret-3" not in repr(a)
 
 
 @pytest.mark.parametrize(("edit", "line", "expected"), [

@@ -68,6 +68,10 @@ __all__ = [
     "GraphIndex",
     "GraphSourceError",
     "GraphUnavailableError",
+    "delta_url",
+    "group_attributes",
+    "token_endpoint",
+    "user_attributes",
 ]
 
 log = structlog.get_logger("scimflow.ingest.graph")
