@@ -24,7 +24,7 @@ from services.ingest.sources.ad import AdDirectory
 from services.ingest.sources.base import DirectorySource
 from services.ingest.sources.graph import GraphDirectory
 from services.ingest.sources.push import PushDirectory
-from services.ingest.worker import FileIngest, LdapIngest, Publisher, SourceIngest, ldap_settings
+from services.ingest.worker import FileIngest, LdapIngest, Publisher, SourceIngest
 from services.runtime.config import (
     ActiveDirectorySource,
     FileSource,
@@ -85,8 +85,7 @@ def _ingest(source: Source, loaded: LoadedConfig, positions: Positions, changes:
         return FileIngest(source, loaded.resolve_path(source.path), _publisher(changes, errors, partitions))
     publisher = _publisher(changes, errors, partitions, _Deliveries())
     if isinstance(source, LdapSource):
-        settings = ldap_settings(source, loaded.secret(source.password).reveal())
-        return LdapIngest(source, settings, publisher, positions)
+        return LdapIngest(source, loaded.secret(source.password).reveal(), publisher, positions)
     return SourceIngest(_directory(source, loaded, publisher), publisher, positions)
 
 
