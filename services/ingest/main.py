@@ -20,11 +20,11 @@ from schemas.codecs import encode
 from schemas.control import ControlMessage
 from services.ingest.control import Controller
 from services.ingest.positions import Positions
-from services.ingest.sources.ad import AdDirectory, ad_settings
+from services.ingest.sources.ad import AdDirectory
 from services.ingest.sources.base import DirectorySource
-from services.ingest.sources.graph import GraphDirectory, graph_settings
-from services.ingest.sources.push import PushDirectory, push_settings
-from services.ingest.worker import FileIngest, LdapIngest, Publisher, SourceIngest, ldap_settings
+from services.ingest.sources.graph import GraphDirectory
+from services.ingest.sources.push import PushDirectory
+from services.ingest.worker import FileIngest, LdapIngest, Publisher, SourceIngest
 from services.runtime.config import (
     ActiveDirectorySource,
     FileSource,
@@ -85,8 +85,7 @@ def _ingest(source: Source, loaded: LoadedConfig, positions: Positions, changes:
         return FileIngest(source, loaded.resolve_path(source.path), _publisher(changes, errors, partitions))
     publisher = _publisher(changes, errors, partitions, _Deliveries())
     if isinstance(source, LdapSource):
-        settings = ldap_settings(source, loaded.secret(source.password).reveal())
-        return LdapIngest(source, settings, publisher, positions)
+        return LdapIngest(source, loaded.secret(source.password).reveal(), publisher, positions)
     return SourceIngest(_directory(source, loaded, publisher), publisher, positions)
 
 
@@ -94,13 +93,10 @@ def _directory(source: GraphSource | PushSource | ActiveDirectorySource, loaded:
                publisher: Publisher) -> DirectorySource:
     """The source object of a configured source that has no ingest class of its own."""
     if isinstance(source, GraphSource):
-        settings = graph_settings(source, loaded.secret(source.client_secret).reveal())
-        return GraphDirectory(source.name, settings, full_scan_interval=source.full_scan_interval)
+        return GraphDirectory(source, loaded.secret(source.client_secret).reveal())
     if isinstance(source, PushSource):
-        return PushDirectory(source.name, push_settings(source, loaded.secret(source.token).reveal()),
-                             publisher.error)
-    return AdDirectory(source.name, ad_settings(source, loaded.secret(source.password).reveal()),
-                       full_scan_interval=source.full_scan_interval)
+        return PushDirectory(source, loaded.secret(source.token).reveal(), publisher.error)
+    return AdDirectory(source, loaded.secret(source.password).reveal())
 
 
 def _error_sender(errors: Any) -> Callable[[ErrorRecord], Awaitable[None]]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -35,13 +34,13 @@ from services.ingest.objects import Key, ObjectType, Snapshot, SourceObject
 from services.ingest.positions import Positions
 from services.ingest.sources.base import DirectorySource, Operation, SourceError, SourceUnavailableError
 from services.ingest.sources.file import FileDirectory
-from services.ingest.sources.ldap import LdapDirectory, LdapSettings
+from services.ingest.sources.ldap import LdapDirectory
 from services.runtime import metrics
 from services.runtime.config import FileSource
 from services.runtime.config import LdapSource as LdapSourceConfig
 from services.runtime.records import error_record
 
-__all__ = ["FileIngest", "LdapIngest", "Publisher", "SourceIngest", "ldap_settings"]
+__all__ = ["FileIngest", "LdapIngest", "Publisher", "SourceIngest"]
 
 log = structlog.get_logger("scimflow.ingest")
 
@@ -273,26 +272,11 @@ class FileIngest(SourceIngest):
 class LdapIngest(SourceIngest):
     """One LDAP source (``LdapDirectory``): its syncrepl feed, and full scans on a schedule."""
 
-    def __init__(self, source: LdapSourceConfig, settings: LdapSettings, publish: Publisher,
+    def __init__(self, source: LdapSourceConfig, password: str, publish: Publisher,
                  positions: Positions) -> None:
-        self.settings = settings
-        self.directory = LdapDirectory(source.name, settings, full_scan_interval=source.full_scan_interval)
+        """``password`` is the resolved bind password (``source.password`` is only its reference)."""
+        self.directory = LdapDirectory(source, password)
         super().__init__(self.directory, publish, positions)
-
-
-def ldap_settings(source: LdapSourceConfig, password: str) -> LdapSettings:
-    """The LDAP source's settings from its config; unset optional keys keep their defaults."""
-    base = LdapSettings(url=source.url, base_dn=source.base_dn, bind_dn=source.bind_dn, password=password,
-                        timeout=source.timeout, reconnect_initial=source.reconnect_initial,
-                        reconnect_max=source.reconnect_max)
-    return dataclasses.replace(
-        base,
-        user_filter=source.user_filter or base.user_filter,
-        group_filter=source.group_filter or base.group_filter,
-        attributes=tuple(source.attributes or base.attributes),
-        group_classes=tuple(source.group_classes or base.group_classes),
-        member_attributes=tuple(source.member_attributes or base.member_attributes),
-    )
 
 
 def _file_error(reason: str) -> ErrorRecord:

@@ -248,7 +248,8 @@ class LdapSource(_Base, frozen=True, tag="ldap", tag_field="type"):
     """An LDAP directory read with RFC 4533 syncrepl (OpenLDAP ``syncprov``); see docs/sources.md.
 
     The optional search settings left unset (``None``) take the LDAP source's own defaults
-    (``services/ingest/sources/ldap/connection.py``, ``LdapSettings``), documented in docs/sources.md.
+    (the ``DEFAULT_*`` constants of ``services/ingest/sources/ldap/connection.py``), documented
+    in docs/sources.md.
     """
 
     name: Name
@@ -286,9 +287,11 @@ class GraphSource(_Base, frozen=True, tag="graph", tag_field="type"):
     """Default: ``https://login.microsoftonline.com/{tenant_id}/oauth2/v2.0/token``."""
     scope: str = "https://graph.microsoft.com/.default"
     user_attributes: Annotated[list[str], msgspec.Meta(min_length=1)] | None = None
-    """User properties asked for with ``$select`` (``id`` is always added)."""
+    """User properties asked for with ``$select`` (``id`` is always added); unset: ``DEFAULT_USER_ATTRIBUTES``
+    of ``services/ingest/sources/graph.py``."""
     group_attributes: Annotated[list[str], msgspec.Meta(min_length=1)] | None = None
-    """Group properties asked for with ``$select`` (``id`` and ``members`` are always added)."""
+    """Group properties asked for with ``$select`` (``id`` and ``members`` are always added); unset:
+    ``DEFAULT_GROUP_ATTRIBUTES`` of ``services/ingest/sources/graph.py``."""
     page_size: Annotated[int, msgspec.Meta(ge=1, le=999)] | None = None
     """Objects per page (``Prefer: odata.maxpagesize``); unset lets Graph choose."""
     poll_interval: Seconds = 5.0
@@ -327,6 +330,7 @@ class ActiveDirectorySource(_Base, frozen=True, tag="ad", tag_field="type"):
     user_filter: LdapFilter = "(&(objectCategory=person)(objectClass=user))"
     group_filter: LdapFilter = "(objectClass=group)"
     attributes: Annotated[list[str], msgspec.Meta(min_length=1)] | None = None
+    """Unset: ``DEFAULT_ATTRIBUTES`` of ``services/ingest/sources/ad.py``."""
     poll_interval: Seconds = 5.0
     """Seconds between two DirSync searches from the last cookie."""
     timeout: Seconds = 10.0

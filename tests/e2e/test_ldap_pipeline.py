@@ -27,7 +27,7 @@ from services.devstack.broker import Broker
 from services.devstack.scim_target import ScimTarget
 from services.devstack.supervisor import Supervisor
 from services.ingest.positions import Positions
-from services.ingest.worker import LdapIngest, Publisher, ldap_settings
+from services.ingest.worker import LdapIngest, Publisher
 from services.runtime.config import LdapSource as LdapSourceConfig
 from services.runtime.kafka import consume, create_topics
 from services.runtime.topics import Topics
@@ -239,7 +239,7 @@ class _Recorder(Positions):
 def _ingest(slapd: Slapd, recorder: _Recorder) -> LdapIngest:
     config = LdapSourceConfig(name=SOURCE, url=slapd.url, base_dn=slapd.base_dn, bind_dn=slapd.bind_dn,
                               password="env:UNUSED", reconnect_initial=0.1, reconnect_max=0.5)
-    return LdapIngest(config, ldap_settings(config, slapd.password), recorder.publisher, recorder)
+    return LdapIngest(config, slapd.password, recorder.publisher, recorder)
 
 
 async def _until(what: str, check: Callable[[], bool], within: float = 10.0) -> None:

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 import pytest
 
 from services.ingest.objects import SourceObject
-from services.ingest.sources.ad import AdDirectory, AdSettings, AdSourceError
+from services.ingest.sources.ad import AdDirectory, AdSourceError
 from services.ingest.sources.base import Operation
+from services.runtime.config import ActiveDirectorySource
 from tests.support.samba import Samba, samba_missing, start_samba
 
 pytestmark = pytest.mark.integration
@@ -31,10 +32,12 @@ def samba() -> Iterator[Samba]:
         yield server
 
 
-def settings_for(samba: Samba, **overrides: object) -> AdSettings:
-    values: dict[str, object] = {"url": samba.url, "base_dn": samba.base_dn, "bind_dn": samba.bind_dn,
-                                 "password": samba.password, "poll_interval": 0.2}
-    return AdSettings(**{**values, **overrides})  # type: ignore[arg-type]
+def directory_for(samba: Samba, *, password: str | None = None) -> AdDirectory:
+    """An AdDirectory on the test DC; ``password`` is the resolved one it binds with (the
+    config only holds its reference)."""
+    settings = ActiveDirectorySource(name="corp-ad", url=samba.url, base_dn=samba.base_dn,
+                                     bind_dn=samba.bind_dn, password="env:AD_PASSWORD", poll_interval=0.2)
+    return AdDirectory(settings, samba.password if password is None else password)
 
 
 @dataclass
@@ -108,7 +111,7 @@ def test_dirsync_reports_the_domain_then_each_kind_of_change(samba: Samba) -> No
         assert len(set(recorder.positions)) == len(recorder.positions)  # a new cookie each round
         await source.close()
 
-    source = AdDirectory("corp-ad", settings_for(samba))
+    source = directory_for(samba)
     asyncio.run(scenario())
 
 
@@ -119,12 +122,12 @@ def test_resuming_from_the_cookie_reports_exactly_what_changed(samba: Samba) -> 
     first, second = Recorder(), Recorder()
 
     async def scenario() -> None:
-        before = AdDirectory("corp-ad", settings_for(samba))
+        before = directory_for(samba)
         await before.start(None)
         await before.sync(first.on_change, first.on_position)
         samba.modify(bob, givenName="WhileDown")
         samba.add_member(staff, bob)
-        after = AdDirectory("corp-ad", settings_for(samba))
+        after = directory_for(samba)
         await after.start(first.positions[-1])
         await after.sync(second.on_change, second.on_position)
 
@@ -140,7 +143,7 @@ def test_resuming_from_the_cookie_reports_exactly_what_changed(samba: Samba) -> 
 
 def test_wrong_password_is_an_error_without_the_password(samba: Samba) -> None:
     async def scenario() -> None:
-        source = AdDirectory("corp-ad", settings_for(samba, password="Not-The-Passw0rd"))
+        source = directory_for(samba, password="Not-The-Passw0rd")
         await source.start(None)
         await source.sync(Recorder().on_change, Recorder().on_position)
 

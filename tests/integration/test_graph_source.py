@@ -14,7 +14,8 @@ import pytest
 
 from services.ingest.objects import SourceObject
 from services.ingest.sources.base import Operation
-from services.ingest.sources.graph import GraphDirectory, GraphSettings, GraphSourceError
+from services.ingest.sources.graph import GraphDirectory, GraphSourceError
+from services.runtime.config import GraphSource
 from tests.support.graph_server import FakeGraph, start_graph_server
 
 pytestmark = pytest.mark.integration
@@ -26,12 +27,15 @@ def graph() -> Iterator[FakeGraph]:
         yield server
 
 
-def settings_for(graph: FakeGraph, **overrides: Any) -> GraphSettings:
-    values: dict[str, Any] = {"tenant_id": graph.tenant_id, "client_id": graph.client_id,
-                              "client_secret": graph.client_secret, "graph_url": graph.url,
+def directory_for(graph: FakeGraph, *, client_secret: str | None = None, **overrides: Any) -> GraphDirectory:
+    """A GraphDirectory on the fake Graph; ``client_secret`` is the resolved secret it sends
+    (the config only holds its reference)."""
+    values: dict[str, Any] = {"name": "entra", "tenant_id": graph.tenant_id, "client_id": graph.client_id,
+                              "client_secret": "env:GRAPH_CLIENT_SECRET", "graph_url": graph.url,
                               "token_url": graph.token_url, "poll_interval": 0.1,
-                              "user_attributes": ("userPrincipalName", "givenName", "accountEnabled")}
-    return GraphSettings(**{**values, **overrides})
+                              "user_attributes": ["userPrincipalName", "givenName", "accountEnabled"]}
+    settings = GraphSource(**{**values, **overrides})
+    return GraphDirectory(settings, graph.client_secret if client_secret is None else client_secret)
 
 
 @dataclass
@@ -63,7 +67,7 @@ def test_initial_round_pages_select_and_memberships(graph: FakeGraph) -> None:
     recorder = Recorder()
 
     async def scenario() -> GraphDirectory:
-        source = GraphDirectory("entra", settings_for(graph))
+        source = directory_for(graph)
         await source.start(None)
         await source.sync(recorder.on_change, recorder.on_position)
         await source.close()
@@ -125,7 +129,7 @@ def test_each_kind_of_change_is_reported_from_the_delta_link(graph: FakeGraph) -
         assert await round_after(lambda: None) == set()  # nothing changed: nothing reported
         await source.close()
 
-    source = GraphDirectory("entra", settings_for(graph))
+    source = directory_for(graph)
     asyncio.run(scenario())
 
 
@@ -137,7 +141,7 @@ def test_a_group_listing_a_user_not_read_yet_is_reported_again_with_the_user(gra
     late = "late-user-id"
 
     async def scenario() -> None:
-        source = GraphDirectory("entra", settings_for(graph))
+        source = directory_for(graph)
         await source.start(None)
         await source.sync(recorder.on_change, recorder.on_position)
         graph.add_member(staff, late)  # the group lists it; /users/delta does not have it yet
@@ -163,7 +167,7 @@ def test_resuming_from_the_stored_delta_links_reports_exactly_what_changed(graph
     first, second = Recorder(), Recorder()
 
     async def scenario() -> None:
-        before = GraphDirectory("entra", settings_for(graph))
+        before = directory_for(graph)
         await before.start(None)
         await before.sync(first.on_change, first.on_position)
         await before.close()
@@ -171,7 +175,7 @@ def test_resuming_from_the_stored_delta_links_reports_exactly_what_changed(graph
         graph.update_user(users[7], givenName="Changed")
         graph.add_member(staff, users[8])
         graph.delete_user(users[9], permanent=True)
-        after = GraphDirectory("entra", settings_for(graph))
+        after = directory_for(graph)
         await after.start(first.positions[-1])
         await after.sync(second.on_change, second.on_position)
         await after.close()
@@ -189,7 +193,7 @@ def test_429_waits_for_retry_after_and_then_succeeds(graph: FakeGraph) -> None:
     graph.throttle(2, retry_after=1)
 
     async def scenario() -> float:
-        source = GraphDirectory("entra", settings_for(graph))
+        source = directory_for(graph)
         await source.start(None)
         began = time.monotonic()
         await source.sync(recorder.on_change, recorder.on_position)
@@ -208,7 +212,7 @@ def test_410_sync_reset_reads_everything_again_and_deletes_what_vanished(graph: 
     recorder = Recorder()
 
     async def scenario() -> None:
-        source = GraphDirectory("entra", settings_for(graph))
+        source = directory_for(graph)
         await source.start(None)
         await source.sync(recorder.on_change, recorder.on_position)
         graph.expire_delta_tokens()
@@ -229,14 +233,14 @@ def test_a_revoked_token_is_replaced_and_a_wrong_secret_is_reported_without_it(g
     recorder = Recorder()
 
     async def scenario() -> None:
-        source = GraphDirectory("entra", settings_for(graph))
+        source = directory_for(graph)
         await source.start(None)
         await source.sync(recorder.on_change, recorder.on_position)
         graph.revoke_tokens()
         graph.update_user(ada, givenName="New")
         await source.sync(recorder.on_change, recorder.on_position)
         await source.close()
-        wrong = GraphDirectory("entra", settings_for(graph, client_secret="not-the-secret-xyz"))
+        wrong = directory_for(graph, client_secret="not-the-secret-xyz")
         await wrong.start(None)
         with pytest.raises(GraphSourceError) as failure:
             await wrong.sync(recorder.on_change, recorder.on_position)
@@ -254,7 +258,7 @@ def test_fetch_reads_one_object_now(graph: FakeGraph) -> None:
     staff = graph.add_group([ada], displayName="Staff")
 
     async def scenario() -> tuple[SourceObject | None, SourceObject | None, SourceObject | None]:
-        source = GraphDirectory("entra", settings_for(graph))
+        source = directory_for(graph)
         await source.start(None)
         recorder = Recorder()
         await source.sync(recorder.on_change, recorder.on_position)
@@ -280,7 +284,7 @@ def test_initial_load_of_1000_users_and_50_groups_over_many_pages() -> None:
         recorder = Recorder()
 
         async def scenario() -> None:
-            source = GraphDirectory("entra", settings_for(graph, page_size=100))
+            source = directory_for(graph, page_size=100)
             await source.start(None)
             await source.sync(recorder.on_change, recorder.on_position)
             await source.close()

@@ -11,17 +11,18 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
 from services.ingest.objects import SourceObject
 from services.ingest.sources.base import Operation
 from services.ingest.sources.ldap import (
-    LdapSettings,
     LdapSource,
     LdapSourceError,
     LdapUnavailableError,
 )
+from services.runtime.config import LdapSource as LdapSourceConfig
 from tests.support.slapd import Slapd, slapd_binary, start_slapd
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
@@ -49,10 +50,15 @@ def slapd_refint() -> Iterator[Slapd]:
         yield server
 
 
-def settings_for(slapd: Slapd, **overrides: object) -> LdapSettings:
-    values: dict[str, object] = {"url": slapd.url, "base_dn": slapd.base_dn, "bind_dn": slapd.bind_dn,
-                                 "password": slapd.password, "reconnect_initial": 0.1, "reconnect_max": 1.0}
-    return LdapSettings(**{**values, **overrides})  # type: ignore[arg-type]
+def source_for(slapd: Slapd, *, password: str | None = None, cookie: bytes | None = None,
+               **overrides: object) -> LdapSource:
+    """An LdapSource on the test slapd; ``password`` is the resolved one it binds with (the
+    config only holds its reference)."""
+    values: dict[str, object] = {"name": "corp-ldap", "url": slapd.url, "base_dn": slapd.base_dn,
+                                 "bind_dn": slapd.bind_dn, "password": "env:LDAP_PASSWORD",
+                                 "reconnect_initial": 0.1, "reconnect_max": 1.0}
+    settings = LdapSourceConfig(**{**values, **overrides})  # type: ignore[arg-type]
+    return LdapSource(settings, slapd.password if password is None else password, cookie=cookie)
 
 
 @dataclass
@@ -134,7 +140,7 @@ async def test_scan_returns_users_and_groups_keyed_by_entry_uuid(slapd: Slapd) -
     slapd.add(f"cn=printer,{slapd.base_dn}", ["device"], cn="printer")  # selected by neither filter
     uuid = {dn: slapd.entry_uuid(dn) for dn in (ada, bob, cy, eng, ops)}
 
-    snapshot = await LdapSource(settings_for(slapd)).scan()
+    snapshot = await source_for(slapd).scan()
 
     assert sorted(snapshot) == sorted([("user", uuid[ada]), ("user", uuid[bob]), ("user", uuid[cy]),
                                        ("group", uuid[eng]), ("group", uuid[ops])])
@@ -155,7 +161,7 @@ async def test_fetch_reads_one_entry_by_entry_uuid_now(slapd: Slapd) -> None:
     ada = slapd.add_user("ada", givenName="Ada")
     eng = slapd.add_group("eng", [ada])
     printer = slapd.add(f"cn=printer,{slapd.base_dn}", ["device"], cn="printer")
-    source, recorder = LdapSource(settings_for(slapd)), Recorder()
+    source, recorder = source_for(slapd), Recorder()
     cold = await source.fetch(slapd.entry_uuid(ada))  # nothing indexed yet: a full read answers
     assert cold is not None and cold.memberships == (slapd.entry_uuid(eng),)
     async with watching(source, recorder):
@@ -173,16 +179,16 @@ async def test_fetch_reads_one_entry_by_entry_uuid_now(slapd: Slapd) -> None:
 async def test_user_filter_and_attribute_list_are_honoured(slapd: Slapd) -> None:
     slapd.add_user("ada", employeeType="staff")
     contractor = slapd.add_user("cy", employeeType="contractor")
-    settings = settings_for(slapd, user_filter="(&(objectClass=inetOrgPerson)(employeeType=staff))",
-                            attributes=("uid", "employeeType"))
-    snapshot = await LdapSource(settings).scan()
+    staff: dict[str, Any] = {"user_filter": "(&(objectClass=inetOrgPerson)(employeeType=staff))",
+                             "attributes": ["uid", "employeeType"]}
+    snapshot = await source_for(slapd, **staff).scan()
     users = [obj for obj in snapshot.values() if obj.object_type == "user"]
     assert [u.attributes for u in users] == [{"dn": f"uid=ada,{slapd.people_dn}", "uid": "ada",
                                              "employeeType": "staff"}]
     assert ("user", slapd.entry_uuid(contractor)) not in snapshot
 
     # Entering the filter is an upsert; leaving it is a delete (the object left the source).
-    source, recorder = LdapSource(settings), Recorder()
+    source, recorder = source_for(slapd, **staff), Recorder()
     async with watching(source, recorder):
         await synced(recorder)
         [(op, obj)], _ = await recorder.change("cy becomes staff",
@@ -195,8 +201,8 @@ async def test_user_filter_and_attribute_list_are_honoured(slapd: Slapd) -> None
 
 async def test_credentials_errors_never_show_the_password(slapd: Slapd) -> None:
     wrong = "not-the-Password-123"
-    source = LdapSource(settings_for(slapd, password=wrong))
-    assert wrong not in repr(source.settings)
+    source = source_for(slapd, password=wrong)
+    assert wrong not in repr(source.settings) and wrong not in repr(source)
     with pytest.raises(LdapSourceError) as scan_error:
         await source.scan()
     assert "Invalid credentials" in str(scan_error.value)
@@ -212,9 +218,9 @@ async def test_credentials_errors_never_show_the_password(slapd: Slapd) -> None:
     ({"base_dn": "ou=nowhere,dc=example,dc=com"}, "No such object"),
     ({"user_filter": "(objectClass=inetOrgPerson"}, "Bad search filter"),
 ])
-async def test_config_errors_stop_the_watcher_instead_of_retrying(slapd: Slapd, overrides: dict[str, str],
+async def test_config_errors_stop_the_watcher_instead_of_retrying(slapd: Slapd, overrides: dict[str, Any],
                                                                   reason: str) -> None:
-    source = LdapSource(settings_for(slapd, **overrides))
+    source = source_for(slapd, **overrides)
     with pytest.raises(LdapSourceError, match=reason) as error:
         await asyncio.wait_for(source.watch(Recorder().on_change, Recorder().on_cookie), timeout=5)
     assert not isinstance(error.value, LdapUnavailableError)
@@ -225,7 +231,7 @@ async def test_config_errors_stop_the_watcher_instead_of_retrying(slapd: Slapd, 
 async def test_unreachable_directory_is_a_transient_error(slapd: Slapd) -> None:
     slapd.stop()
     with pytest.raises(LdapUnavailableError, match="Can't contact LDAP server"):
-        await LdapSource(settings_for(slapd, timeout=2.0)).scan()
+        await source_for(slapd, timeout=2.0).scan()
 
 
 # -- watch ---------------------------------------------------------------------------------------
@@ -233,7 +239,7 @@ async def test_unreachable_directory_is_a_transient_error(slapd: Slapd) -> None:
 
 async def test_watch_emits_add_modify_rename_delete_within_two_seconds(slapd: Slapd) -> None:
     existing = slapd.add_user("ada")
-    source, recorder = LdapSource(settings_for(slapd)), Recorder()
+    source, recorder = source_for(slapd), Recorder()
     async with watching(source, recorder):
         await synced(recorder)
         # Without a cookie the refresh phase is a full sync: every existing object once.
@@ -278,7 +284,7 @@ async def test_group_membership_changes_upsert_the_group_and_the_affected_users(
     ada, bob, cy = (slapd.add_user(uid) for uid in ("ada", "bob", "cy"))
     eng = slapd.add_group("eng", [ada, bob])
     uuid = {dn: slapd.entry_uuid(dn) for dn in (ada, bob, cy, eng)}
-    source, recorder = LdapSource(settings_for(slapd)), Recorder()
+    source, recorder = source_for(slapd), Recorder()
     async with watching(source, recorder):
         await synced(recorder)
 
@@ -309,7 +315,7 @@ async def test_renaming_a_member_under_refint_keeps_its_memberships(slapd_refint
     ada, bob = slapd.add_user("ada"), slapd.add_user("bob")
     eng = slapd.add_group("eng", [ada, bob])
     eng_id, bob_id = slapd.entry_uuid(eng), slapd.entry_uuid(bob)
-    source, recorder = LdapSource(settings_for(slapd)), Recorder()
+    source, recorder = source_for(slapd), Recorder()
     async with watching(source, recorder):
         await synced(recorder)
         [(op, renamed)], _ = await recorder.change("bob is renamed",
@@ -328,7 +334,7 @@ async def test_renaming_a_member_under_refint_keeps_its_memberships(slapd_refint
         assert by_dn(changes)["upsert", eng].members == ()
 
     # What the watcher reported is what a full read finds.
-    snapshot = await LdapSource(settings_for(slapd)).scan()
+    snapshot = await source_for(slapd).scan()
     assert snapshot[("user", bob_id)].memberships == ()
     assert snapshot[("group", eng_id)].members == ()
 
@@ -338,9 +344,8 @@ async def test_resume_from_the_last_cookie_delivers_exactly_the_missed_changes(s
     eve, fay = slapd.add_user("eve"), slapd.add_user("fay")  # never touched
     ops = slapd.add_group("ops", [dan])
     slapd.add_group("eng", [eve, fay])  # never touched
-    settings = settings_for(slapd)
     first = Recorder()
-    async with watching(LdapSource(settings), first):
+    async with watching(source_for(slapd), first):
         await synced(first)
         await first.change("ada's title", lambda: slapd.modify(ada, title="Before"), 1)
     cookie = first.cookies[-1]
@@ -353,7 +358,7 @@ async def test_resume_from_the_last_cookie_delivers_exactly_the_missed_changes(s
     slapd.rename(cy, "uid=cyrus")
     slapd.add_member(ops, gus)
 
-    source, second = LdapSource(settings, cookie=cookie), Recorder()
+    source, second = source_for(slapd, cookie=cookie), Recorder()
     async with watching(source, second):
         await synced(second)
         seen = by_dn(second.since(0))
@@ -382,7 +387,7 @@ async def test_a_cookie_the_server_no_longer_knows_means_a_full_resync(slapd: Sl
     ada, bob = slapd.add_user("ada"), slapd.add_user("bob")
     eng = slapd.add_group("eng", [ada])
     stale = b"rid=000,csn=20000101000000.000000Z#000000#000#000000"
-    source, recorder = LdapSource(settings_for(slapd), cookie=stale), Recorder()
+    source, recorder = source_for(slapd, cookie=stale), Recorder()
     async with watching(source, recorder):
         await synced(recorder)
         assert sorted(recorder.summary()) == sorted([("upsert", "user", ada), ("upsert", "user", bob),
@@ -392,7 +397,7 @@ async def test_a_cookie_the_server_no_longer_knows_means_a_full_resync(slapd: Sl
 
 async def test_watcher_reconnects_after_slapd_restarts(slapd: Slapd) -> None:
     ada = slapd.add_user("ada")
-    source, recorder = LdapSource(settings_for(slapd)), Recorder()
+    source, recorder = source_for(slapd), Recorder()
     async with watching(source, recorder) as task:
         await synced(recorder)
         refreshed = source.stats.refreshed

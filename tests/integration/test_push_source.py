@@ -12,8 +12,9 @@ import httpx
 import pytest
 
 from schemas import DirectoryChange, ErrorRecord
-from services.ingest.sources.push import BULK_REQUEST, BULK_RESPONSE, PushDirectory, PushSettings
+from services.ingest.sources.push import BULK_REQUEST, BULK_RESPONSE, PushDirectory
 from services.ingest.worker import Publisher, SourceIngest
+from services.runtime.config import PushSource
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +53,8 @@ class Recorded:
 async def pushing() -> AsyncIterator[tuple[httpx.AsyncClient, Recorded]]:
     recorded = Recorded()
     publisher = recorded.publisher()
-    source = PushDirectory("hr-push", PushSettings(token=TOKEN, host="127.0.0.1", port=0), publisher.error)
+    source = PushDirectory(PushSource(name="hr-push", token="env:PUSH_TOKEN", listen="127.0.0.1:0"), TOKEN,
+                           publisher.error)
     ingest = SourceIngest(source, publisher)
     task = asyncio.create_task(ingest.run())
     await asyncio.wait_for(source.listening.wait(), 10)

@@ -20,17 +20,18 @@ from services.ingest.objects import SourceObject
 from services.ingest.sources.base import Operation
 from services.ingest.sources.graph import (
     GraphDirectory,
-    GraphSettings,
     GraphSourceError,
     GraphUnavailableError,
     _retry_wait,
 )
+from services.runtime.config import GraphSource
 
 GRAPH = "https://graph.example.com/v1.0"
 TOKEN_URL = "https://login.example.com/contoso/oauth2/v2.0/token"
 SECRET = "gr4ph-cl1ent-s3cret"
-SETTINGS = GraphSettings(tenant_id="contoso", client_id="scimflow", client_secret=SECRET,
-                         graph_url=GRAPH, token_url=TOKEN_URL, user_attributes=("displayName",))
+SETTINGS = GraphSource(name="entra", tenant_id="contoso", client_id="scimflow",
+                       client_secret="env:GRAPH_SECRET", graph_url=GRAPH, token_url=TOKEN_URL,
+                       user_attributes=["displayName"])
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -80,7 +81,7 @@ async def one_round(graph: FakeGraph) -> list[tuple[Operation, SourceObject]]:
     async def on_position(position: bytes) -> None:
         return None
 
-    source = GraphDirectory("entra", SETTINGS, http=httpx.AsyncClient(transport=httpx.MockTransport(graph)))
+    source = GraphDirectory(SETTINGS, SECRET, http=httpx.AsyncClient(transport=httpx.MockTransport(graph)))
     await source.start(None)
     try:
         await source.sync(on_change, on_position)

@@ -7,9 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from services.ingest.sources.ad import ad_settings
-from services.ingest.sources.graph import DEFAULT_USER_ATTRIBUTES, graph_settings
-from services.ingest.sources.push import push_settings
+from schemas import ErrorRecord
+from services.ingest.sources.ad import AdDirectory, search_filter
+from services.ingest.sources.graph import (
+    DEFAULT_USER_ATTRIBUTES,
+    GraphDirectory,
+    token_endpoint,
+    user_attributes,
+)
+from services.ingest.sources.push import PushDirectory
 from services.runtime.config import ActiveDirectorySource, GraphSource, LoadedConfig, PushSource, load_config
 from services.runtime.errors import ConfigError
 
@@ -57,20 +63,24 @@ def _load(tmp_path: Path, sources: str) -> LoadedConfig:
     return load_config(path)
 
 
+async def _no_report(record: ErrorRecord) -> None:
+    raise AssertionError(record)
+
+
 def test_graph_push_and_ad_sources_load_with_their_secrets(tmp_path: Path) -> None:
     loaded = _load(tmp_path, SOURCES)
     graph, push, ad = loaded.config.sources
     assert isinstance(graph, GraphSource) and isinstance(push, PushSource)
     assert isinstance(ad, ActiveDirectorySource)
-    g = graph_settings(graph, loaded.secret(graph.client_secret).reveal())
-    assert g.token_endpoint == "https://login.microsoftonline.com/contoso/oauth2/v2.0/token"
-    assert g.user_attributes == DEFAULT_USER_ATTRIBUTES and g.page_size == 200
-    assert "graph-secret-1" not in repr(g)
-    p = push_settings(push, loaded.secret(push.token).reveal())
-    assert (p.host, p.port, p.token) == ("127.0.0.1", 8099, "push-secret-2")
+    assert token_endpoint(graph) == "https://login.microsoftonline.com/contoso/oauth2/v2.0/token"
+    assert user_attributes(graph) == DEFAULT_USER_ATTRIBUTES and graph.page_size == 200
+    g = GraphDirectory(graph, loaded.secret(graph.client_secret).reveal())
+    assert "graph-secret-1" not in repr(g) and "graph-secret-1" not in repr(g.client.settings)
+    p = PushDirectory(push, loaded.secret(push.token).reveal(), _no_report)
+    assert (p.host, p.listen_port) == ("127.0.0.1", 8099)
     assert "push-secret-2" not in repr(p)
-    a = ad_settings(ad, loaded.secret(ad.password).reveal())
-    assert a.search_filter.endswith("(isDeleted=TRUE))") and "ad-secret-3" not in repr(a)
+    a = AdDirectory(ad, loaded.secret(ad.password).reveal())
+    assert search_filter(ad).endswith("(isDeleted=TRUE))") and "ad-secret-3" not in repr(a)
 
 
 @pytest.mark.parametrize(("edit", "line", "expected"), [

@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import ldap  # type: ignore[import-untyped]
@@ -55,13 +55,13 @@ __all__ = [
     "SHOW_DELETED_OID",
     "AdDirectory",
     "AdIndex",
-    "AdSettings",
     "AdSourceError",
     "DirSyncRequest",
     "DirSyncResponse",
-    "ad_settings",
+    "attributes",
     "decode_entry",
     "guid_text",
+    "search_filter",
 ]
 
 log = structlog.get_logger("scimflow.ingest.ad")
@@ -135,28 +135,14 @@ class AdUnavailableError(AdSourceError, SourceUnavailableError):
     recommended_action = "None needed if it recovers; otherwise check that the domain controller is up."
 
 
-@dataclass(frozen=True)
-class AdSettings:
-    url: str
-    base_dn: str
-    bind_dn: str
-    password: str = field(repr=False)
-    user_filter: str = "(&(objectCategory=person)(objectClass=user))"
-    group_filter: str = "(objectClass=group)"
-    attributes: tuple[str, ...] = DEFAULT_ATTRIBUTES
-    poll_interval: float = 5.0
-    timeout: float = 10.0
-    reconnect_initial: float = 0.5
-    reconnect_max: float = 30.0
+def attributes(settings: ActiveDirectorySource) -> tuple[str, ...]:
+    """The attributes read: the configured ones, or ``DEFAULT_ATTRIBUTES`` when unset."""
+    return tuple(settings.attributes or DEFAULT_ATTRIBUTES)
 
-    @property
-    def search_filter(self) -> str:
-        # Tombstones keep objectClass but lose objectCategory: match them separately.
-        return f"(|{self.user_filter}{self.group_filter}(isDeleted=TRUE))"
 
-    @property
-    def request_attributes(self) -> list[str]:
-        return [*self.attributes, *_SYSTEM]
+def search_filter(settings: ActiveDirectorySource) -> str:
+    # Tombstones keep objectClass but lose objectCategory: match them separately.
+    return f"(|{settings.user_filter}{settings.group_filter}(isDeleted=TRUE))"
 
 
 # -- decoding (pure) -----------------------------------------------------------------------------
@@ -291,10 +277,12 @@ Change = tuple[Operation, ObjectType, str]
 class AdDirectory(DirectorySource):
     """An AD domain read with DirSync; the position is the DirSync cookie."""
 
-    def __init__(self, name: str, settings: AdSettings, *, full_scan_interval: float = 600.0) -> None:
-        self.name = name
+    def __init__(self, settings: ActiveDirectorySource, password: str) -> None:
+        """``password`` is the resolved bind password (``settings.password`` is only its reference)."""
+        self.name = settings.name
         self.settings = settings
-        self.full_scan_interval = full_scan_interval
+        self._password = password
+        self.full_scan_interval = settings.full_scan_interval
         self.reconnect_initial = settings.reconnect_initial
         self.reconnect_max = settings.reconnect_max
         self.index = AdIndex()
@@ -308,7 +296,7 @@ class AdDirectory(DirectorySource):
 
     async def scan(self) -> Snapshot:
         index = AdIndex()
-        entries, _ = await asyncio.to_thread(_dirsync, self.settings, b"")
+        entries, _ = await asyncio.to_thread(_dirsync, self.settings, self._password, b"")
         for entry in entries:
             index.apply(entry)
         return index.snapshot()
@@ -322,10 +310,10 @@ class AdDirectory(DirectorySource):
         """One DirSync round from the cookie (from scratch without one); publishes what changed."""
         if self.cookie is not None and not self._seeded:
             seed = AdIndex()
-            for entry in (await asyncio.to_thread(_dirsync, self.settings, b""))[0]:
+            for entry in (await asyncio.to_thread(_dirsync, self.settings, self._password, b""))[0]:
                 seed.apply(entry)
             seed.blind, self.index = True, seed
-        entries, cookie = await asyncio.to_thread(_dirsync, self.settings, self.cookie or b"")
+        entries, cookie = await asyncio.to_thread(_dirsync, self.settings, self._password, self.cookie or b"")
         if self.cookie is None:
             self.index = AdIndex()
         changes: list[Change] = []
@@ -357,18 +345,19 @@ class AdDirectory(DirectorySource):
 # -- the LDAP boundary -----------------------------------------------------------------------------
 
 
-def _dirsync(settings: AdSettings, cookie: bytes) -> tuple[list[AdEntry], bytes]:
+def _dirsync(settings: ActiveDirectorySource, password: str, cookie: bytes) -> tuple[list[AdEntry], bytes]:
     """Every DirSync result since ``cookie`` (following moreResults); and the last cookie."""
-    conn = _connect(settings)
+    conn = _connect(settings, password)
+    read = attributes(settings)
     try:
         entries: list[AdEntry] = []
         while True:
             controls = [DirSyncRequest(cookie), LDAPControl(SHOW_DELETED_OID, True)]
-            msgid = conn.search_ext(settings.base_dn, ldap.SCOPE_SUBTREE, settings.search_filter,
-                                    settings.request_attributes, serverctrls=controls)
+            msgid = conn.search_ext(settings.base_dn, ldap.SCOPE_SUBTREE, search_filter(settings),
+                                    [*read, *_SYSTEM], serverctrls=controls)
             _, results, _, response = conn.result3(msgid, timeout=settings.timeout,
                                                   resp_ctrl_classes={DIRSYNC_OID: DirSyncResponse})
-            entries += [decode_entry(dn, attrs, settings.attributes) for dn, attrs in results if dn]
+            entries += [decode_entry(dn, attrs, read) for dn, attrs in results if dn]
             answer = next((c for c in response if c.controlType == DIRSYNC_OID), None)
             if answer is None:
                 raise AdSourceError(f"AD {settings.url}: the server did not answer the DirSync control")
@@ -382,13 +371,13 @@ def _dirsync(settings: AdSettings, cookie: bytes) -> tuple[list[AdEntry], bytes]
             conn.unbind_s()
 
 
-def _connect(settings: AdSettings) -> Any:
+def _connect(settings: ActiveDirectorySource, password: str) -> Any:
     conn = ldap.initialize(settings.url)
     try:
         conn.set_option(ldap.OPT_PROTOCOL_VERSION, 3)
         conn.set_option(ldap.OPT_REFERRALS, 0)
         conn.set_option(ldap.OPT_NETWORK_TIMEOUT, settings.timeout)
-        conn.simple_bind_s(settings.bind_dn, settings.password)
+        conn.simple_bind_s(settings.bind_dn, password)
     except ldap.LDAPError as exc:
         with contextlib.suppress(ldap.LDAPError):
             conn.unbind_s()
@@ -399,7 +388,7 @@ def _connect(settings: AdSettings) -> Any:
 _TRANSIENT = (ldap.SERVER_DOWN, ldap.CONNECT_ERROR, ldap.TIMEOUT, ldap.UNAVAILABLE, ldap.BUSY)
 
 
-def _wrap(settings: AdSettings, exc: Any) -> AdSourceError:
+def _wrap(settings: ActiveDirectorySource, exc: Any) -> AdSourceError:
     details = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
     reason = str(details.get("desc") or type(exc).__name__)
     if details.get("info"):
@@ -407,11 +396,3 @@ def _wrap(settings: AdSettings, exc: Any) -> AdSourceError:
     message = f"AD DirSync at {settings.url} (base {settings.base_dn}, as {settings.bind_dn}): {reason}"
     return AdUnavailableError(message) if isinstance(exc, _TRANSIENT) else AdSourceError(message)
 
-
-def ad_settings(source: ActiveDirectorySource, password: str) -> AdSettings:
-    """The AD source's settings from its config."""
-    return AdSettings(url=source.url, base_dn=source.base_dn, bind_dn=source.bind_dn, password=password,
-                      user_filter=source.user_filter, group_filter=source.group_filter,
-                      attributes=tuple(source.attributes or DEFAULT_ATTRIBUTES),
-                      poll_interval=source.poll_interval, timeout=source.timeout,
-                      reconnect_initial=source.reconnect_initial, reconnect_max=source.reconnect_max)

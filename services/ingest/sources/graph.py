@@ -42,7 +42,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -67,10 +66,12 @@ __all__ = [
     "DEFAULT_USER_ATTRIBUTES",
     "GraphDirectory",
     "GraphIndex",
-    "GraphSettings",
     "GraphSourceError",
     "GraphUnavailableError",
-    "graph_settings",
+    "delta_url",
+    "group_attributes",
+    "token_endpoint",
+    "user_attributes",
 ]
 
 log = structlog.get_logger("scimflow.ingest.graph")
@@ -89,34 +90,27 @@ _BACKOFF_INITIAL = 1.0  # first backoff step when Graph gives no Retry-After; do
 _BACKOFF_MAX = 30.0
 
 
-@dataclass(frozen=True)
-class GraphSettings:
-    """Where the tenant is and what to read. ``client_secret`` never appears in a repr."""
+def token_endpoint(settings: GraphSource) -> str:
+    """The configured token URL, or the tenant's v2.0 endpoint at login.microsoftonline.com."""
+    default = f"https://login.microsoftonline.com/{quote(settings.tenant_id)}/oauth2/v2.0/token"
+    return settings.token_url or default
 
-    tenant_id: str
-    client_id: str
-    client_secret: str = field(repr=False)
-    graph_url: str = "https://graph.microsoft.com/v1.0"
-    token_url: str | None = None
-    scope: str = "https://graph.microsoft.com/.default"
-    user_attributes: tuple[str, ...] = DEFAULT_USER_ATTRIBUTES
-    group_attributes: tuple[str, ...] = DEFAULT_GROUP_ATTRIBUTES
-    page_size: int | None = None
-    poll_interval: float = 5.0
-    timeout: float = 30.0
-    max_retries: int = 5
 
-    @property
-    def token_endpoint(self) -> str:
-        default = f"https://login.microsoftonline.com/{quote(self.tenant_id)}/oauth2/v2.0/token"
-        return self.token_url or default
+def user_attributes(settings: GraphSource) -> tuple[str, ...]:
+    return tuple(settings.user_attributes or DEFAULT_USER_ATTRIBUTES)
 
-    def delta_url(self, kind: ObjectType) -> str:
-        if kind == "user":
-            select = ["id", *(a for a in self.user_attributes if a != "id")]
-            return f"{self.graph_url.rstrip('/')}/users/delta?$select={','.join(select)}"
-        select = ["id", *(a for a in self.group_attributes if a not in ("id", "members")), "members"]
-        return f"{self.graph_url.rstrip('/')}/groups/delta?$select={','.join(select)}"
+
+def group_attributes(settings: GraphSource) -> tuple[str, ...]:
+    return tuple(settings.group_attributes or DEFAULT_GROUP_ATTRIBUTES)
+
+
+def delta_url(settings: GraphSource, kind: ObjectType) -> str:
+    """Where a round of ``kind`` starts from scratch, with the properties to ``$select``."""
+    if kind == "user":
+        select = ["id", *(a for a in user_attributes(settings) if a != "id")]
+        return f"{settings.graph_url.rstrip('/')}/users/delta?$select={','.join(select)}"
+    select = ["id", *(a for a in group_attributes(settings) if a not in ("id", "members")), "members"]
+    return f"{settings.graph_url.rstrip('/')}/groups/delta?$select={','.join(select)}"
 
 
 class GraphSourceError(SourceError):
@@ -258,11 +252,12 @@ def decode_position(position: bytes | None) -> dict[str, str] | None:
 class _GraphClient:
     """Authenticated GETs against Graph: token caching, Retry-After, errors as ours."""
 
-    def __init__(self, settings: GraphSettings, http: httpx.AsyncClient | None = None) -> None:
+    def __init__(self, settings: GraphSource, client_secret: str,
+                 http: httpx.AsyncClient | None = None) -> None:
         self.settings = settings
         self.http = http or httpx.AsyncClient(timeout=settings.timeout)
-        self._credentials = ClientCredentials(settings.token_endpoint, settings.client_id,
-                                              settings.client_secret, settings.scope, http=self.http)
+        self._credentials = ClientCredentials(token_endpoint(settings), settings.client_id,
+                                              client_secret, settings.scope, http=self.http)
         origin = urlsplit(settings.graph_url)
         self._origin = (origin.scheme, origin.netloc)
 
@@ -381,14 +376,15 @@ Change = tuple[Operation, ObjectType, str]
 class GraphDirectory(DirectorySource):
     """An Entra ID tenant read through Graph delta queries; the position is both deltaLinks."""
 
-    def __init__(self, name: str, settings: GraphSettings, *, full_scan_interval: float = 600.0,
+    def __init__(self, settings: GraphSource, client_secret: str, *,
                  http: httpx.AsyncClient | None = None) -> None:
-        self.name = name
+        """``client_secret`` is the resolved secret (``settings.client_secret`` is only its reference)."""
+        self.name = settings.name
         self.settings = settings
-        self.full_scan_interval = full_scan_interval
+        self.full_scan_interval = settings.full_scan_interval
         self.reconnect_initial = min(1.0, settings.poll_interval)
         self.reconnect_max = max(30.0, settings.poll_interval)
-        self.client = _GraphClient(settings, http)
+        self.client = _GraphClient(settings, client_secret, http)
         self.index = GraphIndex()
         self.links: dict[str, str] | None = None
         self._seeded = False
@@ -431,8 +427,8 @@ class GraphDirectory(DirectorySource):
     async def fetch(self, object_id: str, object_type: ObjectType) -> SourceObject | None:
         """GET ``/users/{id}`` or ``/groups/{id}`` now; relations as the index knows them."""
         s = self.settings
-        collection, select = ("users", s.user_attributes) if object_type == "user" else ("groups",
-                                                                                         s.group_attributes)
+        collection, select = (("users", user_attributes(s)) if object_type == "user"
+                              else ("groups", group_attributes(s)))
         url = f"{s.graph_url.rstrip('/')}/{collection}/{quote(object_id)}?$select={','.join(('id', *select))}"
         body = await self.client.get(url, missing_ok=True)
         if body is None:
@@ -472,7 +468,7 @@ class GraphDirectory(DirectorySource):
         """Read every page of both collections, then apply them: users first, so that group
         members resolve. Nothing is applied if a page fails (the round is simply repeated)."""
         kinds: tuple[ObjectType, ObjectType] = ("user", "group")
-        read = {kind: await self._pages(links[kind] if links else self.settings.delta_url(kind))
+        read = {kind: await self._pages(links[kind] if links else delta_url(self.settings, kind))
                 for kind in kinds}
         changes: list[Change] = []
         for item in read["user"][0]:
@@ -511,15 +507,3 @@ class GraphDirectory(DirectorySource):
             obj = self.index.object(kind, oid)
             if obj is not None:
                 await on_change("upsert", obj)
-
-
-
-def graph_settings(source: GraphSource, client_secret: str) -> GraphSettings:
-    """The Graph source's settings from its config; unset optional keys keep their defaults."""
-    return GraphSettings(
-        tenant_id=source.tenant_id, client_id=source.client_id, client_secret=client_secret,
-        graph_url=source.graph_url, token_url=source.token_url, scope=source.scope,
-        user_attributes=tuple(source.user_attributes or DEFAULT_USER_ATTRIBUTES),
-        group_attributes=tuple(source.group_attributes or DEFAULT_GROUP_ATTRIBUTES),
-        page_size=source.page_size, poll_interval=source.poll_interval, timeout=source.timeout,
-        max_retries=source.max_retries)

@@ -47,11 +47,9 @@ __all__ = [
     "PushDirectory",
     "PushItem",
     "PushRejectedError",
-    "PushSettings",
     "parse_bulk",
     "parse_change",
     "parse_resource",
-    "push_settings",
 ]
 
 log = structlog.get_logger("scimflow.ingest.push")
@@ -66,18 +64,7 @@ _RESOURCE_TYPES: dict[str, ObjectType] = {"Users": "user", "Groups": "group"}
 _JSON_TYPES = ("application/json", "application/scim+json")
 
 
-@dataclass(frozen=True)
-class PushSettings:
-    """Where to listen and the token a client must show. ``token`` never appears in a repr."""
-
-    token: str = ""
-    host: str = "0.0.0.0"  # noqa: S104 - a pod is reached on its own IP
-    port: int = 8085
-    max_bulk_operations: int = 1000
-    max_payload_bytes: int = 5_000_000
-
-    def __repr__(self) -> str:
-        return f"PushSettings(host={self.host!r}, port={self.port})"
+_ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - a pod is reached on its own IP; the host when ``listen`` has none
 
 
 class PushRejectedError(SourceError):
@@ -366,9 +353,12 @@ class PushDirectory(DirectorySource):
     scans = False
     resumable = False
 
-    def __init__(self, name: str, settings: PushSettings, report: Report) -> None:
-        self.name = name
+    def __init__(self, settings: PushSource, token: str, report: Report) -> None:
+        """``token`` is the resolved bearer token (``settings.token`` is only its reference)."""
+        self.name = settings.name
         self.settings = settings
+        self.host, self.listen_port = _listen_address(settings.listen)
+        self._token = token
         self._report = report
         self._pushed = _Pushed()
         self._on_change: OnChange | None = None
@@ -390,15 +380,15 @@ class PushDirectory(DirectorySource):
         runner = web.AppRunner(self._app(), access_log=None)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self.settings.host, self.settings.port)
+            site = web.TCPSite(runner, self.host, self.listen_port)
             try:
                 await site.start()
             except OSError as exc:
                 raise SourceError(f"push source {self.name}: cannot listen on "
-                                  f"{self.settings.host}:{self.settings.port}: {exc.strerror}") from None
-            self.port = _bound_port(site) or self.settings.port
+                                  f"{self.host}:{self.listen_port}: {exc.strerror}") from None
+            self.port = _bound_port(site) or self.listen_port
             self.listening.set()
-            log.info("push endpoint listening", source=self.name, host=self.settings.host, port=self.port)
+            log.info("push endpoint listening", source=self.name, host=self.host, port=self.port)
             await asyncio.Event().wait()  # serve until cancelled
         finally:
             self.listening.clear()
@@ -419,8 +409,8 @@ class PushDirectory(DirectorySource):
     @web.middleware
     async def _authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         given = request.headers.get("Authorization", "")
-        expected = f"Bearer {self.settings.token}"
-        if not self.settings.token or not hmac.compare_digest(given.encode(), expected.encode()):
+        expected = f"Bearer {self._token}"
+        if not self._token or not hmac.compare_digest(given.encode(), expected.encode()):
             return _scim_error(401, "a valid bearer token is required",
                                headers={"WWW-Authenticate": "Bearer"})
         return await handler(request)
@@ -563,9 +553,7 @@ def _bound_port(site: web.TCPSite) -> int | None:
     return int(sockets[0].getsockname()[1]) if sockets else None
 
 
-def push_settings(source: PushSource, token: str) -> PushSettings:
-    """The push endpoint's settings from its config."""
-    host, _, port = source.listen.rpartition(":")
-    return PushSettings(token=token, host=host or "0.0.0.0", port=int(port),  # noqa: S104 - all interfaces
-                        max_bulk_operations=source.max_bulk_operations,
-                        max_payload_bytes=source.max_payload_bytes)
+def _listen_address(listen: str) -> tuple[str, int]:
+    """``host:port`` as the host (all interfaces when empty) and the port."""
+    host, _, port = listen.rpartition(":")
+    return host or _ALL_INTERFACES, int(port)

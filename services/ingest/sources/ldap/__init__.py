@@ -28,19 +28,20 @@ and an entry deleted while ingest was down that the index never saw is reported 
 full scan corrects anything else, as for every source.
 
 The modules: ``index`` (the pure index; AD shares its DN spelling), ``connection``
-(settings, errors, bind and plain searches), ``syncrepl`` (the sync search's thread and the
-session that applies what it sends) and ``source`` (``LdapSource``, ``LdapDirectory``).
+(defaults for unset settings, errors, bind and plain searches), ``syncrepl`` (the sync
+search's thread and the session that applies what it sends) and ``source`` (``LdapSource``,
+``LdapDirectory``). The settings are the ``LdapSource`` Struct of ``services/runtime/config.py``;
+the bind password comes resolved, beside it.
 python-ldap has no type annotations; ``Any`` stays in ``connection`` and ``syncrepl``, and
 every python-ldap error is wrapped in ``LdapSourceError`` there.
 """
 
-from services.ingest.sources.ldap.connection import LdapSettings, LdapSourceError, LdapUnavailableError
+from services.ingest.sources.ldap.connection import LdapSourceError, LdapUnavailableError
 from services.ingest.sources.ldap.source import LdapDirectory, LdapSource
 from services.ingest.sources.ldap.syncrepl import LdapStats
 
 __all__ = [
     "LdapDirectory",
-    "LdapSettings",
     "LdapSource",
     "LdapSourceError",
     "LdapStats",

@@ -1,4 +1,9 @@
-"""Reaching the LDAP server: the source's settings, its errors, binding and plain searches.
+"""Reaching the LDAP server: the defaults for the source's unset settings, its errors, binding
+and plain searches.
+
+The settings are the ``LdapSource`` Struct of ``services/runtime/config.py``; its optional
+search keys left unset (``None``) take the defaults below. The bind password is resolved by the
+caller and passed separately (the Struct holds only its reference).
 
 Everything python-ldap raises is wrapped here in ``LdapSourceError`` (``LdapUnavailableError``
 when a retry may help), with the server's diagnostic and never the password. python-ldap
@@ -9,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import ldap  # type: ignore[import-untyped]
@@ -17,17 +21,24 @@ import ldap.filter  # type: ignore[import-untyped]
 from ldap.controls import SimplePagedResultsControl  # type: ignore[import-untyped]
 
 from services.ingest.sources.base import SourceError, SourceUnavailableError
-from services.ingest.sources.ldap.index import LdapEntry, make_entry
+from services.ingest.sources.ldap.index import EntryShape, LdapEntry, make_entry
+from services.runtime.config import LdapSource as LdapSourceConfig
 
 __all__ = [
     "DEFAULT_ATTRIBUTES",
-    "LdapSettings",
+    "DEFAULT_GROUP_CLASSES",
+    "DEFAULT_GROUP_FILTER",
+    "DEFAULT_MEMBER_ATTRIBUTES",
+    "DEFAULT_USER_FILTER",
     "LdapSourceError",
     "LdapUnavailableError",
     "RefreshRequiredError",
     "connect",
+    "entry_shape",
     "read_entries",
     "read_one",
+    "request_attributes",
+    "search_filter",
     "wrap",
 ]
 
@@ -40,36 +51,28 @@ _PAGE_SIZE = 500
 _SYNC_REFRESH_REQUIRED = 4096  # RFC 4533 e-syncRefreshRequired: the cookie is too old
 
 
-@dataclass(frozen=True)
-class LdapSettings:
-    """Where the directory is and what to read from it. ``password`` never appears in a repr."""
+DEFAULT_USER_FILTER = "(objectClass=inetOrgPerson)"
+DEFAULT_GROUP_FILTER = "(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames))"
+DEFAULT_GROUP_CLASSES = ("groupOfNames", "groupOfUniqueNames")
+"""An entry the filters select is a group if it has one of these object classes."""
+DEFAULT_MEMBER_ATTRIBUTES = ("member", "uniqueMember")
 
-    url: str
-    base_dn: str
-    bind_dn: str
-    password: str = field(repr=False)
-    user_filter: str = "(objectClass=inetOrgPerson)"
-    group_filter: str = "(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames))"
-    attributes: tuple[str, ...] = DEFAULT_ATTRIBUTES
-    group_classes: tuple[str, ...] = ("groupOfNames", "groupOfUniqueNames")
-    """An entry the filters select is a group if it has one of these object classes."""
-    member_attributes: tuple[str, ...] = ("member", "uniqueMember")
-    timeout: float = 10.0
-    """Seconds to connect, and for each search page."""
-    reconnect_initial: float = 0.2
-    reconnect_max: float = 30.0
 
-    def __post_init__(self) -> None:
-        if not self.url.lower().startswith(("ldap://", "ldaps://", "ldapi://")):
-            raise ValueError(f"LDAP url must start with ldap://, ldaps:// or ldapi://, got {self.url!r}")
+def entry_shape(settings: LdapSourceConfig) -> EntryShape:
+    """The settings' attribute lists, each one its default when unset."""
+    return EntryShape(tuple(settings.attributes or DEFAULT_ATTRIBUTES),
+                      tuple(settings.group_classes or DEFAULT_GROUP_CLASSES),
+                      tuple(settings.member_attributes or DEFAULT_MEMBER_ATTRIBUTES))
 
-    @property
-    def search_filter(self) -> str:
-        return f"(|{self.user_filter}{self.group_filter})"
 
-    @property
-    def request_attributes(self) -> list[str]:
-        return [*self.attributes, "objectClass", *self.member_attributes]
+def search_filter(settings: LdapSourceConfig) -> str:
+    """Users or groups: the filter every search of the source uses."""
+    return f"(|{settings.user_filter or DEFAULT_USER_FILTER}{settings.group_filter or DEFAULT_GROUP_FILTER})"
+
+
+def request_attributes(settings: LdapSourceConfig) -> list[str]:
+    shape = entry_shape(settings)
+    return [*shape.attributes, "objectClass", *shape.member_attributes]
 
 
 class LdapSourceError(SourceError):
@@ -92,15 +95,17 @@ class RefreshRequiredError(LdapUnavailableError):
     """The server no longer knows our cookie; sync again from scratch."""
 
 
-def connect(settings: LdapSettings, factory: Callable[[str], Any] = ldap.initialize) -> Any:
-    """A bound connection, or LdapSourceError (never with the password in it)."""
+def connect(settings: LdapSourceConfig, password: str,
+            factory: Callable[[str], Any] = ldap.initialize) -> Any:
+    """A bound connection (``password`` is the resolved one), or LdapSourceError (never with
+    the password in it)."""
     conn = factory(settings.url)
     try:
         conn.set_option(ldap.OPT_PROTOCOL_VERSION, 3)
         conn.set_option(ldap.OPT_REFERRALS, 0)
         conn.set_option(ldap.OPT_NETWORK_TIMEOUT, settings.timeout)
         _keepalive(conn)
-        conn.simple_bind_s(settings.bind_dn, settings.password)
+        conn.simple_bind_s(settings.bind_dn, password)
     except ldap.LDAPError as exc:
         with contextlib.suppress(ldap.LDAPError):
             conn.unbind_s()
@@ -116,11 +121,12 @@ def _keepalive(conn: Any) -> None:
             conn.set_option(getattr(ldap, option), value)
 
 
-def read_entries(settings: LdapSettings) -> list[LdapEntry]:
+def read_entries(settings: LdapSourceConfig, password: str) -> list[LdapEntry]:
     """Every entry the filters select, read with the simple paged results control."""
-    conn = connect(settings)
+    conn = connect(settings, password)
+    shape = entry_shape(settings)
     try:
-        return [make_entry(settings, dn, attrs, _uuid_of(dn, attrs)) for dn, attrs in _paged(conn, settings)]
+        return [make_entry(shape, dn, attrs, _uuid_of(dn, attrs)) for dn, attrs in _paged(conn, settings)]
     except ldap.LDAPError as exc:
         raise wrap(settings, "search", exc) from None
     finally:
@@ -128,27 +134,27 @@ def read_entries(settings: LdapSettings) -> list[LdapEntry]:
             conn.unbind_s()
 
 
-def read_one(settings: LdapSettings, uuid: str) -> LdapEntry | None:
+def read_one(settings: LdapSourceConfig, password: str, uuid: str) -> LdapEntry | None:
     """The entry with this entryUUID that the filters select, or None."""
-    conn = connect(settings)
+    conn = connect(settings, password)
     try:
-        wanted = f"(&{settings.search_filter}(entryUUID={ldap.filter.escape_filter_chars(uuid)}))"
+        wanted = f"(&{search_filter(settings)}(entryUUID={ldap.filter.escape_filter_chars(uuid)}))"
         results = conn.search_ext_s(settings.base_dn, ldap.SCOPE_SUBTREE, wanted,
-                                    [*settings.request_attributes, "entryUUID"], timeout=settings.timeout)
+                                    [*request_attributes(settings), "entryUUID"], timeout=settings.timeout)
     except ldap.LDAPError as exc:
         raise wrap(settings, "search", exc) from None
     finally:
         with contextlib.suppress(ldap.LDAPError):
             conn.unbind_s()
     found = [(dn, attrs) for dn, attrs in results if dn is not None]
-    return make_entry(settings, *found[0], _uuid_of(*found[0])) if found else None
+    return make_entry(entry_shape(settings), *found[0], _uuid_of(*found[0])) if found else None
 
 
-def _paged(conn: Any, settings: LdapSettings) -> Iterator[tuple[str, dict[str, list[bytes]]]]:
+def _paged(conn: Any, settings: LdapSourceConfig) -> Iterator[tuple[str, dict[str, list[bytes]]]]:
     page = SimplePagedResultsControl(True, size=_PAGE_SIZE, cookie=b"")
-    attrs = [*settings.request_attributes, "entryUUID"]
+    attrs = [*request_attributes(settings), "entryUUID"]
     while True:
-        msgid = conn.search_ext(settings.base_dn, ldap.SCOPE_SUBTREE, settings.search_filter, attrs,
+        msgid = conn.search_ext(settings.base_dn, ldap.SCOPE_SUBTREE, search_filter(settings), attrs,
                                 serverctrls=[page])
         _, results, _, controls = conn.result3(msgid, timeout=settings.timeout)
         yield from ((dn, attrs) for dn, attrs in results if dn is not None)  # None: a referral
@@ -169,7 +175,7 @@ _TRANSIENT = (ldap.SERVER_DOWN, ldap.CONNECT_ERROR, ldap.TIMEOUT, ldap.UNAVAILAB
               ldap.UNWILLING_TO_PERFORM, ldap.ADMINLIMIT_EXCEEDED, ldap.TIMELIMIT_EXCEEDED)
 
 
-def wrap(settings: LdapSettings, what: str, exc: Any) -> LdapSourceError:
+def wrap(settings: LdapSourceConfig, what: str, exc: Any) -> LdapSourceError:
     """A python-ldap error as ours: its description and the server's diagnostic, nothing else."""
     details = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
     reason = str(details.get("desc") or type(exc).__name__)

@@ -17,7 +17,7 @@ import collections
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple
 
 import ldap  # type: ignore[import-untyped]
 import ldap.dn  # type: ignore[import-untyped]
@@ -30,17 +30,13 @@ _REMEMBERED_DELETES = 10_000
 _UNIQUE_MEMBER_UID = re.compile(r"#'[01]*'B$")  # uniqueMember's optional "#'0101'B" suffix
 
 
-class EntryShape(Protocol):
-    """What ``make_entry`` needs of the source's settings: which attributes mean what."""
+class EntryShape(NamedTuple):
+    """What ``make_entry`` needs of the source's settings: which attributes are read, and which
+    mean group and member (``connection.entry_shape`` fills in the defaults)."""
 
-    @property
-    def attributes(self) -> tuple[str, ...]: ...
-
-    @property
-    def group_classes(self) -> tuple[str, ...]: ...
-
-    @property
-    def member_attributes(self) -> tuple[str, ...]: ...
+    attributes: tuple[str, ...]
+    group_classes: tuple[str, ...]
+    member_attributes: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,16 +204,16 @@ def normalize_dn(dn: str) -> str:
     return str(ldap.dn.dn2str(canonical))
 
 
-def make_entry(settings: EntryShape, dn: str, attrs: dict[str, list[bytes]], uuid: str) -> LdapEntry:
+def make_entry(shape: EntryShape, dn: str, attrs: dict[str, list[bytes]], uuid: str) -> LdapEntry:
     """An LdapEntry from what python-ldap returns: ``{attribute: [value, ...]}`` as bytes."""
     by_name = {name.lower(): values for name, values in attrs.items()}
     classes = {v.decode("utf-8", "replace").lower() for v in by_name.get("objectclass", [])}
-    is_group = bool(classes & {c.lower() for c in settings.group_classes})
+    is_group = bool(classes & {c.lower() for c in shape.group_classes})
     attributes: dict[str, Any] = {"dn": dn}
-    for name in settings.attributes:
+    for name in shape.attributes:
         if values := by_name.get(name.lower()):
             attributes[name] = _value(values)
-    members = frozenset(_member_keys(by_name, settings.member_attributes)) if is_group else frozenset()
+    members = frozenset(_member_keys(by_name, shape.member_attributes)) if is_group else frozenset()
     return LdapEntry(uuid.lower(), dn, normalize_dn(dn), "group" if is_group else "user", attributes, members)
 
 

@@ -19,7 +19,6 @@ import structlog
 from services.ingest.objects import ObjectType, Snapshot, SourceObject
 from services.ingest.sources.base import DirectorySource, OnChange, OnPosition
 from services.ingest.sources.ldap.connection import (
-    LdapSettings,
     LdapUnavailableError,
     RefreshRequiredError,
     read_entries,
@@ -35,6 +34,7 @@ from services.ingest.sources.ldap.syncrepl import (
     SyncState,
     sync_thread,
 )
+from services.runtime.config import LdapSource as LdapSourceConfig
 
 __all__ = ["LdapDirectory", "LdapSource"]
 
@@ -44,8 +44,10 @@ log = structlog.get_logger("scimflow.ingest.ldap")
 class LdapSource:
     """One LDAP directory: full reads with ``scan``, changes as they happen with ``watch``."""
 
-    def __init__(self, settings: LdapSettings, *, cookie: bytes | None = None) -> None:
+    def __init__(self, settings: LdapSourceConfig, password: str, *, cookie: bytes | None = None) -> None:
+        """``password`` is the resolved bind password (``settings.password`` is only its reference)."""
         self.settings = settings
+        self._password = password
         self._state = SyncState(cookie)
         self._closed = False
         self._threads: list[tuple[threading.Thread, threading.Event]] = []
@@ -62,7 +64,7 @@ class LdapSource:
     async def scan(self) -> Snapshot:
         """Every user and group now in the directory (a normal paged search, its own connection)."""
         index = DirectoryIndex()
-        index.load(await asyncio.to_thread(read_entries, self.settings))
+        index.load(await asyncio.to_thread(read_entries, self.settings, self._password))
         return index.snapshot()
 
     async def watch(self, on_change: OnChange, on_cookie: OnCookie) -> None:
@@ -80,7 +82,7 @@ class LdapSource:
     async def fetch(self, uuid: str) -> SourceObject | None:
         """One entry by entryUUID, read now; its groups or members as the index knows them (a
         full read if the index does not hold it yet). None if the filters select no such entry."""
-        entry = await asyncio.to_thread(read_one, self.settings, uuid.lower())
+        entry = await asyncio.to_thread(read_one, self.settings, self._password, uuid.lower())
         if entry is None:
             return None
         index = self._state.index
@@ -130,7 +132,7 @@ class LdapSource:
                 state.forget_downstream()
 
     async def _seed(self) -> None:
-        entries = await asyncio.to_thread(read_entries, self.settings)
+        entries = await asyncio.to_thread(read_entries, self.settings, self._password)
         self._state.index.load(entries, cold=True)
         self._state.blind = True
         self._state.stats.seeded += len(entries)
@@ -144,7 +146,8 @@ class LdapSource:
             with contextlib.suppress(RuntimeError):  # the loop closed while the thread was ending
                 loop.call_soon_threadsafe(queue.put_nowait, event)
 
-        thread = threading.Thread(target=sync_thread, args=(self.settings, self._state.cookie, send, stop),
+        args = (self.settings, self._password, self._state.cookie, send, stop)
+        thread = threading.Thread(target=sync_thread, args=args,
                                   name="ldap-syncrepl", daemon=True)
         self._threads = [(t, s) for t, s in self._threads if t.is_alive()] + [(thread, stop)]
         thread.start()
@@ -154,16 +157,18 @@ class LdapSource:
 class LdapDirectory(DirectorySource):
     """An ``LdapSource`` behind the interface the ingest loop drives; the position is the cookie."""
 
-    def __init__(self, name: str, settings: LdapSettings, *, full_scan_interval: float = 600.0) -> None:
-        self.name = name
+    def __init__(self, settings: LdapSourceConfig, password: str) -> None:
+        """``password`` is the resolved bind password (``settings.password`` is only its reference)."""
+        self.name = settings.name
         self.settings = settings
-        self.full_scan_interval = full_scan_interval
+        self._password = password
+        self.full_scan_interval = settings.full_scan_interval
         self.reconnect_initial = settings.reconnect_initial
         self.reconnect_max = settings.reconnect_max
         self.source: LdapSource | None = None
 
     async def start(self, position: bytes | None) -> None:
-        self.source = LdapSource(self.settings, cookie=position)
+        self.source = LdapSource(self.settings, self._password, cookie=position)
         log.info("ldap source starting", source=self.name, url=self.settings.url,
                  base_dn=self.settings.base_dn, resumed=position is not None)
 

@@ -24,8 +24,16 @@ import structlog
 
 from services.ingest.objects import SourceObject
 from services.ingest.sources.base import OnChange, Operation
-from services.ingest.sources.ldap.connection import LdapSettings, LdapUnavailableError, connect, wrap
-from services.ingest.sources.ldap.index import DirectoryIndex, LdapEntry, make_entry
+from services.ingest.sources.ldap.connection import (
+    LdapUnavailableError,
+    connect,
+    entry_shape,
+    request_attributes,
+    search_filter,
+    wrap,
+)
+from services.ingest.sources.ldap.index import DirectoryIndex, EntryShape, LdapEntry, make_entry
+from services.runtime.config import LdapSource as LdapSourceConfig
 
 __all__ = ["POLL_SECONDS", "Event", "LdapStats", "OnCookie", "Session", "SyncState", "sync_thread"]
 
@@ -224,9 +232,9 @@ class Session:
 class _Consumer(ldap.ldapobject.LDAPObject, ldap.syncrepl.SyncreplConsumer):  # type: ignore[misc]
     """python-ldap's syncrepl consumer, forwarding each callback as an event."""
 
-    def __init__(self, url: str, settings: LdapSettings, send: Callable[[Event], None]) -> None:
+    def __init__(self, url: str, shape: EntryShape, send: Callable[[Event], None]) -> None:
         super().__init__(url)
-        self._settings = settings
+        self._shape = shape
         self._send = send
 
     def syncrepl_get_cookie(self) -> None:
@@ -237,7 +245,7 @@ class _Consumer(ldap.ldapobject.LDAPObject, ldap.syncrepl.SyncreplConsumer):  # 
         self._send(_Cookie(cookie if isinstance(cookie, bytes) else cookie.encode("latin-1")))
 
     def syncrepl_entry(self, dn: str, attrs: dict[str, list[bytes]], uuid: str) -> None:
-        self._send(_Upsert(make_entry(self._settings, dn, attrs, uuid)))
+        self._send(_Upsert(make_entry(self._shape, dn, attrs, uuid)))
 
     def syncrepl_delete(self, uuids: list[str]) -> None:
         self._send(_Delete(tuple(u.lower() for u in uuids)))
@@ -249,12 +257,12 @@ class _Consumer(ldap.ldapobject.LDAPObject, ldap.syncrepl.SyncreplConsumer):  # 
         self._send(_RefreshDone())
 
 
-def sync_thread(settings: LdapSettings, cookie: bytes | None, send: Callable[[Event], None],
-                 stop: threading.Event) -> None:
+def sync_thread(settings: LdapSourceConfig, password: str, cookie: bytes | None,
+                send: Callable[[Event], None], stop: threading.Event) -> None:
     """The thread: one refreshAndPersist search until stopped or the connection ends."""
     error: BaseException | None = None
     try:
-        _sync(settings, cookie, send, stop)
+        _sync(settings, password, cookie, send, stop)
     except ldap.LDAPError as exc:
         error = wrap(settings, "sync", exc)
     except BaseException as exc:  # ours (from connect), or a bug: watch() raises it either way
@@ -262,13 +270,14 @@ def sync_thread(settings: LdapSettings, cookie: bytes | None, send: Callable[[Ev
     send(_End(error))
 
 
-def _sync(settings: LdapSettings, cookie: bytes | None, send: Callable[[Event], None],
+def _sync(settings: LdapSourceConfig, password: str, cookie: bytes | None, send: Callable[[Event], None],
           stop: threading.Event) -> None:
-    conn = connect(settings, lambda url: _Consumer(url, settings, send))
+    shape = entry_shape(settings)
+    conn = connect(settings, password, lambda url: _Consumer(url, shape, send))
     try:
         msgid = conn.syncrepl_search(settings.base_dn, ldap.SCOPE_SUBTREE, mode="refreshAndPersist",
-                                     cookie=cookie, filterstr=settings.search_filter,
-                                     attrlist=settings.request_attributes)
+                                     cookie=cookie, filterstr=search_filter(settings),
+                                     attrlist=request_attributes(settings))
         while not stop.is_set():
             try:
                 if not conn.syncrepl_poll(msgid=msgid, timeout=POLL_SECONDS):
