@@ -400,7 +400,6 @@ class ConfigStore:
             log.warning("config write lost a race", kind=kind, name=name, version=record.version,
                         winner=winner.author)
             raise VersionConflictError(kind, name, current, record.version)
-        log.info("config version written", kind=kind, name=name, version=record.version, author=author)
         return record
 
     def _records(self, upto: int | None) -> Iterator[ConfigVersion]:
