@@ -4,6 +4,7 @@ Imports only msgspec. ``schemas.codecs`` builds one encoder/decoder per topic;
 ``schemas/json/`` holds the JSON Schema generated from these Structs for each topic.
 """
 
+from schemas.config import ConfigVersion
 from schemas.messages import (
     ActivityRecord,
     CycleMarker,
@@ -24,6 +25,7 @@ from schemas.messages import (
 
 __all__ = [
     "ActivityRecord",
+    "ConfigVersion",
     "CycleMarker",
     "DirectoryChange",
     "DirectoryMessage",

@@ -4,7 +4,7 @@ Topics are named by their role, not their full name, because the prefix is a dep
 setting: ``directory.changes``, ``provisioning.commands``, ``provisioning.activity``,
 ``provisioning.errors``, the writer's state changelogs ``writer.managed`` and
 ``writer.escrow``, where each source's change feed stopped, ``source.positions``; ``control``
-and its audit trail ``control.audit``.
+and its audit trail ``control.audit``; applications as data, ``control.config``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from schemas.config import ConfigMessage
 from schemas.control import AuditRecord, ControlMessage
 from schemas.messages import (
     ActivityRecord,
@@ -36,6 +37,7 @@ TOPIC_TYPES: dict[str, Any] = {
     "source.positions": SourcePosition,
     "control": ControlMessage,
     "control.audit": AuditRecord,
+    "control.config": ConfigMessage,
 }
 
 _encoder = msgspec.json.Encoder()

@@ -13,6 +13,15 @@ audit trail; the token itself is never logged or echoed.
 | ``POST /apps/{app}/test-connection`` | ``scimflow test-connection APP`` |
 | ``POST /apps/{app}/allow-deletes`` | ``scimflow allow-deletes APP`` |
 | ``GET /activity``, ``GET /errors`` ``?app=&status=&limit=`` | ``scimflow tail activity|errors`` |
+| ``GET /apps/{app}/config`` ``?version=N`` | ``scimflow get app APP -o yaml`` |
+| ``PUT /apps/{app}/config`` ``{"definition": {...}, "comment": ...}`` | ``scimflow apply -f FILE`` |
+| ``DELETE /apps/{app}/config`` | (records the app's removal) |
+| ``GET /apps/{app}/config/history`` | ``scimflow history APP`` |
+
+The config routes carry the app's version as ``ETag``; a ``PUT`` or ``DELETE`` with
+``If-Match: "<version>"`` (or ``If-None-Match: *`` for a new app) that is no longer current
+gets 409 with the current version; an invalid definition gets 400 with every problem and
+its JSON path. Nothing is written in either case.
 
 Operations block on Kafka, so each runs in a worker thread; the event loop only serves.
 """
@@ -38,6 +47,7 @@ from services.admin.control import (
     ProvisionFailedError,
 )
 from services.runtime import metrics
+from services.runtime.config_store import DefinitionError, VersionConflictError
 from services.runtime.errors import ScimflowError
 
 __all__ = ["build_api"]
@@ -48,13 +58,14 @@ PLANE = web.AppKey("plane", ControlPlane)
 TOKENS = web.AppKey("tokens", Tokens)
 CALLER = web.RequestKey("caller", Caller)
 _OPEN = frozenset({"/healthz", "/metrics"})
+_CHANGES = frozenset({"POST", "PUT", "DELETE"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def build_api(plane: ControlPlane, tokens: Tokens) -> web.Application:
     """The aiohttp application; ``plane`` does the work, ``tokens`` say who may ask."""
-    app = web.Application(middlewares=[_count, _errors, _auth])
+    app = web.Application(middlewares=[_count, _errors, _config_errors, _auth])
     app[PLANE] = plane
     app[TOKENS] = tokens
     app.router.add_get("/healthz", _healthz)
@@ -63,6 +74,10 @@ def build_api(plane: ControlPlane, tokens: Tokens) -> web.Application:
     app.router.add_get("/apps/{app}", _app)
     for action in ("start", "stop", "restart", "provision", "test-connection", "allow-deletes"):
         app.router.add_post(f"/apps/{{app}}/{action}", _ACTIONS[action])
+    app.router.add_get("/apps/{app}/config", _get_config)
+    app.router.add_put("/apps/{app}/config", _put_config)
+    app.router.add_delete("/apps/{app}/config", _delete_config)
+    app.router.add_get("/apps/{app}/config/history", _config_history)
     app.router.add_get("/activity", _records("activity"))
     app.router.add_get("/errors", _records("errors"))
     app.on_cleanup.append(_close)
@@ -81,7 +96,7 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     if name is None:
         log.warning("admin request refused", method=request.method, path=request.path,
                     remote=request.remote, reason="missing or invalid bearer token")
-        if request.method == "POST":
+        if request.method in _CHANGES:
             await _audit_refused(request)
         return _json({"error": "missing or invalid bearer token"}, 401,
                      headers={"WWW-Authenticate": 'Bearer realm="scimflow"'})
@@ -132,12 +147,26 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _json({"error": str(exc)}, 404)
     except BadRequestError as exc:
         return _json({"error": str(exc)}, 400)
+
     except ScimflowError as exc:
         log.warning("admin request failed", path=request.path, reason=str(exc))
         return _json({"error": str(exc)}, 503)
     except Exception:
         log.exception("admin request crashed", path=request.path)
         return _json({"error": "internal error; see the admin service's log"}, 500)
+
+
+@web.middleware
+async def _config_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The config routes' refusals: nothing was written, and the answer says why."""
+    try:
+        return await handler(request)
+    except DefinitionError as exc:
+        problems = [{"path": p.path, "message": p.message} for p in exc.problems]
+        return _json({"error": "invalid definition: nothing was written", "problems": problems}, 400)
+    except VersionConflictError as exc:
+        return _json({"error": str(exc), "current_version": exc.current}, 409,
+                     headers={"ETag": _etag(exc.current)})
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -227,6 +256,60 @@ _ACTIONS: dict[str, Handler] = {
     "start": _start, "stop": _stop, "restart": _restart, "provision": _provision,
     "test-connection": _test_connection, "allow-deletes": _allow_deletes,
 }
+
+
+def _etag(version: int) -> str:
+    return f'"{version}"'
+
+
+def _expected(request: web.Request) -> int | None:
+    """The version a change is based on: ``If-Match: "4"``; ``If-None-Match: *``: none (0)."""
+    if request.headers.get("If-None-Match", "").strip() == "*":
+        return 0
+    value = request.headers.get("If-Match", "").strip().removeprefix("W/").strip('"')
+    if value in ("", "*"):
+        return None
+    if not value.isdigit():
+        raise BadRequestError('If-Match must be an ETag of this API: "<version>"')
+    return int(value)
+
+
+def _versioned(body: dict[str, Any], version: int, status: int = 200) -> web.Response:
+    return _json(body, status, headers={"ETag": _etag(version)})
+
+
+async def _get_config(request: web.Request) -> web.Response:
+    name, raw = request.match_info["app"], request.query.get("version")
+    if raw is not None and not raw.isdigit():
+        raise BadRequestError("version must be a whole number")
+    version = None if raw is None else int(raw)
+    found = await asyncio.to_thread(lambda: _plane(request).config_get(name, version))
+    return _versioned(found, found["version"])
+
+
+async def _put_config(request: web.Request) -> web.Response:
+    name, expected = request.match_info["app"], _expected(request)
+    body = await _body(request)
+    comment = body.get("comment", "")
+    if "definition" not in body or not isinstance(comment, str):
+        raise BadRequestError('expected {"definition": {...the application...}, "comment": "why"}')
+    plane = _plane(request)
+    result = await asyncio.to_thread(plane.config_put, name, body["definition"], expected=expected,
+                                     comment=comment)
+    return _versioned(result, result["version"], 201 if result["action"] == "create" else 200)
+
+
+async def _delete_config(request: web.Request) -> web.Response:
+    name, expected = request.match_info["app"], _expected(request)
+    comment = request.query.get("comment", "")
+    plane = _plane(request)
+    result = await asyncio.to_thread(plane.config_remove, name, expected=expected, comment=comment)
+    return _versioned(result, result["version"])
+
+
+async def _config_history(request: web.Request) -> web.Response:
+    name = request.match_info["app"]
+    return await _run(request, lambda p: p.config_history(name))
 
 
 def _records(kind: str) -> Handler:

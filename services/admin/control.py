@@ -6,6 +6,10 @@ prints the same thing whichever way it reached the operation. Every action that 
 something (or probes a target) is recorded on the audit topic with who asked, from where,
 and how it ended; a credential is never part of a record.
 
+Applications as data (``config_*``): the definitions on the ``control.config`` topic
+(:mod:`services.runtime.config_store`), read, validated, written as new versions with
+optimistic concurrency, and every change audited with its author and diff.
+
 Operations block (Kafka reads, a provision trace): the API runs them in a thread.
 """
 
@@ -23,11 +27,24 @@ import structlog
 
 from schemas import ActivityRecord, ErrorRecord
 from schemas.codecs import encode
+from schemas.config import ConfigVersion
 from schemas.control import AllowDeletes, AppStatus, AuditRecord, ProvisionRequest, Restart
 from services.admin.provision import provision
 from services.admin.status import read_status
 from services.runtime import metrics
 from services.runtime.config import LoadedConfig
+from services.runtime.config_store import (
+    ConfigStore,
+    Definition,
+    DefinitionError,
+    Loader,
+    Planned,
+    VersionConflictError,
+    default_loader,
+    diff,
+    render_diff,
+    validate_app,
+)
 from services.runtime.errors import ConfigError, ScimflowError, TargetError
 from services.runtime.kafka import plain_producer, read_records
 from services.runtime.settings import Settings
@@ -102,17 +119,19 @@ class ControlPlane:
     """
 
     def __init__(self, settings: Settings, bootstrap: str, loaded: LoadedConfig | None,
-                 caller: Caller) -> None:
+                 caller: Caller, *, load: Loader = default_loader) -> None:
         self.settings = settings
         self.bootstrap = bootstrap
         self.loaded = loaded
         self.caller = caller
+        self.load = load
+        """How a definition is validated (a config file loader; see config_store.validate_app)."""
         self.topics = Topics(settings.topic_prefix, settings.partitions)
         self._producer: Any = None
 
     def as_caller(self, caller: Caller) -> ControlPlane:
         """The same plane (and producer) acting for another caller (one per API request)."""
-        plane = ControlPlane(self.settings, self.bootstrap, self.loaded, caller)
+        plane = ControlPlane(self.settings, self.bootstrap, self.loaded, caller, load=self.load)
         plane._producer = self._get_producer()
         return plane
 
@@ -231,6 +250,112 @@ class ControlPlane:
                 "capabilities": msgspec.to_builtins(capabilities) if capabilities is not None else None,
                 "problems": [msgspec.to_builtins(p) for p in problems]}
 
+    # -- applications as data -------------------------------------------------------------
+
+    def config_apps(self) -> list[dict[str, Any]]:
+        """Every live app definition's current version (without the definitions)."""
+        return [_summary(v) for v in self._store().current("app").values()]
+
+    def config_sources(self) -> list[dict[str, Any]]:
+        """Every live source definition, whole (for ``get app -o yaml``)."""
+        return [_summary(v, definition=True) for v in self._store().current("source").values()]
+
+    def config_get(self, app: str, version: int | None = None) -> dict[str, Any]:
+        """One app's current definition (or version ``version``), with its version."""
+        store = self._store()
+        found = store.current("app").get(app) if version is None else store.version(app, version)
+        if found is None or found.removed:
+            what = "no application" if version is None else f"no version {version} of application"
+            raise NoSuchAppError(f"{what} named {app!r} in the config topic")
+        return _summary(found, definition=True)
+
+    def config_history(self, app: str) -> list[dict[str, Any]]:
+        """Every version of one app, oldest first, each with what it changed."""
+        versions = self._store().history(app)
+        if not versions:
+            raise NoSuchAppError(f"no application named {app!r} in the config topic")
+        before: Definition = {}
+        out = []
+        for v in versions:
+            now = v.definition or {}
+            out.append({**_summary(v), "diff": render_diff(diff(before, now))})
+            before = now
+        return out
+
+    def config_put(self, app: str, definition: Any, *, expected: int | None,
+                   comment: str = "") -> dict[str, Any]:
+        """Validate ``definition`` and write it as the app's next version, unless it is what is
+        live already. ``expected``: the version it was based on (0: a new app; None: any)."""
+        try:
+            plain = validate_app(app, definition, load=self.load)
+        except DefinitionError as exc:
+            self.audit("config", app, {"problems": [str(p) for p in exc.problems]}, "rejected")
+            raise
+        [planned] = self._store().plan("app", {app: plain})
+        return self._write(planned, expected=expected, comment=comment, action="config")
+
+    def config_apply(self, apps: dict[str, Definition], sources: dict[str, Definition], *,
+                     dry_run: bool, comment: str = "") -> dict[str, Any]:
+        """``scimflow apply``: the definitions of a validated file, each written as a new
+        version where it differs from what is live (``dry_run``: only the diff)."""
+        store = self._store()
+        plans = store.plan("source", sources) + store.plan("app", apps)
+        if dry_run:
+            return {"dry_run": True, "changes": [_planned(p) for p in plans]}
+        results = []
+        for p in plans:
+            expected = p.current.version if p.current is not None else 0
+            results.append(self._write(p, expected=expected, comment=comment, action="apply"))
+        return {"dry_run": False, "changes": results}
+
+    def config_rollback(self, app: str, to: int, *, comment: str = "") -> dict[str, Any]:
+        """Write version ``to`` of the app again, as its next version."""
+        old = self._store().version(app, to)
+        if old is None or old.definition is None:
+            self.audit("rollback", app, {"to": to, "error": "no such version"}, "rejected")
+            raise NoSuchAppError(f"application {app!r} has no version {to} with a definition")
+        plain = validate_app(app, old.definition, load=self.load)  # still valid for this scimflow?
+        [planned] = self._store().plan("app", {app: plain})
+        return self._write(planned, expected=None, comment=comment or f"rollback to version {to}",
+                           action="rollback", rollback_of=to)
+
+    def config_remove(self, app: str, *, expected: int | None, comment: str = "") -> dict[str, Any]:
+        """Record the app's removal as its next version (its history stays)."""
+        live = self._store().current("app").get(app)
+        if live is None:
+            raise NoSuchAppError(f"no application named {app!r} in the config topic")
+        planned = Planned("app", app, live, {}, diff(live.definition or {}, {}))
+        return self._write(planned, expected=expected, comment=comment, action="remove", remove=True)
+
+    def _write(self, planned: Planned, *, expected: int | None, comment: str, action: str,
+               rollback_of: int | None = None, remove: bool = False) -> dict[str, Any]:
+        current = planned.current.version if planned.current is not None else 0
+        app = planned.name if planned.kind == "app" else None
+        where = {} if planned.kind == "app" else {"source": planned.name}
+        if expected is not None and expected != current:
+            self.audit(action, app, {**where, "expected": expected, "current": current,
+                                     "error": "version conflict"}, "rejected")
+            raise VersionConflictError(planned.kind, planned.name, expected, current)
+        if planned.action == "unchanged" and not remove:
+            return {**_planned(planned), "version": current, "changed": False}
+        try:
+            record = self._store().write(planned.kind, planned.name, None if remove else planned.definition,
+                                         expected=current, author=self.caller.by, comment=comment,
+                                         rollback_of=rollback_of)
+        except VersionConflictError as exc:
+            self.audit(action, app, {**where, "expected": current, "current": exc.current,
+                                     "error": "version conflict"}, "rejected")
+            raise
+        changes = render_diff(planned.changes)
+        self.audit(action, app, {**where, "version": record.version, "previous": current,
+                                 "comment": comment, "diff": changes,
+                                 **({"rollback_of": rollback_of} if rollback_of else {})}, "succeeded")
+        return {**_planned(planned), "action": "remove" if remove else planned.action,
+                "version": record.version, "changed": True, "author": record.author}
+
+    def _store(self) -> ConfigStore:
+        return ConfigStore(self.bootstrap, self.topics, producer=_Shared(self._get_producer()))
+
     # -- audit -----------------------------------------------------------------------------
 
     def audit(self, action: str, app: str | None, detail: dict[str, Any], outcome: Outcome) -> None:
@@ -272,6 +397,34 @@ class ControlPlane:
 
     def _send(self, topic: str, key: str, message: msgspec.Struct) -> None:
         self._get_producer().send(topic, key=key.encode(), value=encode(message)).get(timeout=30)
+
+
+class _Shared:
+    """The plane's producer lent to a store, which must not close it."""
+
+    def __init__(self, producer: Any) -> None:
+        self._producer = producer
+
+    def send(self, *args: Any, **kwargs: Any) -> Any:
+        return self._producer.send(*args, **kwargs)
+
+    def close(self) -> None:
+        pass
+
+
+def _summary(v: ConfigVersion, *, definition: bool = False) -> dict[str, Any]:
+    shown: dict[str, Any] = {"kind": v.kind, "name": v.name, "version": v.version, "author": v.author,
+                             "at": v.at.isoformat(), "comment": v.comment, "removed": v.removed,
+                             "rollback_of": v.rollback_of}
+    if definition:
+        shown["definition"] = v.definition
+    return shown
+
+
+def _planned(p: Planned) -> dict[str, Any]:
+    return {"kind": p.kind, "name": p.name, "action": p.action,
+            "from_version": p.current.version if p.current is not None else 0,
+            "diff": render_diff(p.changes)}
 
 
 def wanted(record: Any, app: str | None, status: str | None) -> bool:

@@ -7,6 +7,7 @@ The commands, grouped by who uses them:
 - :mod:`~services.cli.config_tools`: the config author's (``validate``, ``expr``, ``test-connection``);
 - :mod:`~services.cli.control`: the operator's (``status``, ``stop``, ``start``, ``restart``,
   ``allow-deletes``, ``provision``);
+- :mod:`~services.cli.apps`: applications as data (``apply``, ``get``, ``history``, ``rollback``);
 - :mod:`~services.cli.tail`: anyone watching (``tail activity|errors``).
 
 :mod:`~services.cli.render` prints for all of them. Commands import what they run lazily,
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import typer
 
-from services.cli import config_tools, control, tail, up, workers
+from services.cli import apps, config_tools, control, tail, up, workers
 
 __all__ = ["cli", "main"]
 
@@ -40,6 +41,10 @@ cli.command()(control.restart)
 cli.command()(control.provision)
 cli.command("test-connection")(config_tools.connection_test)
 cli.command()(workers.admin)
+cli.command()(apps.apply)
+cli.add_typer(apps.get)
+cli.command()(apps.history)
+cli.command()(apps.rollback)
 
 
 def main() -> None:

@@ -54,6 +54,12 @@ class Topics:
         return f"{self.prefix}control.audit"
 
     @property
+    def config(self) -> str:
+        """Applications as data (compacted; ConfigVersion). Key ``{kind}/{name}/{version}/{write_id}``:
+        one key per version, so compaction keeps the whole history."""
+        return f"{self.prefix}control.config"
+
+    @property
     def source_positions(self) -> str:
         """Compacted; key: source name, value: where its change feed stopped (SourcePosition)."""
         return f"{self.prefix}source.positions"
@@ -85,6 +91,8 @@ class Topics:
             TopicSpec(self.errors, n),
             TopicSpec(self.control, 1, compacted=True),
             TopicSpec(self.audit, 1),
+            # One partition: "the first record of a version wins" needs one total order.
+            TopicSpec(self.config, 1, compacted=True),
             TopicSpec(self.writer_state, n, compacted=True),
             TopicSpec(self.writer_escrow, n, compacted=True),
             # A handful of keys (one per source), read whole at ingest start: one partition.
