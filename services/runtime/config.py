@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 import yaml
@@ -74,6 +75,7 @@ class _Base(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
 
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
 Count = Annotated[int, msgspec.Meta(ge=1)]
 
 
@@ -217,7 +219,7 @@ class Application(_Base, frozen=True):
     """``assigned``: assigned users and members of assigned groups; ``all``: everyone."""
     assignments: Assignments = Assignments()
     skip_out_of_scope_deletions: bool = False
-    deletion_threshold: int = 500
+    deletion_threshold: Annotated[int, msgspec.Meta(ge=0)] = 500
     """Accidental-deletion prevention: more disables + deletes than this in one cycle are
     held as ``stagedDelete`` until an operator allows them (0 turns the check off)."""
     disabled_attribute: str = "accountEnabled"
@@ -236,12 +238,11 @@ class FileSource(_Base, frozen=True, tag="file", tag_field="type"):
 
     name: Name
     path: str
-    full_scan_interval: float = 600.0
-    poll_interval: float = 0.25
+    full_scan_interval: Seconds = 600.0
+    poll_interval: Seconds = 0.25
 
 
 LdapFilter = Annotated[str, msgspec.Meta(pattern=r"^\(.*\)$")]
-Seconds = Annotated[float, msgspec.Meta(gt=0)]
 
 
 class LdapSource(_Base, frozen=True, tag="ldap", tag_field="type"):
@@ -380,9 +381,10 @@ def load_config(path: str | Path, *, resolve_secrets: bool = True) -> LoadedConf
     """Read, parse and validate the config file; raise ConfigError naming file and line."""
     file = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        raw = Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read config: {exc.strerror}", file=file) from exc
+    text = _text(raw, file)
     try:
         data, lines = _parse_yaml(text, file)
     except ConfigError as exc:
@@ -400,29 +402,70 @@ def load_config(path: str | Path, *, resolve_secrets: bool = True) -> LoadedConf
     return loaded
 
 
+def _text(raw: bytes, file: str) -> str:
+    """The file as text; a binary or non-UTF-8 file is a ConfigError naming where it breaks."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"not UTF-8 text: byte 0x{raw[exc.start]:02x} at offset {exc.start} "
+                          "(a config is a UTF-8 YAML file)", file=file, line=line) from None
+
+
+MAX_VALUES = 100_000
+"""Most values (scalars, mappings, lists) a config may expand to: far above any real config
+(a thousand apps of a hundred mappings), and a YAML alias bomb stops here instead of
+exhausting memory."""
+
+
 def _parse_yaml(text: str, file: str) -> tuple[Any, dict[str, int]]:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else None
         raise ConfigError(f"invalid YAML: {exc.problem}", file=file, line=line) from None
+    except yaml.reader.ReaderError as exc:
+        # Control characters (e.g. NUL in a binary file that happens to be valid UTF-8).
+        line = text.count("\n", 0, exc.position) + 1
+        raise ConfigError(f"invalid YAML: character {exc.character!r} at offset {exc.position} "
+                          "is not allowed in YAML", file=file, line=line) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML: {exc}", file=file) from None
     if node is None:
         raise ConfigError("the file is empty; expected a mapping with `applications` and `sources`",
                           file=file, line=1)
     lines: dict[str, int] = {}
-    return _to_python(node, "$", lines), lines
+    return _to_python(node, "$", lines, _Budget()), lines
 
 
-def _to_python(node: yaml.Node, path: str, lines: dict[str, int]) -> Any:
+class _Budget:
+    """Counts the values a document expands to (aliases expand once per use)."""
+
+    def __init__(self) -> None:
+        self.left = MAX_VALUES
+
+    def take(self, node: yaml.Node, path: str) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise ConfigError(f"the file expands to more than {MAX_VALUES:,} values (nested YAML "
+                              f"aliases?) (at {path})", line=node.start_mark.line + 1)
+
+
+def _to_python(node: yaml.Node, path: str, lines: dict[str, int], budget: _Budget) -> Any:
+    budget.take(node, path)
     lines[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
             key = str(key_node.value)
-            out[key] = _to_python(value_node, f"{path}.{key}", lines)
+            if key in out:
+                # YAML says keys are unique; PyYAML would let the last one silently win.
+                raise ConfigError(f"duplicate key `{key}` (first at line {lines[f'{path}.{key}']}) "
+                                  f"(at {path}.{key})", line=key_node.start_mark.line + 1)
+            out[key] = _to_python(value_node, f"{path}.{key}", lines, budget)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_to_python(n, f"{path}[{i}]", lines) for i, n in enumerate(node.value)]
+        return [_to_python(n, f"{path}[{i}]", lines, budget) for i, n in enumerate(node.value)]
     # Scalars: let PyYAML's resolver give bool/int/float/null their usual meaning.
     value = _SCALARS.construct_object(node, deep=True)
     # Entra expressions use ${group} in Replace(); they are never environment-expanded.
@@ -490,12 +533,24 @@ def _check(loaded: LoadedConfig) -> None:
             _check_ldap_source(loaded, source, f"$.sources[{i}]")
     _check_push_ports(loaded)
     for i, app in enumerate(cfg.applications):
+        _check_no_userinfo(loaded, app.target.base_url, f"$.applications[{i}].target.base_url")
+        if app.target.oauth2 is not None:
+            _check_no_userinfo(loaded, app.target.oauth2.token_url,
+                               f"$.applications[{i}].target.oauth2.token_url")
         if (app.target.token is None) == (app.target.oauth2 is None):
             raise loaded.error(f"$.applications[{i}].target",
                                "expected exactly one of `token` (bearer) and `oauth2` (client credentials)")
         _check_object_mapping(loaded, app.mappings.user, f"$.applications[{i}].mappings.user")
         if app.mappings.group is not None:
             _check_object_mapping(loaded, app.mappings.group, f"$.applications[{i}].mappings.group")
+
+
+def _check_no_userinfo(loaded: LoadedConfig, url: str, path: str) -> None:
+    # Credentials in a URL end up in logs and errors, and the target never sees them as
+    # auth: scimflow sends `token` or `oauth2`. The value itself is not repeated here.
+    if "@" in urlsplit(url).netloc:
+        raise loaded.error(path, "expected a URL without credentials (`user:pass@`): give them "
+                                 "as `token` (a bearer token reference) or `oauth2`")
 
 
 def _check_push_ports(loaded: LoadedConfig) -> None:
