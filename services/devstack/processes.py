@@ -3,20 +3,27 @@
 The broker, the demo SCIM target, the workers ``scimflow up`` supervises and the servers
 the tests start all run as child processes in a session (process group) of their own, so
 that stopping one also stops whatever it spawned, and a Ctrl-C meant for the parent does
-not reach them before the parent stops them in order.
+not reach them before the parent stops them in order. They also die with the parent
+(Linux ``PR_SET_PDEATHSIG``): a parent killed outright (SIGKILL to ``scimflow up``, SIGTERM
+to pytest, which skips its teardown) leaves no broker, target or worker running.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import signal
 import socket
 import subprocess
-from collections.abc import Mapping
+import sys
+import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
-__all__ = ["LOOPBACK", "accepts", "bindable", "free_port", "free_ports", "spawn", "terminate"]
+__all__ = ["LOOPBACK", "accepts", "bindable", "die_with_parent", "free_port", "free_ports", "spawn",
+           "terminate"]
 
 LOOPBACK = "127.0.0.1"
 
@@ -69,7 +76,37 @@ def spawn(argv: list[str], log_file: Path, *,
         # meant for the parent does not kill the child before the parent stops it cleanly.
         # The child keeps its own copy of the log descriptor; ours can close at once.
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                preexec_fn=_child_setup(os.getpid()))  # noqa: PLW1509 (below)
+
+
+_PR_SET_PDEATHSIG = 1
+# Resolved once in the parent: between fork and exec the child only makes one C call and
+# one system call, taking no lock another thread of the parent could hold (which is why
+# preexec_fn is called unsafe with threads; the tests run a fault-proxy thread).
+_prctl = (ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).prctl
+          if sys.platform.startswith("linux") else None)
+
+
+def die_with_parent(parent: int | None = None) -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux; elsewhere a no-op).
+
+    ``parent``: the pid the caller expects as parent; if it is already gone (it died
+    between the fork and this call), exit now instead of living on as an orphan.
+    """
+    if _prctl is None:
+        return
+    _prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)
+
+
+def _child_setup(parent: int) -> Callable[[], None] | None:
+    # The kernel ties the signal to the parent *thread*: a child spawned from a short-lived
+    # thread would die with that thread. Only the main thread's children get it.
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return lambda: die_with_parent(parent)
 
 
 def terminate(process: subprocess.Popen[bytes], grace: float) -> None:
