@@ -24,16 +24,16 @@ import time
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any
 
 import httpx
 import msgspec
 
 from services.runtime.errors import CredentialsError, RejectedError, TargetError, TransientError
+from services.runtime.redaction import Redactor
 
-__all__ = ["REDACTED", "ClientCredentials", "backoff_delay", "check_token", "parse_retry_after"]
+__all__ = ["ClientCredentials", "backoff_delay", "check_token", "parse_retry_after"]
 
-REDACTED: Final = "[redacted]"
 _REMEMBERED_TOKENS = 4  # tokens to keep redacting after they were replaced
 _MAX_MARGIN = 60.0  # refresh at most this long before expiry (less for short-lived tokens)
 _DETAIL_LIMIT = 300
@@ -118,6 +118,7 @@ class ClientCredentials:
         self._token: str | None = None
         self._expires_at = float("inf")
         self._old_tokens: deque[str] = deque(maxlen=_REMEMBERED_TOKENS)
+        self._redact = Redactor([client_secret])
         self.fetches = 0
 
     def __repr__(self) -> str:
@@ -140,11 +141,8 @@ class ClientCredentials:
             return True  # a token other than the rejected one is ready now
 
     def redact(self, text: str) -> str:
-        """``text`` with the secret and every recent token replaced by ``[redacted]``."""
-        for secret in (self._secret, self._token, *self._old_tokens):
-            if secret:
-                text = text.replace(secret, REDACTED)
-        return text
+        """``text`` without the secret, recent tokens or anything shaped like a credential."""
+        return self._redact(text)
 
     async def aclose(self) -> None:
         if self._owns_http:
@@ -158,6 +156,7 @@ class ClientCredentials:
         if self._token is not None:
             self._old_tokens.append(self._token)
         self._token = token
+        self._redact = Redactor([self._secret, token, *self._old_tokens])
         margin = min(_MAX_MARGIN, expires_in / 10) if expires_in is not None else 0.0
         self._expires_at = (self._clock() + expires_in - margin) if expires_in is not None else float("inf")
 

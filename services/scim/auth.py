@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from services.runtime.http import REDACTED, check_token
+from services.runtime.http import check_token
+from services.runtime.redaction import REDACTED, Redactor
 
 __all__ = ["Auth", "BearerToken"]
 
@@ -43,6 +44,7 @@ class BearerToken:
     def __init__(self, token: str) -> None:
         check_token(token)
         self._token = token
+        self._redact = Redactor([token])
 
     def __repr__(self) -> str:
         return f"BearerToken({REDACTED})"
@@ -54,7 +56,7 @@ class BearerToken:
         return False  # the same token will be refused again
 
     def redact(self, text: str) -> str:
-        return text.replace(self._token, REDACTED)
+        return self._redact(text)
 
     async def aclose(self) -> None:
         return None

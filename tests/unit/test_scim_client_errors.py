@@ -7,6 +7,7 @@ scim2-server in tests/integration/test_scim_client.py.
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import json
 import re
@@ -273,6 +274,22 @@ async def test_token_is_redacted_from_an_echoing_target() -> None:
     for text in (str(error), repr(error), error.detail or "", repr(c)):
         assert TOKEN not in text
     assert error.detail == "bad header Bearer [redacted]"
+
+
+@pytest.mark.parametrize("disguise", [
+    str.upper,
+    lambda t: t[:12],
+    lambda t: base64.b64encode(f"client:{t}".encode()).decode(),
+])
+async def test_a_disguised_echo_of_the_token_is_redacted_too(disguise: Callable[[str], str]) -> None:
+    def echo(request: httpx.Request) -> httpx.Response:
+        return scim_error(400, f"credential {disguise(TOKEN)} does not match", "invalidValue")
+
+    async with client(echo) as c:
+        with pytest.raises(RejectedError) as info:
+            await c.get_user("u-1")
+    assert info.value.detail == "credential [redacted] does not match"
+    assert disguise(TOKEN) not in str(info.value)
 
 
 async def test_token_is_redacted_from_transport_errors() -> None:
