@@ -36,7 +36,7 @@ def _worker(service: Literal["ingest", "mapper", "writer"], config: Path) -> Non
     else:
         from services.writer.main import build_app
     app = build_app(settings, loaded, settings.kafka_bootstrap)
-    start_metrics_server(settings.metrics_port)
+    start_metrics_server(settings.metrics_port, settings.metrics_host)
     run_worker(app, loglevel=settings.log_level, shutdown_timeout=settings.shutdown_timeout)
 
 

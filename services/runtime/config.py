@@ -313,8 +313,9 @@ class PushSource(_Base, frozen=True, tag="push", tag_field="type"):
     name: Name
     token: SecretRef
     """Bearer token the pushing client must send: ``env:NAME`` or ``file:/path``."""
-    listen: Annotated[str, msgspec.Meta(pattern=r"^[^\s:]*:[0-9]{1,5}$")] = "0.0.0.0:8085"
-    """``host:port`` the endpoint listens on."""
+    listen: Annotated[str, msgspec.Meta(pattern=r"^[^\s:]*:[0-9]{1,5}$")] = "127.0.0.1:8085"
+    """``host:port`` the endpoint listens on: loopback unless you say otherwise (``0.0.0.0:8085``
+    in a pod, where the Service reaches it on the pod's IP)."""
     max_bulk_operations: Annotated[int, msgspec.Meta(ge=1)] = 1000
     max_payload_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 5_000_000
 

@@ -351,7 +351,7 @@ def cycle_finished(source: str, seconds: float, *, complete: bool, ended_at: flo
         LAST_SUCCESSFUL_CYCLE.labels(source=source).set(ended_at)
 
 
-def start_metrics_server(port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104 - a pod is scraped on its own IP
+def start_metrics_server(port: int, addr: str = "127.0.0.1") -> None:
     """Serve ``/metrics`` on ``addr:port`` from a daemon thread; ``port == 0`` disables it."""
     if port == 0:
         return

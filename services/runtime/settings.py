@@ -35,6 +35,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     log_level: str = "info"
     metrics_port: int = 0
     """Port for ``/metrics``; 0 disables the endpoint."""
+    metrics_host: str = "127.0.0.1"
+    """Address ``/metrics`` listens on; ``0.0.0.0`` in a pod (the manifests set it)."""
     writer_batch: int = 256
     """Commands a writer process holds in flight (distinct objects run concurrently; the
     per-app target limits are `target.rate_limit` in the config)."""

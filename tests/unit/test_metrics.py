@@ -191,4 +191,4 @@ def test_port_zero_disables_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
     m.start_metrics_server(0)
     assert calls == []
     m.start_metrics_server(9100)
-    assert calls == [(9100, "0.0.0.0")]  # noqa: S104 - the default a pod needs
+    assert calls == [(9100, "127.0.0.1")]  # loopback unless SCIMFLOW_METRICS_HOST says otherwise
