@@ -1,19 +1,43 @@
 """The deployment's commands: run one ingest, mapper or writer worker, or the admin API,
-in the foreground (what each Kubernetes Deployment runs)."""
+in the foreground (what each Kubernetes Deployment runs).
+
+Each of them applies the apps of its ``--config`` file to ``control.config`` at start when
+the file changed (GitOps, :func:`~services.runtime.live_config.apply_file_at_start`); the
+workers then follow the topic (live reload). ``scimflow up`` runs these same commands.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
 
+import structlog
+
 from services.cli.config_tools import load_checked
 from services.cli.options import ConfigOpt
 from services.cli.render import fail
+from services.runtime.config import LoadedConfig
 from services.runtime.errors import ConfigError, ScimflowError
 from services.runtime.logs import configure_logging
-from services.runtime.settings import load_settings
+from services.runtime.settings import Settings, load_settings
 
 __all__ = ["admin", "ingest", "mapper", "writer"]
+
+log = structlog.get_logger("scimflow.config")
+
+
+def _apply_file(settings: Settings, bootstrap: str, loaded: LoadedConfig, service: str) -> None:
+    """The file's changed apps onto control.config. If the topic cannot be written, the
+    process runs the file's apps as before (the file is the bootstrap) and says so."""
+    from services.runtime.live_config import apply_file_at_start
+    from services.runtime.topics import Topics
+
+    topics = Topics(settings.topic_prefix, settings.partitions)
+    try:
+        apply_file_at_start(bootstrap, topics, loaded, service=service)
+    except Exception as exc:  # a broker or ACL problem must not stop a worker that can run its file
+        log.warning("could not apply the config file to the config topic; running it as it is",
+                    file=loaded.file, service=service, reason=f"{type(exc).__name__}: {exc}")
 
 
 def _worker(service: Literal["ingest", "mapper", "writer"], config: Path) -> None:
@@ -26,6 +50,7 @@ def _worker(service: Literal["ingest", "mapper", "writer"], config: Path) -> Non
         loaded = load_checked(config)
     except ScimflowError as exc:
         raise fail(exc) from None
+    _apply_file(settings, settings.kafka_bootstrap, loaded, service)
     from services.runtime.kafka import run_worker
     from services.runtime.metrics import start_metrics_server
 
@@ -64,6 +89,8 @@ def admin(config: ConfigOpt) -> None:
     if not settings.kafka_bootstrap:
         raise fail(ConfigError("SCIMFLOW_KAFKA_BOOTSTRAP is not set"))
     try:
-        run_admin(settings, load_checked(config), settings.kafka_bootstrap)
+        loaded = load_checked(config)
+        _apply_file(settings, settings.kafka_bootstrap, loaded, "admin")
+        run_admin(settings, loaded, settings.kafka_bootstrap)
     except ScimflowError as exc:
         raise fail(exc) from None

@@ -5,6 +5,9 @@
 - ``AppStatus`` back to ``on``: a full scan of every source now, the immediate catch-up
   cycle. The writer already applies what it held while the app was off, but a writer that
   restarted meanwhile held nothing; the scan re-sends every object, so nothing is lost.
+- A new definition of an app on ``control.config`` (or a new app): a full scan of every
+  source (see :func:`services.ingest.main.rescan_on_config`), so the mapper re-evaluates
+  every object with the new mappings and scope.
 - ``ProvisionRequest``: read the one object from its source (or from every source) and publish
   it on ``directory.changes`` with ``change_id`` = the request id, so mapper and writer treat
   it like any change and its trace can be followed by that id. If no source has it, an
@@ -64,7 +67,7 @@ class Controller:
                 # Older ones are covered by the start-up scans (and replayed at every start).
                 log.info("provisioning on again: catch-up scan of every source", app=message.app,
                          by=message.by)
-                self._scan_all()
+                self.scan_all()
             case ProvisionRequest():
                 if self._new(f"{message.app}/provision", message.request_id):
                     await self._provision(message)
@@ -86,9 +89,10 @@ class Controller:
             return
         log.info("restart: full scan of every source", app=request.app, request_id=request.request_id,
                  by=request.by)
-        self._scan_all()
+        self.scan_all()
 
-    def _scan_all(self) -> None:
+    def scan_all(self) -> None:
+        """A full scan of every source that scans, as soon as its running one (if any) is over."""
         for ingest in self.ingests.values():
             if ingest.source.scans:
                 ingest.request_scan()

@@ -35,10 +35,11 @@ from services.runtime.config import (
     Source,
 )
 from services.runtime.kafka import faust_app, follow_topic, raw_topic
+from services.runtime.live_config import AppCallback, LiveApp, LiveConfig
 from services.runtime.settings import Settings
 from services.runtime.topics import Topics
 
-__all__ = ["build_app"]
+__all__ = ["build_app", "rescan_on_config"]
 
 log = structlog.get_logger("scimflow.ingest")
 _control = msgspec.json.Decoder(ControlMessage)
@@ -62,6 +63,9 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
     for ingest in ingests.values():
         app.task(ingest.run)
     controller = Controller(ingests, _error_sender(errors), positions)
+    live = LiveConfig(bootstrap, topics, loaded, service="ingest", on_error=_error_sender(errors))
+    live.on_app(rescan_on_config(live, controller))
+    app.task(live.run)
 
     @app.task  # type: ignore[untyped-decorator]
     async def control() -> None:
@@ -77,6 +81,31 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
                 log.warning("control request failed", reason=str(exc))
 
     return app
+
+
+def rescan_on_config(live: LiveConfig, controller: Controller, *, settle: float | None = None) -> AppCallback:
+    """Re-evaluate an app's objects after its definition changed: a full scan of every source.
+
+    The mapper keeps no copy of the directory, so a full scan is how every object meets the
+    new mappings and scope; it is idempotent and the writer sends only what differs from
+    the target. An added app gets its initial cycle the same way; a removed one needs
+    nothing. Versions read at start are covered by the start-up scans. The scan starts
+    ``settle`` seconds later, so that every mapper replica (which follows the same
+    one-partition topic) has the new version before the scan's first change arrives.
+    """
+    wait = _CONFIG_SETTLE if settle is None else settle
+
+    def on_app(name: str, app: LiveApp | None) -> None:
+        if app is None or not live.caught_up.is_set():
+            return
+        log.info("app definition changed: full scan of every source", app=name, version=app.version,
+                 in_seconds=wait)
+        asyncio.get_running_loop().call_later(wait, controller.scan_all)
+
+    return on_app
+
+
+_CONFIG_SETTLE = 3.0
 
 
 def _ingest(source: Source, loaded: LoadedConfig, positions: Positions, changes: Any, errors: Any,

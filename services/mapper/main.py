@@ -5,6 +5,11 @@ except nested groups: when an app expands them, every replica keeps the group gr
 whole topic (:mod:`services.mapper.group_feed`) and plans no user before it has caught up.
 A change that cannot be decoded, or whose mapping fails for one app, becomes an
 ErrorRecord and the stream goes on.
+
+The apps follow ``control.config`` (:class:`~services.runtime.live_config.LiveConfig`):
+:class:`LiveApps` holds them compiled, by name, and replaces one app when a new version of
+it arrives (a version that does not compile is rejected: the last good one stays); the
+others are not touched. Nothing is planned before the topic has been read at start.
 """
 
 from __future__ import annotations
@@ -27,11 +32,12 @@ from services.mapper.scoping_filters import Clause, CompiledFilters, ScopingErro
 from services.runtime import metrics
 from services.runtime.config import Application, LoadedConfig, ObjectMapping
 from services.runtime.kafka import faust_app, raw_topic, report_consumer_lag
+from services.runtime.live_config import LiveApp, LiveConfig
 from services.runtime.records import error_record, malformed_message
 from services.runtime.settings import Settings
 from services.runtime.topics import Topics
 
-__all__ = ["build_app", "compile_apps", "graph_for"]
+__all__ = ["LiveApps", "build_app", "compile_apps", "graph_for"]
 
 log = structlog.get_logger("scimflow.mapper")
 
@@ -53,6 +59,38 @@ def _compile_app(loaded: LoadedConfig, app: Application, path: str) -> CompiledA
     return CompiledApp(app, user, user_filters,
                        compile_object_mapping(loaded, group, f"{path}.group", compile_expression, IGNORE),
                        _filters(loaded, group, f"{path}.group"))
+
+
+class LiveApps:
+    """The compiled apps the mapper plans with, by name, following :class:`LiveConfig`.
+
+    Replaced one app at a time (a dict swap, between two changes of the stream); a version
+    that does not compile raises, which LiveConfig reports as a rejected version. The group
+    graph is read only once some app expands nested groups (at start or later).
+    """
+
+    def __init__(self, loaded: LoadedConfig) -> None:
+        self.compiled = {c.app.name: c for c in compile_apps(loaded)}
+        self.expand_groups = asyncio.Event()
+        """Set once some app expands nested groups: the group feed starts then."""
+        self._check_groups()
+
+    def current(self) -> list[CompiledApp]:
+        """A snapshot: a new version arriving while a change is planned waits for the next one."""
+        return list(self.compiled.values())
+
+    def on_app(self, name: str, live: LiveApp | None) -> None:
+        if live is None:
+            self.compiled.pop(name, None)
+            log.info("app removed: no longer planned", app=name)
+            return
+        self.compiled[name] = _compile_app(live.loaded, live.app, "$.mappings")
+        log.info("app recompiled", app=name, version=live.version)
+        self._check_groups()
+
+    def _check_groups(self) -> None:
+        if any(c.expands_nested_groups for c in self.compiled.values()):
+            self.expand_groups.set()
 
 
 def _filters(loaded: LoadedConfig, mapping: ObjectMapping, path: str) -> CompiledFilters | None:
@@ -83,12 +121,19 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
     changes = raw_topic(app, topics.changes)
     commands = raw_topic(app, topics.commands)
     errors = raw_topic(app, topics.errors)
-    apps = compile_apps(loaded)
+    apps = LiveApps(loaded)
+
+    async def report(record: ErrorRecord) -> None:
+        await errors.send(key=record.id.encode(), value=encode(record))
+
+    live = LiveConfig(bootstrap, topics, loaded, service="mapper", on_error=report)
+    live.on_app(apps.on_app)
+    app.task(live.run)
     feed = _group_feed(app, apps, bootstrap, topics.changes)
 
     async def on_change(change: DirectoryChange) -> None:
-        graph = await graph_for(feed, change)
-        for compiled in apps:
+        graph = await graph_for(feed if apps.expand_groups.is_set() else None, change)
+        for compiled in apps.current():
             try:
                 command = plan(compiled, change, graph)
             except Exception as exc:
@@ -105,7 +150,7 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
         # Every commands partition gets this partition's frame, after every command this
         # mapper produced from the frame's part of the scan: a writer partition has seen
         # the whole scan once it holds the end frame of every changes partition.
-        for compiled in apps:
+        for compiled in apps.current():
             value = encode(msgspec.structs.replace(
                 marker, app=compiled.app.name, origin_partition=partition,
                 origin_partitions=settings.partitions))
@@ -115,6 +160,9 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
     @app.agent(changes, name="map")  # type: ignore[untyped-decorator]
     async def map_changes(stream: Any) -> None:
         async for event in stream.events():
+            if not live.caught_up.is_set():
+                log.info("waiting for the config topic to be read before planning")
+                await live.caught_up.wait()
             try:
                 message = _changes.decode(event.value)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -133,14 +181,13 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
     return app
 
 
-def _group_feed(app: Any, apps: list[CompiledApp], bootstrap: str, topic: str) -> GroupFeed | None:
-    """A feed of the group graph when some app expands nested groups (else no extra reads)."""
-    if not any(c.expands_nested_groups for c in apps):
-        return None
+def _group_feed(app: Any, apps: LiveApps, bootstrap: str, topic: str) -> GroupFeed:
+    """A feed of the group graph, read once some app expands nested groups (else no extra reads)."""
     feed = GroupFeed(bootstrap, topic)
 
     @app.task  # type: ignore[untyped-decorator]
     async def follow_groups() -> None:
+        await apps.expand_groups.wait()
         await feed.run()
 
     return feed

@@ -46,6 +46,7 @@ __all__ = [
     "Source",
     "Target",
     "load_config",
+    "resolve_secrets",
 ]
 
 Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)]
@@ -613,18 +614,28 @@ def _secret_refs(loaded: LoadedConfig) -> Iterator[tuple[str, str]]:
             yield f"$.sources[{i}].token", source.token
 
 
-def _resolve_secrets(loaded: LoadedConfig) -> dict[str, Secret]:
-    resolved: dict[str, Secret] = {}
+def resolve_secrets(loaded: LoadedConfig) -> None:
+    """Resolve the secret references ``loaded`` does not hold yet, in this process's
+    environment (``file:`` relative to ``loaded.file``'s folder); ConfigError names the one
+    that does not resolve. For definitions that did not come from a file (the config topic)."""
     for path, ref in _secret_refs(loaded):
-        kind, _, name = ref.partition(":")
-        if kind == "env":
-            value = os.environ.get(name)
-            if value is None:
-                raise loaded.error(path, f"environment variable {name} is not set (secret {ref})")
-        else:
-            try:
-                value = loaded.resolve_path(name).read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise loaded.error(path, f"cannot read secret file ({exc.strerror})") from None
-        resolved[ref] = Secret(ref, value)
-    return resolved
+        if ref not in loaded.secrets:
+            loaded.secrets[ref] = _resolve_one(loaded, path, ref)
+
+
+def _resolve_secrets(loaded: LoadedConfig) -> dict[str, Secret]:
+    return {ref: _resolve_one(loaded, path, ref) for path, ref in _secret_refs(loaded)}
+
+
+def _resolve_one(loaded: LoadedConfig, path: str, ref: str) -> Secret:
+    kind, _, name = ref.partition(":")
+    if kind == "env":
+        value = os.environ.get(name)
+        if value is None:
+            raise loaded.error(path, f"environment variable {name} is not set (secret {ref})")
+    else:
+        try:
+            value = loaded.resolve_path(name).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise loaded.error(path, f"cannot read secret file ({exc.strerror})") from None
+    return Secret(ref, value)

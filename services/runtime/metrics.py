@@ -37,6 +37,8 @@ __all__ = [
     "BUILD_INFO",
     "CHANGES_INGESTED",
     "COMMANDS",
+    "CONFIG_REJECTED",
+    "CONFIG_VERSION",
     "CONSUMER_LAG",
     "CONTROL_ACTIONS",
     "CYCLES",
@@ -244,6 +246,18 @@ MALFORMED_MESSAGES = _counter(
     "scimflow_malformed_messages_total",
     "Messages that could not be decoded and were skipped (each also an error record).",
     ("service", "topic"))
+
+CONFIG_VERSION = _gauge(
+    "scimflow_config_version",
+    "The version of each application's definition (control.config) this process runs; 0: "
+    "the one from its --config file, not on the topic.",
+    ("service", "app"))
+
+CONFIG_REJECTED = _counter(
+    "scimflow_config_rejected_total",
+    "Versions of an application's definition this process could not load and did not run "
+    "(the last good version stays in effect; each is also an error record).",
+    ("service", "app"))
 
 CONSUMER_LAG = _gauge(
     "scimflow_consumer_lag",
