@@ -25,6 +25,7 @@ from services.ingest.sources.base import DirectorySource
 from services.ingest.sources.graph import GraphDirectory
 from services.ingest.sources.push import PushDirectory
 from services.ingest.worker import FileIngest, LdapIngest, Publisher, SourceIngest
+from services.runtime import metrics
 from services.runtime.config import (
     ActiveDirectorySource,
     FileSource,
@@ -36,6 +37,7 @@ from services.runtime.config import (
 )
 from services.runtime.kafka import faust_app, follow_topic, raw_topic
 from services.runtime.live_config import AppCallback, LiveApp, LiveConfig
+from services.runtime.records import bounded, too_large
 from services.runtime.settings import Settings
 from services.runtime.topics import Topics
 
@@ -58,7 +60,7 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
         await positions_topic.send(key=key, value=value)
 
     positions = Positions(bootstrap, topics.source_positions, store_position)
-    ingests = {source.name: _ingest(source, loaded, positions, changes, errors, settings.partitions)
+    ingests = {source.name: _ingest(source, loaded, positions, changes, errors, settings)
                for source in loaded.config.sources}
     for ingest in ingests.values():
         app.task(ingest.run)
@@ -109,10 +111,10 @@ _CONFIG_SETTLE = 3.0
 
 
 def _ingest(source: Source, loaded: LoadedConfig, positions: Positions, changes: Any, errors: Any,
-            partitions: int) -> SourceIngest:
+            settings: Settings) -> SourceIngest:
     if isinstance(source, FileSource):
-        return FileIngest(source, loaded.resolve_path(source.path), _publisher(changes, errors, partitions))
-    publisher = _publisher(changes, errors, partitions, _Deliveries())
+        return FileIngest(source, loaded.resolve_path(source.path), _publisher(changes, errors, settings))
+    publisher = _publisher(changes, errors, settings, _Deliveries())
     if isinstance(source, LdapSource):
         return LdapIngest(source, loaded.secret(source.password).reveal(), publisher, positions)
     return SourceIngest(_directory(source, loaded, publisher), publisher, positions)
@@ -130,24 +132,32 @@ def _directory(source: GraphSource | PushSource | ActiveDirectorySource, loaded:
 
 def _error_sender(errors: Any) -> Callable[[ErrorRecord], Awaitable[None]]:
     async def error(e: ErrorRecord) -> None:
-        await errors.send(key=e.id.encode(), value=encode(e))
+        await errors.send(key=e.id.encode(), value=encode(bounded(e)))
 
     return error
 
 
-def _publisher(changes: Any, errors: Any, partitions: int,
+def _publisher(changes: Any, errors: Any, settings: Settings,
                deliveries: _Deliveries | None = None) -> Publisher:
+    error = _error_sender(errors)
+
     async def change(c: DirectoryChange) -> None:
-        sent = await changes.send(key=c.object_id.encode(), value=encode(c))
+        value = encode(c)
+        if len(value) > settings.max_message_bytes:
+            # One object the broker would refuse must not abort the scan it is part of.
+            metrics.ERRORS.labels(service="ingest", error_code="ObjectTooLarge").inc()
+            await error(too_large(c, len(value), settings.max_message_bytes))
+            return
+        sent = await changes.send(key=c.object_id.encode(), value=value)
         if deliveries is not None:
             deliveries.add(sent)
 
     async def marker(m: CycleMarker) -> None:
         # Every partition gets the frame, so every mapper/writer instance sees it.
-        for partition in range(partitions):
+        for partition in range(settings.partitions):
             await changes.send(key=m.cycle_id.encode(), value=encode(m), partition=partition)
 
-    return Publisher(change, marker, _error_sender(errors), None if deliveries is None else deliveries.wait)
+    return Publisher(change, marker, error, None if deliveries is None else deliveries.wait)
 
 
 class _Deliveries:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -33,7 +34,14 @@ from services.runtime import metrics
 from services.runtime.config import Application, LoadedConfig, ObjectMapping
 from services.runtime.kafka import faust_app, raw_topic, report_consumer_lag
 from services.runtime.live_config import LiveApp, LiveConfig
-from services.runtime.records import error_record, malformed_message
+from services.runtime.records import (
+    MalformedError,
+    bounded,
+    decode_message,
+    error_record,
+    malformed_message,
+    too_large,
+)
 from services.runtime.settings import Settings
 from services.runtime.topics import Topics
 
@@ -124,7 +132,7 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
     apps = LiveApps(loaded)
 
     async def report(record: ErrorRecord) -> None:
-        await errors.send(key=record.id.encode(), value=encode(record))
+        await errors.send(key=record.id.encode(), value=encode(bounded(record)))
 
     live = LiveConfig(bootstrap, topics, loaded, service="mapper", on_error=report)
     live.on_app(apps.on_app)
@@ -139,12 +147,17 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
             except Exception as exc:
                 metrics.ERRORS.labels(service="mapper", error_code="AttributeMappingFailed").inc()
                 await errors.send(key=change.object_id.encode(), value=encode(
-                    _mapping_failed(compiled.app.name, change, exc)))
+                    bounded(_mapping_failed(compiled.app.name, change, exc))))
                 continue
-            if command is not None:
-                metrics.COMMANDS.labels(app=command.app, operation=command.operation).inc()
-                await commands.send(key=command_key(command.app, command.source_id),
-                                    value=encode(command))
+            if command is None:
+                continue
+            value = encode(command)
+            if len(value) > settings.max_message_bytes:
+                metrics.ERRORS.labels(service="mapper", error_code="ObjectTooLarge").inc()
+                await report(too_large(change, len(value), settings.max_message_bytes, app=command.app))
+                continue
+            metrics.COMMANDS.labels(app=command.app, operation=command.operation).inc()
+            await commands.send(key=command_key(command.app, command.source_id), value=value)
 
     async def on_marker(marker: CycleMarker, partition: int) -> None:
         # Every commands partition gets this partition's frame, after every command this
@@ -164,21 +177,33 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
                 log.info("waiting for the config topic to be read before planning")
                 await live.caught_up.wait()
             try:
-                message = _changes.decode(event.value)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                message = decode_message(_changes, event.value)
+            except MalformedError as exc:
                 log.warning("malformed change", partition=event.message.partition,
                             offset=event.message.offset, reason=str(exc))
                 metrics.MALFORMED_MESSAGES.labels(service="mapper", topic="directory.changes").inc()
                 metrics.ERRORS.labels(service="mapper", error_code="MalformedMessage").inc()
                 await errors.send(key=event.key, value=encode(malformed_message("mapper", event, str(exc))))
                 continue
-            if isinstance(message, CycleMarker):
-                await on_marker(message, event.message.partition)
-            else:
-                await on_change(message)
+            work = (on_marker(message, event.message.partition) if isinstance(message, CycleMarker)
+                    else on_change(message))
+            await _guarded(event, work, report)
 
     report_consumer_lag(app, "mapper")
     return app
+
+
+async def _guarded(event: Any, work: Awaitable[None],
+                   report: Callable[[ErrorRecord], Awaitable[None]]) -> None:
+    """Plan one change; a failure costs its error record, never a restart of the agent
+    (which would stall every change behind it for seconds, then fail on it again)."""
+    try:
+        await work
+    except Exception as exc:
+        log.exception("planning a change failed", partition=event.message.partition,
+                      offset=event.message.offset)
+        metrics.ERRORS.labels(service="mapper", error_code="MapperFailed").inc()
+        await report(malformed_message("mapper", event, f"{type(exc).__name__}: {exc}", code="MapperFailed"))
 
 
 def _group_feed(app: Any, apps: LiveApps, bootstrap: str, topic: str) -> GroupFeed:

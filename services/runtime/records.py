@@ -18,11 +18,11 @@ from typing import Any, Final, TypeVar
 
 import msgspec
 
-from schemas import ActivityRecord, ErrorRecord, Origin
+from schemas import ActivityRecord, DirectoryChange, ErrorRecord, Origin
 from schemas.codecs import encode
 
-__all__ = ["MAX_RECORD_BYTES", "PAYLOAD_PREFIX", "bounded", "error_record", "malformed_message",
-           "truncated"]
+__all__ = ["MAX_RECORD_BYTES", "PAYLOAD_PREFIX", "MalformedError", "bounded", "decode_message",
+           "error_record", "malformed_message", "too_large", "truncated"]
 
 MAX_RECORD_BYTES: Final = 256 * 1024
 """Largest encoded activity or error record: a quarter of Kafka's default message limit,
@@ -33,6 +33,24 @@ _VALUE_LIMITS: Final = (65536, 8192, 1024, 128)
 """Longest string value kept whole, tried in turn until the record fits."""
 
 R = TypeVar("R", ActivityRecord, ErrorRecord)
+T = TypeVar("T")
+
+
+class MalformedError(ValueError):
+    """A message that is not one of the topic's types; ``str()`` says why, for its error record."""
+
+
+def decode_message(decoder: msgspec.json.Decoder[T], value: bytes | None) -> T:
+    """``value`` decoded, or MalformedError for anything a stranger can put on a topic: a
+    null value, bytes that are not JSON or not UTF-8, JSON of the wrong shape."""
+    if value is None:
+        raise MalformedError("the message has no value (null)")
+    try:
+        return decoder.decode(value)
+    except UnicodeDecodeError as exc:
+        raise MalformedError(f"not UTF-8: byte 0x{value[exc.start]:02x} at offset {exc.start}") from None
+    except (msgspec.DecodeError, msgspec.ValidationError, TypeError) as exc:
+        raise MalformedError(str(exc)) from None
 
 
 def error_record(service: Any, code: str, reason: str, action: str, **context: Any) -> ErrorRecord:
@@ -42,16 +60,40 @@ def error_record(service: Any, code: str, reason: str, action: str, **context: A
                        error_code=code, reason=reason, recommended_action=action, **context)
 
 
-def malformed_message(service: Any, event: Any, reason: str) -> ErrorRecord:
-    """An ErrorRecord for a message that could not be decoded, with where it came from: its
-    first :data:`PAYLOAD_PREFIX` characters, and its size and hash when it is longer."""
+def malformed_message(service: Any, event: Any, reason: str, *,
+                      code: str = "MalformedMessage") -> ErrorRecord:
+    """An ErrorRecord for a message that could not be decoded (or, with another ``code``,
+    processed), with where it came from: its first :data:`PAYLOAD_PREFIX` characters, and
+    its size and hash when it is longer."""
     msg = event.message
     raw = bytes(event.value or b"")
+    action = ("Fix the producer of this message; the pipeline skipped it and went on."
+              if code == "MalformedMessage" else
+              "A bug in scimflow: report it with this record. The pipeline skipped the message "
+              "and went on; the next full scan retries the object.")
     return error_record(
-        service, "MalformedMessage", truncated(reason, PAYLOAD_PREFIX),
-        "Fix the producer of this message; the pipeline skipped it and went on.",
+        service, code, truncated(reason, PAYLOAD_PREFIX), action,
         origin=Origin(topic=msg.topic, partition=msg.partition, offset=msg.offset),
         payload=_payload(raw),
+    )
+
+
+def too_large(change: DirectoryChange, size: int, limit: int, *, app: str | None = None) -> ErrorRecord:
+    """The error record of a source object (or, with ``app``, its command) over the message
+    limit, naming the object, its size, the limit and its largest attributes."""
+    biggest = sorted(((len(encode(v)), k) for k, v in change.attributes.items()), reverse=True)[:3]
+    named = ", ".join(f"{k} ({n:,} bytes)" for n, k in biggest) or "no attributes"
+    what = "its provisioning command" if app else "it"
+    return error_record(
+        "mapper" if app else "ingest", "ObjectTooLarge",
+        f"{change.object_type} {change.object_id} from source {change.source} is {size:,} bytes "
+        f"encoded, over the limit of {limit:,} (SCIMFLOW_MAX_MESSAGE_BYTES); {what} was not "
+        f"published. Largest attributes: {named}.",
+        "Leave the oversized attribute (often a photo or a certificate) out of the source's "
+        "attributes or mappings, or raise SCIMFLOW_MAX_MESSAGE_BYTES with the topic's "
+        "max.message.bytes. Every other object went on.",
+        app=app, object_type=change.object_type, source_id=change.object_id,
+        change_id=change.change_id, cycle_id=change.cycle_id,
     )
 
 

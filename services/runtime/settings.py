@@ -37,6 +37,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Port for ``/metrics``; 0 disables the endpoint."""
     metrics_host: str = "127.0.0.1"
     """Address ``/metrics`` listens on; ``0.0.0.0`` in a pod (the manifests set it)."""
+    max_message_bytes: int = 1_000_000
+    """Largest change or command scimflow publishes (encoded, before compression); a larger
+    object becomes an ``ObjectTooLarge`` error record. Keep it at or under the topics'
+    ``max.message.bytes`` (Kafka's default is 1,048,588)."""
     writer_batch: int = 256
     """Commands a writer process holds in flight (distinct objects run concurrently; the
     per-app target limits are `target.rate_limit` in the config)."""
