@@ -16,7 +16,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +52,12 @@ class Broker:
                  data_dir: Path | None = None, keeps_data: bool = False,
                  process: subprocess.Popen[bytes] | None = None,
                  container: Any = None, on_exit: Callable[[int], None] | None = None,
-                 log: Log = stderr_log) -> None:
+                 log: Log = stderr_log, listeners: Mapping[str, str] | None = None) -> None:
         self.kind = kind
         self.bootstrap = bootstrap
+        self.listeners = dict(listeners or {})
+        """Listeners besides the PLAINTEXT :attr:`bootstrap`, by name (``SASL_SSL``,
+        ``SSL``): ``host:port`` each."""
         self.version = version
         self.data_dir = data_dir
         """The dir with the broker's data and log; :meth:`stop` removes it unless

@@ -13,6 +13,12 @@ and the broker listens on the ports it had last time when they are free, or on n
 a single-node KRaft cluster with a static voter set starts on a changed port (it
 re-registers its listeners), and nothing else we write depends on the port.
 
+:func:`start_secure` gives a broker with two more listeners, for trying TLS and SASL
+against the real thing: ``SASL_SSL`` (SCRAM-SHA-512; users are added through the admin
+API, see :func:`services.runtime.kafka.upsert_scram_user`) and ``SSL`` that requires a
+client certificate (mutual TLS), both with the PEM certificates the caller gives. The
+controller and the PLAINTEXT listener stay as they are.
+
 Two caches make a start cheap (``python -m services.devstack.broker fetch`` fills them):
 the formatted storage, copied instead of formatted per broker, and a class archive (CDS)
 the JVM maps instead of loading Kafka's classes one by one.
@@ -32,6 +38,7 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from services.devstack._broker_base import (
@@ -49,8 +56,8 @@ from services.devstack._broker_base import (
 from services.devstack.processes import LOOPBACK, bindable, free_ports, spawn
 from services.runtime.settings import Settings
 
-__all__ = ["available", "class_archive", "fetch_kafka", "formatted_storage", "java_version",
-           "kraft_properties", "start"]
+__all__ = ["TlsListeners", "available", "class_archive", "fetch_kafka", "formatted_storage",
+           "java_version", "kraft_properties", "start", "start_secure", "with_tls"]
 
 _FETCHED_MARKER = ".fetched"
 
@@ -154,6 +161,57 @@ def start(settings: Settings, log: Log, state_dir: Path | None) -> Broker:
     return with_fresh_ports(launch_fresh, "scimflow-kafka-")
 
 
+@dataclass(frozen=True)
+class TlsListeners:
+    """The PEM files of a broker's ``SASL_SSL`` and ``SSL`` listeners (:func:`start_secure`)."""
+
+    keystore: Path
+    """The broker's private key (PKCS#8, unencrypted) and certificate chain, in one file."""
+    truststore: Path
+    """The CA certificate(s) client certificates must chain to on the ``SSL`` listener."""
+
+
+def start_secure(settings: Settings, tls: TlsListeners, log: Log = stderr_log) -> Broker:
+    """Apache Kafka in a temp dir with ``SASL_SSL`` and mutual-TLS ``SSL`` listeners besides
+    PLAINTEXT; their addresses are in :attr:`Broker.listeners`."""
+    major, build = java_version()
+    if major < 17:
+        raise BrokerError(f"Apache Kafka needs Java >= 17 on PATH; found {major or 'none'}")
+    libs = fetch_kafka(settings, log)
+    storage = formatted_storage(libs, log)
+
+    def launch_fresh(workdir: Path) -> Broker:
+        shutil.copytree(storage, workdir / "data")
+        plain, controller, sasl_ssl, ssl = free_ports(4)
+        secure = {"SASL_SSL": sasl_ssl, "SSL": ssl}
+        return _launch_kafka(settings, libs, build, workdir, (plain, controller), log, keep=False,
+                             secure=(tls, secure))
+
+    return with_fresh_ports(launch_fresh, "scimflow-kafka-tls-")
+
+
+def with_tls(props: dict[str, str], tls: TlsListeners, ports: dict[str, int]) -> dict[str, str]:
+    """``props`` of :func:`kraft_properties` plus ``SASL_SSL`` and ``SSL`` listeners on
+    ``ports`` (by listener name)."""
+    listeners = ",".join(f"{name}://{LOOPBACK}:{port}" for name, port in ports.items())
+    return {
+        **props,
+        "listeners": f"{props['listeners']},{listeners}",
+        "advertised.listeners": f"{props['advertised.listeners']},{listeners}",
+        "listener.security.protocol.map": ",".join(
+            [props["listener.security.protocol.map"], *(f"{name}:{name}" for name in ports)]),
+        "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+        # The broker only checks SCRAM credentials (kept in the metadata log): no user here.
+        "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config":
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+        "ssl.keystore.type": "PEM",
+        "ssl.keystore.location": str(tls.keystore),
+        "ssl.truststore.type": "PEM",
+        "ssl.truststore.location": str(tls.truststore),
+        "listener.name.ssl.ssl.client.auth": "required",
+    }
+
+
 _KEPT_PORTS = "ports"
 """In a ``state_dir``: the broker and controller ports of the last start, tried first."""
 
@@ -209,19 +267,25 @@ def _rotate(log_file: Path) -> None:
 
 
 def _launch_kafka(settings: Settings, libs: Path, java_build: str, workdir: Path,
-                  ports: tuple[int, int], log: Log, *, keep: bool) -> Broker:
+                  ports: tuple[int, int], log: Log, *, keep: bool,
+                  secure: tuple[TlsListeners, dict[str, int]] | None = None) -> Broker:
     """Run Kafka on the formatted log dir ``workdir/data``, with a config for ``ports``
-    written anew (the advertised listener is the only thing that names the port)."""
+    (and the ``secure`` listeners) written anew (the advertised listener is the only thing
+    that names the port)."""
     broker_port, controller_port = ports
-    config = _write_config(workdir, broker_port, controller_port, settings.partitions)
+    config = _write_config(workdir, broker_port, controller_port, settings.partitions, secure)
     cds, keep_archive = _class_sharing(libs.parent, java_build, workdir)
     log_file = workdir / "broker.log"
     process = spawn(_java(libs, workdir, "-Xmx512m", *_SHORT_RUN_JVM, *cds, "kafka.Kafka", str(config)),
                     log_file)
-    await_listener(f"Apache Kafka {settings.kafka_version}", process, broker_port, log_file)
+    name = f"Apache Kafka {settings.kafka_version}"
+    await_listener(name, process, broker_port, log_file)
+    secure_ports = {} if secure is None else secure[1]
+    for port in secure_ports.values():
+        await_listener(name, process, port, log_file)
     return Broker("apache-kafka", f"{LOOPBACK}:{broker_port}", version=settings.kafka_version,
                   data_dir=workdir, keeps_data=keep, process=process, on_exit=keep_archive,
-                  log=log)
+                  log=log, listeners={n: f"{LOOPBACK}:{p}" for n, p in secure_ports.items()})
 
 
 def _class_sharing(home: Path, java_build: str,
@@ -277,11 +341,13 @@ def formatted_storage(libs: Path, log: Log) -> Path:
 
 
 def _write_config(workdir: Path, broker_port: int, controller_port: int,
-                  partitions: int) -> Path:
+                  partitions: int, secure: tuple[TlsListeners, dict[str, int]] | None = None) -> Path:
     props = kraft_properties(listen=f"{LOOPBACK}:{broker_port}",
                              advertised=f"{LOOPBACK}:{broker_port}",
                              controller=f"{LOOPBACK}:{controller_port}",
                              partitions=partitions)
+    if secure is not None:
+        props = with_tls(props, *secure)
     props["log.dirs"] = str(workdir / "data")
     config = workdir / "server.properties"
     config.write_text("".join(f"{k}={v}\n" for k, v in props.items()), encoding="utf-8")

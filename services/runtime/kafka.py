@@ -8,32 +8,48 @@ group, every partition, nothing committed): a snapshot up to the end offsets
 (:func:`tail_records`, :func:`consume`: ``scimflow tail``, ``up``, the test harness), or
 polls from the end (provision on demand). Inside a worker, :func:`follow_records` and
 friends (aiokafka) follow a topic from its beginning for ever.
+
+Every client connects the same way: :class:`KafkaSecurity` (TLS, SASL, from the
+``SCIMFLOW_KAFKA_*`` settings) gives the kwargs kafka-python and aiokafka share
+(:func:`client_security`) and faust's ``broker_credentials`` (:func:`faust_credentials`).
+Before a process's first client of a secured cluster, :func:`check_access` opens one
+connection the same way, so a wrong password or an untrusted certificate is a clear
+:class:`KafkaSecurityError` at start, not a client that retries until it times out.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import logging
 import os
+import ssl
 import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Generator, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, Literal, Self, TypeVar
 
 import faust
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.conn import create_conn
 from aiokafka.errors import KafkaError as AioKafkaError
+from aiokafka.errors import SaslAuthenticationFailed, UnsupportedSaslMechanismError
 from aiokafka.partitioner import murmur2
+from faust.auth import SASLCredentials, SSLCredentials
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
-from kafka.admin import NewTopic
+from kafka.admin import NewTopic, UserScramCredentialUpsertion
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import TopicPartition as KafkaPartition
 
 from services.runtime import metrics
-from services.runtime.errors import ScimflowError
-from services.runtime.settings import Settings
+from services.runtime.config import Secret
+from services.runtime.errors import ConfigError, ScimflowError
+from services.runtime.settings import Settings, load_settings
 from services.runtime.topics import Topics, TopicSpec
 
 log = structlog.get_logger("scimflow.worker")
@@ -42,16 +58,23 @@ __all__ = [
     "CAUGHT_UP",
     "IDLE",
     "BrokerUnavailableError",
+    "KafkaSecurity",
+    "KafkaSecurityError",
     "SkippedRecords",
     "TopicReader",
+    "check_access",
+    "client_security",
     "consume",
     "create_topics",
     "faust_app",
+    "faust_credentials",
     "follow_from_start",
     "follow_records",
     "follow_topic",
+    "kafka_security",
     "partition_for",
     "plain_producer",
+    "process_security",
     "raw_schema",
     "raw_topic",
     "read_latest",
@@ -59,6 +82,7 @@ __all__ = [
     "report_consumer_lag",
     "run_worker",
     "tail_records",
+    "upsert_scram_user",
     "wait_until_ready",
 ]
 
@@ -67,15 +91,233 @@ class BrokerUnavailableError(ScimflowError):
     """The broker did not answer in time."""
 
 
-def wait_until_ready(bootstrap: str, timeout: float = 60.0) -> None:
-    """Block until the broker at ``bootstrap`` answers a metadata request."""
+# --- security: TLS and SASL for every client ------------------------------------------
+
+
+class KafkaSecurityError(ScimflowError):
+    """The broker refused our credentials or certificate, or we refused its certificate:
+    the settings must change; retrying does not help."""
+
+
+_SETTINGS = "environment (SCIMFLOW_KAFKA_*)"
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """How this process's Kafka clients prove who they are and check the broker.
+
+    Made by :func:`kafka_security` from the settings: the password is resolved and the
+    TLS context built once, so a missing file is a start-up error. Its repr shows the
+    password's reference only (:class:`~services.runtime.config.Secret`).
+    """
+
+    protocol: str = "PLAINTEXT"
+    mechanism: str | None = None
+    username: str | None = None
+    password: Secret | None = None
+    ssl_context: ssl.SSLContext | None = None
+
+    @property
+    def sasl(self) -> bool:
+        return self.protocol.startswith("SASL_")
+
+
+PLAINTEXT = KafkaSecurity()
+
+
+def kafka_security(settings: Settings) -> KafkaSecurity:
+    """The :class:`KafkaSecurity` of ``settings``; ConfigError if a secret or file is missing."""
+    if settings.kafka_security_protocol == "PLAINTEXT":
+        return PLAINTEXT
+    password = None
+    if settings.kafka_sasl_password is not None:
+        password = _resolve_secret(settings.kafka_sasl_password, "SCIMFLOW_KAFKA_SASL_PASSWORD")
+    context = _ssl_context(settings) if settings.kafka_security_protocol.endswith("SSL") else None
+    return KafkaSecurity(protocol=settings.kafka_security_protocol,
+                         mechanism=settings.kafka_sasl_mechanism,
+                         username=settings.kafka_sasl_username, password=password,
+                         ssl_context=context)
+
+
+def _resolve_secret(ref: str, setting: str) -> Secret:
+    kind, _, where = ref.partition(":")
+    if kind == "env":
+        value = os.environ.get(where, "")
+        if not value:
+            raise ConfigError(f"{setting}={ref}: environment variable {where} is not set",
+                              file=_SETTINGS)
+        return Secret(ref, value)
+    try:
+        value = Path(where).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{setting}={ref}: cannot read the file ({exc.strerror})",
+                          file=_SETTINGS) from None
+    if not value:
+        raise ConfigError(f"{setting}={ref}: the file is empty", file=_SETTINGS)
+    return Secret(ref, value)
+
+
+def _ssl_context(settings: Settings) -> ssl.SSLContext:
+    """TLS that checks the broker's certificate against the CA file (or the system's CAs),
+    with our client certificate for mutual TLS if one is given."""
+    try:
+        context = ssl.create_default_context(cafile=settings.kafka_ssl_cafile)
+        if settings.kafka_ssl_certfile:
+            context.load_cert_chain(settings.kafka_ssl_certfile, settings.kafka_ssl_keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        files = ", ".join(f for f in (settings.kafka_ssl_cafile, settings.kafka_ssl_certfile,
+                                      settings.kafka_ssl_keyfile) if f)
+        raise ConfigError(f"cannot load the Kafka TLS files ({files}): {exc}", file=_SETTINGS) from None
+    context.check_hostname = settings.kafka_ssl_check_hostname
+    return context
+
+
+def client_security(security: KafkaSecurity) -> dict[str, Any]:
+    """kafka-python's and aiokafka's keyword arguments for ``security`` (the same names in
+    both). They hold the password: pass them to a client, never to a log."""
+    if security.protocol == "PLAINTEXT":
+        return {}
+    kwargs: dict[str, Any] = {"security_protocol": security.protocol,
+                              "ssl_context": security.ssl_context}
+    if security.sasl and security.password is not None:
+        kwargs.update(sasl_mechanism=security.mechanism, sasl_plain_username=security.username,
+                      sasl_plain_password=security.password.reveal())
+    return kwargs
+
+
+def faust_credentials(security: KafkaSecurity) -> Any:
+    """faust's ``broker_credentials`` for ``security`` (None: plaintext)."""
+    if security.sasl and security.password is not None:
+        return SASLCredentials(username=security.username, password=security.password.reveal(),
+                               ssl_context=security.ssl_context, mechanism=security.mechanism)
+    if security.ssl_context is not None:
+        return SSLCredentials(security.ssl_context)
+    return None
+
+
+@functools.cache
+def process_security() -> KafkaSecurity:
+    """The security of clients made without one given: this process's ``SCIMFLOW_KAFKA_*``.
+
+    Workers and the CLI are configured by their environment; the callers that only hand
+    on a bootstrap address get the same security as the faust app of their process.
+    """
+    return kafka_security(load_settings())
+
+
+_ACCESS_CHECKED: set[tuple[str, KafkaSecurity]] = set()
+
+
+def check_access(bootstrap: str, security: KafkaSecurity, timeout: float = 15.0) -> None:
+    """Connect to a broker of ``bootstrap`` as every client will (TLS, SASL), once per
+    process: KafkaSecurityError if credentials or certificates are refused,
+    BrokerUnavailableError if no broker answers within ``timeout`` seconds."""
+    if security.protocol == "PLAINTEXT" or (bootstrap, security) in _ACCESS_CHECKED:
+        return
+    failures = _run_apart(_probe_all(bootstrap, security, timeout))
+    if failures is None:
+        _ACCESS_CHECKED.add((bootstrap, security))
+        return
+    refused = [f for f in failures if isinstance(f, KafkaSecurityError)]
+    raise (refused or failures)[0]
+
+
+async def _probe_all(bootstrap: str, security: KafkaSecurity,
+                     seconds: float) -> list[ScimflowError] | None:
+    failures: list[ScimflowError] = []
+    for address in (a.strip() for a in bootstrap.split(",") if a.strip()):
+        host, _, port = address.rpartition(":")
+        failure = await _probe(host, int(port), security, seconds)
+        if failure is None:
+            return None
+        failures.append(failure)
+    return failures
+
+
+async def _probe(host: str, port: int, security: KafkaSecurity, seconds: float) -> ScimflowError | None:
+    """One connection with the handshakes every client makes; the failure, if any."""
+    where = f"Kafka at {host}:{port}"
+    try:
+        conn = await asyncio.wait_for(
+            create_conn(host, port, client_id="scimflow-check", request_timeout_ms=int(seconds * 1000),
+                        **client_security(security)), seconds)
+    except (SaslAuthenticationFailed, UnsupportedSaslMechanismError) as exc:
+        return KafkaSecurityError(_redacted(
+            f"{where} refused SASL authentication ({security.mechanism}, user "
+            f"{security.username!r}): {_detail(exc)}. Check SCIMFLOW_KAFKA_SASL_USERNAME, "
+            "SCIMFLOW_KAFKA_SASL_MECHANISM and the secret SCIMFLOW_KAFKA_SASL_PASSWORD points to",
+            security))
+    except (OSError, TimeoutError, AioKafkaError) as exc:
+        tls = exc if isinstance(exc, ssl.SSLError) else exc.__cause__
+        if isinstance(tls, ssl.SSLError):
+            return KafkaSecurityError(_redacted(f"TLS with {where} failed: {tls}. {_tls_hint(tls)}",
+                                                security))
+        return BrokerUnavailableError(_redacted(f"{where} did not answer: {exc!r}", security))
+    conn.close()
+    return None
+
+
+def _detail(exc: BaseException) -> str:
+    return str(exc.args[0]) if exc.args else type(exc).__name__
+
+
+def _tls_hint(exc: ssl.SSLError) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return ("The broker's certificate must chain to a CA in SCIMFLOW_KAFKA_SSL_CAFILE (unset: "
+                "the system's CAs) and name the host (SCIMFLOW_KAFKA_SSL_CHECK_HOSTNAME)")
+    return ("The broker refused the handshake: it may require a client certificate "
+            "(SCIMFLOW_KAFKA_SSL_CERTFILE, SCIMFLOW_KAFKA_SSL_KEYFILE) signed by a CA it trusts")
+
+
+def _redacted(message: str, security: KafkaSecurity) -> str:
+    """``message`` without the password, whatever a library put in it."""
+    if security.password is not None and security.password.reveal():
+        message = message.replace(security.password.reveal(), "***")
+    return message
+
+
+_T = TypeVar("_T")
+
+
+def _run_apart(coroutine: Coroutine[Any, Any, _T]) -> _T:
+    """Run ``coroutine`` on an event loop of its own: callers may be in a loop already."""
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="scimflow-kafka-check") as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
+def _secured(bootstrap: str, security: KafkaSecurity | None) -> dict[str, Any]:
+    """The client kwargs for ``security`` (default: the process's), once access is checked."""
+    chosen = process_security() if security is None else security
+    check_access(bootstrap, chosen)
+    return client_security(chosen)
+
+
+def upsert_scram_user(bootstrap: str, user: str, password: str, *,
+                      mechanism: str = "SCRAM-SHA-512", security: KafkaSecurity | None = None) -> None:
+    """Create or change a SCRAM user of the cluster (the dev broker's SASL users)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="scimflow-admin",
+                             **_secured(bootstrap, security))
+    try:
+        errors = admin.alter_user_scram_credentials(
+            [UserScramCredentialUpsertion(user, mechanism, password)])
+    finally:
+        admin.close()
+    if errors.get(user):
+        raise KafkaSecurityError(f"cannot set the SCRAM credentials of {user!r}: {errors[user]}")
+
+
+def wait_until_ready(bootstrap: str, timeout: float = 60.0, *,
+                     security: KafkaSecurity | None = None) -> None:
+    """Block until the broker at ``bootstrap`` answers a metadata request; a refused
+    password or certificate raises KafkaSecurityError at once."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
+            secured = _secured(bootstrap, security)
             admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000,
-                                     client_id="scimflow-probe")
-        except KafkaError as exc:
+                                     client_id="scimflow-probe", **secured)
+        except (KafkaError, BrokerUnavailableError) as exc:
             last = exc
             time.sleep(0.25)
             continue
@@ -91,9 +333,11 @@ def wait_until_ready(bootstrap: str, timeout: float = 60.0) -> None:
     raise BrokerUnavailableError(f"broker at {bootstrap} did not answer within {timeout:.0f}s: {last}")
 
 
-def create_topics(bootstrap: str, specs: Iterable[TopicSpec]) -> list[str]:
+def create_topics(bootstrap: str, specs: Iterable[TopicSpec], *,
+                  security: KafkaSecurity | None = None) -> list[str]:
     """Create the topics that do not exist yet; returns the names created."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="scimflow-admin")
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="scimflow-admin",
+                             **_secured(bootstrap, security))
     try:
         existing = set(admin.list_topics())
         new = [
@@ -119,9 +363,10 @@ def _single_node(admin: Any) -> bool:
     return len(admin.describe_cluster().get("brokers", [])) <= 1
 
 
-def plain_producer(bootstrap: str) -> Any:
+def plain_producer(bootstrap: str, *, security: KafkaSecurity | None = None) -> Any:
     """A kafka-python producer for tools and tests (bytes in, bytes out)."""
-    return KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    return KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
+                         **_secured(bootstrap, security))
 
 
 def consume(bootstrap: str, topic: str, *, from_beginning: bool = True,
@@ -150,9 +395,12 @@ def faust_app(service: str, settings: Settings, bootstrap: str) -> Any:
     servers = ";".join(f"kafka://{hp.strip()}" for hp in bootstrap.split(","))
     datadir = Path(settings.data_dir) / "faust" / topics.app_id(service)
     datadir.mkdir(parents=True, exist_ok=True)
+    security = kafka_security(settings)
+    check_access(bootstrap, security)  # faust would retry a refused password for ever
     return faust.App(
         topics.app_id(service),
         broker=servers,
+        broker_credentials=faust_credentials(security),
         store="memory://",
         topic_partitions=settings.partitions,
         topic_disable_leader=True,  # no leader topic: we never use app.is_leader()
@@ -222,8 +470,9 @@ async def _from_start(bootstrap: str, topic: str) -> AsyncIterator[Any]:
 
 
 async def _from_start_unwrapped(bootstrap: str, topic: str) -> AsyncGenerator[Any, None]:
+    # The process's security; faust_app checked access when the worker started.
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                auto_offset_reset="earliest")
+                                auto_offset_reset="earliest", **client_security(process_security()))
     await consumer.start()
     try:
         partitions = await _all_partitions(consumer, topic)
@@ -395,15 +644,16 @@ class TopicReader:
 
     def __init__(self, bootstrap: str, topics: Iterable[str], *,
                  start: Literal["beginning", "end"] = "beginning", client_id: str = "scimflow-read",
-                 request_timeout: float | None = None) -> None:
+                 request_timeout: float | None = None, security: KafkaSecurity | None = None) -> None:
         self._missing = list(topics)
         self._where = f"{', '.join(self._missing)} from {bootstrap}"
         self.assigned: list[KafkaPartition] = []
         """The partitions read so far (those of the topics that exist)."""
+        secured = _secured(bootstrap, security)
         try:
             timeouts = {} if request_timeout is None else {"request_timeout_ms": int(request_timeout * 1000)}
             self._consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                           client_id=client_id, **timeouts)
+                                           client_id=client_id, **timeouts, **secured)
         except KafkaError as exc:
             raise BrokerUnavailableError(f"cannot read {self._where}: {exc}") from exc
         try:

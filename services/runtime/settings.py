@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -17,6 +18,11 @@ from services.runtime.errors import ConfigError
 __all__ = ["Settings", "load_settings"]
 
 _PREFIX = "SCIMFLOW_"
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+SecretRef = Annotated[str, msgspec.Meta(pattern=r"^(env|file):\S+$")]
+"""``env:NAME`` or ``file:/path``: where a secret is, never the secret itself."""
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -63,6 +69,55 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     shutdown_timeout: float = 30.0
     """Seconds a worker's clean shutdown may take after SIGTERM/SIGINT before the process
     exits anyway (what is not committed is redelivered: at-least-once)."""
+
+    # --- Kafka security: every client scimflow makes (services/runtime/kafka.py) ---
+    kafka_security_protocol: SecurityProtocol = "PLAINTEXT"
+    kafka_sasl_mechanism: SaslMechanism | None = None
+    """Required with ``SASL_PLAINTEXT``/``SASL_SSL``."""
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretRef | None = None
+    """``env:NAME`` or ``file:/path``: a reference, resolved when a client is first made."""
+    kafka_ssl_cafile: str | None = None
+    """PEM CA bundle the broker's certificate must chain to; unset: the system's CAs."""
+    kafka_ssl_certfile: str | None = None
+    """PEM client certificate (mutual TLS); may hold the key too."""
+    kafka_ssl_keyfile: str | None = None
+    """PEM private key of ``kafka_ssl_certfile`` (unencrypted), if not in that file."""
+    kafka_ssl_check_hostname: bool = True
+    """Whether the broker's certificate must name the host connected to."""
+
+    def __post_init__(self) -> None:
+        problem = _kafka_security_problem(self)
+        if problem is not None:
+            raise ValueError(problem)  # msgspec turns it into a ValidationError
+
+
+def _kafka_security_problem(s: Settings) -> str | None:
+    """What is wrong with the Kafka security settings taken together, if anything."""
+    protocol = s.kafka_security_protocol
+    sasl = {"SCIMFLOW_KAFKA_SASL_MECHANISM": s.kafka_sasl_mechanism,
+            "SCIMFLOW_KAFKA_SASL_USERNAME": s.kafka_sasl_username,
+            "SCIMFLOW_KAFKA_SASL_PASSWORD": s.kafka_sasl_password}
+    tls = {"SCIMFLOW_KAFKA_SSL_CAFILE": s.kafka_ssl_cafile,
+           "SCIMFLOW_KAFKA_SSL_CERTFILE": s.kafka_ssl_certfile,
+           "SCIMFLOW_KAFKA_SSL_KEYFILE": s.kafka_ssl_keyfile}
+    if protocol.startswith("SASL_"):
+        missing = [name for name, value in sasl.items() if not value]
+        if missing:
+            return f"SCIMFLOW_KAFKA_SECURITY_PROTOCOL={protocol} needs {', '.join(missing)}"
+    else:
+        given = [name for name, value in sasl.items() if value]
+        if given:  # set but silently unused is how a cluster ends up open
+            return (f"{', '.join(given)} given, but SCIMFLOW_KAFKA_SECURITY_PROTOCOL={protocol} "
+                    "uses no SASL (use SASL_SSL or SASL_PLAINTEXT)")
+    if not protocol.endswith("SSL"):
+        given = [name for name, value in tls.items() if value]
+        if given:
+            return (f"{', '.join(given)} given, but SCIMFLOW_KAFKA_SECURITY_PROTOCOL={protocol} "
+                    "uses no TLS (use SSL or SASL_SSL)")
+    if s.kafka_ssl_keyfile and not s.kafka_ssl_certfile:
+        return "SCIMFLOW_KAFKA_SSL_KEYFILE given without SCIMFLOW_KAFKA_SSL_CERTFILE"
+    return None
 
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
