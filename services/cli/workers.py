@@ -60,7 +60,10 @@ def _worker(service: Literal["ingest", "mapper", "writer"], config: Path) -> Non
         from services.mapper.main import build_app
     else:
         from services.writer.main import build_app
-    app = build_app(settings, loaded, settings.kafka_bootstrap)
+    try:
+        app = build_app(settings, loaded, settings.kafka_bootstrap)
+    except ScimflowError as exc:  # e.g. Kafka refused the credentials: one clear line, no traceback
+        raise fail(exc) from None
     start_metrics_server(settings.metrics_port, settings.metrics_host)
     run_worker(app, loglevel=settings.log_level, shutdown_timeout=settings.shutdown_timeout)
 

@@ -408,6 +408,7 @@ def faust_app(service: str, settings: Settings, bootstrap: str) -> Any:
         web_enabled=False,
         datadir=str(datadir),
         producer_acks=-1,
+        producer_compression_type=_compression(settings),
         broker_commit_interval=1.0,
         # A crashed worker's partitions move to a live one after this long (Kafka: 45 s).
         broker_session_timeout=10.0,
@@ -415,6 +416,10 @@ def faust_app(service: str, settings: Settings, bootstrap: str) -> Any:
         consumer_auto_offset_reset="earliest",
         stream_wait_empty=False,
     )
+
+
+def _compression(settings: Settings) -> str | None:
+    return None if settings.kafka_compression == "none" else settings.kafka_compression
 
 
 async def follow_topic(bootstrap: str, topic: str) -> AsyncIterator[bytes]:

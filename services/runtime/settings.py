@@ -85,6 +85,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """PEM private key of ``kafka_ssl_certfile`` (unencrypted), if not in that file."""
     kafka_ssl_check_hostname: bool = True
     """Whether the broker's certificate must name the host connected to."""
+    kafka_compression: Literal["gzip", "none"] = "gzip"
+    """Compression of what scimflow produces: a directory change carries the whole object,
+    and large attribute values (photos, certificates, long group member lists) compress
+    well. ``none`` for a broker that cannot take compressed batches."""
 
     def __post_init__(self) -> None:
         problem = _kafka_security_problem(self)
