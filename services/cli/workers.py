@@ -52,7 +52,7 @@ def _worker(service: Literal["ingest", "mapper", "writer"], config: Path) -> Non
         raise fail(exc) from None
     _apply_file(settings, settings.kafka_bootstrap, loaded, service)
     from services.runtime.kafka import run_worker
-    from services.runtime.metrics import start_metrics_server
+    from services.runtime.probes import Probes
 
     if service == "ingest":
         from services.ingest.main import build_app
@@ -64,7 +64,7 @@ def _worker(service: Literal["ingest", "mapper", "writer"], config: Path) -> Non
         app = build_app(settings, loaded, settings.kafka_bootstrap)
     except ScimflowError as exc:  # e.g. Kafka refused the credentials: one clear line, no traceback
         raise fail(exc) from None
-    start_metrics_server(settings.metrics_port, settings.metrics_host)
+    Probes(app, settings, settings.kafka_bootstrap).install()
     run_worker(app, loglevel=settings.log_level, shutdown_timeout=settings.shutdown_timeout)
 
 
