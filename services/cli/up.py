@@ -113,6 +113,7 @@ def _up(stack: _DevStack, settings: Settings, config: Path, state: Path, *, demo
         admin_url = sup.start_admin(port=stack.free_port(settings.admin_port), host=settings.admin_host,
                                     tokens=f"operator=file:{_admin_token_file(state)}")
         announce(loaded, broker.bootstrap, env, state, admin_url)
+        _check_targets(settings, broker.bootstrap, loaded)
         _watch(loaded, broker.bootstrap, topics, sup)
     except ScimflowError as exc:
         raise fail(exc) from None
@@ -197,6 +198,23 @@ def _announce_commands(loaded: LoadedConfig, bootstrap: str, admin_url: str, adm
     say(f"  (or directly) {prefix} scimflow status --config {loaded.file}")
     say(f"control         {api} scimflow stop|start|restart|provision|test-connection APP")
     say("stop            Ctrl-C here stops the workers, the admin API, the target and the broker")
+
+
+def _check_targets(settings: Settings, bootstrap: str, loaded: LoadedConfig) -> None:
+    """Say at once when an app's target does not answer, instead of a bar stuck at 0."""
+    from services.admin.control import Caller, ControlPlane
+
+    plane = ControlPlane(settings, bootstrap, loaded, Caller(by="scimflow up"))
+    try:
+        for app in loaded.config.applications:
+            result = plane.test_connection(app.name)
+            if not result["ok"]:
+                err.print(f"[bold red]app {escape(app.name)}: the target does not work:[/] "
+                          f"{escape(str(result['message']))}\n  The writer keeps retrying and "
+                          "reports each failure (scimflow tail errors); fix the target or the "
+                          f"app's `target` settings in {escape(loaded.file)}.", highlight=False)
+    finally:
+        plane.close()
 
 
 def _watch(loaded: LoadedConfig, bootstrap: str, topics: Topics, sup: Supervisor) -> None:

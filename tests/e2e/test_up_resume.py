@@ -80,6 +80,15 @@ def test_a_second_up_resumes_and_writes_only_what_changed(config: Path) -> None:
     assert written == [("update", "u-0001")]
 
 
+def test_up_says_at_once_when_the_target_does_not_answer(config: Path) -> None:
+    text = config.read_text().replace("${DEMO_SCIM_URL:-http://127.0.0.1:18080/v2}", "http://127.0.0.1:9/v2")
+    config.write_text(text)
+    with _Up(config, "--no-demo-target", env={"DEMO_SCIM_TOKEN": "t0ken-for-nobody"}) as up:
+        line = up.wait_for("the target does not work", timeout=60)
+    assert "app demo" in line
+    assert "127.0.0.1:9" in up.output() and "t0ken-for-nobody" not in up.output()
+
+
 def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
@@ -87,15 +96,16 @@ def _ignore_sigint() -> None:
 class _Up:
     """One `scimflow up` process and what it printed so far."""
 
-    def __init__(self, config: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if k != "SCIMFLOW_KAFKA_BOOTSTRAP"}
+    def __init__(self, config: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        environ = {k: v for k, v in os.environ.items() if k != "SCIMFLOW_KAFKA_BOOTSTRAP"}
         # COLUMNS: rich would wrap long lines (paths) at 80 columns on a pipe.
-        env |= {"SCIMFLOW_BROKER": "apache-kafka", "SCIMFLOW_LOG_FORMAT": "json", "COLUMNS": "400"}
+        environ |= {"SCIMFLOW_BROKER": "apache-kafka", "SCIMFLOW_LOG_FORMAT": "json", "COLUMNS": "400",
+                    **(env or {})}
         self.log = config.parent / f"up-{time.monotonic_ns()}.out"
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "services.cli", "up", "--config", str(config)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
+                [sys.executable, "-m", "services.cli", "up", "--config", str(config), *args],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=environ,
                 # Started with SIGINT ignored, as from a test runner or a background job:
                 # Ctrl-C must stop it all the same.
                 preexec_fn=_ignore_sigint)  # noqa: PLW1509 (one signal call before exec)
