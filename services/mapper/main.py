@@ -28,7 +28,7 @@ from services.mapper.expressions import IGNORE, compile_expression
 from services.mapper.group_feed import GroupFeed
 from services.mapper.groups import GroupGraph
 from services.mapper.mappings import compile_object_mapping
-from services.mapper.planner import CompiledApp, command_key, plan
+from services.mapper.planner import CompiledApp, MatchingValueMissingError, command_key, plan
 from services.mapper.scoping_filters import Clause, CompiledFilters, ScopingError, compile_filters
 from services.runtime import metrics
 from services.runtime.config import Application, LoadedConfig, ObjectMapping
@@ -145,9 +145,9 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
             try:
                 command = plan(compiled, change, graph)
             except Exception as exc:
-                metrics.ERRORS.labels(service="mapper", error_code="AttributeMappingFailed").inc()
-                await errors.send(key=change.object_id.encode(), value=encode(
-                    bounded(_mapping_failed(compiled.app.name, change, exc))))
+                record = _mapping_failed(compiled.app.name, change, exc)
+                metrics.ERRORS.labels(service="mapper", error_code=record.error_code).inc()
+                await errors.send(key=change.object_id.encode(), value=encode(bounded(record)))
                 continue
             if command is None:
                 continue
@@ -245,6 +245,14 @@ _WAIT_REPORT = 15.0
 
 
 def _mapping_failed(app: str, change: DirectoryChange, exc: Exception) -> ErrorRecord:
+    if isinstance(exc, MatchingValueMissingError):
+        return error_record(
+            "mapper", exc.error_code, str(exc),
+            "Give the object a value for a matching attribute in the source, or mark another "
+            "attribute as matching; nothing was written for it, other objects go on.",
+            app=app, object_type=change.object_type, source_id=change.object_id,
+            change_id=change.change_id, cycle_id=change.cycle_id,
+        )
     return error_record(
         "mapper", "AttributeMappingFailed", f"{type(exc).__name__}: {exc}",
         "Fix the attribute mapping or the source value; other objects go on.",

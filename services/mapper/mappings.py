@@ -70,6 +70,12 @@ class CompiledMapping:
     ignore: object = None
     """The expression engine's IgnoreFlowIfNullOrEmpty sentinel."""
 
+    @property
+    def matching_targets(self) -> list[str]:
+        """The target attributes that find existing objects, in precedence order."""
+        found = sorted((a.matching, a.target) for a in self.attributes if a.matching is not None)
+        return [target for _, target in found]
+
     def apply(self, attrs: Mapping[str, Any]) -> MappedObject:
         """Map source attributes to target attributes (evaluation errors propagate)."""
         out = MappedObject()
@@ -101,7 +107,7 @@ class CompiledMapping:
                 out.create_only[a.target] = a.default  # Entra: default applies on create only
                 continue
             (out.create_only if a.on_create_only else out.attributes)[a.target] = value
-            if a.matching is not None and value is not None:
+            if a.matching is not None and not _blank(value):
                 out.matching.append((a.matching, a.target, value))
             if a.redacted:
                 out.redacted.append(a.target)
@@ -110,6 +116,11 @@ class CompiledMapping:
 
 
 _DROP = object()
+
+
+def _blank(value: Any) -> bool:
+    # An account found (or named) by "" or "   " is never the one meant.
+    return value is None or (isinstance(value, str) and not value.strip())
 _WIRE_TYPES = frozenset({str, int, bool, float, type(None)})
 
 

@@ -68,8 +68,18 @@ def plan(compiled: CompiledApp, change: DirectoryChange,
     return _upsert(app.name, mapping, change, scope.reason)
 
 
+class MatchingValueMissingError(ValueError):
+    """No matching attribute of an object has a value: it cannot be found or created safely."""
+
+    error_code = "MatchingValueMissing"
+
+
 def _upsert(app: str, mapping: CompiledMapping, change: DirectoryChange, reason: str) -> ProvisioningCommand:
     mapped = mapping.apply(change.attributes)
+    if not mapped.matching:
+        raise MatchingValueMissingError(
+            f"{change.object_type} {change.object_id}: every matching attribute is empty or blank "
+            f"({', '.join(mapping.matching_targets) or 'none mapped'}); it was not provisioned")
     return _command(
         app, change, "upsert", reason,
         attributes=mapped.attributes,

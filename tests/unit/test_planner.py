@@ -161,3 +161,20 @@ def test_a_selectuniquevalue_attribute_cannot_be_matched_on_in_any_spelling(
     (tmp_path / "c.yaml").write_text(CONFIG.replace(plain, unique, 1))
     with pytest.raises(ConfigError, match="comes from SelectUniqueValue, so it cannot find an"):
         compile_apps(load_config(tmp_path / "c.yaml"))
+
+
+@pytest.mark.parametrize("upn", ["", "   ", "\t", None])
+def test_an_empty_or_blank_matching_value_is_an_error_not_an_account(
+        apps: dict[str, CompiledApp], upn: str | None) -> None:
+    from services.mapper.main import _mapping_failed
+    from services.mapper.planner import MatchingValueMissingError
+
+    blank = change("u9", groups=["g-eng"], upn=upn)
+    with pytest.raises(MatchingValueMissingError) as info:
+        plan(apps["app1"], blank)
+    assert "every matching attribute is empty or blank (userName)" in str(info.value)
+    record = _mapping_failed("app1", blank, info.value)
+    assert (record.error_code, record.source_id, record.app) == ("MatchingValueMissing", "u9", "app1")
+    # Deprovisioning needs no matching value: the writer knows the account by its link.
+    gone = plan(apps["app1"], change("u9", upn=upn))
+    assert gone is not None and gone.operation == "deprovision"
