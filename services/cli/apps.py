@@ -1,12 +1,14 @@
 """Applications as data, kubectl-style: ``apply -f FILE``, ``get apps``, ``get app A -o yaml``,
-``history A``, ``rollback A --to N``, on the ``control.config`` topic.
+``history A``, ``rollback A --to N``, on the ``control.config`` topic; and Entra's "Users and
+groups": ``assign``, ``unassign``, ``get assignments A``.
 
 ``apply`` validates the whole file as ``validate`` does (file:line errors; secrets stay
 references and are not resolved: the workers resolve them), shows the diff against what
 is live, and writes each changed app and source as a new version; unchanged ones are not
 rewritten. Each change is audited under ``--by`` (default: the OS user). These commands
 talk to Kafka directly (``SCIMFLOW_KAFKA_BOOTSTRAP``); the admin API has the same
-operations at ``/apps/{app}/config``.
+operations at ``/apps/{app}/config``. The assignment commands go through the admin API when
+``--api``/``SCIMFLOW_ADMIN_URL`` is set (the token's name is the author), else to Kafka.
 """
 
 from __future__ import annotations
@@ -20,16 +22,16 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import typer
 import yaml
 
-from services.cli.options import AppArg, JsonOpt
+from services.cli.options import ApiOpt, AppArg, JsonOpt, TokenFileOpt
 from services.cli.render import emit, fail, line, out, print_json
 from services.runtime.config import LoadedConfig
 from services.runtime.errors import ConfigError, ScimflowError
 from services.runtime.settings import load_settings
 
 if TYPE_CHECKING:
-    from services.admin.control import ControlPlane
+    from services.admin.control import AssignmentKind, Backend, ControlPlane
 
-__all__ = ["apply", "get", "history", "rollback"]
+__all__ = ["apply", "assign", "get", "history", "rollback", "unassign"]
 
 get = typer.Typer(name="get", no_args_is_help=True, help="Show what the config topic holds.")
 
@@ -161,3 +163,82 @@ def rollback(app: AppArg, to: Annotated[int, typer.Option("--to", help="The vers
             result = plane.config_rollback(app, to, comment=comment)
         emit({"changes": [result]}, as_json, _print_applied)
     _run(call)
+
+
+# -- assignments ("Users and groups") --------------------------------------------------------
+
+UserOpt = Annotated[str | None, typer.Option("--user", help="A source user id.")]
+GroupOpt = Annotated[str | None, typer.Option("--group", help="A source group id.")]
+ExpectOpt = Annotated[int | None, typer.Option(
+    "--if-version", help="Only if the app is still at this version (else: a conflict).")]
+
+
+@contextlib.contextmanager
+def _backend(api: str | None, token_file: Path | None, by: str) -> Iterator[Backend]:
+    """The admin API when a URL is given (or SCIMFLOW_ADMIN_URL), else Kafka directly."""
+    if api:
+        from services.cli.control import backend
+
+        with backend(api, token_file, None, by) as client:
+            yield client
+        return
+    with _plane(by) as plane:
+        yield plane
+
+
+def _one(user: str | None, group: str | None) -> tuple[AssignmentKind, str]:
+    if (user is None) == (group is None):
+        raise ConfigError("give exactly one of --user ID or --group ID")
+    return ("user", user) if user is not None else ("group", group or "")
+
+
+def assign(app: AppArg, user: UserOpt = None, group: GroupOpt = None, comment: CommentOpt = "",
+           if_version: ExpectOpt = None, by: AuthorOpt = "", api: ApiOpt = None,
+           token_file: TokenFileOpt = None, as_json: JsonOpt = False) -> None:
+    """Assign a user or group to APP (Entra's "Users and groups"): a new version of APP."""
+    def call() -> None:
+        kind, object_id = _one(user, group)
+        with _backend(api, token_file, by) as b:
+            result = b.assign(app, kind, object_id, expected=if_version, comment=comment)
+        emit(result, as_json, _print_assignment_change)
+    _run(call)
+
+
+def unassign(app: AppArg, user: UserOpt = None, group: GroupOpt = None, comment: CommentOpt = "",
+             if_version: ExpectOpt = None, by: AuthorOpt = "", api: ApiOpt = None,
+             token_file: TokenFileOpt = None, as_json: JsonOpt = False) -> None:
+    """Remove a user or group from APP's assignments: a new version of APP."""
+    def call() -> None:
+        kind, object_id = _one(user, group)
+        with _backend(api, token_file, by) as b:
+            result = b.unassign(app, kind, object_id, expected=if_version, comment=comment)
+        emit(result, as_json, _print_assignment_change)
+    _run(call)
+
+
+@get.command("assignments")
+def get_assignments(app: AppArg, api: ApiOpt = None, token_file: TokenFileOpt = None,
+                    as_json: JsonOpt = False) -> None:
+    """The users and groups assigned to APP, at its current version."""
+    def call() -> None:
+        with _backend(api, token_file, "") as b:
+            emit(b.assignments(app), as_json, _print_assignments)
+    _run(call)
+
+
+def _print_assignment_change(result: dict[str, Any]) -> None:
+    if not result["changed"]:
+        line(f"app {result['app']}: unchanged (version {result['version']})", style="dim")
+    else:
+        line(f"app {result['app']}: version {result['from_version']} -> {result['version']}", style="bold")
+        _print_diff(result["diff"])
+    _print_assignments(result)
+
+
+def _print_assignments(found: dict[str, Any]) -> None:
+    line(f"{found['app']} version {found['version']}: scope {found['scope']}"
+         + (", nested groups expanded" if found["expand_nested_groups"] else ""))
+    if found["scope"] == "all":
+        line("  (scope `all`: everyone is provisioned; assignments do not limit it)", style="yellow")
+    for kind in ("users", "groups"):
+        line(f"  {kind}: {', '.join(found[kind]) if found[kind] else '(none)'}")

@@ -3,6 +3,7 @@ in the foreground (what each Kubernetes Deployment runs)."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -64,6 +65,7 @@ def admin(config: ConfigOpt) -> None:
     if not settings.kafka_bootstrap:
         raise fail(ConfigError("SCIMFLOW_KAFKA_BOOTSTRAP is not set"))
     try:
-        run_admin(settings, load_checked(config), settings.kafka_bootstrap)
+        run_admin(settings, load_checked(config), settings.kafka_bootstrap,
+                  load=partial(load_checked, resolve_secrets=False))
     except ScimflowError as exc:
         raise fail(exc) from None
