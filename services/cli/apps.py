@@ -30,6 +30,7 @@ from services.runtime.settings import load_settings
 
 if TYPE_CHECKING:
     from services.admin.control import AssignmentKind, Backend, ControlPlane
+    from services.runtime.config_store import FileDefinitions
 
 __all__ = ["apply", "assign", "get", "history", "rollback", "unassign"]
 
@@ -69,19 +70,60 @@ def _run(call: Any) -> None:
         raise fail(exc) from None
 
 
+IdsOpt = Annotated[str | None, typer.Option(
+    "--ids", help="With --preview: these source object ids (comma-separated), changed or not.")]
+SampleOpt = Annotated[int, typer.Option(
+    "--sample", help="With --preview: how many of the changed objects to show per app.")]
+
+
 def apply(file: Annotated[Path, typer.Option("--file", "-f", help="Config file (as for validate).")],
           dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the diff; write nothing.")] = False,
+          preview: Annotated[bool, typer.Option(
+              "--preview", help="Show the diff and, per object, the target attributes the new "
+                                "mappings would change; write nothing.")] = False,
+          ids: IdsOpt = None, sample: SampleOpt = 5,
           comment: CommentOpt = "", by: AuthorOpt = "", as_json: JsonOpt = False) -> None:
     """Validate FILE, show its diff against what is live, write the changed apps and sources."""
     from services.runtime.config_store import read_file
 
     def call() -> None:
+        if not preview and (ids is not None or sample != 5):
+            raise ConfigError("--ids and --sample go with --preview")
         definitions = read_file(file, load=_load)
         with _plane(by) as plane:
-            result = plane.config_apply(definitions.apps, definitions.sources, dry_run=dry_run,
-                                        comment=comment)
+            result = plane.config_apply(definitions.apps, definitions.sources,
+                                        dry_run=dry_run or preview, comment=comment)
+            if preview:
+                wanted = [i.strip() for i in ids.split(",") if i.strip()] if ids else None
+                result["preview"] = _preview(plane, definitions, result["changes"], wanted, sample)
         emit(result, as_json, _print_applied)
     _run(call)
+
+
+def _preview(plane: ControlPlane, definitions: FileDefinitions, changes: list[dict[str, Any]],
+             ids: list[str] | None, sample: int) -> dict[str, Any]:
+    """Each created or updated app of the file, previewed against its live version."""
+    import msgspec
+
+    from services.admin.control import NoSuchAppError
+    from services.cli.preview import HEADER, preview_app, read_objects
+    from services.mapper.main import compile_apps
+    from services.runtime.config_store import load_app
+
+    compiled = {c.app.name: c for c in compile_apps(definitions.loaded)}
+    objects = read_objects(plane.bootstrap, plane.topics)
+    apps = []
+    for change in changes:
+        if change["kind"] != "app" or change["action"] == "unchanged":
+            continue
+        try:
+            live = plane.config_get(change["name"])
+        except NoSuchAppError:
+            live = None
+        old = compile_apps(load_app(live["definition"], _load))[0] if live else None
+        apps.append(preview_app(compiled[change["name"]], old, objects, ids=ids, sample=sample,
+                                compared_with=f"live version {live['version']}" if live else ""))
+    return {"compares": HEADER, "source_objects": len(objects), "apps": msgspec.to_builtins(apps)}
 
 
 def _print_applied(result: dict[str, Any]) -> None:
@@ -91,9 +133,63 @@ def _print_applied(result: dict[str, Any]) -> None:
             line(f"{what}: unchanged (version {change['from_version']})", style="dim")
             continue
         written = change.get("version")
-        to = f"version {written}" if written else "not written (--dry-run)"
+        mode = "--preview" if "preview" in result else "--dry-run"
+        to = f"version {written}" if written else f"not written ({mode})"
         line(f"{what}: {change['action']}, version {change['from_version']} -> {to}", style="bold")
         _print_diff(change["diff"])
+    if "preview" in result:
+        _print_preview(result["preview"])
+
+
+def _print_preview(preview: dict[str, Any]) -> None:
+    line(f"preview: {preview['compares']}; {preview['source_objects']} objects on directory.changes",
+         style="bold")
+    if not preview["apps"]:
+        line("  no app's definition changes", style="dim")
+    for app in preview["apps"]:
+        line(f"app {app['app']} (against {app['compared_with']}): {app['changed']} of "
+             f"{app['objects']} objects would change; showing {len(app['samples'])}", style="bold")
+        for obj in app["samples"]:
+            _print_object(obj)
+
+
+def _print_object(obj: dict[str, Any]) -> None:
+    what = f"  {obj['object_type']} {obj['object_id']}"
+    if not obj["found"]:
+        line(f"{what}: not on directory.changes (no such object, or older than its retention)",
+             style="red")
+        return
+    before, after = obj["operation"]
+    line(f"{what} ({obj['display_name']}): {_pair(*obj['operation'])} ({_pair(*obj['reason'])})",
+         style=None if obj["changed"] else "dim")
+    if obj["error"]:
+        line(f"    {obj['error']}", style="red")
+    if not obj["changes"] and not obj["error"] and before == after:
+        line("    no change", style="dim")
+    for c in obj["changes"]:
+        _print_attribute(c)
+
+
+def _pair(old: str | None, new: str | None) -> str:
+    """``new``, or ``old -> new`` when it changes; None: the app does not handle the object."""
+    if old == new:
+        return new or "(not handled)"
+    return f"{old or '(not handled)'} -> {new or '(not handled)'}"
+
+
+def _print_attribute(c: dict[str, Any]) -> None:
+    import json
+
+    def show(v: Any) -> str:
+        return json.dumps(v, ensure_ascii=False, sort_keys=True, default=str)
+
+    note = "" if c["when"] == "always" else f" ({c['when'].replace('_', ' ')})"
+    if not c["had"]:
+        line(f"    + {c['path']}: {show(c['new'])}{note}", style="green")
+    elif not c["has"]:
+        line(f"    - {c['path']}: {show(c['old'])}{note}", style="red")
+    else:
+        line(f"    ~ {c['path']}: {show(c['old'])} -> {show(c['new'])}{note}", style="yellow")
 
 
 def _print_diff(lines: list[str]) -> None:
