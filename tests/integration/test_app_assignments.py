@@ -18,8 +18,11 @@ import yaml
 
 from schemas.codecs import decoder
 from schemas.config import ConfigVersion
+from services.admin.client import ApiClient, ApiError
+from services.admin.control import NoSuchAppError
 from services.devstack.broker import Broker
 from services.devstack.supervisor import Supervisor
+from services.runtime.config_store import DefinitionError
 from services.runtime.kafka import create_topics, read_records
 from services.runtime.topics import Topics
 from tests.conftest import APP, PARTITIONS
@@ -233,3 +236,29 @@ def test_cli_assign_unassign_and_get_assignments(stack: Stack, api: bool) -> Non
     both = stack.cli("assign", name, "--user", "a", "--group", "b", api=api, check=False)
     assert both.returncode == 2 and "exactly one of --user ID or --group ID" in both.stderr
     assert stack.cli("get", "assignments", "nobody", api=api, check=False).returncode == 2
+
+
+# -- the HTTP client the CLI uses ------------------------------------------------------------
+
+def test_the_api_client_config_methods_against_the_real_service(stack: Stack) -> None:
+    client = ApiClient(stack.admin.url, stack.admin.token)
+    try:
+        created = client.config_put("cl-app", _app("cl-app"), expected=0, comment="via client")
+        assert (created["action"], created["version"]) == ("create", 1)
+        assert client.config_get("cl-app")["definition"] == _app("cl-app")
+        with pytest.raises(ApiError, match="version 1"):
+            client.config_put("cl-app", _app("cl-app") | {"scope": "all"}, expected=0)
+        client.config_put("cl-app", _app("cl-app") | {"scope": "all"}, expected=1)
+        assert [h["version"] for h in client.config_history("cl-app")] == [1, 2]
+        assert client.config_get("cl-app", 1)["definition"] == _app("cl-app")
+        bad = _app("cl-app")
+        bad["mappings"]["user"]["attributes"][2]["expression"] = "Join("
+        bad["mappings"]["user"]["attributes"][2]["type"] = "expression"
+        with pytest.raises(DefinitionError) as caught:
+            client.config_put("cl-app", bad, expected=None)
+        assert [p.path for p in caught.value.problems] == ["$.mappings.user.attributes[2].expression"]
+        assert client.config_remove("cl-app", expected=2, comment="done")["version"] == 3
+        with pytest.raises(NoSuchAppError):
+            client.config_get("cl-app")
+    finally:
+        client.close()
