@@ -106,7 +106,7 @@ def _preview(plane: ControlPlane, definitions: FileDefinitions, changes: list[di
     import msgspec
 
     from services.admin.control import NoSuchAppError
-    from services.cli.preview import HEADER, preview_app, read_objects
+    from services.cli.preview import HEADER, preview_app, read_managed, read_objects
     from services.mapper.main import compile_apps
     from services.runtime.config_store import load_app
 
@@ -122,7 +122,8 @@ def _preview(plane: ControlPlane, definitions: FileDefinitions, changes: list[di
             live = None
         old = compile_apps(load_app(live["definition"], _load))[0] if live else None
         apps.append(preview_app(compiled[change["name"]], old, objects, ids=ids, sample=sample,
-                                compared_with=f"live version {live['version']}" if live else ""))
+                                compared_with=f"live version {live['version']}" if live else "",
+                                managed=read_managed(plane.bootstrap, plane.topics, change["name"])))
     return {"compares": HEADER, "source_objects": len(objects), "apps": msgspec.to_builtins(apps)}
 
 
@@ -148,7 +149,8 @@ def _print_preview(preview: dict[str, Any]) -> None:
         line("  no app's definition changes", style="dim")
     for app in preview["apps"]:
         line(f"app {app['app']} (against {app['compared_with']}): {app['changed']} of "
-             f"{app['objects']} objects would change; showing {len(app['samples'])}", style="bold")
+             f"{app['objects']} objects would change ({app['managed']} managed in the target); "
+             f"showing {len(app['samples'])}", style="bold")
         for obj in app["samples"]:
             _print_object(obj)
 
@@ -160,7 +162,8 @@ def _print_object(obj: dict[str, Any]) -> None:
              style="red")
         return
     before, after = obj["operation"]
-    line(f"{what} ({obj['display_name']}): {_pair(*obj['operation'])} ({_pair(*obj['reason'])})",
+    target = f", target id {obj['target_id']}" if obj["target_id"] else ""
+    line(f"{what} ({obj['display_name']}{target}): {_pair(*obj['operation'])} ({_pair(*obj['reason'])})",
          style=None if obj["changed"] else "dim")
     if obj["error"]:
         line(f"    {obj['error']}", style="red")
@@ -184,6 +187,9 @@ def _print_attribute(c: dict[str, Any]) -> None:
         return json.dumps(v, ensure_ascii=False, sort_keys=True, default=str)
 
     note = "" if c["when"] == "always" else f" ({c['when'].replace('_', ' ')})"
+    if c["known"]:
+        same = " (the same: no write)" if c["has"] and c["written"] == c["new"] else ""
+        note += f" [last written: {show(c['written'])}{same}]"
     if not c["had"]:
         line(f"    + {c['path']}: {show(c['new'])}{note}", style="green")
     elif not c["has"]:

@@ -12,32 +12,37 @@ it is exactly what the mapper plans from, it works for every source type (LDAP, 
 push, file) and needs none of their credentials on the machine that previews. Its limit:
 an object whose last change is older than the topic's retention is not seen.
 
-What is compared is desired state against desired state, not against what the target
-holds now: an attribute drifted in the target, or not yet written, is not shown (the writer
-PATCHes what differs from the target, which is at most this plus drift).
+What is compared is desired state against desired state. Each changed attribute of an
+object the writer manages also shows what scimflow last wrote there (the writer's state
+changelog, with the account's target id), so "would this be written" is visible; the
+target itself is not read (no target credentials needed): drift made in the target
+directly is not shown.
 
 :func:`preview_app` is pure (no I/O): commands in, differences out; :func:`read_objects`
-is the one read.
+and :func:`read_managed` are the reads.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from schemas import DirectoryChange, ProvisioningCommand
+import msgspec
+
+from schemas import DirectoryChange, ManagedObject, ProvisioningCommand
 from schemas.codecs import decoder
 from services.mapper.groups import GroupGraph
 from services.mapper.planner import CompiledApp, plan
 from services.runtime.kafka import read_latest
 from services.runtime.topics import Topics
 
-__all__ = ["AppPreview", "AttributeChange", "ObjectPreview", "preview_app", "read_objects"]
+__all__ = ["AppPreview", "AttributeChange", "ObjectPreview", "preview_app", "read_managed", "read_objects"]
 
 REDACTED = "[Redact]"
 HEADER = ("desired state under the new mappings vs under the live ones (what the mapper would "
-          "send); not read from the target")
+          "send); `last written`: what scimflow last wrote to the target (the writer's state), "
+          "the target itself is not read")
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,10 @@ class AttributeChange:
     when: str = "always"
     """``always`` (create and update), ``on_create`` (only when the account is created),
     ``reference`` (the source id of the object the value refers to), ``members``."""
+    written: Any = None
+    """What scimflow last wrote at ``path`` (``known``: the writer manages the object and
+    has a value there): the writer PATCHes the path when ``new`` differs from it."""
+    known: bool = False
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,8 @@ class ObjectPreview:
     reason: tuple[str | None, str | None] = (None, None)
     changes: list[AttributeChange] = field(default_factory=list)
     error: str | None = None
+    target_id: str | None = None
+    """The account's id in the target, when the writer manages it."""
     changed: bool = False
     """Anything differs: the operation, an attribute, or the new version fails to map."""
 
@@ -79,6 +90,8 @@ class AppPreview:
     """Objects the old or the new version handles."""
     changed: int
     samples: list[ObjectPreview]
+    managed: int = 0
+    """Objects of this app the writer manages (has created or adopted in the target)."""
 
 
 def read_objects(bootstrap: str, topics: Topics) -> dict[tuple[str, str], DirectoryChange]:
@@ -92,10 +105,27 @@ def read_objects(bootstrap: str, topics: Topics) -> dict[tuple[str, str], Direct
     return found
 
 
+def read_managed(bootstrap: str, topics: Topics, app: str) -> dict[str, ManagedObject]:
+    """The writer's state of every object it manages in ``app``, by source id."""
+    dec = decoder("writer.managed")
+    found: dict[str, ManagedObject] = {}
+    for raw in read_latest(bootstrap, topics.writer_state).values():
+        try:
+            state: ManagedObject = dec.decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            continue  # a newer writer's record: not ours to read
+        if state.app == app:
+            found[state.source_id] = state
+    return found
+
+
 def preview_app(new: CompiledApp, old: CompiledApp | None, objects: Mapping[tuple[str, str], DirectoryChange],
-                *, ids: list[str] | None = None, sample: int = 5, compared_with: str = "") -> AppPreview:
+                *, ids: list[str] | None = None, sample: int = 5, compared_with: str = "",
+                managed: Mapping[str, ManagedObject] | None = None) -> AppPreview:
     """Plan every object under ``old`` and ``new`` and compare. With ``ids``: those objects,
-    each shown (changed or not); else up to ``sample`` of the changed ones, in id order."""
+    each shown (changed or not); else up to ``sample`` of the changed ones, in id order.
+    ``managed`` (the writer's state, by source id) adds what was last written."""
+    managed = managed or {}
     graph = GroupGraph()
     for change in objects.values():
         graph.apply(change)
@@ -106,6 +136,8 @@ def preview_app(new: CompiledApp, old: CompiledApp | None, objects: Mapping[tupl
         result = _compare(old, new, change, graph)
         if result is None:
             continue
+        if object_id in managed:
+            result = _with_written(result, managed[object_id])
         handled += 1
         if result.changed:
             changed.append(result)
@@ -115,7 +147,15 @@ def preview_app(new: CompiledApp, old: CompiledApp | None, objects: Mapping[tupl
         samples = [shown.get(i) or ObjectPreview("?", i, found=False) for i in ids]
     else:
         samples = changed[:max(0, sample)]
-    return AppPreview(new.app.name, compared_with or "nothing (a new app)", handled, len(changed), samples)
+    return AppPreview(new.app.name, compared_with or "nothing (a new app)", handled, len(changed), samples,
+                      managed=len(managed))
+
+
+def _with_written(result: ObjectPreview, state: ManagedObject) -> ObjectPreview:
+    written = state.attributes
+    changes = [replace(c, written=written.get(c.path), known=c.path in written)
+               if c.when == "always" else c for c in result.changes]
+    return replace(result, target_id=state.target_id, changes=changes)
 
 
 def _compare(old: CompiledApp | None, new: CompiledApp, change: DirectoryChange,

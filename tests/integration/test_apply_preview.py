@@ -16,7 +16,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from schemas import DirectoryChange
+from schemas import DirectoryChange, ManagedObject
 from schemas.codecs import encode
 from services.cli import cli
 from services.devstack.broker import Broker
@@ -98,7 +98,8 @@ def test_preview_shows_each_changed_attribute_old_to_new_and_writes_nothing(stac
     shown = stack.cli("apply", "-f", stack.file("v2.yaml", _mail_as_display_name("pv")), "--preview").stdout
     assert "app pv: update, version 1 -> not written (--preview)" in shown
     assert "preview: desired state under the new mappings vs under the live ones" in shown
-    assert "app pv (against live version 1): 3 of 3 objects would change; showing 3" in shown
+    assert "app pv (against live version 1): 3 of 3 objects would change (0 managed in the target); " \
+           "showing 3" in shown
     assert '~ displayName: "One" -> "u1@mail"' in shown
     assert '~ displayName: "Two" -> "u2@mail"' in shown and "Two (old)" not in shown
     assert stack.counts() == before
@@ -113,7 +114,7 @@ def test_ids_and_sample_pick_what_is_shown_as_json(stack: Stack) -> None:
     u3, ghost = app["samples"]
     assert (u3["object_id"], u3["operation"]) == ("u3", ["upsert", "upsert"])
     assert u3["changes"] == [{"path": "displayName", "old": "Three", "new": "u3@mail", "had": True,
-                              "has": True, "when": "always"}]
+                              "has": True, "when": "always", "written": None, "known": False}]
     assert (ghost["object_id"], ghost["found"]) == ("ghost", False)
     one = json_lines(stack.cli("apply", "-f", file, "--preview", "--sample", "1", "--json").stdout)
     assert [s["object_id"] for s in one["preview"]["apps"][0]["samples"]] == ["u1"]
@@ -133,3 +134,25 @@ def test_a_new_app_is_previewed_against_nothing_and_unchanged_apps_are_skipped(s
 def test_ids_without_preview_is_refused(stack: Stack) -> None:
     done = stack.cli("apply", "-f", stack.file("x.yaml", {**APP, "name": "pv-x"}), "--ids", "u1", check=False)
     assert done.exit_code == 2 and "--ids and --sample go with --preview" in done.stderr
+
+
+def test_what_the_writer_last_wrote_is_shown_with_the_target_id(stack: Stack) -> None:
+    """The writer's state changelog says what scimflow last wrote: a value the new mapping
+    gives already needs no write, and the preview says so."""
+    stack.cli("apply", "-f", stack.file("m1.yaml", {**APP, "name": "pv-m"}))
+    now = datetime.now(UTC)
+    written = {"u1": "u1@mail", "u2": "Two"}  # u1: changed in the target already; u2: as live maps it
+    producer = plain_producer(stack.bootstrap)
+    for source_id, display in written.items():
+        state = ManagedObject(app="pv-m", object_type="user", source_id=source_id, target_id=f"t-{source_id}",
+                              attributes={"userName": f"{source_id}@corp", "displayName": display},
+                              origin="created", created_at=now, updated_at=now)
+        producer.send(stack.topics.writer_state, key=f"pv-m/{source_id}".encode(),
+                      value=encode(state)).get(timeout=30)
+    producer.close()
+    shown = stack.cli("apply", "-f", stack.file("m2.yaml", _mail_as_display_name("pv-m")), "--preview").stdout
+    assert "3 of 3 objects would change (2 managed in the target)" in shown
+    assert "user u1 (u1@corp, target id t-u1)" in shown
+    assert '~ displayName: "One" -> "u1@mail" [last written: "u1@mail" (the same: no write)]' in shown
+    assert '~ displayName: "Two" -> "u2@mail" [last written: "Two"]' in shown
+    assert '~ displayName: "Three" -> "u3@mail"\n' in shown  # not managed: nothing known

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from schemas import DirectoryChange
+from schemas import DirectoryChange, ManagedObject
 from services.cli.config_tools import load_checked
 from services.cli.preview import ObjectPreview, preview_app
 from services.mapper.main import compile_apps
@@ -121,3 +121,16 @@ def test_a_new_app_is_compared_with_nothing_and_a_failing_expression_is_reported
     failing = _edited(a5={"target": "title", "type": "expression", "expression": "DateAdd(\"d\", 1, [mail])"})
     broken = preview_app(_compiled(failing), _compiled(APP), OBJECTS, sample=1).samples[0]
     assert broken.error is not None and broken.error.startswith("mapping failed:")
+
+
+def test_what_the_writer_last_wrote_is_attached_to_each_changed_attribute() -> None:
+    now = datetime.now(UTC)
+    state = ManagedObject(app="app", object_type="user", source_id="u2", target_id="t-2",
+                          attributes={"displayName": "u2@mail"}, origin="adopted",
+                          created_at=now, updated_at=now)
+    new = _edited(a2={"target": "displayName", "source": "mail"})
+    result = preview_app(_compiled(new), _compiled(APP), OBJECTS, managed={"u2": state})
+    u1, u2, _ = result.samples
+    assert (u2.target_id, u2.changes[0].written, u2.changes[0].known) == ("t-2", "u2@mail", True)
+    assert (u1.target_id, u1.changes[0].known) == (None, False)
+    assert result.managed == 1
