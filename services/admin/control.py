@@ -360,7 +360,11 @@ class ControlPlane:
             raise BadRequestError('expected a type of "user" or "group" and a non-empty id')
         live = self._live(app, action=action, detail=detail)
         edited = _with_assignment(live.definition or {}, f"{kind}s", object_id, add=action == "assign")
-        plain = validate_app(app, edited, load=self.load)
+        try:  # the live definition may no longer load here (a ${VAR} unset): nothing is written
+            plain = validate_app(app, edited, load=self.load)
+        except DefinitionError as exc:
+            self.audit(action, app, {**detail, "problems": [str(p) for p in exc.problems]}, "rejected")
+            raise
         [planned] = self._store().plan("app", {app: plain})
         result = self._write(planned, expected=expected, comment=comment, action=action, detail=detail)
         version = result["version"]

@@ -22,7 +22,7 @@ from services.admin.client import ApiClient, ApiError
 from services.admin.control import NoSuchAppError
 from services.devstack.broker import Broker
 from services.devstack.supervisor import Supervisor
-from services.runtime.config_store import DefinitionError
+from services.runtime.config_store import ConfigStore, DefinitionError
 from services.runtime.kafka import create_topics, read_records
 from services.runtime.topics import Topics
 from tests.conftest import APP, PARTITIONS
@@ -262,3 +262,20 @@ def test_the_api_client_config_methods_against_the_real_service(stack: Stack) ->
             client.config_get("cl-app")
     finally:
         client.close()
+
+
+def test_an_edit_whose_result_does_not_load_here_is_refused_and_audited(stack: Stack) -> None:
+    """A live version the admin cannot load (here a ${VAR} its environment lacks, written by
+    another tool) is not made worse: the edit is 400 with the problem, nothing written."""
+    store = ConfigStore(stack.bootstrap, stack.topics)
+    try:
+        store.write("app", "as-env", _app("as-env") | {"target": {"base_url": "${NOT_SET_HERE}",
+                                                                    "token": "env:TEST_SCIM_TOKEN"}},
+                    expected=0, author="elsewhere")
+    finally:
+        store.close()
+    r = stack.admin.http.post("/apps/as-env/assignments", json={"type": "user", "id": "u-1"})
+    assert r.status_code == 400 and "NOT_SET_HERE" in r.text
+    assert [v.version for v in stack.versions("as-env")] == [1]
+    [refused] = [a for a in audit_records(stack.bootstrap, stack.topics) if a.app == "as-env"]
+    assert (refused.action, refused.outcome, refused.detail["id"]) == ("assign", "rejected", "u-1")
