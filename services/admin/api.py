@@ -17,11 +17,17 @@ audit trail; the token itself is never logged or echoed.
 | ``PUT /apps/{app}/config`` ``{"definition": {...}, "comment": ...}`` | ``scimflow apply -f FILE`` |
 | ``DELETE /apps/{app}/config`` | (records the app's removal) |
 | ``GET /apps/{app}/config/history`` | ``scimflow history APP`` |
+| ``GET /apps/{app}/assignments`` | ``scimflow get assignments APP`` |
+| ``POST /apps/{app}/assignments`` ``{"type": "user"|"group", "id": ...}`` | ``scimflow assign APP`` |
+| ``DELETE /apps/{app}/assignments/{type}/{id}`` | ``scimflow unassign APP --group ID`` |
 
 The config routes carry the app's version as ``ETag``; a ``PUT`` or ``DELETE`` with
 ``If-Match: "<version>"`` (or ``If-None-Match: *`` for a new app) that is no longer current
 gets 409 with the current version; an invalid definition gets 400 with every problem and
-its JSON path. Nothing is written in either case.
+its JSON path. Nothing is written in either case. The assignment routes edit one entry of
+the app's ``assignments`` and write the result as the app's next version, with the same
+``ETag``/``If-Match`` rules; adding an entry that is there already, or removing one that is
+not, is a no-op (200, ``"changed": false``, nothing written), as HTTP's idempotent methods are.
 
 Operations block on Kafka, so each runs in a worker thread; the event loop only serves.
 """
@@ -40,6 +46,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.admin.auth import Tokens
 from services.admin.control import (
+    AssignmentKind,
     BadRequestError,
     Caller,
     ControlPlane,
@@ -78,6 +85,9 @@ def build_api(plane: ControlPlane, tokens: Tokens) -> web.Application:
     app.router.add_put("/apps/{app}/config", _put_config)
     app.router.add_delete("/apps/{app}/config", _delete_config)
     app.router.add_get("/apps/{app}/config/history", _config_history)
+    app.router.add_get("/apps/{app}/assignments", _get_assignments)
+    app.router.add_post("/apps/{app}/assignments", _add_assignment)
+    app.router.add_delete("/apps/{app}/assignments/{type}/{id}", _remove_assignment)
     app.router.add_get("/activity", _records("activity"))
     app.router.add_get("/errors", _records("errors"))
     app.on_cleanup.append(_close)
@@ -110,8 +120,8 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
 async def _audit_refused(request: web.Request) -> None:
     """A refused attempt to change something is part of the audit trail too."""
     parts = request.path.strip("/").split("/")
-    app = parts[1] if len(parts) == 3 and parts[0] == "apps" else None
-    action = parts[-1] if parts else request.path
+    app = parts[1] if len(parts) >= 3 and parts[0] == "apps" else None
+    action = parts[2] if app is not None else parts[-1] if parts else request.path
     plane = request.app[PLANE].as_caller(Caller(by="<unauthenticated>", remote=request.remote))
     await asyncio.to_thread(plane.audit, action, app, {"error": "missing or invalid bearer token"},
                             "rejected")
@@ -310,6 +320,39 @@ async def _delete_config(request: web.Request) -> web.Response:
 async def _config_history(request: web.Request) -> web.Response:
     name = request.match_info["app"]
     return await _run(request, lambda p: p.config_history(name))
+
+
+_KINDS: dict[str, AssignmentKind] = {"user": "user", "group": "group"}
+
+
+async def _get_assignments(request: web.Request) -> web.Response:
+    name = request.match_info["app"]
+    found = await asyncio.to_thread(lambda: _plane(request).assignments(name))
+    return _versioned(found, found["version"])
+
+
+async def _add_assignment(request: web.Request) -> web.Response:
+    name, expected = request.match_info["app"], _expected(request)
+    body = await _body(request)
+    kind, object_id, comment = body.get("type"), body.get("id"), body.get("comment", "")
+    if kind not in ("user", "group") or not isinstance(object_id, str) or not isinstance(comment, str):
+        raise BadRequestError('expected {"type": "user" or "group", "id": "<source object id>", '
+                              '"comment": "why"}')
+    plane = _plane(request)
+    result = await asyncio.to_thread(plane.assign, name, kind, object_id, expected=expected,
+                                     comment=comment)
+    return _versioned(result, result["version"], 201 if result["changed"] else 200)
+
+
+async def _remove_assignment(request: web.Request) -> web.Response:
+    name, expected = request.match_info["app"], _expected(request)
+    kind, object_id = _KINDS.get(request.match_info["type"]), request.match_info["id"]
+    if kind is None:
+        raise BadRequestError("expected /assignments/user/<id> or /assignments/group/<id>")
+    plane = _plane(request)
+    result = await asyncio.to_thread(plane.unassign, name, kind, object_id, expected=expected,
+                                     comment=request.query.get("comment", ""))
+    return _versioned(result, result["version"])
 
 
 def _records(kind: str) -> Handler:

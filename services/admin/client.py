@@ -8,10 +8,12 @@ The admin service does the work and records the audit trail under the token's na
 from __future__ import annotations
 
 from typing import Any, Literal
+from urllib.parse import quote
 
 import httpx
 
 from services.admin.control import BadRequestError, NoSuchAppError, ProvisionFailedError
+from services.runtime.config_store import DefinitionError, Problem
 from services.runtime.errors import ScimflowError
 
 __all__ = ["ApiClient", "ApiError"]
@@ -67,6 +69,38 @@ class ApiClient:
         result: list[dict[str, Any]] = self._call("GET", f"/{kind}", params=params)
         return result
 
+    # -- applications as data -------------------------------------------------------------
+
+    def config_get(self, app: str, version: int | None = None) -> dict[str, Any]:
+        params = {} if version is None else {"version": str(version)}
+        return self._obj("GET", f"/apps/{_seg(app)}/config", params=params)
+
+    def config_history(self, app: str) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("GET", f"/apps/{_seg(app)}/config/history")
+        return result
+
+    def config_put(self, app: str, definition: Any, *, expected: int | None,
+                   comment: str = "") -> dict[str, Any]:
+        return self._obj("PUT", f"/apps/{_seg(app)}/config", headers=_if_match(expected),
+                         json={"definition": definition, "comment": comment})
+
+    def config_remove(self, app: str, *, expected: int | None, comment: str = "") -> dict[str, Any]:
+        return self._obj("DELETE", f"/apps/{_seg(app)}/config", headers=_if_match(expected),
+                         params={"comment": comment} if comment else {})
+
+    def assignments(self, app: str) -> dict[str, Any]:
+        return self._obj("GET", f"/apps/{_seg(app)}/assignments")
+
+    def assign(self, app: str, kind: Literal["user", "group"], object_id: str, *,
+               expected: int | None = None, comment: str = "") -> dict[str, Any]:
+        return self._obj("POST", f"/apps/{_seg(app)}/assignments", headers=_if_match(expected),
+                         json={"type": kind, "id": object_id, "comment": comment})
+
+    def unassign(self, app: str, kind: Literal["user", "group"], object_id: str, *,
+                 expected: int | None = None, comment: str = "") -> dict[str, Any]:
+        return self._obj("DELETE", f"/apps/{_seg(app)}/assignments/{kind}/{_seg(object_id)}",
+                         headers=_if_match(expected), params={"comment": comment} if comment else {})
+
     def _obj(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         body = self._call(method, path, **kwargs)
         if not isinstance(body, dict):
@@ -87,6 +121,18 @@ class ApiClient:
         raise _error(response.status_code, body, self.url)
 
 
+def _seg(value: str) -> str:
+    """One path segment: an object id may hold ``/``, ``?`` or ``#`` (a DN, an email)."""
+    return quote(value, safe="")
+
+
+def _if_match(expected: int | None) -> dict[str, str]:
+    """The version a change is based on, as the API's ETag (0: the app must not exist yet)."""
+    if expected is None:
+        return {}
+    return {"If-None-Match": "*"} if expected == 0 else {"If-Match": f'"{expected}"'}
+
+
 def _error(status: int, body: Any, url: str) -> ScimflowError:
     message = body.get("error", f"HTTP {status}") if isinstance(body, dict) else f"HTTP {status}"
     if status == 401:
@@ -96,6 +142,9 @@ def _error(status: int, body: Any, url: str) -> ScimflowError:
         return ProvisionFailedError(message, body["trace"], not_found=status == 404)
     if status == 404:
         return NoSuchAppError(message)
+    if status == 400 and isinstance(body, dict) and isinstance(body.get("problems"), list):
+        return DefinitionError([Problem(str(p.get("path", "$")), str(p.get("message", "")))
+                                for p in body["problems"] if isinstance(p, dict)])
     if status == 400:
         return BadRequestError(message)
     return ApiError(f"admin API: {message} (HTTP {status})")

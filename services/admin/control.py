@@ -57,6 +57,7 @@ from services.scim.capabilities import Capabilities, check_mappings, discover
 from services.scim.client import client_for
 
 __all__ = [
+    "AssignmentKind",
     "Backend",
     "BadRequestError",
     "Caller",
@@ -69,6 +70,7 @@ __all__ = [
 log = structlog.get_logger("scimflow.admin")
 
 Outcome = Literal["accepted", "rejected", "failed", "succeeded"]
+AssignmentKind = Literal["user", "group"]
 
 
 class BadRequestError(ScimflowError):
@@ -100,6 +102,11 @@ class Backend(Protocol):
     def test_connection(self, app: str) -> dict[str, Any]: ...
     def records(self, kind: str, *, app: str | None = None, status: str | None = None,
                 limit: int = 100) -> list[dict[str, Any]]: ...
+    def assignments(self, app: str) -> dict[str, Any]: ...
+    def assign(self, app: str, kind: AssignmentKind, object_id: str, *, expected: int | None = None,
+               comment: str = "") -> dict[str, Any]: ...
+    def unassign(self, app: str, kind: AssignmentKind, object_id: str, *, expected: int | None = None,
+                 comment: str = "") -> dict[str, Any]: ...
 
 
 @dataclass
@@ -327,11 +334,57 @@ class ControlPlane:
         planned = Planned("app", app, live, {}, diff(live.definition or {}, {}))
         return self._write(planned, expected=expected, comment=comment, action="remove", remove=True)
 
+    # -- assignments ("Users and groups") ---------------------------------------------------
+
+    def assignments(self, app: str) -> dict[str, Any]:
+        """Who is assigned to the app (users and groups), with the app's version."""
+        live = self._live(app)
+        return _assigned(live.name, live.version, live.definition or {})
+
+    def assign(self, app: str, kind: AssignmentKind, object_id: str, *, expected: int | None = None,
+               comment: str = "") -> dict[str, Any]:
+        """Add one user or group to the app's assignments, as the app's next version. Adding
+        one that is assigned already changes nothing and writes nothing (idempotent)."""
+        return self._edit_assignments("assign", app, kind, object_id, expected=expected, comment=comment)
+
+    def unassign(self, app: str, kind: AssignmentKind, object_id: str, *, expected: int | None = None,
+                 comment: str = "") -> dict[str, Any]:
+        """Remove one user or group from the app's assignments (one not assigned: a no-op)."""
+        return self._edit_assignments("unassign", app, kind, object_id, expected=expected, comment=comment)
+
+    def _edit_assignments(self, action: Literal["assign", "unassign"], app: str, kind: str,
+                          object_id: Any, *, expected: int | None, comment: str) -> dict[str, Any]:
+        detail = {"type": kind, "id": object_id}
+        if kind not in ("user", "group") or not isinstance(object_id, str) or not object_id.strip():
+            self.audit(action, app, {**detail, "error": "bad request"}, "rejected")
+            raise BadRequestError('expected a type of "user" or "group" and a non-empty id')
+        live = self._live(app, action=action, detail=detail)
+        edited = _with_assignment(live.definition or {}, f"{kind}s", object_id, add=action == "assign")
+        try:  # the live definition may no longer load here (a ${VAR} unset): nothing is written
+            plain = validate_app(app, edited, load=self.load)
+        except DefinitionError as exc:
+            self.audit(action, app, {**detail, "problems": [str(p) for p in exc.problems]}, "rejected")
+            raise
+        [planned] = self._store().plan("app", {app: plain})
+        result = self._write(planned, expected=expected, comment=comment, action=action, detail=detail)
+        version = result["version"]
+        return {**result, **_assigned(app, version, plain)}
+
+    def _live(self, app: str, *, action: str | None = None,
+              detail: dict[str, Any] | None = None) -> ConfigVersion:
+        live = self._store().current("app").get(app)
+        if live is None:
+            if action is not None:
+                self.audit(action, app, {**(detail or {}), "error": "unknown application"}, "rejected")
+            raise NoSuchAppError(f"no application named {app!r} in the config topic")
+        return live
+
     def _write(self, planned: Planned, *, expected: int | None, comment: str, action: str,
-               rollback_of: int | None = None, remove: bool = False) -> dict[str, Any]:
+               rollback_of: int | None = None, remove: bool = False,
+               detail: dict[str, Any] | None = None) -> dict[str, Any]:
         current = planned.current.version if planned.current is not None else 0
         app = planned.name if planned.kind == "app" else None
-        where = {} if planned.kind == "app" else {"source": planned.name}
+        where = {**(detail or {}), **({} if planned.kind == "app" else {"source": planned.name})}
         if expected is not None and expected != current:
             self.audit(action, app, {**where, "expected": expected, "current": current,
                                      "error": "version conflict"}, "rejected")
@@ -419,6 +472,25 @@ def _summary(v: ConfigVersion, *, definition: bool = False) -> dict[str, Any]:
     if definition:
         shown["definition"] = v.definition
     return shown
+
+
+def _assigned(app: str, version: int, definition: Definition) -> dict[str, Any]:
+    given = definition.get("assignments") or {}
+    return {"app": app, "version": version, "scope": definition.get("scope", "assigned"),
+            "users": list(given.get("users", [])), "groups": list(given.get("groups", [])),
+            "expand_nested_groups": bool(given.get("expand_nested_groups", False))}
+
+
+def _with_assignment(definition: Definition, field: str, object_id: str, *, add: bool) -> Definition:
+    """``definition`` with ``object_id`` added to (or removed from) its ``assignments.<field>``
+    (the others keep their order; a new one goes last). Already so: ``definition`` itself,
+    so the plan finds nothing to write."""
+    given = definition.get("assignments") or {}
+    ids = list(given.get(field, []))
+    if (object_id in ids) == add:
+        return definition
+    ids = [*ids, object_id] if add else [i for i in ids if i != object_id]
+    return {**definition, "assignments": {**given, field: ids}}
 
 
 def _planned(p: Planned) -> dict[str, Any]:

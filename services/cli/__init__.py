@@ -7,7 +7,8 @@ The commands, grouped by who uses them:
 - :mod:`~services.cli.config_tools`: the config author's (``validate``, ``expr``, ``test-connection``);
 - :mod:`~services.cli.control`: the operator's (``status``, ``stop``, ``start``, ``restart``,
   ``allow-deletes``, ``provision``);
-- :mod:`~services.cli.apps`: applications as data (``apply``, ``get``, ``history``, ``rollback``);
+- :mod:`~services.cli.apps`: applications as data (``apply``, ``get``, ``history``, ``rollback``,
+  ``assign``, ``unassign``);
 - :mod:`~services.cli.tail`: anyone watching (``tail activity|errors``).
 
 :mod:`~services.cli.render` prints for all of them. Commands import what they run lazily,
@@ -45,6 +46,8 @@ cli.command()(apps.apply)
 cli.add_typer(apps.get)
 cli.command()(apps.history)
 cli.command()(apps.rollback)
+cli.command()(apps.assign)
+cli.command()(apps.unassign)
 
 
 def main() -> None:

@@ -1,12 +1,14 @@
 """Applications as data, kubectl-style: ``apply -f FILE``, ``get apps``, ``get app A -o yaml``,
-``history A``, ``rollback A --to N``, on the ``control.config`` topic.
+``history A``, ``rollback A --to N``, on the ``control.config`` topic; and Entra's "Users and
+groups": ``assign``, ``unassign``, ``get assignments A``.
 
 ``apply`` validates the whole file as ``validate`` does (file:line errors; secrets stay
 references and are not resolved: the workers resolve them), shows the diff against what
 is live, and writes each changed app and source as a new version; unchanged ones are not
 rewritten. Each change is audited under ``--by`` (default: the OS user). These commands
 talk to Kafka directly (``SCIMFLOW_KAFKA_BOOTSTRAP``); the admin API has the same
-operations at ``/apps/{app}/config``.
+operations at ``/apps/{app}/config``. The assignment commands go through the admin API when
+``--api``/``SCIMFLOW_ADMIN_URL`` is set (the token's name is the author), else to Kafka.
 """
 
 from __future__ import annotations
@@ -20,16 +22,17 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import typer
 import yaml
 
-from services.cli.options import AppArg, JsonOpt
+from services.cli.options import ApiOpt, AppArg, JsonOpt, TokenFileOpt
 from services.cli.render import emit, fail, line, out, print_json
 from services.runtime.config import LoadedConfig
 from services.runtime.errors import ConfigError, ScimflowError
 from services.runtime.settings import load_settings
 
 if TYPE_CHECKING:
-    from services.admin.control import ControlPlane
+    from services.admin.control import AssignmentKind, Backend, ControlPlane
+    from services.runtime.config_store import FileDefinitions
 
-__all__ = ["apply", "get", "history", "rollback"]
+__all__ = ["apply", "assign", "get", "history", "rollback", "unassign"]
 
 get = typer.Typer(name="get", no_args_is_help=True, help="Show what the config topic holds.")
 
@@ -67,19 +70,61 @@ def _run(call: Any) -> None:
         raise fail(exc) from None
 
 
+IdsOpt = Annotated[str | None, typer.Option(
+    "--ids", help="With --preview: these source object ids (comma-separated), changed or not.")]
+SampleOpt = Annotated[int, typer.Option(
+    "--sample", help="With --preview: how many of the changed objects to show per app.")]
+
+
 def apply(file: Annotated[Path, typer.Option("--file", "-f", help="Config file (as for validate).")],
           dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the diff; write nothing.")] = False,
+          preview: Annotated[bool, typer.Option(
+              "--preview", help="Show the diff and, per object, the target attributes the new "
+                                "mappings would change; write nothing.")] = False,
+          ids: IdsOpt = None, sample: SampleOpt = 5,
           comment: CommentOpt = "", by: AuthorOpt = "", as_json: JsonOpt = False) -> None:
     """Validate FILE, show its diff against what is live, write the changed apps and sources."""
     from services.runtime.config_store import read_file
 
     def call() -> None:
+        if not preview and (ids is not None or sample != 5):
+            raise ConfigError("--ids and --sample go with --preview")
         definitions = read_file(file, load=_load)
         with _plane(by) as plane:
-            result = plane.config_apply(definitions.apps, definitions.sources, dry_run=dry_run,
-                                        comment=comment)
+            result = plane.config_apply(definitions.apps, definitions.sources,
+                                        dry_run=dry_run or preview, comment=comment)
+            if preview:
+                wanted = [i.strip() for i in ids.split(",") if i.strip()] if ids else None
+                result["preview"] = _preview(plane, definitions, result["changes"], wanted, sample)
         emit(result, as_json, _print_applied)
     _run(call)
+
+
+def _preview(plane: ControlPlane, definitions: FileDefinitions, changes: list[dict[str, Any]],
+             ids: list[str] | None, sample: int) -> dict[str, Any]:
+    """Each created or updated app of the file, previewed against its live version."""
+    import msgspec
+
+    from services.admin.control import NoSuchAppError
+    from services.cli.preview import HEADER, preview_app, read_managed, read_objects
+    from services.mapper.main import compile_apps
+    from services.runtime.config_store import load_app
+
+    compiled = {c.app.name: c for c in compile_apps(definitions.loaded)}
+    objects = read_objects(plane.bootstrap, plane.topics)
+    apps = []
+    for change in changes:
+        if change["kind"] != "app" or change["action"] == "unchanged":
+            continue
+        try:
+            live = plane.config_get(change["name"])
+        except NoSuchAppError:
+            live = None
+        old = compile_apps(load_app(live["definition"], _load))[0] if live else None
+        apps.append(preview_app(compiled[change["name"]], old, objects, ids=ids, sample=sample,
+                                compared_with=f"live version {live['version']}" if live else "",
+                                managed=read_managed(plane.bootstrap, plane.topics, change["name"])))
+    return {"compares": HEADER, "source_objects": len(objects), "apps": msgspec.to_builtins(apps)}
 
 
 def _print_applied(result: dict[str, Any]) -> None:
@@ -89,9 +134,68 @@ def _print_applied(result: dict[str, Any]) -> None:
             line(f"{what}: unchanged (version {change['from_version']})", style="dim")
             continue
         written = change.get("version")
-        to = f"version {written}" if written else "not written (--dry-run)"
+        mode = "--preview" if "preview" in result else "--dry-run"
+        to = f"version {written}" if written else f"not written ({mode})"
         line(f"{what}: {change['action']}, version {change['from_version']} -> {to}", style="bold")
         _print_diff(change["diff"])
+    if "preview" in result:
+        _print_preview(result["preview"])
+
+
+def _print_preview(preview: dict[str, Any]) -> None:
+    line(f"preview: {preview['compares']}; {preview['source_objects']} objects on directory.changes",
+         style="bold")
+    if not preview["apps"]:
+        line("  no app's definition changes", style="dim")
+    for app in preview["apps"]:
+        line(f"app {app['app']} (against {app['compared_with']}): {app['changed']} of "
+             f"{app['objects']} objects would change ({app['managed']} managed in the target); "
+             f"showing {len(app['samples'])}", style="bold")
+        for obj in app["samples"]:
+            _print_object(obj)
+
+
+def _print_object(obj: dict[str, Any]) -> None:
+    what = f"  {obj['object_type']} {obj['object_id']}"
+    if not obj["found"]:
+        line(f"{what}: not on directory.changes (no such object, or older than its retention)",
+             style="red")
+        return
+    before, after = obj["operation"]
+    target = f", target id {obj['target_id']}" if obj["target_id"] else ""
+    line(f"{what} ({obj['display_name']}{target}): {_pair(*obj['operation'])} ({_pair(*obj['reason'])})",
+         style=None if obj["changed"] else "dim")
+    if obj["error"]:
+        line(f"    {obj['error']}", style="red")
+    if not obj["changes"] and not obj["error"] and before == after:
+        line("    no change", style="dim")
+    for c in obj["changes"]:
+        _print_attribute(c)
+
+
+def _pair(old: str | None, new: str | None) -> str:
+    """``new``, or ``old -> new`` when it changes; None: the app does not handle the object."""
+    if old == new:
+        return new or "(not handled)"
+    return f"{old or '(not handled)'} -> {new or '(not handled)'}"
+
+
+def _print_attribute(c: dict[str, Any]) -> None:
+    import json
+
+    def show(v: Any) -> str:
+        return json.dumps(v, ensure_ascii=False, sort_keys=True, default=str)
+
+    note = "" if c["when"] == "always" else f" ({c['when'].replace('_', ' ')})"
+    if c["known"]:
+        same = " (the same: no write)" if c["has"] and c["written"] == c["new"] else ""
+        note += f" [last written: {show(c['written'])}{same}]"
+    if not c["had"]:
+        line(f"    + {c['path']}: {show(c['new'])}{note}", style="green")
+    elif not c["has"]:
+        line(f"    - {c['path']}: {show(c['old'])}{note}", style="red")
+    else:
+        line(f"    ~ {c['path']}: {show(c['old'])} -> {show(c['new'])}{note}", style="yellow")
 
 
 def _print_diff(lines: list[str]) -> None:
@@ -161,3 +265,82 @@ def rollback(app: AppArg, to: Annotated[int, typer.Option("--to", help="The vers
             result = plane.config_rollback(app, to, comment=comment)
         emit({"changes": [result]}, as_json, _print_applied)
     _run(call)
+
+
+# -- assignments ("Users and groups") --------------------------------------------------------
+
+UserOpt = Annotated[str | None, typer.Option("--user", help="A source user id.")]
+GroupOpt = Annotated[str | None, typer.Option("--group", help="A source group id.")]
+ExpectOpt = Annotated[int | None, typer.Option(
+    "--if-version", help="Only if the app is still at this version (else: a conflict).")]
+
+
+@contextlib.contextmanager
+def _backend(api: str | None, token_file: Path | None, by: str) -> Iterator[Backend]:
+    """The admin API when a URL is given (or SCIMFLOW_ADMIN_URL), else Kafka directly."""
+    if api:
+        from services.cli.control import backend
+
+        with backend(api, token_file, None, by) as client:
+            yield client
+        return
+    with _plane(by) as plane:
+        yield plane
+
+
+def _one(user: str | None, group: str | None) -> tuple[AssignmentKind, str]:
+    if (user is None) == (group is None):
+        raise ConfigError("give exactly one of --user ID or --group ID")
+    return ("user", user) if user is not None else ("group", group or "")
+
+
+def assign(app: AppArg, user: UserOpt = None, group: GroupOpt = None, comment: CommentOpt = "",
+           if_version: ExpectOpt = None, by: AuthorOpt = "", api: ApiOpt = None,
+           token_file: TokenFileOpt = None, as_json: JsonOpt = False) -> None:
+    """Assign a user or group to APP (Entra's "Users and groups"): a new version of APP."""
+    def call() -> None:
+        kind, object_id = _one(user, group)
+        with _backend(api, token_file, by) as b:
+            result = b.assign(app, kind, object_id, expected=if_version, comment=comment)
+        emit(result, as_json, _print_assignment_change)
+    _run(call)
+
+
+def unassign(app: AppArg, user: UserOpt = None, group: GroupOpt = None, comment: CommentOpt = "",
+             if_version: ExpectOpt = None, by: AuthorOpt = "", api: ApiOpt = None,
+             token_file: TokenFileOpt = None, as_json: JsonOpt = False) -> None:
+    """Remove a user or group from APP's assignments: a new version of APP."""
+    def call() -> None:
+        kind, object_id = _one(user, group)
+        with _backend(api, token_file, by) as b:
+            result = b.unassign(app, kind, object_id, expected=if_version, comment=comment)
+        emit(result, as_json, _print_assignment_change)
+    _run(call)
+
+
+@get.command("assignments")
+def get_assignments(app: AppArg, api: ApiOpt = None, token_file: TokenFileOpt = None,
+                    as_json: JsonOpt = False) -> None:
+    """The users and groups assigned to APP, at its current version."""
+    def call() -> None:
+        with _backend(api, token_file, "") as b:
+            emit(b.assignments(app), as_json, _print_assignments)
+    _run(call)
+
+
+def _print_assignment_change(result: dict[str, Any]) -> None:
+    if not result["changed"]:
+        line(f"app {result['app']}: unchanged (version {result['version']})", style="dim")
+    else:
+        line(f"app {result['app']}: version {result['from_version']} -> {result['version']}", style="bold")
+        _print_diff(result["diff"])
+    _print_assignments(result)
+
+
+def _print_assignments(found: dict[str, Any]) -> None:
+    line(f"{found['app']} version {found['version']}: scope {found['scope']}"
+         + (", nested groups expanded" if found["expand_nested_groups"] else ""))
+    if found["scope"] == "all":
+        line("  (scope `all`: everyone is provisioned; assignments do not limit it)", style="yellow")
+    for kind in ("users", "groups"):
+        line(f"  {kind}: {', '.join(found[kind]) if found[kind] else '(none)'}")

@@ -8,6 +8,7 @@ workers then follow the topic (live reload). ``scimflow up`` runs these same com
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -94,6 +95,7 @@ def admin(config: ConfigOpt) -> None:
     try:
         loaded = load_checked(config)
         _apply_file(settings, settings.kafka_bootstrap, loaded, "admin")
-        run_admin(settings, loaded, settings.kafka_bootstrap)
+        run_admin(settings, loaded, settings.kafka_bootstrap,
+                  load=partial(load_checked, resolve_secrets=False))
     except ScimflowError as exc:
         raise fail(exc) from None

@@ -53,6 +53,7 @@ __all__ = [
     "VersionConflictError",
     "default_loader",
     "diff",
+    "load_app",
     "read_file",
     "render_diff",
     "validate_app",
@@ -138,7 +139,7 @@ def validate_app(name: str, definition: Any, *, load: Loader = default_loader) -
     problems = [] if plain["name"] == name else [
         Problem("$.name", f"expected {name!r}, the application named in the request")]
     try:
-        _load_one(plain, load)
+        load_app(plain, load)
     except ConfigError as exc:
         problems.extend(structural_problems(plain, Application))
         first = _problem(exc, prefix="$.applications[0]")
@@ -149,7 +150,9 @@ def validate_app(name: str, definition: Any, *, load: Loader = default_loader) -
     return plain
 
 
-def _load_one(definition: Definition, load: Loader) -> LoadedConfig:
+def load_app(definition: Definition, load: Loader = default_loader) -> LoadedConfig:
+    """One app definition as a config of its own (with a placeholder source: apps do not
+    refer to sources), through ``load``: what a CLI compiles to preview a live version."""
     with tempfile.TemporaryDirectory(prefix="scimflow-app-") as folder:
         path = Path(folder) / "app.yaml"
         path.write_text(json.dumps({"applications": [definition], "sources": [_PLACEHOLDER_SOURCE]},
