@@ -142,6 +142,12 @@ class ControlPlane:
         plane._producer = self._get_producer()
         return plane
 
+    def app_names(self) -> frozenset[str]:
+        """The applications the config names (no Kafka read: cheap enough for every request)."""
+        if self.loaded is None:
+            return frozenset()
+        return frozenset(a.name for a in self.loaded.config.applications)
+
     def close(self) -> None:
         if self._producer is not None:
             self._producer.close()

@@ -38,6 +38,9 @@ class FakePlane(ControlPlane):
     def close(self) -> None:
         self.calls.append(("closed",))
 
+    def app_names(self) -> frozenset[str]:
+        return frozenset({"crm", "bad", "down", "boom"})
+
     def _note(self, *call: Any) -> dict[str, Any]:
         self.calls.append((self.caller.by, *call))
         if call[1:2] == ("ghost",):
@@ -131,7 +134,8 @@ def test_no_token_or_a_wrong_one_is_401_and_refused_posts_are_audited() -> None:
                 assert TOKEN not in await r.text()
         assert [c for c in calls if c[0] != "audit"] == []
         refused = [c for c in calls if c[0] == "audit"]
-        assert refused and all(c[1:] == ("<unauthenticated>", "stop", "crm", "rejected") for c in refused)
+        # Sampled: the first refusal of the window is recorded, the others are counted.
+        assert [c[1:] for c in refused] == [("<unauthenticated>", "stop", "crm", "rejected")]
         assert (await client.get("/healthz")).status == 200
         metrics = await client.get("/metrics")
         assert metrics.status == 200 and "text/plain" in metrics.headers["Content-Type"]
@@ -165,4 +169,21 @@ def test_errors_map_to_clear_statuses_without_internals() -> None:
         assert bad_json.status == 400
         trace = await (await client.post("/apps/crm/provision", json={"id": "slow"}, headers=AUTH)).json()
         assert trace["trace"] == {"outcome": "timeout"}
+    _with_client(test)
+
+
+def test_a_flood_of_refused_requests_costs_one_audit_record_and_no_metric_series() -> None:
+    async def test(client: TestClient[Any, Any], calls: list[tuple[Any, ...]]) -> None:
+        before = await (await client.get("/metrics")).text()
+        for i in range(3000):
+            path = f"/apps/app{i}/act{i}" if i % 2 else f"/random/{i}/x"
+            assert (await client.post(path)).status in (401, 404)
+        audited = [c for c in calls if c[0] == "audit"]
+        assert len(audited) == 1  # one window: the rest are counted, not recorded
+        by, action, app, outcome = audited[0][1:]
+        assert (by, app, outcome) == ("<unauthenticated>", None, "rejected")  # no stranger's app name
+        assert action == "unknown-route"  # the route's, never a string from the path
+        after = await (await client.get("/metrics")).text()
+        assert len(after) - len(before) < 2_000, "metric series must not grow with request paths"
+        assert "app1" not in after and "act1" not in after
     _with_client(test)
