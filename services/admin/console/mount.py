@@ -22,6 +22,7 @@ from services.admin.console import app_pages, mapping_pages, report_pages
 from services.admin.console.render import CALLER, CONSOLE, Console, is_htmx, render, run
 from services.admin.console.session import CSRF_FIELD, csrf_ok, session_name
 from services.admin.control import BadRequestError, Caller, ControlPlane, NoSuchAppError
+from services.runtime.config_store import DefinitionError, VersionConflictError
 from services.runtime.errors import ScimflowError
 
 __all__ = ["PREFIX", "mount_console"]
@@ -105,14 +106,26 @@ async def _pages(request: web.Request, target: app_pages.Handler) -> web.StreamR
         return await target(request)
     except web.HTTPException:
         raise
-    except NoSuchAppError as exc:
-        return render(request, "error.html", status=404, title="Not found", message=str(exc))
-    except BadRequestError as exc:
-        return render(request, "error.html", status=400, title="Not accepted", message=str(exc))
     except ScimflowError as exc:
-        log.warning("console request failed", path=request.path, reason=str(exc))
-        return render(request, "error.html", status=503, title="Unavailable", message=str(exc))
+        status, title, message = _failure(exc)
+        if status >= 500:
+            log.warning("console request failed", path=request.path, reason=str(exc))
+        return render(request, "error.html", status=status, title=title, message=message)
     except Exception:
         log.exception("console request crashed", path=request.path)
         return render(request, "error.html", status=500, title="Error",
                       message="Internal error; see the admin service's log.")
+
+
+def _failure(exc: ScimflowError) -> tuple[int, str, str]:
+    """The status, title and message of the page for a failed operation."""
+    if isinstance(exc, DefinitionError):
+        problems = "; ".join(f"{p.path}: {p.message}" for p in exc.problems)
+        return 400, "Not valid", f"Nothing was written: {problems}"
+    if isinstance(exc, VersionConflictError):
+        return 409, "Changed meanwhile", f"Nothing was written: {exc}"
+    if isinstance(exc, NoSuchAppError):
+        return 404, "Not found", str(exc)
+    if isinstance(exc, BadRequestError):
+        return 400, "Not accepted", str(exc)
+    return 503, "Unavailable", str(exc)

@@ -1,8 +1,10 @@
-"""The web console's security over plain HTTP, on the real admin service and a real broker:
-no session, no page; no CSRF token, no action; source data is rendered as text."""
+"""The web console over plain HTTP, on the real admin service and a real broker: no session,
+no page; no CSRF token, no action; source data is rendered as text; an attribute mapping
+edited through the forms becomes the app's next config version, diff shown first."""
 
 from __future__ import annotations
 
+import html
 import re
 import uuid
 from collections.abc import Iterator
@@ -29,10 +31,12 @@ pytestmark = pytest.mark.integration
 
 EVIL = "<script>alert(1)</script>"
 PAGES = ["/console", "/console/", "/console/apps/app", "/console/apps/app/sync",
-         "/console/apps/app/provision", "/console/apps/app/mappings", "/console/activity",
+         "/console/apps/app/provision", "/console/apps/app/mappings", "/console/apps/app/mappings/user/0",
+         "/console/activity",
          "/console/errors", "/console/activity/a1", "/console/errors/e1", "/console/apps/ghost"]
 FORMS = ["/console/apps/app/test-connection", "/console/apps/app/status", "/console/apps/app/restart",
-         "/console/apps/app/allow-deletes", "/console/apps/app/provision", "/console/logout"]
+         "/console/apps/app/allow-deletes", "/console/apps/app/provision", "/console/logout",
+         "/console/apps/app/mappings/user/0/preview", "/console/apps/app/mappings/save"]
 
 
 @dataclass
@@ -173,3 +177,41 @@ def test_source_data_is_rendered_as_text(stack: Stack) -> None:
     assert "[redacted] (redacted)" in pages[1].text
     assert "Fix &lt;b&gt;it&lt;/b&gt;" in pages[3].text
     assert pages[0].headers["Content-Security-Policy"].startswith("default-src 'self'")
+
+
+def test_an_attribute_mapping_edit_is_previewed_then_written_as_a_version(stack: Stack) -> None:
+    browser = _login(stack)
+    listing = browser.get("/console/apps/app/mappings")
+    assert listing.status_code == 200 and "<code>userName</code>" in listing.text
+    assert "saving an edit writes version 1" in listing.text
+    form = browser.get("/console/apps/app/mappings/user/5")  # title: constant "Staff"
+    assert 'value="Staff"' in form.text and 'value="title"' in form.text
+    token = _csrf(form.text)
+    fields = {"csrf": token, "type": "constant", "value": "Engineer", "target": "title", "apply": "always"}
+
+    invalid = browser.post("/console/apps/app/mappings/user/5/preview", data={**fields, "matching": "x"})
+    assert invalid.status_code == 400 and "nothing was written" in invalid.text
+    assert "$.mappings.user.attributes[5].matching" in invalid.text
+
+    preview = browser.post("/console/apps/app/mappings/user/5/preview", data=fields)
+    assert preview.status_code == 200, preview.text
+    diff = [html.unescape(d) for d in re.findall(r"<li><code>(.*?)</code></li>", preview.text)]
+    assert diff == ['~ $.mappings.user.attributes[target=title].value: "Staff" -> "Engineer"'], diff
+    proposed = re.search(r'name="definition" value="([^"]*)"', preview.text)
+    assert proposed is not None
+    with pytest.raises(httpx.HTTPStatusError):  # nothing is written by a preview
+        stack.admin.http.get("/apps/app/config").raise_for_status()
+
+    definition = html.unescape(proposed[1])
+    saved = browser.post("/console/apps/app/mappings/save",
+                         data={"csrf": token, "version": "0", "definition": definition, "comment": "title"})
+    assert saved.status_code == 303 and saved.headers["location"] == "/console/apps/app/mappings?saved=1"
+    live = stack.admin.http.get("/apps/app/config").json()
+    assert live["version"] == 1 and live["author"] == "ops" and live["comment"] == "title"
+    assert live["definition"]["mappings"]["user"]["attributes"][5]["value"] == "Engineer"
+    again = browser.post("/console/apps/app/mappings/save",
+                         data={"csrf": token, "version": "0", "definition": definition})
+    assert again.status_code == 409 and "Nothing was written" in again.text
+    assert "Version 1 of the definition" in browser.get("/console/apps/app/mappings").text
+    trail = audit_records(stack.bootstrap, stack.topics)
+    assert ("ops", "config", "app", "succeeded") in [(a.by, a.action, a.app, a.outcome) for a in trail]
