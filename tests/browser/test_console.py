@@ -18,7 +18,7 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
 from services.devstack.scim_target import ScimTarget, start_scim_target
-from tests.conftest import Pipeline, user
+from tests.conftest import APP, Pipeline, user
 from tests.support.admin import start_admin
 
 pytestmark = pytest.mark.e2e
@@ -148,3 +148,33 @@ def test_an_administrator_works_through_the_console(
         shown = _text(browser, "#test-result .message")
         expected = admin.http.post("/apps/app/test-connection").json()["message"]
         assert shown == expected and "401" in shown, shown
+
+
+def _log_in(browser: webdriver.Chrome, console: str, token: str) -> None:
+    browser.delete_all_cookies()
+    browser.get(f"{console}/login")
+    browser.find_element(By.ID, "token").send_keys(token)
+    _button(browser, "form[action='/console/login'] button").click()
+    _wait(browser, "the applications", lambda b: b.current_url == f"{console}/")
+
+
+def test_held_removals_are_released_with_allow_deletes(
+        pipeline_factory: Factory, browser: webdriver.Chrome) -> None:
+    users = [user(i) for i in range(6)]
+    p = pipeline_factory(users, app={**APP, "deletion_threshold": 2})
+    admin = start_admin(p.sup, p.dir)
+    p.wait_for("6 users", lambda: p.scim.count() == 6)
+    p.write_directory(users, [{"id": "g-all", "displayName": "All", "members": ["u00000", "u00001"]}])
+    p.wait_for("4 held removals", lambda: sum(a.action == "stagedDelete" for a in p.activity()) >= 4)
+    console = f"{admin.url}/console"
+    _log_in(browser, console, admin.token)
+
+    browser.get(f"{console}/apps/app")
+    _wait(browser, "the held removals", lambda b: "4 disables or deletes are held" in b.page_source)
+    assert "threshold (2)" in _text(browser, "main")
+    assert sum(u["active"] for u in p.scim.users()) == 6
+    _button(browser, "#allow-deletes").click()
+    _wait(browser, "allowed", lambda b: "The held removals are allowed" in b.page_source)
+    p.wait_for("4 disabled", lambda: sum(not u["active"] for u in p.scim.users()) == 4)
+    assert {u["userName"] for u in p.scim.users() if u["active"]} == {"user0@example.com",
+                                                                      "user1@example.com"}
