@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: run test lint bench deps system-deps ldap-deps ad-deps scimmy-deps kafka schemas clean
+.PHONY: run test lint bench deps system-deps ldap-deps ad-deps scimmy-deps browser-deps kafka schemas clean
 
 deps: $(STAMP)
 
@@ -55,13 +55,21 @@ scimmy-deps: deps
 	fi
 	$(PY) -m tests.support.scimmy_target install
 
+# Headless Chromium and its chromedriver (Debian packages) for the web console's browser
+# tests (tests/browser, Selenium drives the system chromedriver). Installed only if missing.
+browser-deps:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  echo "installing Chromium and chromedriver from Debian packages"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	fi
+
 kafka: deps system-deps
 	$(PY) -m services.devstack.broker fetch
 
 run: kafka
 	$(VENV)/bin/scimflow up --config examples/demo.yaml
 
-test: kafka ad-deps scimmy-deps
+test: kafka ad-deps scimmy-deps browser-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: deps

@@ -46,6 +46,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.admin.auth import Tokens
+from services.admin.console import mount_console
 from services.admin.control import (
     AssignmentKind,
     BadRequestError,
@@ -94,6 +95,7 @@ def build_api(plane: ControlPlane, tokens: Tokens) -> web.Application:
     app.router.add_get("/activity", _records("activity"))
     app.router.add_get("/errors", _records("errors"))
     app.on_cleanup.append(_close)
+    mount_console(app, plane, tokens)
     return app
 
 

@@ -1,0 +1,166 @@
+"""The Mappings section of an app: object mappings (enabled, actions, scoping filters) and
+every attribute mapping (type, source or expression, target, matching precedence, apply,
+default); and editing one attribute mapping (or adding, or removing one).
+
+An edit is written as the app's next version on the config topic
+(:mod:`services.runtime.config_store`) through the control plane, so it is validated, audited
+and guarded against concurrent edits like ``scimflow apply``. The change is shown first: the
+form posts to a preview (validation problems inline, or the diff), and only the preview's
+Save writes, based on the version the edit started from.
+
+What is edited: the app's current version on the config topic, or, before its first
+version, its definition in the config file (``${VAR}`` unexpanded, secrets as references).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from services.admin.console.app_pages import Handler
+from services.admin.console.render import CONSOLE, application, render, run
+from services.admin.control import BadRequestError, ControlPlane, NoSuchAppError
+from services.runtime.config_store import DefinitionError, Problem, diff, read_file, render_diff, validate_app
+
+__all__ = ["ROUTES", "edited"]
+
+_KINDS = ("user", "group")
+_FIELDS = ("target", "type", "source", "expression", "value", "default", "apply", "matching")
+_TYPES = ("direct", "constant", "expression", "none")
+
+
+def _definition(plane: ControlPlane, name: str) -> tuple[dict[str, Any], int]:
+    """The app's definition to edit and its version (0: not on the config topic yet)."""
+    try:
+        found = plane.config_get(name)
+    except NoSuchAppError:
+        assert plane.loaded is not None
+        apps = read_file(Path(plane.loaded.file), load=plane.load).apps
+        return copy.deepcopy(apps[name]), 0
+    return copy.deepcopy(found["definition"]), int(found["version"])
+
+
+def _attributes(definition: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    mapping = (definition.get("mappings") or {}).get(kind)
+    if kind not in _KINDS or not isinstance(mapping, dict):
+        raise BadRequestError(f"this application has no {kind} mapping")
+    attributes: list[dict[str, Any]] = mapping.setdefault("attributes", [])
+    return attributes
+
+
+def edited(definition: dict[str, Any], kind: str, index: int | None,
+           form: dict[str, str]) -> dict[str, Any]:
+    """``definition`` with attribute mapping ``index`` of ``kind`` replaced by the form's
+    fields (``index`` None: added; ``remove``: taken out). Pure: validation comes after."""
+    changed = copy.deepcopy(definition)
+    attributes = _attributes(changed, kind)
+    if index is not None and not 0 <= index < len(attributes):
+        raise BadRequestError(f"no attribute mapping {index} in the {kind} mapping")
+    if form.get("remove") == "yes":
+        if index is None:
+            raise BadRequestError("there is nothing to remove in a new attribute mapping")
+        del attributes[index]
+        return changed
+    mapping = _from_form(form)
+    if index is None:
+        attributes.append(mapping)
+    else:
+        attributes[index] = mapping
+    return changed
+
+
+def _from_form(form: dict[str, str]) -> dict[str, Any]:
+    """The attribute mapping as the config writes it: only the fields given."""
+    mapping: dict[str, Any] = {}
+    for field in _FIELDS:
+        value = form.get(field, "").strip()
+        if not value or (field == "type" and value == "direct") or (field == "apply" and value == "always"):
+            continue
+        mapping[field] = int(value) if field == "matching" and value.isdigit() else value
+    return mapping
+
+
+def _index(raw: str) -> int | None:
+    if raw == "new":
+        return None
+    if not raw.isdigit():
+        raise BadRequestError(f"expected an attribute mapping's number or `new`, got {raw!r}")
+    return int(raw)
+
+
+async def mappings(request: web.Request) -> web.Response:
+    name = request.match_info["app"]
+    application(request.app[CONSOLE].plane, name)
+    definition, version = await run(request, lambda p: _definition(p, name))
+    saved = request.query.get("saved", "")
+    return render(request, "mappings.html", app_name=name, definition=definition, version=version,
+                  saved=int(saved) if saved.isdigit() else None)
+
+
+async def edit_form(request: web.Request) -> web.Response:
+    name, kind = request.match_info["app"], request.match_info["kind"]
+    index = _index(request.match_info["index"])
+    application(request.app[CONSOLE].plane, name)
+    definition, version = await run(request, lambda p: _definition(p, name))
+    attributes = _attributes(definition, kind)
+    if index is not None and not 0 <= index < len(attributes):
+        raise BadRequestError(f"no attribute mapping {index} in the {kind} mapping")
+    current = attributes[index] if index is not None else {}
+    values = {f: "" if current.get(f) is None else str(current.get(f)) for f in _FIELDS}
+    return _edit_page(request, name, kind, request.match_info["index"], values, version)
+
+
+def _edit_page(request: web.Request, name: str, kind: str, index: str, values: dict[str, str],
+               version: int, *, problems: list[Problem] | None = None,
+               changes: list[str] | None = None, proposed: str = "", status: int = 200) -> web.Response:
+    return render(request, "mapping_edit.html", status=status, app_name=name, kind=kind, index=index,
+                  values=values, version=version, problems=problems or [], changes=changes,
+                  proposed=proposed, types=_TYPES)
+
+
+async def preview(request: web.Request) -> web.Response:
+    """Validate the edit and show its diff; nothing is written yet."""
+    name, kind, raw = request.match_info["app"], request.match_info["kind"], request.match_info["index"]
+    form = {k: str(v) for k, v in (await request.post()).items()}
+    plane = request.app[CONSOLE].plane
+    application(plane, name)
+    definition, version = await run(request, lambda p: _definition(p, name))
+    values = {f: form.get(f, "") for f in (*_FIELDS, "remove")}
+    proposed = edited(definition, kind, _index(raw), form)
+    try:
+        plain = validate_app(name, proposed, load=plane.load)
+    except DefinitionError as exc:
+        return _edit_page(request, name, kind, raw, values, version, problems=exc.problems, status=400)
+    changes = render_diff(diff(definition, plain))
+    return _edit_page(request, name, kind, raw, values, version, changes=changes,
+                      proposed=json.dumps(plain, sort_keys=True))
+
+
+async def save(request: web.Request) -> web.Response:
+    """Write the previewed definition as the app's next version (if it is still current)."""
+    name = request.match_info["app"]
+    form = await request.post()
+    application(request.app[CONSOLE].plane, name)
+    expected = str(form.get("version", ""))
+    if not expected.isdigit():
+        raise BadRequestError("the preview's version is missing: preview the change again")
+    try:
+        definition = json.loads(str(form.get("definition", "")))
+    except json.JSONDecodeError:
+        raise BadRequestError("the previewed definition is missing: preview the change again") from None
+    comment = str(form.get("comment", "")).strip() or "attribute mapping edited in the console"
+    result = await run(request, lambda p: p.config_put(name, definition, expected=int(expected),
+                                                       comment=comment))
+    raise web.HTTPSeeOther(f"/console/apps/{name}/mappings?saved={result['version']}")
+
+
+ROUTES: list[tuple[str, str, Handler]] = [
+    ("GET", "/apps/{app}/mappings", mappings),
+    ("GET", "/apps/{app}/mappings/{kind}/{index}", edit_form),
+    ("POST", "/apps/{app}/mappings/{kind}/{index}/preview", preview),
+    ("POST", "/apps/{app}/mappings/save", save),
+]

@@ -1,0 +1,217 @@
+"""The web console over plain HTTP, on the real admin service and a real broker: no session,
+no page; no CSRF token, no action; source data is rendered as text; an attribute mapping
+edited through the forms becomes the app's next config version, diff shown first."""
+
+from __future__ import annotations
+
+import html
+import re
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from schemas import ActivityRecord, ErrorRecord
+from schemas.codecs import encode
+from schemas.messages import ModifiedProperty, Step
+from services.devstack.broker import Broker
+from services.devstack.scim_target import start_scim_target
+from services.devstack.supervisor import Supervisor
+from services.runtime.kafka import create_topics, plain_producer
+from services.runtime.topics import Topics
+from tests.conftest import APP, PARTITIONS
+from tests.support.admin import Admin, audit_records, start_admin
+
+pytestmark = pytest.mark.integration
+
+EVIL = "<script>alert(1)</script>"
+PAGES = ["/console", "/console/", "/console/apps/app", "/console/apps/app/sync",
+         "/console/apps/app/provision", "/console/apps/app/mappings", "/console/apps/app/mappings/user/0",
+         "/console/activity",
+         "/console/errors", "/console/activity/a1", "/console/errors/e1", "/console/apps/ghost"]
+FORMS = ["/console/apps/app/test-connection", "/console/apps/app/status", "/console/apps/app/restart",
+         "/console/apps/app/allow-deletes", "/console/apps/app/provision", "/console/logout",
+         "/console/apps/app/mappings/user/0/preview", "/console/apps/app/mappings/save"]
+
+
+@dataclass
+class Stack:
+    admin: Admin
+    topics: Topics
+    bootstrap: str
+    dir: Path
+
+
+@pytest.fixture(scope="module")
+def stack(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    folder = tmp_path_factory.mktemp("console")
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    topics = Topics(prefix, PARTITIONS)
+    create_topics(broker.bootstrap, topics.specs())
+    with start_scim_target() as target:
+        config = {"sources": [{"name": "hr", "type": "file", "path": "directory.yaml"}],
+                  "applications": [APP]}
+        (folder / "directory.yaml").write_text("users: []\ngroups: []\n")
+        (folder / "scimflow.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        env = {"SCIMFLOW_KAFKA_BOOTSTRAP": broker.bootstrap, "SCIMFLOW_TOPIC_PREFIX": prefix,
+               "SCIMFLOW_PARTITIONS": str(PARTITIONS), "SCIMFLOW_DATA_DIR": str(folder / "data"),
+               "SCIMFLOW_LOG_FORMAT": "json", "TEST_SCIM_URL": target.base_url,
+               "TEST_SCIM_TOKEN": target.token}
+        sup = Supervisor(config=folder / "scimflow.yaml", env=env, log_dir=folder / "logs")
+        try:
+            yield Stack(start_admin(sup, folder), topics, broker.bootstrap, folder)
+        finally:
+            sup.kill_all()
+
+
+def _login(stack: Stack) -> httpx.Client:
+    """A browser-like client that logged in through the form."""
+    browser = httpx.Client(base_url=stack.admin.url, timeout=60)
+    form = browser.get("/console/login")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+    assert csrf is not None
+    done = browser.post("/console/login", data={"csrf": csrf[1], "token": stack.admin.token,
+                                                "next": "/console/"})
+    assert done.status_code == 303 and done.headers["location"] == "/console/"
+    cookie = done.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/console" in cookie
+    return browser
+
+
+def _csrf(page: str) -> str:
+    found = re.search(r'name="csrf" value="([0-9a-f]{64})"', page)
+    assert found is not None, "the page has no form with a CSRF token"
+    return found[1]
+
+
+def test_no_session_no_page_and_no_action(stack: Stack) -> None:
+    url = stack.admin.url
+    for path in PAGES:
+        r = httpx.get(url + path, timeout=30)
+        assert r.status_code == 303 and r.headers["location"].startswith("/console/login?next="), path
+        htmx = httpx.get(url + path, headers={"HX-Request": "true"}, timeout=30)
+        assert htmx.status_code == 401 and htmx.headers["HX-Redirect"] == "/console/login", path
+    for cookie in ("", "wrong", stack.admin.token + "x"):
+        for path in FORMS:
+            r = httpx.post(url + path, data={"status": "off", "confirm": "yes", "object_id": "u1"},
+                           cookies={"scimflow_console": cookie} if cookie else None, timeout=30)
+            assert r.status_code == 401 and 'action="/console/login"' in r.text, path
+            assert stack.admin.token not in r.text
+    # The console's pages are not an API: a bearer header alone is no session either.
+    bearer = httpx.get(url + "/console/", headers={"Authorization": f"Bearer {stack.admin.token}"},
+                       timeout=30)
+    assert bearer.status_code == 303
+    refused = [a for a in audit_records(stack.bootstrap, stack.topics) if a.by == "<unauthenticated>"]
+    assert {"console:status", "console:restart", "console:allow-deletes"} <= {a.action for a in refused}
+    assert all(a.outcome == "rejected" for a in refused)
+
+
+def test_login_needs_a_real_token_and_its_own_csrf_token(stack: Stack) -> None:
+    browser = httpx.Client(base_url=stack.admin.url, timeout=30)
+    csrf = re.search(r'name="csrf" value="([^"]+)"', browser.get("/console/login").text)
+    assert csrf is not None
+    wrong = browser.post("/console/login", data={"csrf": csrf[1], "token": "not-a-token"})
+    assert wrong.status_code == 401 and "not one of the admin tokens" in wrong.text
+    forged = httpx.post(stack.admin.url + "/console/login", data={"csrf": "x", "token": stack.admin.token},
+                        timeout=30)
+    assert forged.status_code == 403 and forged.cookies.get("scimflow_console") is None
+    away = browser.post("/console/login", data={"csrf": csrf[1], "token": stack.admin.token,
+                                                "next": "https://evil.example/"})
+    assert away.status_code == 303 and away.headers["location"] == "/console/"
+    trail = audit_records(stack.bootstrap, stack.topics)
+    assert {(a.by, a.outcome) for a in trail if a.action == "console-login"} >= {
+        ("ops", "succeeded"), ("<unauthenticated>", "rejected")}
+
+
+def test_a_post_without_the_csrf_token_is_refused(stack: Stack) -> None:
+    browser = _login(stack)
+    page = browser.get("/console/apps/app")
+    assert page.status_code == 200 and "Test Connection" in page.text
+    token = _csrf(page.text)
+    for data in ({"status": "off"}, {"status": "off", "csrf": "0" * 64}, {"status": "off", "csrf": ""}):
+        r = browser.post("/console/apps/app/status", data=data)
+        assert r.status_code == 403 and "CSRF" in r.text
+    assert "off" not in [a.detail.get("status") for a in audit_records(stack.bootstrap, stack.topics)
+                         if a.action == "stop"]
+    done = browser.post("/console/apps/app/status", data={"status": "off", "csrf": token})
+    assert done.status_code == 303 and done.headers["location"] == "/console/apps/app?done=off"
+    trail = audit_records(stack.bootstrap, stack.topics)
+    assert ("ops", "stop", "app", "accepted") in [(a.by, a.action, a.app, a.outcome) for a in trail]
+    assert any(a.action == "console:status" and a.outcome == "rejected" and a.by == "ops" for a in trail)
+    browser.post("/console/apps/app/status", data={"status": "on", "csrf": token})
+
+
+def test_source_data_is_rendered_as_text(stack: Stack) -> None:
+    now = datetime.now(UTC)
+    record = ActivityRecord(
+        id="a-evil", at=now, app="app", object_type="user", action="update", status="failure",
+        source="hr", source_id="u-evil", source_identity=EVIL, reason=f'"quoted" & {EVIL} — ünïcødé',
+        error_code="RequestRejected",
+        modified_properties=[ModifiedProperty(name="displayName", old_value="O'Brien", new_value=EVIL),
+                             ModifiedProperty(name="password", old_value=None, new_value="[redacted]")],
+        steps=[Step(name="export", status="failure", detail=f"PATCH {EVIL}")])
+    error = ErrorRecord(id="e-evil", at=now, service="writer", error_code="RequestRejected",
+                        reason=EVIL, recommended_action="Fix <b>it</b>", app="app", source_id="u-evil",
+                        payload=f'{{"displayName": "{EVIL}"}}')
+    producer = plain_producer(stack.bootstrap)
+    producer.send(stack.topics.activity, key=b"app/u-evil", value=encode(record))
+    producer.send(stack.topics.errors, key=b"app/u-evil", value=encode(error))
+    producer.flush()
+    producer.close()
+    browser = _login(stack)
+    pages = [browser.get("/console/activity", params={"object": "script"}),
+             browser.get("/console/activity/a-evil"),
+             browser.get("/console/errors", params={"object": "u-evil"}),
+             browser.get("/console/errors/e-evil")]
+    for page in pages:
+        assert page.status_code == 200, page.text
+        assert "<script>alert(1)</script>" not in page.text
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
+        assert "<b>it</b>" not in page.text
+    assert "ünïcødé" in pages[1].text and "&#34;quoted&#34; &amp;" in pages[1].text
+    assert "[redacted] (redacted)" in pages[1].text
+    assert "Fix &lt;b&gt;it&lt;/b&gt;" in pages[3].text
+    assert pages[0].headers["Content-Security-Policy"].startswith("default-src 'self'")
+
+
+def test_an_attribute_mapping_edit_is_previewed_then_written_as_a_version(stack: Stack) -> None:
+    browser = _login(stack)
+    listing = browser.get("/console/apps/app/mappings")
+    assert listing.status_code == 200 and "<code>userName</code>" in listing.text
+    assert "saving an edit writes version 1" in listing.text
+    form = browser.get("/console/apps/app/mappings/user/5")  # title: constant "Staff"
+    assert 'value="Staff"' in form.text and 'value="title"' in form.text
+    token = _csrf(form.text)
+    fields = {"csrf": token, "type": "constant", "value": "Engineer", "target": "title", "apply": "always"}
+
+    invalid = browser.post("/console/apps/app/mappings/user/5/preview", data={**fields, "matching": "x"})
+    assert invalid.status_code == 400 and "nothing was written" in invalid.text
+    assert "$.mappings.user.attributes[5].matching" in invalid.text
+
+    preview = browser.post("/console/apps/app/mappings/user/5/preview", data=fields)
+    assert preview.status_code == 200, preview.text
+    diff = [html.unescape(d) for d in re.findall(r"<li><code>(.*?)</code></li>", preview.text)]
+    assert diff == ['~ $.mappings.user.attributes[target=title].value: "Staff" -> "Engineer"'], diff
+    proposed = re.search(r'name="definition" value="([^"]*)"', preview.text)
+    assert proposed is not None
+    with pytest.raises(httpx.HTTPStatusError):  # nothing is written by a preview
+        stack.admin.http.get("/apps/app/config").raise_for_status()
+
+    definition = html.unescape(proposed[1])
+    saved = browser.post("/console/apps/app/mappings/save",
+                         data={"csrf": token, "version": "0", "definition": definition, "comment": "title"})
+    assert saved.status_code == 303 and saved.headers["location"] == "/console/apps/app/mappings?saved=1"
+    live = stack.admin.http.get("/apps/app/config").json()
+    assert live["version"] == 1 and live["author"] == "ops" and live["comment"] == "title"
+    assert live["definition"]["mappings"]["user"]["attributes"][5]["value"] == "Engineer"
+    again = browser.post("/console/apps/app/mappings/save",
+                         data={"csrf": token, "version": "0", "definition": definition})
+    assert again.status_code == 409 and "Nothing was written" in again.text
+    assert "Version 1 of the definition" in browser.get("/console/apps/app/mappings").text
+    trail = audit_records(stack.bootstrap, stack.topics)
+    assert ("ops", "config", "app", "succeeded") in [(a.by, a.action, a.app, a.outcome) for a in trail]
