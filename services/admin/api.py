@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -55,10 +54,10 @@ from services.admin.control import (
     NoSuchAppError,
     ProvisionFailedError,
 )
+from services.admin.refusals import REFUSALS, Refusals, audit_refused
 from services.runtime import metrics
 from services.runtime.config_store import DefinitionError, VersionConflictError
 from services.runtime.errors import ScimflowError
-from services.runtime.records import truncated
 
 __all__ = ["build_api"]
 
@@ -78,7 +77,7 @@ def build_api(plane: ControlPlane, tokens: Tokens) -> web.Application:
     app = web.Application(middlewares=[_count, _errors, _config_errors, _auth])
     app[PLANE] = plane
     app[TOKENS] = tokens
-    app[REFUSALS] = _Refusals()
+    app[REFUSALS] = Refusals()
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/apps", _apps)
@@ -112,7 +111,7 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         log.warning("admin request refused", method=request.method, path=request.path,
                     remote=request.remote, reason="missing or invalid bearer token")
         if request.method in _CHANGES:
-            await _audit_refused(request)
+            await audit_refused(request, request.app[PLANE], "missing or invalid bearer token")
         return _json({"error": "missing or invalid bearer token"}, 401,
                      headers={"WWW-Authenticate": 'Bearer realm="scimflow"'})
     request[CALLER] = Caller(by=name, remote=request.remote)
@@ -122,56 +121,6 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     return response
 
 
-async def _audit_refused(request: web.Request) -> None:
-    """A refused attempt to change something is part of the audit trail too, sampled: the
-    first refusal of a window is recorded with how many were refused since the last record,
-    so a flood of unauthenticated requests costs a few records, not one each.
-
-    The action is the route's (a fixed set), never a string from the request path; the app
-    is named only if it is one of the config's; the path itself goes in ``detail``, cut short.
-    """
-    refused = request.app[REFUSALS].take(time.monotonic())
-    if refused is None:
-        return
-    plane = request.app[PLANE]
-    resource = request.match_info.route.resource
-    action = _route_action(resource.canonical if resource is not None else None)
-    named = request.match_info.get("app")
-    app = named if named is not None and named in plane.app_names() else None
-    detail = {"error": "missing or invalid bearer token", "refused_since_last_record": refused,
-              "method": request.method, "path": truncated(request.path, 200)}
-    caller = plane.as_caller(Caller(by="<unauthenticated>", remote=request.remote))
-    await asyncio.to_thread(caller.audit, action, app, detail, "rejected")
-
-
-def _route_action(route: str | None) -> str:
-    """``/apps/{app}/stop`` -> ``stop``; ``/apps/{app}/assignments/{type}/{id}`` -> ``assignments``."""
-    if route is None:
-        return "unknown-route"
-    fixed = [part for part in route.strip("/").split("/") if not part.startswith("{")]
-    return fixed[-1] if fixed else "unknown-route"
-
-
-class _Refusals:
-    """Counts refused requests; says when one should be audited (one per ``WINDOW`` seconds)."""
-
-    WINDOW = 10.0
-
-    def __init__(self) -> None:
-        self._count = 0
-        self._last: float | None = None
-
-    def take(self, now: float) -> int | None:
-        """Count one refusal; the number since the last audited one if this one is to be
-        audited, else None."""
-        self._count += 1
-        if self._last is not None and now - self._last < self.WINDOW:
-            return None
-        self._last, count, self._count = now, self._count, 0
-        return count
-
-
-REFUSALS = web.AppKey("refusals", _Refusals)
 
 
 @web.middleware

@@ -9,7 +9,6 @@ to the API's middlewares untouched.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from pathlib import Path
 from urllib.parse import quote
@@ -22,6 +21,7 @@ from services.admin.console import app_pages, mapping_pages, report_pages
 from services.admin.console.render import CALLER, CONSOLE, Console, is_htmx, render, run
 from services.admin.console.session import CSRF_FIELD, csrf_ok, session_name
 from services.admin.control import BadRequestError, Caller, ControlPlane, NoSuchAppError
+from services.admin.refusals import audit_refused, route_action
 from services.runtime.config_store import DefinitionError, VersionConflictError
 from services.runtime.errors import ScimflowError
 
@@ -83,17 +83,16 @@ async def _refuse(request: web.Request) -> web.StreamResponse:
     if request.method == "GET" and not is_htmx(request):
         raise web.HTTPSeeOther(f"{PREFIX}/login?next={quote(request.path_qs, safe='/')}")
     if request.method == "POST":
-        anonymous = Caller(by="<unauthenticated>", remote=request.remote)
-        plane = request.app[CONSOLE].plane
-        await asyncio.to_thread(lambda: plane.as_caller(anonymous).audit(
-            _action(request), _app(request), {"error": "no console session"}, "rejected"))
+        await audit_refused(request, request.app[CONSOLE].plane, "no console session", prefix="console:")
     response = app_pages.login_page(request, status=401, error="Log in to continue.")
     response.headers["HX-Redirect"] = f"{PREFIX}/login"
     return response
 
 
 def _action(request: web.Request) -> str:
-    return "console:" + request.path.rstrip("/").rsplit("/", 1)[-1]
+    # The route's name (a fixed set), never a string from the request's path.
+    resource = request.match_info.route.resource
+    return "console:" + route_action(resource.canonical if resource is not None else None)
 
 
 def _app(request: web.Request) -> str | None:
