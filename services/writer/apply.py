@@ -197,6 +197,20 @@ class Writer:
                                        resolves_references=self.app.target.bulk == "references")
         return found
 
+    def reconfigured(self, app: Application) -> Writer:
+        """This writer for a new version of its app whose target is the same: the client
+        (its connections, rate limits and quarantine), the capabilities read, the bulk
+        batcher and the current scan's listing carry over; the app's own settings
+        (mappings, actions, drift, dry run) are the new version's."""
+        new = Writer(app, self.client)
+        new.capabilities, new.batcher, new.snapshot = self.capabilities, self.batcher, self.snapshot
+        new._discovering, new._cycles = self._discovering, self._cycles
+        return new
+
+    async def listings_done(self) -> None:
+        """Wait for the target listings this writer started (before its client closes)."""
+        await asyncio.gather(*self._discovering.values(), return_exceptions=True)
+
     async def aclose(self) -> None:
         if self.batcher is not None:
             await self.batcher.aclose()
