@@ -212,3 +212,30 @@ async def test_status_off_in_a_new_version_holds_that_app_only_and_on_applies_wh
     await h.settle()
     assert len(proxy.requests("PATCH")) == 1
     assert users(http)["u0@example.com"]["nickName"] == "while off"
+
+
+async def test_an_attribute_mapped_again_is_owned_again_and_written(
+        scim_target: ScimTarget, proxy: FaultProxy, proxy_b: FaultProxy, http: httpx.Client) -> None:
+    h = await two_apps(scim_target, proxy, proxy_b)
+    proxy_b.clear_log()
+    v2 = app_version("app", proxy.url, _V2, drift="repair")
+    await h.processor.set_application(v2, loaded_for(v2, scim_target.token))
+    await h.scan("cycle-v2", *(user_cmd(i, title=f"Engineer {i}") for i in range(3)))
+    await h.settle()
+    state = h.state("u0")
+    assert state is not None and "nickName" not in state.attributes and "title" in state.attributes
+    change_by_hand(http, state.target_id, "nickName", "changed while unmapped")
+
+    # Version 3 maps nickName again, with the value scimflow wrote under version 1: the
+    # account that differs gets it, the others (which hold it already) get no request.
+    proxy.clear_log()
+    records = len(h.activity())
+    v3 = app_version("app", proxy.url, [*_V2, {"target": "nickName", "source": "nick"}], drift="repair")
+    await h.processor.set_application(v3, loaded_for(v3, scim_target.token))
+    await h.scan("cycle-v3", *(user_cmd(i, title=f"Engineer {i}", nickName=f"nick{i}") for i in range(3)))
+    await h.settle()
+    assert patched_paths(proxy) == {state.target_id: {"nickName"}}
+    assert users(http)["u0@example.com"]["nickName"] == "nick0"
+    # Written as the new mapping's value, not as drift: nobody owned it while it changed.
+    assert [(a.action, a.source_id) for a in h.activity()[records:]] == [("update", "u0")]
+    assert proxy_b.log == []
