@@ -128,7 +128,7 @@ class Scheduler:
             await self._while_quarantined(job, command.app)
             writer = self.writers.get(command.app)
             if job.superseded or writer is None:
-                return  # superseded, or the app was removed meanwhile (counted by _apply)
+                return  # superseded, or its app was removed while it waited: nothing to write
             retries = writer.app.target.retries  # each attempt under the app's current version
             outcome = await self._apply(job.key, command, job.releasing)
             if outcome is None or outcome.retry is None:
