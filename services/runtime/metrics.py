@@ -56,6 +56,7 @@ __all__ = [
     "PROCESS_METRIC_NAMES",
     "PROVISIONING_LATENCY",
     "QUARANTINES",
+    "REMOVED_APP_COMMANDS",
     "RETRIES_WAITING",
     "SKIPPED_RECORDS",
     "STAGED_DELETES",
@@ -218,6 +219,12 @@ QUARANTINES = _counter(
     "scimflow_quarantines_total",
     "Times an application entered quarantine, by reason.",
     ("app", "reason"))
+
+REMOVED_APP_COMMANDS = _counter(
+    "scimflow_removed_app_commands_total",
+    "Commands (and removals found by a full scan) the writer skipped because their "
+    "application was removed from the config; nothing is written for them.",
+    ("app",))
 
 # --- control plane ----------------------------------------------------------------------
 

@@ -75,6 +75,35 @@ class AppState:
         for writer in writers.values():
             writer.client.on_quarantine(self.on_quarantine)
 
+    # -- versions of an app (live reload) --------------------------------------------------
+
+    def add(self, writer: Writer) -> None:
+        """A new app: its status from its definition, its own deletion guard."""
+        app = writer.app
+        self.paused[app.name] = {} if app.status == "off" else None
+        self.guard.configure(app.name, app.deletion_threshold)
+        writer.client.on_quarantine(self.on_quarantine)
+
+    async def update(self, old: Writer, new: Writer) -> None:
+        """A new version of an app: its threshold, and its status if the definition's
+        changed (an operator's pause or resume from the control topic stands otherwise)."""
+        name = new.app.name
+        if new.client is not old.client:
+            new.client.on_quarantine(self.on_quarantine)
+        for staged in self.guard.configure(name, new.app.deletion_threshold):
+            await self._scheduler.schedule(Job(staged.key, staged.command, releasing=True))
+        if new.app.status != old.app.status:
+            await self.set_status(AppStatus(app=name, status=new.app.status, by="config",
+                                            at=datetime.now(UTC)))
+
+    def remove(self, name: str) -> None:
+        """A removed app: what waited for On and its staged removals are dropped (never
+        written); its tallies stop."""
+        waiting = self.paused.pop(name, None)
+        staged = self.guard.forget(name)
+        self._tallies.pop(name, None)
+        log.info("app removed from the writer", app=name, paused=len(waiting or {}), staged=staged)
+
     # -- status On/Off ---------------------------------------------------------------------
 
     def is_off(self, app: str) -> bool:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import structlog
 
 from schemas import ActivityRecord, ErrorRecord, ManagedObject, ModifiedProperty, ProvisioningCommand, Step
@@ -82,7 +83,7 @@ from services.writer.groups import (
     written_members,
 )
 
-__all__ = ["GROUP", "Outcome", "Writer"]
+__all__ = ["GROUP", "Outcome", "Writer", "owned"]
 
 log = structlog.get_logger("scimflow.writer")
 
@@ -197,6 +198,20 @@ class Writer:
                                        resolves_references=self.app.target.bulk == "references")
         return found
 
+    def reconfigured(self, app: Application) -> Writer:
+        """This writer for a new version of its app whose target is the same: the client
+        (its connections, rate limits and quarantine), the capabilities read, the bulk
+        batcher and the current scan's listing carry over; the app's own settings
+        (mappings, actions, drift, dry run) are the new version's."""
+        new = Writer(app, self.client)
+        new.capabilities, new.batcher, new.snapshot = self.capabilities, self.batcher, self.snapshot
+        new._discovering, new._cycles = self._discovering, self._cycles
+        return new
+
+    async def listings_done(self) -> None:
+        """Wait for the target listings this writer started (before its client closes)."""
+        await asyncio.gather(*self._discovering.values(), return_exceptions=True)
+
     async def aclose(self) -> None:
         if self.batcher is not None:
             await self.batcher.aclose()
@@ -284,15 +299,18 @@ class Writer:
         ``owner`` tells which source object, if any, is linked to a target id already, and
         ``claim`` reserves a target id for this object (or names the one that holds it)."""
         trace = self._trace(cmd)
-        run = _Run(cmd, managed, members, owner or _nobody, claim or owner or _nobody,
+        kept = owned(cmd, managed)
+        run = _Run(cmd, kept, members, owner or _nobody, claim or owner or _nobody,
                    self._snapshot_for(cmd), trace, Decision("noop", cmd.reason))
         try:
-            run.decision = self.preview(cmd, managed, self._observed(run))
+            run.decision = self.preview(cmd, kept, self._observed(run))
             outcome = await self._execute(run)
         except TargetError as exc:
             return self._failure(run, exc)
+        if kept is not managed and outcome.managed is kept:
+            outcome.changed_state = True  # store what scimflow owns now, even with no write
         if outcome.activity is None and cmd.on_demand:
-            outcome.activity = self._in_sync(cmd, managed, trace)
+            outcome.activity = self._in_sync(cmd, kept, trace)
         return outcome
 
     async def _execute(self, run: _Run) -> Outcome:
@@ -781,6 +799,22 @@ def _unstored(sent: Mapping[str, Any], answer: Mapping[str, Any]) -> list[str]:
     """Paths the target's answer shows it did not keep as sent (left out or changed)."""
     return sorted(p for p, v in sent.items() if v is not None and p != MEMBERS
                   and not same_value(read_path(answer, p), v, case_exact=False))
+
+
+def owned(cmd: ProvisioningCommand, managed: ManagedObject | None) -> ManagedObject | None:
+    """``managed`` without the attributes scimflow no longer owns: an upsert carries every
+    attribute its app's current mapping writes, so a path it does not carry is no longer
+    mapped (or its value is left alone this time: IgnoreFlowIfNullOrEmpty). Forgetting what
+    was written there means the writer leaves it in the target as it is (never removed, not
+    drift), and writes it afresh should a later version map it again."""
+    if managed is None or cmd.operation != "upsert":
+        return managed
+    carried = {*desired_state(cmd), *cmd.create_only, *cmd.unique_candidates, *cmd.references, MEMBERS}
+    if carried.issuperset(managed.attributes):
+        return managed
+    return msgspec.structs.replace(
+        managed, attributes={p: v for p, v in managed.attributes.items() if p in carried},
+        unstored=[p for p in managed.unstored if p in carried])
 
 
 def _without_none(values: Mapping[str, Any]) -> dict[str, Any]:

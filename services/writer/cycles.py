@@ -53,6 +53,11 @@ class CycleTracker:
             if scan is not None:
                 scan.seen.add(key)
 
+    def forget_app(self, app: str) -> None:
+        """``app`` was removed: a scan of it in progress here can no longer be complete."""
+        for slot in [s for s in self._scans if s[1] == app]:
+            del self._scans[slot]
+
     def on_marker(self, partition: int, marker: CycleMarker) -> FinishedScan | None:
         """Record a frame; returns the finished scan when its last end frame arrives."""
         if marker.app is None or marker.origin_partition is None or not marker.origin_partitions:

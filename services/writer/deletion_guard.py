@@ -66,6 +66,24 @@ class DeletionGuard:
         self.peer_ttl = timedelta(seconds=peer_ttl)
         """A peer's tally older than this no longer counts (the replica stopped)."""
 
+    def configure(self, app: str, threshold: int) -> list[Staged]:
+        """A new version of ``app`` (or a new app) with this threshold; the cycle's count, the
+        waiting removals and an operator's allowance stay. Turning the guard off (0) hands
+        back the removals that waited: nothing holds them any more, they run now."""
+        state = self._apps.setdefault(app, _App(threshold))
+        state.threshold = threshold
+        if threshold > 0:
+            return []
+        waiting = list(state.pending.values())
+        state.pending.clear()
+        state.held = False
+        return waiting
+
+    def forget(self, app: str) -> int:
+        """``app`` was removed: its waiting removals are dropped (never run); how many."""
+        state = self._apps.pop(app, None)
+        return len(state.pending) if state is not None else 0
+
     def tally(self, app: str) -> int:
         """This replica's share of the app's removals this cycle: executed plus waiting."""
         state = self._apps[app]

@@ -6,6 +6,11 @@ partitioner as the commands topic, so an object's state lives on its commands' p
 so does the ``escrow`` table of objects that failed too often. Every replica also follows
 the managed table's changelog whole (all partitions) to resolve references and group
 members to target ids, and the control topic for status, allow-deletes and restarts.
+
+The apps follow ``control.config`` (:class:`~services.runtime.live_config.LiveConfig`): each
+new version of an app goes to :meth:`CommandProcessor.set_application` (a removal to
+``remove_application``), one app at a time. No command is applied before the config topic
+was read at start (every app runs its current version from the first write on).
 """
 
 from __future__ import annotations
@@ -33,13 +38,14 @@ from services.runtime.kafka import (
     raw_topic,
     report_consumer_lag,
 )
+from services.runtime.live_config import AppCallback, LiveApp, LiveConfig
 from services.runtime.settings import Settings
 from services.runtime.topics import Topics
 from services.scim.client import client_for
 from services.writer.apply import Writer
 from services.writer.worker import CommandProcessor
 
-__all__ = ["build_app", "build_writers"]
+__all__ = ["build_app", "build_writers", "follow_versions"]
 
 _control = msgspec.json.Decoder(ControlMessage)
 
@@ -59,7 +65,17 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
     processor = CommandProcessor(settings, build_writers(settings, loaded), managed,
                                  activity=raw_topic(app, topics.activity),
                                  errors=raw_topic(app, topics.errors), escrow=escrow,
-                                 control=raw_topic(app, topics.control), restoring=("links", "capabilities"))
+                                 control=raw_topic(app, topics.control), loaded=loaded,
+                                 restoring=("links", "capabilities", "config"))
+    live = LiveConfig(bootstrap, topics, loaded, service="writer",
+                      on_error=lambda record: processor.publisher.error(record.id.encode(), record))
+    live.on_app(follow_versions(processor))
+    app.task(live.run)
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def config_read() -> None:
+        await live.caught_up.wait()
+        processor.config_read()
 
     @app.agent(raw_topic(app, topics.commands), name="write")  # type: ignore[untyped-decorator]
     async def write(stream: Any) -> None:
@@ -97,6 +113,8 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
     @app.task  # type: ignore[untyped-decorator]
     async def capabilities() -> None:
         # What each target declares: caseExact for matching, PATCH support, sync details.
+        # Read for the apps' current versions: the config topic first.
+        await live.caught_up.wait()
         await processor.learn(loaded=loaded)
 
     @app.task  # type: ignore[untyped-decorator]
@@ -113,6 +131,18 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
         await processor.close()
 
     return app
+
+
+def follow_versions(processor: CommandProcessor) -> AppCallback:
+    """LiveConfig's callback: each new version of an app (None: removed) into the writer.
+    A version whose client cannot be built raises: LiveConfig rejects it and the last good
+    one keeps running."""
+    async def on_app(name: str, live: LiveApp | None) -> None:
+        if live is None:
+            await processor.remove_application(name)
+        else:
+            await processor.set_application(live.app, live.loaded)
+    return on_app
 
 
 def _raw_table(app: Any, name: str, settings: Settings) -> Any:

@@ -123,12 +123,13 @@ class Scheduler:
 
     async def _attempts(self, job: Job, command: ProvisioningCommand) -> None:
         """Apply ``command``; on a transient failure park and try again, or escrow it."""
-        retries = self.writers[command.app].app.target.retries
         failures = job.escrowed
         while True:
             await self._while_quarantined(job, command.app)
-            if job.superseded:
-                return
+            writer = self.writers.get(command.app)
+            if job.superseded or writer is None:
+                return  # superseded, or its app was removed while it waited: nothing to write
+            retries = writer.app.target.retries  # each attempt under the app's current version
             outcome = await self._apply(job.key, command, job.releasing)
             if outcome is None or outcome.retry is None:
                 if job.command is not None:
@@ -177,8 +178,8 @@ class Scheduler:
     async def _while_quarantined(self, job: Job, app: str) -> None:
         """Calls of a quarantined app wait at its gate; wait here instead, parked, so the
         app's waiting objects hold no window slot that other apps need."""
-        gate = self.writers[app].client.quarantine
-        while gate.active and not job.superseded:
+        while (writer := self.writers.get(app)) is not None and writer.client.quarantine.active \
+                and not job.superseded:
             await self._park(job, _PARK_POLL)
 
     def wake(self, app: str) -> None:
@@ -196,7 +197,8 @@ class Scheduler:
 
     async def _escrow(self, key: bytes, command: ProvisioningCommand, outcome: Outcome,
                       exc: TransientError, failures: int) -> None:
-        interval = escrow_interval(self.writers[command.app].app.target.retries)
+        writer = self.writers.get(command.app)
+        interval = escrow_interval(writer.app.target.retries) if writer else float("inf")
         first = self.escrow.put(key, command, failures, exc)
         self.count_escrow()
         if not first:

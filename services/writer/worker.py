@@ -17,11 +17,17 @@ in flight; a crash would then lose it.) A crash replays whatever was not acknowl
 every write is idempotent: state compare, then lookup-before-create.
 
 Full scans find deletions here (``cycles``): the objects a complete scan did not mention.
+
+Applications are live (``set_application``, ``remove_application``): a new version of one
+app replaces that app's :class:`Writer` between two of its commands and touches no other
+app. Jobs already running finish with the version they started with; a replaced client is
+closed once they are done.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -33,10 +39,12 @@ from schemas import CycleMarker, ManagedObject, ProvisioningCommand
 from schemas.codecs import decoder, encode
 from schemas.control import AppCapabilities
 from services.runtime import metrics
+from services.runtime.config import Application, LoadedConfig
 from services.runtime.kafka import partition_for
 from services.runtime.records import malformed_message
 from services.runtime.settings import Settings
-from services.scim.capabilities import check_mappings
+from services.scim.capabilities import Capabilities, check_mappings
+from services.scim.client import client_for
 from services.writer.app_state import AppState
 from services.writer.apply import Outcome, Writer
 from services.writer.chains import Ack, InOrderAcks, Job
@@ -62,9 +70,20 @@ class CommandProcessor:
 
     def __init__(self, settings: Settings, writers: dict[str, Writer], managed: Any, *,
                  activity: Any, errors: Any, escrow: Any = None, control: Any = None,
-                 restoring: Iterable[str] = ()) -> None:
+                 restoring: Iterable[str] = (), loaded: LoadedConfig | None = None) -> None:
         self.settings = settings
         self.writers = writers
+        """Per app, its writer for the version in effect (replaced by ``set_application``)."""
+        self._loaded = dict.fromkeys(writers, loaded) if loaded is not None else {}
+        """Per app, the config its version came from (its secrets, its file and lines)."""
+        self._removed: set[str] = set()
+        """Apps removed while this process ran: their commands still in the topic are skipped."""
+        self._holding: Counter[Writer] = Counter()
+        """Jobs inside each writer right now: a replaced client closes once none are left."""
+        self._learning = False
+        """Whether a capabilities read started (a new app's target is read at once after)."""
+        self._retiring: dict[Writer, asyncio.Event] = {}
+        """Replaced writers, and the event set when their last job is done."""
         self.managed = managed
         self.publisher = Publisher(activity=activity, errors=errors, control=control)
         self.links = LinkIndex()
@@ -76,8 +95,8 @@ class CommandProcessor:
         a group would see its members as unlinked and remove them, a manager as missing)
         and each target's capabilities were read (how to match, PATCH or PUT, bulk)."""
         self._restoring = set(restoring)
-        """What is still being restored: ``links`` (:meth:`links_restored`) and
-        ``capabilities`` (:meth:`learn`), as the worker asks for them."""
+        """What is still being restored: ``links`` (:meth:`links_restored`), ``capabilities``
+        (:meth:`learn`) and ``config`` (:meth:`config_read`), as the worker asks for them."""
         if not self._restoring:
             self.restored.set()
         self._reruns: set[bytes] = set()
@@ -98,6 +117,10 @@ class CommandProcessor:
         """The changelog follower reached the end offsets of its start."""
         self._ready("links")
 
+    def config_read(self) -> None:
+        """The config topic was read at start: every app runs its current version."""
+        self._ready("config")
+
     def _ready(self, part: str) -> None:
         self._restoring.discard(part)
         if not self._restoring and not self.restored.is_set():
@@ -110,6 +133,8 @@ class CommandProcessor:
         ticket = self.acks.track(event)
         message = await self._decode(event)
         partition = event.message.partition
+        if isinstance(message, CycleMarker) and message.app is not None and message.app not in self.writers:
+            message = None  # a frame of a removed app's scan: nothing to find deleted
         if isinstance(message, ProvisioningCommand):
             key = event.key or b""
             self.cycles.saw(partition, message.app, message.cycle_id, key)
@@ -157,9 +182,22 @@ class CommandProcessor:
                      releasing: bool) -> Outcome | None:
         if self.app_state.hold_while_off(key, command):
             return None
+        writer = self.writers.get(command.app)
+        if writer is None:
+            self._skip_removed(command.app)
+            return None
+        self._holding[writer] += 1
+        try:
+            return await self._apply_with(writer, key, command, releasing)
+        finally:
+            self._holding[writer] -= 1
+            if self._holding[writer] == 0 and writer in self._retiring:
+                self._retiring[writer].set()
+
+    async def _apply_with(self, writer: Writer, key: bytes, command: ProvisioningCommand,
+                          releasing: bool) -> Outcome | None:
         raw = self.managed.get(key)
         state = _state.decode(raw) if raw else None
-        writer = self.writers[command.app]
         if not releasing and await self.app_state.stage_removal(key, command, state, writer):
             return None
         if command.cycle_id is not None:
@@ -232,6 +270,7 @@ class CommandProcessor:
         """Read each app's target capabilities (all apps at start, at once; one at its
         restart) and publish them for sync details, with the mappings the target cannot
         take. Commands wait for this at start; a failure here only leaves them unknown."""
+        self._learning = True
         try:
             await asyncio.gather(*(self._learn(name, loaded) for name in apps or list(self.writers)))
         except Exception:
@@ -241,7 +280,13 @@ class CommandProcessor:
 
     async def _learn(self, name: str, loaded: Any) -> None:
         writer = self.writers[name]
-        found = await writer.learn()
+        await self._check(name, await writer.learn(), self._loaded.get(name, loaded))
+
+    async def _check(self, name: str, found: Capabilities, loaded: LoadedConfig | None) -> None:
+        """Publish what the target declares for the app, with the mappings it cannot take."""
+        writer = self.writers.get(name)
+        if writer is None:
+            return
         problems = [str(p) for p in check_mappings(writer.app, found, loaded)]
         for problem in problems:
             log.warning("the target does not declare what a mapping writes", app=name, problem=problem)
@@ -255,6 +300,75 @@ class CommandProcessor:
             task.cancel()
         await asyncio.gather(*(w.aclose() for w in self.writers.values()))
 
+    # -- versions of an application (live reload) ------------------------------------------
+
+    async def set_application(self, app: Application, loaded: LoadedConfig) -> None:
+        """Run ``app`` (a new app, or a new version of one) from now on; no other app is
+        touched. Raises (and changes nothing) if its client cannot be built: the caller
+        keeps the last good version."""
+        old = self.writers.get(app.name)
+        if old is not None and _same_target(old.app, self._loaded.get(app.name), app, loaded):
+            new = old.reconfigured(app)
+        else:
+            new = Writer(app, client_for(app, loaded, self.settings))
+        self.writers[app.name] = new
+        self._loaded[app.name] = loaded
+        self._removed.discard(app.name)
+        if old is None:
+            self.app_state.add(new)
+        else:
+            await self.app_state.update(old, new)
+        log.info("app version in effect in the writer", app=app.name, new=old is None,
+                 same_target=old is not None and new.client is old.client)
+        self._follow_version(old, new)
+
+    def _follow_version(self, old: Writer | None, new: Writer) -> None:
+        """Read the capabilities of a new target (unless the start-up read is still to
+        come); close the replaced client once its jobs are done; check the new mappings
+        against capabilities already known."""
+        name = new.app.name
+        if old is not None and new.client is old.client:
+            if new.capabilities is not None:
+                self._spawn(self._check(name, new.capabilities, self._loaded.get(name)))
+            return
+        if old is not None:
+            self._spawn(self._retire(old))
+        if "capabilities" not in self._restoring or self._learning:
+            self._spawn(self.learn([name]))  # else the start-up read will include it
+
+    async def remove_application(self, name: str) -> None:
+        """Stop writing for ``name``: commands of it still in the topic (or queued, parked,
+        escrowed, staged) are skipped and counted, jobs already writing finish, its client
+        closes. Its managed state stays in the table and its target accounts are left as
+        they are: adding the app again resumes with its links."""
+        writer = self.writers.pop(name, None)
+        if writer is None:
+            return
+        self._removed.add(name)
+        self._loaded.pop(name, None)
+        self.app_state.remove(name)
+        self.cycles.forget_app(name)
+        self.scheduler.wake(name)  # parked jobs end now rather than after their backoff
+        self._spawn(self._retire(writer))
+        log.info("app removed from the writer; its target accounts are left as they are", app=name)
+
+    async def _retire(self, writer: Writer) -> None:
+        """Close a replaced writer's client once no job is inside it any more."""
+        idle = self._retiring[writer] = asyncio.Event()
+        if self._holding[writer] == 0:
+            idle.set()
+        await idle.wait()
+        del self._retiring[writer], self._holding[writer]
+        await writer.listings_done()
+        await writer.aclose()
+        log.info("replaced target client closed", app=writer.app.name)
+
+    def _skip_removed(self, app: str) -> None:
+        """A command of an app that is not (or no longer) configured here. Not an error
+        record: removing the app was the operator's intent, and a full scan's worth of
+        records saying so would bury the errors that need acting on; the metric counts them."""
+        metrics.REMOVED_APP_COMMANDS.labels(app=app).inc()
+
     # -- decoding, gauges, full scans ------------------------------------------------------
 
     async def _decode(self, event: Any) -> ProvisioningCommand | CycleMarker | None:
@@ -264,6 +378,9 @@ class CommandProcessor:
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             metrics.MALFORMED_MESSAGES.labels(service="writer", topic="provisioning.commands").inc()
             await self.publisher.error(key, malformed_message("writer", event, str(exc)))
+            return None
+        if isinstance(message, ProvisioningCommand) and message.app in self._removed:
+            self._skip_removed(message.app)
             return None
         if isinstance(message, ProvisioningCommand) and message.app not in self.writers:
             reason = f"unknown application {message.app!r}"
@@ -341,6 +458,26 @@ class CommandProcessor:
         # Through each object's chain, so a removal never overtakes a command still waiting.
         for key, state in gone:
             await self.scheduler.schedule(Job(key, _absent(scan, state)))
+
+
+def _same_target(old: Application, old_loaded: LoadedConfig | None, new: Application,
+                 new_loaded: LoadedConfig) -> bool:
+    """Whether a new version of an app reaches its target exactly as the old one did: the
+    same target settings and the same credentials (a rotated ``file:`` secret is a change).
+    Compared in memory only; a credential never leaves this function."""
+    if old.target != new.target:
+        return False
+    if old_loaded is None:
+        return True  # the writer was built without its config: same references, same values
+    return _credentials(old, old_loaded) == _credentials(new, new_loaded)
+
+
+def _credentials(app: Application, loaded: LoadedConfig) -> tuple[str, ...]:
+    target = app.target
+    refs = [target.token] if target.token is not None else []
+    if target.oauth2 is not None:
+        refs.append(target.oauth2.client_secret)
+    return tuple(loaded.secret(ref).reveal() for ref in refs)
 
 
 def _absent(scan: FinishedScan, state: ManagedObject) -> ProvisioningCommand:

@@ -25,7 +25,7 @@ from schemas import (
     ProvisioningCommand,
 )
 from schemas.codecs import encode
-from services.runtime.config import Application
+from services.runtime.config import Application, Config, LoadedConfig, Secret
 from services.runtime.kafka import partition_for
 from services.runtime.settings import load_settings
 from services.scim.client import Backoff, ScimClient
@@ -58,6 +58,19 @@ def application(**overrides: Any) -> Application:
         else:
             raw[key] = value
     return msgspec.convert(raw, Application)
+
+
+def loaded_for(app: Application, token: str) -> LoadedConfig:
+    """The config one version of ``app`` comes from, its token resolved to ``token`` (what
+    LiveConfig hands the writer with a version)."""
+    refs = [app.target.token] if app.target.token is not None else []
+    return LoadedConfig(config=Config(applications=[app], sources=[]), file=f"<{app.name}>",
+                        secrets={ref: Secret(ref, token) for ref in refs})
+
+
+def for_app(app: str, *commands: ProvisioningCommand) -> list[ProvisioningCommand]:
+    """``commands`` (built for app ``app``'s default name) for application ``app``."""
+    return [msgspec.structs.replace(c, app=app) for c in commands]
 
 
 def user_cmd(i: int | str, *, manager: str | None = None, operation: Any = "upsert",
@@ -128,21 +141,21 @@ class Harness:
             event = _Event(key, encode(command), _Message("commands", partition, offset))
             await self.processor.submit(event, self._ack)
 
-    async def scan(self, cycle_id: str, *commands: ProvisioningCommand) -> None:
+    async def scan(self, cycle_id: str, *commands: ProvisioningCommand, app: str = "app") -> None:
         """A complete full scan as the mapper frames it: start markers from every changes
         partition on every commands partition, the commands (with ``cycle_id``), the ends."""
-        await self._frames(cycle_id, "start")
+        await self._frames(cycle_id, "start", app)
         await self.feed(*(msgspec.structs.replace(c, cycle_id=cycle_id) for c in commands))
-        await self._frames(cycle_id, "end")
+        await self._frames(cycle_id, "end", app)
 
-    async def _frames(self, cycle_id: str, phase: Any) -> None:
+    async def _frames(self, cycle_id: str, phase: Any, app: str = "app") -> None:
         for partition in range(PARTITIONS):
             for origin in range(PARTITIONS):
                 marker = CycleMarker(source="hr", cycle_id=cycle_id, phase=phase, at=datetime.now(UTC),
-                                     app="app", origin_partition=origin, origin_partitions=PARTITIONS)
+                                     app=app, origin_partition=origin, origin_partitions=PARTITIONS)
                 offset = self._offsets.get(partition, 0)
                 self._offsets[partition] = offset + 1
-                event = _Event(b"app", encode(marker), _Message("commands", partition, offset))
+                event = _Event(app.encode(), encode(marker), _Message("commands", partition, offset))
                 await self.processor.submit(event, self._ack)
 
     def restore_links(self) -> None:
@@ -170,8 +183,8 @@ class Harness:
     def errors(self) -> list[ErrorRecord]:
         return [_error.decode(v) for _, v in self.errors_topic.sent]
 
-    def state(self, source_id: str) -> ManagedObject | None:
-        raw = self.managed.get(f"app/{source_id}".encode())
+    def state(self, source_id: str, app: str = "app") -> ManagedObject | None:
+        raw = self.managed.get(f"{app}/{source_id}".encode())
         return _state.decode(raw) if raw else None
 
     @property

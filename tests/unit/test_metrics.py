@@ -45,6 +45,7 @@ def _touch_every_metric() -> None:
     m.RETRIES_WAITING.labels(app="crm").set(0)
     m.DEFERRED_REFERENCES.labels(app="crm").set(0)
     m.QUARANTINES.labels(app="crm", reason="credentials").inc()
+    m.REMOVED_APP_COMMANDS.labels(app="crm").inc()
     m.CONTROL_ACTIONS.labels(action="stop", outcome="accepted").inc()
     m.ADMIN_REQUESTS.labels(route="/apps/{app}", status_class="2xx").inc()
 
