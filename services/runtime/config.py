@@ -117,6 +117,9 @@ class Quarantine(_Base, frozen=True):
     """Calls in the window before the ratio counts."""
     window: Positive = 300.0
     """Seconds of recent calls the ratio looks at."""
+    consecutive_failures: Count = 50
+    """Calls in a row that fail quarantine the app at once, whatever the ratio: an outage
+    after hours of good calls would otherwise take most of ``window`` to show."""
     probe_initial: Positive = 5.0
     """Seconds to the first probe once quarantined; doubles up to ``probe_max``."""
     probe_max: Positive = 600.0

@@ -7,7 +7,9 @@ often; scimflow does the same per client, in seconds instead of hours:
   ``window`` seconds. Transient failures (network, timeouts, 429, 5xx) and credential
   failures count against the app; answers that prove the app works (2xx, 404, 409, other
   4xx rejections of one object) count for it. With at least ``min_calls`` calls and a
-  failure ratio of at least ``failure_ratio`` the app is quarantined.
+  failure ratio of at least ``failure_ratio`` the app is quarantined; so it is after
+  ``consecutive_failures`` failed calls in a row, whatever came before (a sudden outage
+  after hours of good calls would otherwise need most of the window to show).
 - A :class:`CredentialsError` quarantines at once: every further call would fail the same way.
 - :class:`QuarantineGate` is what calls pass through. While quarantined every call waits
   at the gate (nothing is dropped: it simply resumes later); one probe (the test-connection
@@ -87,11 +89,13 @@ class FailureWindow:
         self._clock = clock
         self._outcomes: deque[tuple[float, bool]] = deque()
         self._failures = 0
+        self._in_a_row = 0
 
     def record(self, *, failed: bool) -> bool:
         """Record one call; True when the window now says "quarantine"."""
         self._outcomes.append((self._clock(), failed))
         self._failures += failed
+        self._in_a_row = self._in_a_row + 1 if failed else 0
         self._expire()
         return self.tripped
 
@@ -107,9 +111,13 @@ class FailureWindow:
 
     @property
     def tripped(self) -> bool:
+        if self._in_a_row >= self._settings.consecutive_failures:
+            return True
         return self.calls >= self._settings.min_calls and self.ratio >= self._settings.failure_ratio
 
     def describe(self) -> str:
+        if self._in_a_row >= self._settings.consecutive_failures:
+            return f"{self._in_a_row} calls in a row failed (threshold {self._settings.consecutive_failures})"
         return (f"failure ratio {self.ratio:.2f} over {self.calls} calls in the last "
                 f"{self._settings.window:g}s (threshold {self._settings.failure_ratio:g})")
 
@@ -117,6 +125,7 @@ class FailureWindow:
         """Forget everything: after a quarantine, the app starts with a clean record."""
         self._outcomes.clear()
         self._failures = 0
+        self._in_a_row = 0
 
     def _expire(self) -> None:
         horizon = self._clock() - self._settings.window

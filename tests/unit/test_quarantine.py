@@ -104,6 +104,24 @@ def test_old_calls_leave_the_window() -> None:
     assert window.calls == 1
 
 
+def test_an_outage_after_many_good_calls_trips_on_failures_in_a_row() -> None:
+    settings = Quarantine(failure_ratio=0.8, min_calls=20, window=300, consecutive_failures=50)
+    window = FailureWindow(settings, clock=Clock())
+    for _ in range(2000):  # hours of good calls keep the ratio low for most of the window
+        window.record(failed=False)
+    tripped = [window.record(failed=True) for _ in range(50)]
+    assert tripped == [False] * 49 + [True]
+    assert window.ratio < 0.1
+    assert window.describe() == "50 calls in a row failed (threshold 50)"
+
+
+def test_one_success_resets_the_run_of_failures() -> None:
+    settings = Quarantine(failure_ratio=1.0, min_calls=1000, window=300, consecutive_failures=3)
+    window = FailureWindow(settings, clock=Clock())
+    assert not any(window.record(failed=f) for f in (True, True, False, True, True))
+    assert window.record(failed=True)
+
+
 # -- the gate --------------------------------------------------------------------------------
 
 
