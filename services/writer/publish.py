@@ -11,6 +11,7 @@ from typing import Any
 from schemas import ActivityRecord, ErrorRecord, ProvisioningCommand
 from schemas.codecs import encode
 from services.runtime import metrics
+from services.runtime.records import bounded
 
 __all__ = ["Publisher"]
 
@@ -30,11 +31,11 @@ class Publisher:
     async def activity(self, key: bytes, record: ActivityRecord, command: ProvisioningCommand) -> None:
         """Count ``record`` (outcomes, latency since ``command`` was observed) and send it."""
         _count(record, command)
-        await self.activity_topic.send(key=key, value=encode(record))
+        await self.activity_topic.send(key=key, value=encode(bounded(record)))
 
     async def error(self, key: bytes, record: ErrorRecord) -> None:
         metrics.ERRORS.labels(service="writer", error_code=record.error_code).inc()
-        await self.errors_topic.send(key=key, value=encode(record))
+        await self.errors_topic.send(key=key, value=encode(bounded(record)))
 
     async def control(self, key: bytes, message: Any) -> None:
         """A control message (capabilities, health, removal tally), when there is a topic."""

@@ -41,7 +41,7 @@ from schemas.control import AppCapabilities
 from services.runtime import metrics
 from services.runtime.config import Application, LoadedConfig
 from services.runtime.kafka import partition_for
-from services.runtime.records import malformed_message
+from services.runtime.records import MalformedError, decode_message, malformed_message
 from services.runtime.settings import Settings
 from services.scim.capabilities import Capabilities, check_mappings
 from services.scim.client import client_for
@@ -374,8 +374,8 @@ class CommandProcessor:
     async def _decode(self, event: Any) -> ProvisioningCommand | CycleMarker | None:
         key: bytes = event.key or b""
         try:
-            message: ProvisioningCommand | CycleMarker = _commands.decode(event.value)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            message: ProvisioningCommand | CycleMarker = decode_message(_commands, event.value)
+        except MalformedError as exc:
             metrics.MALFORMED_MESSAGES.labels(service="writer", topic="provisioning.commands").inc()
             await self.publisher.error(key, malformed_message("writer", event, str(exc)))
             return None

@@ -84,3 +84,24 @@ def test_transient_failures_and_a_minute_long_outage_lose_nothing(
         gaps = _retry_after_gaps(log)
         assert gaps, "some throttled request must have been retried"
         assert min(gaps) >= 0.95, f"a retry came {min(gaps):.2f}s after a Retry-After: 1"
+
+
+def test_a_target_failing_everything_after_a_good_sync_shows_within_seconds(
+        pipeline_factory: Callable[..., Pipeline], scim_target: ScimTarget) -> None:
+    with FaultProxy(scim_target.base_url) as proxy:
+        # The default quarantine settings: a 300 s window that hundreds of good calls fill.
+        app = {**APP, "target": {"base_url": proxy.url, "token": "env:TEST_SCIM_TOKEN", "bulk": "off"}}
+        users = [user(i) for i in range(100)]
+        p = pipeline_factory(users, app=app)
+        p.wait_for("the initial sync", lambda: p.scim.count() == 100, timeout=120)
+
+        proxy.fail(500)  # every request, until cleared
+        failing = time.monotonic()
+        p.write_directory([{**u, "displayName": f"Renamed {u['id']}"} for u in users])
+        p.wait_for("the app quarantined", lambda: any(h.quarantined for h in _health(p)), timeout=30)
+        assert time.monotonic() - failing < 20
+        [error] = [e for e in p.errors() if e.error_code == "AppQuarantined"]
+        assert "calls in a row failed" in error.reason
+
+        proxy.clear()
+        p.wait_for("quarantine over", lambda: not _health(p)[-1].quarantined, timeout=60)
