@@ -8,14 +8,14 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: run test lint bench deps system-deps ldap-deps ad-deps scimmy-deps kafka schemas clean
+.PHONY: run test lint bench deps system-deps ldap-deps ad-deps scimmy-deps kafka tools schemas clean
 
 deps: $(STAMP)
 
 $(STAMP): pyproject.toml | ldap-deps
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,demo]'
+	$(PY) -m pip install -q -e '.[dev,demo,ldap]'
 	touch $@
 
 # A JDK (>= 17) and Maven run the real Apache Kafka broker; promtool (Debian package
@@ -55,13 +55,31 @@ scimmy-deps: deps
 	fi
 	$(PY) -m tests.support.scimmy_target install
 
+# helm and kustomize (Go modules, built with `go install` at these pinned versions) render
+# and lint deploy/helm and deploy/k8s in tests/unit/test_deploy.py and test_helm.py. Built
+# once per machine into ~/.cache/scimflow/go-tools, linked into .tools/bin (gitignored).
+TOOLS_BIN         := .tools/bin
+TOOLS_CACHE       ?= $(HOME)/.cache/scimflow/go-tools
+HELM_VERSION      := v4.3.2
+KUSTOMIZE_VERSION := v5.8.1
+TOOLS_STAMP       := $(TOOLS_BIN)/.installed-helm-$(HELM_VERSION)-kustomize-$(KUSTOMIZE_VERSION)
+
+tools: $(TOOLS_STAMP)
+
+$(TOOLS_STAMP): deploy/tools/install.sh
+	deploy/tools/install.sh $(TOOLS_BIN) $(TOOLS_CACHE) \
+	  helm.sh/helm/v4/cmd/helm@$(HELM_VERSION) helm \
+	  sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION) kustomize
+	rm -f $(TOOLS_BIN)/.installed-*
+	touch $@
+
 kafka: deps system-deps
 	$(PY) -m services.devstack.broker fetch
 
 run: kafka
 	$(VENV)/bin/scimflow up --config examples/demo.yaml
 
-test: kafka ad-deps scimmy-deps
+test: kafka ad-deps scimmy-deps tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: deps
@@ -76,4 +94,4 @@ schemas: deps
 	$(PY) -m schemas.generate
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .tools .mypy_cache .pytest_cache .ruff_cache build *.egg-info
