@@ -29,7 +29,7 @@ import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 import kubernetes_validate  # type: ignore[import-untyped, unused-ignore]
 import prometheus_client
@@ -37,15 +37,18 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from schemas.messages import ActivityRecord
 from services.runtime.config import load_config
 from services.runtime.metrics import METRIC_NAMES, start_metrics_server
 from services.runtime.settings import load_settings
 from services.runtime.topics import Topics
+from services.scim import quarantine
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 ALERTS = DEPLOY / "prometheus" / "alerts.yaml"
 ALERT_TESTS = DEPLOY / "prometheus" / "alerts_test.yaml"
+OPERATIONS = ROOT / "docs" / "operations.md"
 DASHBOARD = DEPLOY / "grafana" / "scimflow.json"
 BASE = DEPLOY / "k8s" / "base"
 OVERLAY = DEPLOY / "k8s" / "overlays" / "example"
@@ -107,10 +110,14 @@ def test_metric_names_parser(expr: str, expected: set[str]) -> None:
     assert metric_names(expr) == expected
 
 
+# Series Prometheus itself makes for every scrape target.
+SCRAPE_SERIES = {"up"}
+
+
 def _unknown_metrics(expr: str) -> set[str]:
     names = metric_names(expr)
     assert names, f"no metric found in {expr!r}"
-    return names - METRIC_NAMES
+    return names - METRIC_NAMES - SCRAPE_SERIES
 
 
 def _promtool() -> str:
@@ -163,6 +170,44 @@ def test_every_alert_is_unit_tested_firing_and_quiet() -> None:
 def test_alerts_query_only_exported_metrics() -> None:
     for rule in _alerts():
         assert not _unknown_metrics(rule["expr"]), rule["alert"]
+
+
+def test_every_alert_links_its_runbook_section() -> None:
+    anchors = set(re.findall(r'<a id="([^"]+)"></a>', OPERATIONS.read_text()))
+    for rule in _alerts():
+        url = rule["annotations"].get("runbook_url", "")
+        path, _, anchor = url.partition("#")
+        assert path == "docs/operations.md", rule["alert"]
+        assert anchor == rule["alert"].lower(), rule["alert"]
+        assert anchor in anchors, f"{rule['alert']}: docs/operations.md has no anchor {anchor}"
+
+
+def test_every_worker_has_a_down_or_absent_alert() -> None:
+    exprs = [" ".join(rule["expr"].split()) for rule in _alerts()]
+    for svc in SERVICES:
+        selector = f'up{{job=~"(.+-)?scimflow-{svc}"}}'
+        assert any(f"sum({selector}) == 0" in e and f"absent({selector})" in e for e in exprs), svc
+
+
+# Label values the code gives each label an alert matches on.
+_LABEL_VALUES = {
+    "service": {"ingest", "mapper", "writer", "admin"},
+    "status": set(get_args(get_type_hints(ActivityRecord)["status"])) | {"complete", "interrupted"},
+    "reason": {quarantine.CREDENTIALS, quarantine.FAILURE_RATIO, "none"},
+}
+_MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"')
+
+
+def test_alerts_match_label_values_the_code_uses() -> None:
+    for rule in _alerts():
+        for label, _, value in _MATCHER.findall(rule["expr"]):
+            if label in _LABEL_VALUES:
+                assert set(value.split("|")) <= _LABEL_VALUES[label], (rule["alert"], label, value)
+    quarantined = next(r for r in _alerts() if r["alert"] == "ScimflowAppQuarantined")
+    text = quarantined["annotations"]["description"]
+    for reason in (quarantine.CREDENTIALS, quarantine.FAILURE_RATIO):
+        assert f"For {reason} " in text, f"the quarantine alert does not say what to do for {reason}"
+    assert "InvalidCredentials" not in text, "an error code, not a quarantine reason"
 
 
 def test_no_successful_cycle_waits_two_default_intervals() -> None:
