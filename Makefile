@@ -8,15 +8,34 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: run test lint bench deps system-deps ldap-deps ad-deps scimmy-deps kafka tools schemas clean
+.PHONY: run test lint bench deps lock system-deps ldap-deps ad-deps scimmy-deps kafka tools schemas clean
 
 deps: $(STAMP)
 
-$(STAMP): pyproject.toml | ldap-deps
+# requirements/dev.txt pins every package (and every dependency's dependency) that the
+# install resolves to, so that every machine and CI install the same versions; `make lock`
+# re-pins after a change to pyproject.toml.
+LOCK := requirements/dev.txt
+
+$(STAMP): pyproject.toml $(LOCK) | ldap-deps
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,demo,ldap]'
+	$(PY) -m pip install -q -c $(LOCK) -e '.[dev,demo,ldap]'
 	touch $@
+
+# Re-pin requirements/dev.txt (make, CI) and requirements/image.txt (the Dockerfile) from
+# pyproject.toml with uv (pinned; installed into the venv for this only). Existing pins are
+# kept where they still fit; `make lock LOCK_ARGS=--upgrade` moves everything to the newest.
+UV_VERSION := 0.13.8
+LOCK_ARGS  ?=
+UV_COMPILE  = $(VENV)/bin/uv pip compile pyproject.toml --python-version 3.11 --no-header \
+              --annotation-style line -q $(LOCK_ARGS)
+
+lock:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q uv==$(UV_VERSION)
+	$(UV_COMPILE) --extra dev --extra demo --extra ldap -o requirements/dev.txt
+	$(UV_COMPILE) --extra ldap -o requirements/image.txt
 
 # A JDK (>= 17) and Maven run the real Apache Kafka broker; promtool (Debian package
 # prometheus) checks the alert rules and /metrics output. Installed only if missing.

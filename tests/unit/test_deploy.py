@@ -27,6 +27,7 @@ import re
 import shutil
 import socket
 import subprocess
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, get_args, get_type_hints
@@ -35,6 +36,9 @@ import kubernetes_validate  # type: ignore[import-untyped, unused-ignore]
 import prometheus_client
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 from typer.testing import CliRunner
 
 from schemas.messages import ActivityRecord
@@ -806,3 +810,50 @@ def test_healthcheck_script_passes_on_a_live_metrics_endpoint_only() -> None:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+# --- lock files --------------------------------------------------------------------------
+
+
+def _pins(path: Path) -> dict[str, Version]:
+    pins: dict[str, Version] = {}
+    for line in path.read_text().splitlines():
+        requirement = line.split("#", 1)[0].strip()
+        if requirement:
+            name, _, version = requirement.partition("==")
+            assert version, f"{path.name}: {requirement} is not pinned"
+            pins[canonicalize_name(name)] = Version(version)
+    return pins
+
+
+def _declared(*extras: str) -> list[Requirement]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    lines = project["dependencies"] + [d for extra in extras for d in project["optional-dependencies"][extra]]
+    return [Requirement(line) for line in lines]
+
+
+@pytest.mark.parametrize(("lock", "extras"), [("dev.txt", ("dev", "demo", "ldap")), ("image.txt", ("ldap",))])
+def test_lock_files_pin_what_pyproject_declares(lock: str, extras: tuple[str, ...]) -> None:
+    pins = _pins(ROOT / "requirements" / lock)
+    for requirement in _declared(*extras):
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{lock} lacks {name}: run `make lock`"
+        wanted = requirement.specifier
+        assert wanted.contains(pins[name], prereleases=True), (
+            f"{lock} pins {name}=={pins[name]}, pyproject.toml wants {wanted}: run `make lock`")
+
+
+def test_image_lock_is_the_dev_lock_without_the_dev_stack() -> None:
+    image, dev = _pins(ROOT / "requirements" / "image.txt"), _pins(ROOT / "requirements" / "dev.txt")
+    assert {name: dev.get(name) for name in image} == image, "the image and make resolve differently"
+    runtime = {canonicalize_name(r.name) for r in _declared("ldap")}
+    dev_only = {canonicalize_name(r.name) for r in _declared("dev", "demo")} - runtime
+    assert not dev_only & set(image), "the dev stack is in the image lock"
+
+
+def test_make_and_the_dockerfile_install_from_the_locks() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"pip install -q -c \$\(LOCK\) -e '\.\[dev,demo,ldap\]'", makefile)
+    assert "LOCK := requirements/dev.txt" in makefile
+    builder = " ".join(a for i, a in _stages()[0] if i == "RUN")
+    assert "pip install -c requirements/image.txt " in builder
