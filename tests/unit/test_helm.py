@@ -24,6 +24,7 @@ from tests.unit.test_deploy import (
     BASE,
     DEPLOY,
     K8S_VERSIONS,
+    OVERLAY,
     SECRET_OF,
     SERVICES,
     WORKER_PROBE_PATH,
@@ -84,6 +85,16 @@ def kustomized() -> list[Resource]:
     return render(BASE)
 
 
+@pytest.fixture(scope="module")
+def example_chart() -> list[Resource]:
+    return helm_template("--values", str(CHART / "ci" / "example-values.yaml"))
+
+
+@pytest.fixture(scope="module")
+def example_overlay() -> list[Resource]:
+    return render(OVERLAY)
+
+
 def test_helm_lint_strict(tmp_path: Path) -> None:
     run_tool(tool("helm"), "lint", "--strict", str(CHART))
     options = {"admin": {"targetCredentials": True}, "writer": {"autoscaling": {"enabled": False}},
@@ -91,11 +102,15 @@ def test_helm_lint_strict(tmp_path: Path) -> None:
                "config": {"existingConfigMap": "my-config"}}
     (tmp_path / "options.yaml").write_text(yaml.safe_dump(options))
     run_tool(tool("helm"), "lint", "--strict", str(CHART), "--values", str(tmp_path / "options.yaml"))
+    for values in sorted((CHART / "ci").glob("*-values.yaml")):
+        run_tool(tool("helm"), "lint", "--strict", str(CHART), "--values", str(values))
 
 
-def test_chart_matches_the_kubernetes_schemas(chart: list[Resource]) -> None:
+@pytest.mark.parametrize("values", ["chart", "example_chart"])
+def test_chart_matches_the_kubernetes_schemas(values: str, request: pytest.FixtureRequest) -> None:
     checked = 0
-    for resource in chart:
+    rendered: list[Resource] = request.getfixturevalue(values)
+    for resource in rendered:
         if resource["apiVersion"].startswith("monitoring.coreos.com/"):
             continue  # CRDs: compared with the kustomize base's below
         for version in K8S_VERSIONS:
@@ -133,6 +148,7 @@ def _essentials(resources: list[Resource], workload: str) -> dict[str, Any]:
         "strategy": deployment["spec"]["strategy"],
         "pod": {k: pod[k] for k in ("serviceAccountName", "automountServiceAccountToken",
                                     "terminationGracePeriodSeconds", "securityContext")},
+        "image": c["image"],
         "command": c["command"] + c["args"],
         "envFrom": [_unhashed(e["configMapRef"]["name"]) for e in c["envFrom"]],
         "secrets": secret_env(c),
@@ -147,6 +163,21 @@ def _essentials(resources: list[Resource], workload: str) -> dict[str, Any]:
 
 def test_same_objects(chart: list[Resource], kustomized: list[Resource]) -> None:
     assert _objects(chart) == _objects(kustomized)
+
+
+@pytest.mark.parametrize("workload", WORKLOADS)
+def test_example_values_render_the_example_overlay(example_chart: list[Resource],
+                                                    example_overlay: list[Resource], workload: str) -> None:
+    # The overlay also makes its Namespace; Helm installs into one that exists.
+    assert _objects(example_chart) == _objects(example_overlay) - {("Namespace", "identity")}
+    helm, kustomize = _essentials(example_chart, workload), _essentials(example_overlay, workload)
+    for key in kustomize:
+        assert helm[key] == kustomize[key], f"{workload}: {key} differs"
+    settings = [_config_map(r, "scimflow-settings") for r in (example_chart, example_overlay)]
+    assert settings[0] == settings[1]
+    assert {r["metadata"]["namespace"] for r in example_chart} == {"identity"}
+    hpa = find(example_chart, "HorizontalPodAutoscaler", "scimflow-writer")["spec"]
+    assert hpa == find(example_overlay, "HorizontalPodAutoscaler", "scimflow-writer")["spec"]
 
 
 @pytest.mark.parametrize("workload", WORKLOADS)
