@@ -18,7 +18,7 @@ shift 2
 
 # The Go the pinned tools were built and tested with (helm v4 and kustomize v5 need >= 1.24).
 GO_TOOLCHAIN_VERSION=1.26.8
-GO_MIN_MINOR=24
+GO_MIN_MINOR=${GO_MIN_MINOR:-24}  # overridable to exercise the fallback
 
 find_go() {
   if command -v go >/dev/null 2>&1; then command -v go; return; fi
