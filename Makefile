@@ -8,15 +8,34 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: run test lint bench deps system-deps ldap-deps ad-deps scimmy-deps browser-deps kafka schemas clean
+.PHONY: run test lint bench deps lock system-deps ldap-deps ad-deps scimmy-deps browser-deps kafka tools schemas clean
 
 deps: $(STAMP)
 
-$(STAMP): pyproject.toml | ldap-deps
+# requirements/dev.txt pins every package (and every dependency's dependency) that the
+# install resolves to, so that every machine and CI install the same versions; `make lock`
+# re-pins after a change to pyproject.toml.
+LOCK := requirements/dev.txt
+
+$(STAMP): pyproject.toml $(LOCK) | ldap-deps
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,demo]'
+	$(PY) -m pip install -q -c $(LOCK) -e '.[dev,demo,ldap]'
 	touch $@
+
+# Re-pin requirements/dev.txt (make, CI) and requirements/image.txt (the Dockerfile) from
+# pyproject.toml with uv (pinned; installed into the venv for this only). Existing pins are
+# kept where they still fit; `make lock LOCK_ARGS=--upgrade` moves everything to the newest.
+UV_VERSION := 0.13.8
+LOCK_ARGS  ?=
+UV_COMPILE  = $(VENV)/bin/uv pip compile pyproject.toml --python-version 3.11 --no-header \
+              --annotation-style line -q $(LOCK_ARGS)
+
+lock:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q uv==$(UV_VERSION)
+	$(UV_COMPILE) --extra dev --extra demo --extra ldap -o requirements/dev.txt
+	$(UV_COMPILE) --extra ldap -o requirements/image.txt
 
 # A JDK (>= 17) and Maven run the real Apache Kafka broker; promtool (Debian package
 # prometheus) checks the alert rules and /metrics output. Installed only if missing.
@@ -63,13 +82,31 @@ browser-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
 	fi
 
+# helm and kustomize (Go modules, built with `go install` at these pinned versions) render
+# and lint deploy/helm and deploy/k8s in tests/unit/test_deploy.py and test_helm.py. Built
+# once per machine into ~/.cache/scimflow/go-tools, linked into .tools/bin (gitignored).
+TOOLS_BIN         := .tools/bin
+TOOLS_CACHE       ?= $(HOME)/.cache/scimflow/go-tools
+HELM_VERSION      := v4.3.2
+KUSTOMIZE_VERSION := v5.8.1
+TOOLS_STAMP       := $(TOOLS_BIN)/.installed-helm-$(HELM_VERSION)-kustomize-$(KUSTOMIZE_VERSION)
+
+tools: $(TOOLS_STAMP)
+
+$(TOOLS_STAMP): deploy/tools/install.sh
+	deploy/tools/install.sh $(TOOLS_BIN) $(TOOLS_CACHE) \
+	  helm.sh/helm/v4/cmd/helm@$(HELM_VERSION) helm \
+	  sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION) kustomize
+	rm -f $(TOOLS_BIN)/.installed-*
+	touch $@
+
 kafka: deps system-deps
 	$(PY) -m services.devstack.broker fetch
 
 run: kafka
 	$(VENV)/bin/scimflow up --config examples/demo.yaml
 
-test: kafka ad-deps scimmy-deps browser-deps
+test: kafka ad-deps scimmy-deps browser-deps tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: deps
@@ -84,4 +121,4 @@ schemas: deps
 	$(PY) -m schemas.generate
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .tools .mypy_cache .pytest_cache .ruff_cache build *.egg-info

@@ -2,51 +2,70 @@
 
 - Prometheus: ``promtool check rules`` and ``promtool test rules`` on the alert rules;
   every metric an alert or a dashboard panel queries is one scimflow exports.
-- Kubernetes: the kustomizations are rendered by a small renderer below (the subset of
-  kustomize they use: resources, namespace, images, replicas, configMapGenerator,
-  strategic-merge patches; it refuses any other field, so it cannot silently skip one),
-  and every rendered object is validated against the Kubernetes OpenAPI schemas shipped in
-  ``kubernetes-validate`` (strict: unknown fields fail). prometheus-operator objects
-  (ServiceMonitor, PrometheusRule) are not in those schemas and are checked structurally.
-  On top of the schemas: the wiring between objects (selectors, ports, ConfigMaps, Secret
-  references, HPA vs partitions), the restricted Pod Security profile, and the config the
-  ConfigMap carries passes ``scimflow validate``.
+- Kubernetes: the kustomizations are rendered by the real ``kustomize build`` (``make tools``
+  builds it at a pinned version), and every rendered object is validated against the
+  Kubernetes OpenAPI schemas shipped in ``kubernetes-validate`` (strict: unknown fields
+  fail). prometheus-operator objects (ServiceMonitor, PrometheusRule) are not in those
+  schemas and are checked structurally. On top of the schemas: the wiring between objects
+  (selectors, ports, ConfigMaps, Secret references, HPA vs partitions), that each
+  Deployment gets only the secrets it uses, the restricted Pod Security profile, and the
+  config the ConfigMap carries passes ``scimflow validate``. The Helm chart renders the
+  same objects: tests/unit/test_helm.py.
 - Dockerfile: no engine here, so its structure is linted (stages, non-root user, entry
-  point, no remote ADD, no secrets) along with the .dockerignore allow-list.
+  point, no remote ADD, no secrets, a HEALTHCHECK) along with the .dockerignore allow-list;
+  the health check script runs against a real endpoint.
 """
 
 from __future__ import annotations
 
-import copy
 import fnmatch
+import importlib.util
+import inspect
 import json
+import os
 import re
 import shutil
+import socket
 import subprocess
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 import kubernetes_validate  # type: ignore[import-untyped, unused-ignore]
+import prometheus_client
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 from typer.testing import CliRunner
 
+from schemas.messages import ActivityRecord
 from services.runtime.config import load_config
-from services.runtime.metrics import METRIC_NAMES
+from services.runtime.metrics import METRIC_NAMES, start_metrics_server
 from services.runtime.settings import load_settings
 from services.runtime.topics import Topics
+from services.scim import quarantine
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 ALERTS = DEPLOY / "prometheus" / "alerts.yaml"
 ALERT_TESTS = DEPLOY / "prometheus" / "alerts_test.yaml"
+OPERATIONS = ROOT / "docs" / "operations.md"
 DASHBOARD = DEPLOY / "grafana" / "scimflow.json"
 BASE = DEPLOY / "k8s" / "base"
 OVERLAY = DEPLOY / "k8s" / "overlays" / "example"
 SERVICES = ("ingest", "mapper", "writer")
-# Oldest Kubernetes minor we support, and the newest the schemas know.
-K8S_VERSIONS = ("1.28", kubernetes_validate.utils.latest_version())
+# The Secret each workload's credentials come from: one per role, so that none gets another's.
+SECRET_OF = {"writer": "scimflow-target-credentials", "ingest": "scimflow-source-credentials",
+             "admin": "scimflow-admin-tokens", "mapper": ""}
+# What the worker probes hit: /metrics is what the workers serve today.
+WORKER_PROBE_PATH = "/metrics"
+# Settings the manifests set before the code reads them (see check_settings_names).
+AHEAD_OF_THE_CODE = ("SCIMFLOW_METRICS_HOST",)
+# Oldest Kubernetes minor we support, and the newest (pinned: kubernetes-validate>=1.37 ships it).
+K8S_VERSIONS = ("1.28", "1.37.0")
 
 Resource = dict[str, Any]
 
@@ -95,10 +114,14 @@ def test_metric_names_parser(expr: str, expected: set[str]) -> None:
     assert metric_names(expr) == expected
 
 
+# Series Prometheus itself makes for every scrape target.
+SCRAPE_SERIES = {"up"}
+
+
 def _unknown_metrics(expr: str) -> set[str]:
     names = metric_names(expr)
     assert names, f"no metric found in {expr!r}"
-    return names - METRIC_NAMES
+    return names - METRIC_NAMES - SCRAPE_SERIES
 
 
 def _promtool() -> str:
@@ -151,6 +174,44 @@ def test_every_alert_is_unit_tested_firing_and_quiet() -> None:
 def test_alerts_query_only_exported_metrics() -> None:
     for rule in _alerts():
         assert not _unknown_metrics(rule["expr"]), rule["alert"]
+
+
+def test_every_alert_links_its_runbook_section() -> None:
+    anchors = set(re.findall(r'<a id="([^"]+)"></a>', OPERATIONS.read_text()))
+    for rule in _alerts():
+        url = rule["annotations"].get("runbook_url", "")
+        path, _, anchor = url.partition("#")
+        assert path == "docs/operations.md", rule["alert"]
+        assert anchor == rule["alert"].lower(), rule["alert"]
+        assert anchor in anchors, f"{rule['alert']}: docs/operations.md has no anchor {anchor}"
+
+
+def test_every_worker_has_a_down_or_absent_alert() -> None:
+    exprs = [" ".join(rule["expr"].split()) for rule in _alerts()]
+    for svc in SERVICES:
+        selector = f'up{{job=~"(.+-)?scimflow-{svc}"}}'
+        assert any(f"sum({selector}) == 0" in e and f"absent({selector})" in e for e in exprs), svc
+
+
+# Label values the code gives each label an alert matches on.
+_LABEL_VALUES = {
+    "service": {"ingest", "mapper", "writer", "admin"},
+    "status": set(get_args(get_type_hints(ActivityRecord)["status"])) | {"complete", "interrupted"},
+    "reason": {quarantine.CREDENTIALS, quarantine.FAILURE_RATIO, "none"},
+}
+_MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"')
+
+
+def test_alerts_match_label_values_the_code_uses() -> None:
+    for rule in _alerts():
+        for label, _, value in _MATCHER.findall(rule["expr"]):
+            if label in _LABEL_VALUES:
+                assert set(value.split("|")) <= _LABEL_VALUES[label], (rule["alert"], label, value)
+    quarantined = next(r for r in _alerts() if r["alert"] == "ScimflowAppQuarantined")
+    text = quarantined["annotations"]["description"]
+    for reason in (quarantine.CREDENTIALS, quarantine.FAILURE_RATIO):
+        assert f"For {reason} " in text, f"the quarantine alert does not say what to do for {reason}"
+    assert "InvalidCredentials" not in text, "an error code, not a quarantine reason"
 
 
 def test_no_successful_cycle_waits_two_default_intervals() -> None:
@@ -236,85 +297,59 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
     _run(promtool, "check", "rules", str(path))
 
 
-# --- Kubernetes: a small kustomize ---------------------------------------------------------
+# --- Kubernetes: the real kustomize ---------------------------------------------------------
 
-_KUSTOMIZE_FIELDS = {"apiVersion", "kind", "resources", "namespace", "images", "replicas",
-                     "configMapGenerator", "patches"}
-_CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
+
+def tool(name: str) -> str:
+    """A deployment tool from ``make tools`` (.tools/bin), else from PATH.
+
+    Missing, the test is skipped on a developer's machine (``make tools`` builds it) and
+    fails in CI, where ``make test`` has built it: a check that silently stops running
+    would look green.
+    """
+    local = ROOT / ".tools" / "bin" / name
+    path = str(local) if local.exists() else shutil.which(name)
+    if path is None:
+        message = f"{name} not installed: `make tools` builds it into .tools/bin"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def run_tool(*argv: str, cwd: Path | None = None) -> str:
+    """Run a tool; its stdout, or the test fails with its stderr."""
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False, cwd=cwd)
+    assert result.returncode == 0, f"{' '.join(argv)}: {result.stdout}{result.stderr}"
+    return result.stdout
+
+
+def documents(text: str) -> list[Resource]:
+    """The objects of a multi-document YAML stream (empty documents dropped)."""
+    return [doc for doc in yaml.safe_load_all(text) if doc]
 
 
 def render(directory: Path) -> list[Resource]:
-    """``kustomize build`` for the subset our kustomizations use (no name hash suffixes)."""
-    spec = yaml.safe_load((directory / "kustomization.yaml").read_text())
-    assert set(spec) <= _KUSTOMIZE_FIELDS, f"renderer does not know {set(spec) - _KUSTOMIZE_FIELDS}"
-    resources: list[Resource] = []
-    for entry in spec.get("resources", []):
-        path = directory / entry
-        if path.is_dir():
-            resources += render(path)
-        else:
-            resources += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
-    for generator in spec.get("configMapGenerator", []):
-        _generate_config_map(directory, generator, resources)
-    for patch in spec.get("patches", []):
-        assert set(patch) == {"path"}, "only file patches (strategic merge) are supported"
-        doc = yaml.safe_load((directory / patch["path"]).read_text())
-        _merge(_find(resources, doc["kind"], doc["metadata"]["name"]), doc)
-    for replicas in spec.get("replicas", []):
-        _find(resources, "Deployment", replicas["name"])["spec"]["replicas"] = replicas["count"]
-    for image in spec.get("images", []):
-        for container in _containers(resources):
-            if container["image"].split(":")[0] == image["name"]:
-                container["image"] = f"{image['newName']}:{image['newTag']}"
-    if "namespace" in spec:
-        for resource in resources:
-            if resource["kind"] not in _CLUSTER_SCOPED:
-                resource["metadata"]["namespace"] = spec["namespace"]
-    return resources
+    """``kustomize build`` of a kustomization directory."""
+    return documents(run_tool(tool("kustomize"), "build", str(directory)))
 
 
-def _generate_config_map(directory: Path, generator: dict[str, Any], resources: list[Resource]) -> None:
-    data: dict[str, str] = {}
-    for file in generator.get("files", []):
-        key, _, source = file.rpartition("=")
-        data[key or Path(source).name] = (directory / source).read_text()
-    for literal in generator.get("literals", []):
-        key, _, value = literal.partition("=")
-        data[key] = value
-    if generator.get("behavior", "create") == "merge":
-        _find(resources, "ConfigMap", generator["name"])["data"].update(data)
-    else:
-        names = {r["metadata"]["name"] for r in resources if r["kind"] == "ConfigMap"}
-        assert generator["name"] not in names, f"ConfigMap {generator['name']} generated twice"
-        resources.append({"apiVersion": "v1", "kind": "ConfigMap",
-                          "metadata": {"name": generator["name"]}, "data": data})
-
-
-def _merge(target: Any, patch: Any) -> None:
-    """Strategic merge: maps merge, lists of named maps merge by name, other lists replace."""
-    for key, value in patch.items():
-        current = target.get(key)
-        if isinstance(value, dict) and isinstance(current, dict):
-            _merge(current, value)
-        elif isinstance(value, list) and isinstance(current, list) and _named(value) and _named(current):
-            by_name = {item["name"]: item for item in current}
-            for item in value:
-                if item["name"] in by_name:
-                    _merge(by_name[item["name"]], item)
-                else:
-                    current.append(item)
-        else:
-            target[key] = copy.deepcopy(value)
-
-
-def _named(items: list[Any]) -> bool:
-    return all(isinstance(i, dict) and "name" in i for i in items)
+_HASHED = re.compile(r"-[bcdfghkmt2-9]{10}$")  # kustomize's content-hash suffix alphabet
 
 
 def _find(resources: list[Resource], kind: str, name: str) -> Resource:
-    found = [r for r in resources if r["kind"] == kind and r["metadata"]["name"] == name]
+    """The one ``kind/name``; generated ConfigMaps match without their hash suffix."""
+    found = [r for r in resources if r["kind"] == kind
+             and (r["metadata"]["name"] == name
+                  or (kind == "ConfigMap" and _HASHED.sub("", r["metadata"]["name"]) == name))]
     assert len(found) == 1, f"{kind}/{name}: {len(found)} found"
     return found[0]
+
+
+def _config_map_name(resources: list[Resource], name: str) -> str:
+    """The rendered name of a ConfigMap (with kustomize's hash suffix, or Helm's name)."""
+    real: str = _find(resources, "ConfigMap", name)["metadata"]["name"]
+    return real
 
 
 def _pod(resources: list[Resource], service: str) -> dict[str, Any]:
@@ -350,7 +385,8 @@ def rendered(request: pytest.FixtureRequest) -> list[Resource]:
     return resources
 
 
-def test_renderer_applies_the_overlay(base: list[Resource], overlay: list[Resource]) -> None:
+def test_overlay_sets_namespace_image_replicas_resources_settings(base: list[Resource],
+                                                                  overlay: list[Resource]) -> None:
     assert _find(overlay, "Namespace", "identity")
     assert all(r["metadata"].get("namespace") == "identity" for r in overlay if r["kind"] != "Namespace")
     assert all(c["image"] == "registry.example.com/platform/scimflow:0.1.0" for c in _containers(overlay))
@@ -401,13 +437,15 @@ def test_workers_run_their_command_and_probe_metrics(rendered: list[Resource]) -
             "scimflow", svc, "--config", "/etc/scimflow/scimflow.yaml"]
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert ports["metrics"] == settings.metrics_port == 9100
-        for probe in ("livenessProbe", "readinessProbe"):
-            assert container[probe]["httpGet"] == {"path": "/metrics", "port": "metrics"}, (svc, probe)
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            assert container[probe]["httpGet"] == {"path": WORKER_PROBE_PATH, "port": "metrics"}, (svc, probe)
         mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
         volumes = {v["name"]: v for v in pod["volumes"]}
-        assert volumes[mounts["/etc/scimflow"]]["configMap"]["name"] == "scimflow-config"
+        config_volume = volumes[mounts["/etc/scimflow"]]["configMap"]
+        assert config_volume["name"] == _config_map_name(rendered, "scimflow-config")
         assert "emptyDir" in volumes[mounts[settings.data_dir]]
-        assert container["envFrom"] == [{"configMapRef": {"name": "scimflow-settings"}}]
+        assert container["envFrom"] == [
+            {"configMapRef": {"name": _config_map_name(rendered, "scimflow-settings")}}]
 
 
 def test_ingest_is_a_single_replica(rendered: list[Resource]) -> None:
@@ -436,18 +474,47 @@ def test_pods_meet_the_restricted_security_profile(rendered: list[Resource]) -> 
             assert "emptyDir" in volumes[tmp["name"]], name
 
 
-def test_credentials_come_from_secrets_only(rendered: list[Resource], tmp_path: Path) -> None:
+def secret_env(container: dict[str, Any]) -> dict[str, str]:
+    """A container's variables filled from a Secret: variable name -> Secret name."""
+    env = container.get("env", [])
+    assert all("value" not in e for e in env), "plain env values belong in the settings ConfigMap"
+    return {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in env
+            if "secretKeyRef" in e.get("valueFrom", {})}
+
+
+def _env_refs(refs: Iterator[str | None]) -> set[str]:
+    names = set()
+    for ref in refs:
+        if ref is not None:
+            assert ref.startswith("env:"), f"{ref}: the manifests fill env: references only"
+            names.add(ref.removeprefix("env:"))
+    return names
+
+
+def secrets_used(config: Path, settings: dict[str, str]) -> dict[str, set[str]]:
+    """Per workload, the environment variables its secret references name: the writer the
+    targets' credentials, ingest the sources', the admin API its tokens, the mapper none."""
+    loaded = load_config(config, resolve_secrets=False).config
+    targets = _env_refs(r for a in loaded.applications
+                        for r in (a.target.token, a.target.oauth2.client_secret if a.target.oauth2 else None))
+    sources = _env_refs(getattr(s, field, None) for s in loaded.sources
+                        for field in ("password", "client_secret", "token"))
+    tokens = settings.get("SCIMFLOW_ADMIN_TOKENS", "")
+    admin = _env_refs(item.partition("=")[2] for item in tokens.split(",") if item)
+    return {"writer": targets, "ingest": sources, "mapper": set(), "admin": admin}
+
+
+def test_each_deployment_gets_only_the_secrets_it_uses(rendered: list[Resource], tmp_path: Path) -> None:
     assert not [r for r in rendered if r["kind"] == "Secret"], "never ship a Secret with a value"
-    config = _write_config(rendered, tmp_path)
-    refs = {(a.target.token or "").removeprefix("env:")
-            for a in load_config(config, resolve_secrets=False).config.applications}
-    assert refs
-    for svc in SERVICES:
-        (container,) = _pod(rendered, svc)["containers"]
-        env = {e["name"]: e for e in container["env"]}
-        for name in refs:
-            assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "scimflow-credentials", (svc, name)
-        assert all("value" not in e for e in env.values()), f"{svc}: plain env values belong in settings"
+    settings = _find(rendered, "ConfigMap", "scimflow-settings")["data"]
+    used = secrets_used(_write_config(rendered, tmp_path), settings)
+    assert used["writer"] == {"CRM_SCIM_TOKEN"}
+    assert used["admin"] == {"ADMIN_TOKEN_OPS"}
+    for workload, names in used.items():
+        (container,) = _pod(rendered, workload)["containers"]
+        env = secret_env(container)
+        assert set(env) == names, f"{workload} gets {sorted(env)}, uses {sorted(names)}"
+        assert set(env.values()) <= {SECRET_OF[workload]}, workload
 
 
 def _write_config(rendered: list[Resource], tmp_path: Path) -> Path:
@@ -468,11 +535,22 @@ def test_configmap_config_passes_scimflow_validate(rendered: list[Resource], tmp
 
 def test_settings_configmap_is_valid_settings(rendered: list[Resource]) -> None:
     data = _find(rendered, "ConfigMap", "scimflow-settings")["data"]
-    fields = {"SCIMFLOW_" + f.upper() for f in load_settings().__struct_fields__}
-    assert set(data) <= fields, f"unknown settings {set(data) - fields}"
+    check_settings_names(data)
     settings = load_settings(environ=data)
     assert settings.kafka_bootstrap
     assert settings.log_format == "json"
+
+
+def check_settings_names(data: dict[str, str]) -> None:
+    """Every SCIMFLOW_* key is a setting, or one the manifests set ahead of the code."""
+    fields = {"SCIMFLOW_" + f.upper() for f in load_settings().__struct_fields__}
+    ahead = set(data) - fields
+    assert ahead <= set(AHEAD_OF_THE_CODE), f"unknown settings {ahead}"
+    if "SCIMFLOW_METRICS_HOST" in ahead:
+        # Ignored until a setting reads it, which is harmless only while /metrics still
+        # listens on every interface by default.
+        default = inspect.signature(start_metrics_server).parameters["addr"].default
+        assert default == "0.0.0.0", "metrics bind to loopback, but nothing reads SCIMFLOW_METRICS_HOST"  # noqa: S104
 
 
 def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
@@ -541,7 +619,7 @@ def test_topics_job_creates_every_topic(base: list[Resource], monkeypatch: pytes
     from services.runtime import kafka
 
     (container,) = _find(base, "Job", "scimflow-topics")["spec"]["template"]["spec"]["containers"]
-    assert container["envFrom"] == [{"configMapRef": {"name": "scimflow-settings"}}]
+    assert container["envFrom"] == [{"configMapRef": {"name": _config_map_name(base, "scimflow-settings")}}]
     python, flag, script = container["command"]
     assert (python, flag) == ("python", "-c")
     settings = _find(base, "ConfigMap", "scimflow-settings")["data"]
@@ -682,9 +760,100 @@ def test_admin_api_is_deployed_with_probes_and_a_secret_token(rendered: list[Res
     assert settings.admin_host == "0.0.0.0"  # noqa: S104 - a pod listens on its own IP
     name, _, ref = (settings.admin_tokens or "").partition("=")
     assert name and ref.startswith("env:")
-    env = {e["name"]: e for e in container["env"]}
-    assert env[ref.removeprefix("env:")]["valueFrom"]["secretKeyRef"]["name"] == "scimflow-credentials"
+    assert secret_env(container) == {ref.removeprefix("env:"): "scimflow-admin-tokens"}
     service = _find(rendered, "Service", "scimflow-admin")
     assert _matches(service["spec"]["selector"], deployment["spec"]["template"]["metadata"]["labels"])
     monitor = _find(rendered, "ServiceMonitor", "scimflow-admin")
     assert monitor["spec"]["endpoints"][0]["port"] == "http"
+
+
+def test_dockerfile_has_a_healthcheck_that_the_image_carries() -> None:
+    final = _stages()[-1]
+    (check,) = [a for i, a in final if i == "HEALTHCHECK"]
+    options, _, command = check.partition("CMD ")
+    assert re.search(r"--start-period=\d+s", options), "a writer restores its table before it answers"
+    argv = json.loads(command)
+    assert argv[0] == "python"
+    copies = {dest: source for i, a in final if i == "COPY" and not a.startswith("--from=")
+              for source, dest in [a.split()]}
+    assert argv[1] in copies, "the HEALTHCHECK runs a script the image does not copy"
+    assert not _ignored(copies[argv[1]]), f"{copies[argv[1]]} is not in the build context"
+    assert (ROOT / copies[argv[1]]).is_file()
+
+
+def _healthcheck() -> Any:
+    spec = importlib.util.spec_from_file_location("healthcheck", DEPLOY / "docker" / "healthcheck.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_healthcheck_script_passes_on_a_live_metrics_endpoint_only() -> None:
+    script = _healthcheck()
+    live, dead = _free_port(), _free_port()
+    server, thread = prometheus_client.start_http_server(live, "127.0.0.1")
+    try:
+        assert script.healthy({"SCIMFLOW_METRICS_PORT": str(live), "SCIMFLOW_ADMIN_PORT": str(dead)})
+        assert not script.healthy({"SCIMFLOW_METRICS_PORT": str(dead), "SCIMFLOW_ADMIN_PORT": str(dead)})
+        # The admin API: no metrics port, /healthz on the admin port.
+        assert script.healthy({"SCIMFLOW_METRICS_PORT": "0", "SCIMFLOW_ADMIN_PORT": str(live)})
+        assert not script.healthy({"SCIMFLOW_METRICS_PORT": "0", "SCIMFLOW_ADMIN_PORT": str(dead)})
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+# --- lock files --------------------------------------------------------------------------
+
+
+def _pins(path: Path) -> dict[str, Version]:
+    pins: dict[str, Version] = {}
+    for line in path.read_text().splitlines():
+        requirement = line.split("#", 1)[0].strip()
+        if requirement:
+            name, _, version = requirement.partition("==")
+            assert version, f"{path.name}: {requirement} is not pinned"
+            pins[canonicalize_name(name)] = Version(version)
+    return pins
+
+
+def _declared(*extras: str) -> list[Requirement]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    lines = project["dependencies"] + [d for extra in extras for d in project["optional-dependencies"][extra]]
+    return [Requirement(line) for line in lines]
+
+
+@pytest.mark.parametrize(("lock", "extras"), [("dev.txt", ("dev", "demo", "ldap")), ("image.txt", ("ldap",))])
+def test_lock_files_pin_what_pyproject_declares(lock: str, extras: tuple[str, ...]) -> None:
+    pins = _pins(ROOT / "requirements" / lock)
+    for requirement in _declared(*extras):
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{lock} lacks {name}: run `make lock`"
+        wanted = requirement.specifier
+        assert wanted.contains(pins[name], prereleases=True), (
+            f"{lock} pins {name}=={pins[name]}, pyproject.toml wants {wanted}: run `make lock`")
+
+
+def test_image_lock_is_the_dev_lock_without_the_dev_stack() -> None:
+    image, dev = _pins(ROOT / "requirements" / "image.txt"), _pins(ROOT / "requirements" / "dev.txt")
+    assert {name: dev.get(name) for name in image} == image, "the image and make resolve differently"
+    runtime = {canonicalize_name(r.name) for r in _declared("ldap")}
+    dev_only = {canonicalize_name(r.name) for r in _declared("dev", "demo")} - runtime
+    assert not dev_only & set(image), "the dev stack is in the image lock"
+
+
+def test_make_and_the_dockerfile_install_from_the_locks() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"pip install -q -c \$\(LOCK\) -e '\.\[dev,demo,ldap\]'", makefile)
+    assert "LOCK := requirements/dev.txt" in makefile
+    builder = " ".join(a for i, a in _stages()[0] if i == "RUN")
+    assert "pip install -c requirements/image.txt " in builder
