@@ -1,10 +1,10 @@
 """The image's HEALTHCHECK: exit 0 when this container's scimflow process answers HTTP.
 
-A worker serves ``/metrics`` on ``SCIMFLOW_METRICS_PORT``; the admin API serves ``/healthz``
-on ``SCIMFLOW_ADMIN_PORT``. Either answering 200 on loopback means healthy. Standard library
+A worker serves ``/healthz`` (its event loop answers) on ``SCIMFLOW_METRICS_PORT``; the
+admin API serves ``/healthz`` on ``SCIMFLOW_ADMIN_PORT``. Either answering 200 on loopback means healthy. Standard library
 only: the runtime image has no curl, and this must not import scimflow (a broken install
 should fail the check, not the checker). ``SCIMFLOW_HEALTHCHECK_PATH`` overrides the
-worker's path (``/healthz`` once the workers serve it).
+worker's path (e.g. ``/readyz``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def _urls(env: dict[str, str]) -> list[str]:
     urls = []
     metrics_port = env.get("SCIMFLOW_METRICS_PORT", "0")
     if metrics_port not in {"", "0"}:
-        path = env.get("SCIMFLOW_HEALTHCHECK_PATH", "/metrics")
+        path = env.get("SCIMFLOW_HEALTHCHECK_PATH", "/healthz")
         urls.append(f"http://127.0.0.1:{metrics_port}{path}")
     urls.append(f"http://127.0.0.1:{env.get('SCIMFLOW_ADMIN_PORT', '8088')}/healthz")
     return urls

@@ -27,7 +27,7 @@ from tests.unit.test_deploy import (
     OVERLAY,
     SECRET_OF,
     SERVICES,
-    WORKER_PROBE_PATH,
+    WORKER_PROBE_PATHS,
     Resource,
     check_settings_names,
     documents,
@@ -285,7 +285,7 @@ def test_admin_tokens_are_named_references(tmp_path: Path) -> None:
 def test_probe_paths_are_values(chart: list[Resource]) -> None:
     for workload in SERVICES:
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-            assert container(chart, workload)[probe]["httpGet"]["path"] == WORKER_PROBE_PATH
+            assert container(chart, workload)[probe]["httpGet"]["path"] == WORKER_PROBE_PATHS[probe]
     rendered = helm_template("--set", "probes.livenessPath=/healthz", "--set", "probes.readinessPath=/readyz",
                              "--set", "probes.startupPath=/readyz")
     for workload in SERVICES:
