@@ -1,10 +1,10 @@
 """The image's HEALTHCHECK: exit 0 when this container's scimflow process answers HTTP.
 
 A worker serves ``/healthz`` (its event loop answers) on ``SCIMFLOW_METRICS_PORT``; the
-admin API serves ``/healthz`` on ``SCIMFLOW_ADMIN_PORT``. Either answering 200 on loopback means healthy. Standard library
-only: the runtime image has no curl, and this must not import scimflow (a broken install
-should fail the check, not the checker). ``SCIMFLOW_HEALTHCHECK_PATH`` overrides the
-worker's path (e.g. ``/readyz``).
+admin API serves ``/healthz`` on ``SCIMFLOW_ADMIN_PORT``. Either answering 200 on loopback
+means healthy. Standard library only: the runtime image has no curl, and this must not
+import scimflow (a broken install should fail the check, not the checker).
+``SCIMFLOW_HEALTHCHECK_PATH`` overrides the worker's path (e.g. ``/readyz``).
 """
 
 from __future__ import annotations

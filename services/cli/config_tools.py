@@ -20,7 +20,7 @@ from schemas import DirectoryChange
 from services.cli import control
 from services.cli.options import ApiOpt, AppArg, ByOpt, JsonOpt, OptionalConfigOpt, TokenFileOpt
 from services.cli.render import emit, fail, line, out, print_capabilities, print_connection, print_json
-from services.runtime.config import FileSource, LoadedConfig, load_config
+from services.runtime.config import FileSource, LoadedConfig, SecretScope, load_config
 from services.runtime.errors import ConfigError, ScimflowError
 from services.runtime.settings import load_settings
 
@@ -30,12 +30,13 @@ if TYPE_CHECKING:
 __all__ = ["connection_test", "expr", "load_checked", "validate"]
 
 
-def load_checked(config: Path, *, resolve_secrets: bool = True) -> LoadedConfig:
-    """The config, with every mapping compiled and every target path checked (ConfigError)."""
+def load_checked(config: Path, *, resolve_secrets: bool = True, secrets: SecretScope = "all") -> LoadedConfig:
+    """The config, with every mapping compiled and every target path checked (ConfigError);
+    the secrets of ``secrets`` resolved (if ``resolve_secrets``)."""
     from services.mapper.main import compile_apps
     from services.scim.paths import validate_path
 
-    loaded = load_config(config, resolve_secrets=resolve_secrets)
+    loaded = load_config(config, resolve_secrets=resolve_secrets, secrets=secrets)
     compile_apps(loaded)
     for i, app in enumerate(loaded.config.applications):
         for j, attr in enumerate(app.mappings.user.attributes):

@@ -17,7 +17,7 @@ import structlog
 from services.cli.config_tools import load_checked
 from services.cli.options import ConfigOpt
 from services.cli.render import fail
-from services.runtime.config import LoadedConfig
+from services.runtime.config import SERVICE_SECRETS, LoadedConfig, resolve_secrets
 from services.runtime.errors import ConfigError, ScimflowError
 from services.runtime.logs import configure_logging
 from services.runtime.settings import Settings, load_settings
@@ -48,7 +48,8 @@ def _worker(service: Literal["ingest", "mapper", "writer"], config: Path) -> Non
         raise fail(ConfigError("SCIMFLOW_KAFKA_BOOTSTRAP is not set; use `scimflow up` to "
                                "start a local broker with the whole pipeline"))
     try:
-        loaded = load_checked(config)
+        # Each Deployment holds only the Secrets its own work needs: resolve only those.
+        loaded = load_checked(config, secrets=SERVICE_SECRETS[service])
     except ScimflowError as exc:
         raise fail(exc) from None
     _apply_file(settings, settings.kafka_bootstrap, loaded, service)
@@ -93,7 +94,8 @@ def admin(config: ConfigOpt) -> None:
     if not settings.kafka_bootstrap:
         raise fail(ConfigError("SCIMFLOW_KAFKA_BOOTSTRAP is not set"))
     try:
-        loaded = load_checked(config)
+        loaded = load_checked(config, resolve_secrets=False)
+        resolve_secrets(loaded, "targets", missing_ok=True)  # test-connection says which it lacks
         _apply_file(settings, settings.kafka_bootstrap, loaded, "admin")
         run_admin(settings, loaded, settings.kafka_bootstrap,
                   load=partial(load_checked, resolve_secrets=False))

@@ -367,7 +367,13 @@ class LoadedConfig:
         return ConfigError(f"{message} (at {path})", file=self.file, line=_line_for(self.lines, path))
 
     def secret(self, ref: str) -> Secret:
-        return self.secrets[ref]
+        """The resolved secret; ConfigError if this process did not resolve it (a service
+        resolves only the secrets its own work needs)."""
+        try:
+            return self.secrets[ref]
+        except KeyError:
+            raise ConfigError(f"secret {ref} is not available to this process (each service "
+                              "resolves only the secrets it uses)", file=self.file) from None
 
     def resolve_path(self, relative: str) -> Path:
         """A path from the config, relative to the config file's folder."""
@@ -382,7 +388,16 @@ class LoadedConfig:
         raise ConfigError(f"no application named {name!r} (known: {known})", file=self.file)
 
 
-def load_config(path: str | Path, *, resolve_secrets: bool = True) -> LoadedConfig:
+SecretScope = Literal["all", "targets", "sources", "none"]
+"""Which secrets a process resolves: each Deployment gets only the Secrets it uses (the
+writer the targets' credentials, ingest the sources'), so each resolves only those."""
+
+SERVICE_SECRETS: dict[str, SecretScope] = {
+    "ingest": "sources", "mapper": "none", "writer": "targets", "admin": "targets"}
+
+
+def load_config(path: str | Path, *, resolve_secrets: bool = True,
+                secrets: SecretScope = "all") -> LoadedConfig:
     """Read, parse and validate the config file; raise ConfigError naming file and line."""
     file = str(path)
     try:
@@ -403,7 +418,7 @@ def load_config(path: str | Path, *, resolve_secrets: bool = True) -> LoadedConf
     loaded = LoadedConfig(config=config, file=file, lines=lines)
     _check(loaded)
     if resolve_secrets:
-        loaded.secrets.update(_resolve_secrets(loaded))
+        loaded.secrets.update(_resolve_secrets(loaded, secrets))
     return loaded
 
 
@@ -602,12 +617,22 @@ def _check_object_mapping(loaded: LoadedConfig, mapping: ObjectMapping, path: st
                            "to find existing objects in the target")
 
 
-def _secret_refs(loaded: LoadedConfig) -> Iterator[tuple[str, str]]:
+def _secret_refs(loaded: LoadedConfig, scope: SecretScope = "all") -> Iterator[tuple[str, str]]:
+    if scope in ("all", "targets"):
+        yield from _target_refs(loaded)
+    if scope in ("all", "sources"):
+        yield from _source_refs(loaded)
+
+
+def _target_refs(loaded: LoadedConfig) -> Iterator[tuple[str, str]]:
     for i, app in enumerate(loaded.config.applications):
         if app.target.token is not None:
             yield f"$.applications[{i}].target.token", app.target.token
         if app.target.oauth2 is not None:
             yield f"$.applications[{i}].target.oauth2.client_secret", app.target.oauth2.client_secret
+
+
+def _source_refs(loaded: LoadedConfig) -> Iterator[tuple[str, str]]:
     for i, source in enumerate(loaded.config.sources):
         if isinstance(source, LdapSource | ActiveDirectorySource):
             yield f"$.sources[{i}].password", source.password
@@ -617,17 +642,22 @@ def _secret_refs(loaded: LoadedConfig) -> Iterator[tuple[str, str]]:
             yield f"$.sources[{i}].token", source.token
 
 
-def resolve_secrets(loaded: LoadedConfig) -> None:
-    """Resolve the secret references ``loaded`` does not hold yet, in this process's
-    environment (``file:`` relative to ``loaded.file``'s folder); ConfigError names the one
-    that does not resolve. For definitions that did not come from a file (the config topic)."""
-    for path, ref in _secret_refs(loaded):
+def resolve_secrets(loaded: LoadedConfig, scope: SecretScope = "all", *, missing_ok: bool = False) -> None:
+    """Resolve the secret references (of ``scope``) ``loaded`` does not hold yet, in this
+    process's environment (``file:`` relative to ``loaded.file``'s folder); ConfigError names
+    the one that does not resolve, unless ``missing_ok`` (the admin API: a target secret its
+    pod lacks makes test-connection say so, nothing else)."""
+    for path, ref in _secret_refs(loaded, scope):
         if ref not in loaded.secrets:
-            loaded.secrets[ref] = _resolve_one(loaded, path, ref)
+            try:
+                loaded.secrets[ref] = _resolve_one(loaded, path, ref)
+            except ConfigError:
+                if not missing_ok:
+                    raise
 
 
-def _resolve_secrets(loaded: LoadedConfig) -> dict[str, Secret]:
-    return {ref: _resolve_one(loaded, path, ref) for path, ref in _secret_refs(loaded)}
+def _resolve_secrets(loaded: LoadedConfig, scope: SecretScope = "all") -> dict[str, Secret]:
+    return {ref: _resolve_one(loaded, path, ref) for path, ref in _secret_refs(loaded, scope)}
 
 
 def _resolve_one(loaded: LoadedConfig, path: str, ref: str) -> Secret:

@@ -45,7 +45,14 @@ from schemas import ErrorRecord
 from schemas.codecs import decoder
 from schemas.config import ConfigVersion
 from services.runtime import metrics
-from services.runtime.config import Application, LoadedConfig, load_config, resolve_secrets
+from services.runtime.config import (
+    SERVICE_SECRETS,
+    Application,
+    LoadedConfig,
+    SecretScope,
+    load_config,
+    resolve_secrets,
+)
 from services.runtime.config_store import ConfigStore, Definition, VersionConflictError, read_file
 from services.runtime.errors import ConfigError, ScimflowError
 from services.runtime.kafka import CAUGHT_UP, BrokerUnavailableError, create_topics, follow_from_start
@@ -192,7 +199,8 @@ class LiveConfig:
             metrics.CONFIG_VERSION.labels(service=self.service, app=name).set(record.version)
             return True
         try:
-            live = load_app(name, record.version, definition, self.base)
+            live = load_app(name, record.version, definition, self.base,
+                            secrets=SERVICE_SECRETS[self.service])
             await self._call(name, live)
         except Exception as exc:  # any failure to load or to take it is a rejection, never fatal
             return await self._reject(candidate, _reason(exc))
@@ -279,7 +287,8 @@ def _undecodable(value: bytes, problem: str) -> _Candidate | None:
 
 # -- loading one definition -----------------------------------------------------------------
 
-def load_app(name: str, version: int, definition: Definition, base: LoadedConfig) -> LiveApp:
+def load_app(name: str, version: int, definition: Definition, base: LoadedConfig, *,
+             secrets: SecretScope = "targets") -> LiveApp:
     """Load one app's definition from the topic as a worker runs it: validated as
     ``scimflow validate`` validates a file (``${VAR}`` expanded here), relative paths and
     ``file:`` secrets against the folder of ``base`` (the worker's ``--config``), secrets
@@ -294,7 +303,7 @@ def load_app(name: str, version: int, definition: Definition, base: LoadedConfig
     config = msgspec.structs.replace(loaded.config, sources=base.config.sources)
     where = str(Path(base.file).parent / f"control.config[app {name} v{version}]")
     rebased = LoadedConfig(config=config, file=where, lines=loaded.lines, secrets=dict(base.secrets))
-    resolve_secrets(rebased)
+    resolve_secrets(rebased, "targets" if secrets in ("all", "targets") else "none")
     return LiveApp(name, version, config.applications[0], rebased)
 
 

@@ -44,7 +44,11 @@ def _start(service: str, broker: Broker, tmp_path: Path) -> tuple[subprocess.Pop
     port = free_port()
     env = {**os.environ, "SCIMFLOW_KAFKA_BOOTSTRAP": broker.bootstrap, "SCIMFLOW_TOPIC_PREFIX": "probe.",
            "SCIMFLOW_PARTITIONS": "2", "SCIMFLOW_DATA_DIR": str(tmp_path / "data"),
-           "SCIMFLOW_METRICS_PORT": str(port), "SCIMFLOW_LOG_FORMAT": "json", "T": "token-value"}
+           "SCIMFLOW_METRICS_PORT": str(port), "SCIMFLOW_LOG_FORMAT": "json"}
+    if service == "writer":
+        # Only the writer is given the target's token, as each Deployment gets only its own
+        # Secrets: the mapper must start without it.
+        env["T"] = "token-value"
     log = (tmp_path / f"{service}.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "services.cli", service, "--config",
                              str(tmp_path / "scimflow.yaml")], env=env, cwd=ROOT, stdout=log,

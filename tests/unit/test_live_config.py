@@ -73,8 +73,8 @@ class Calls:
         self.errors.append(record)
 
 
-def _live(base: LoadedConfig) -> tuple[LiveConfig, Calls]:
-    live = LiveConfig("unused:9092", Topics("t."), base, service="mapper")
+def _live(base: LoadedConfig, service: Any = "mapper") -> tuple[LiveConfig, Calls]:
+    live = LiveConfig("unused:9092", Topics("t."), base, service=service)
     return live, Calls(live)
 
 
@@ -143,10 +143,10 @@ async def test_a_removal_takes_the_app_away(base: LoadedConfig) -> None:
 ])
 async def test_a_bad_version_keeps_the_last_good_and_reports_it(
         base: LoadedConfig, definition: dict[str, Any], why: str) -> None:
-    live, calls = _live(base)
+    live, calls = _live(base, "writer")  # the writer resolves the targets' secrets
     await live.catch_up()
     await live.take(_version("crm", 1, _app(title="Good")))
-    before = metrics.CONFIG_REJECTED.labels(service="mapper", app="crm")._value.get()
+    before = metrics.CONFIG_REJECTED.labels(service="writer", app="crm")._value.get()
     await live.take(_version("crm", 2, definition))
     assert _title(live) == "Good" and live.apps["crm"].version == 1
     assert calls.seen == [("crm", 1)]
@@ -154,9 +154,18 @@ async def test_a_bad_version_keeps_the_last_good_and_reports_it(
     assert error.error_code == "ConfigVersionRejected" and error.app == "crm"
     assert "'crm' version 2" in error.reason and why in error.reason and "version 1 stays" in error.reason
     assert SECRET not in error.reason
-    assert metrics.CONFIG_REJECTED.labels(service="mapper", app="crm")._value.get() == before + 1
+    assert metrics.CONFIG_REJECTED.labels(service="writer", app="crm")._value.get() == before + 1
     await live.take(_version("crm", 3, _app(title="Fixed")))  # the next good one is taken
     assert _title(live) == "Fixed"
+
+
+async def test_a_target_secret_the_mapper_does_not_hold_is_not_its_concern(base: LoadedConfig) -> None:
+    # Each Deployment gets only its own Secrets: the mapper never resolves a target's token.
+    live, calls = _live(base, "mapper")
+    await live.catch_up()
+    await live.take(_version("crm", 1, _app(title="Ok", target={"base_url": "https://x",
+                                                                 "token": "env:LIVE_NOT_SET"})))
+    assert _title(live) == "Ok" and calls.errors == []
 
 
 async def test_a_version_a_callback_refuses_is_rejected_and_at_start_the_previous_one_runs(
