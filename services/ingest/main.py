@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import structlog
@@ -20,11 +20,10 @@ from schemas.codecs import encode
 from schemas.control import ControlMessage
 from services.ingest.control import Controller
 from services.ingest.positions import Positions
-from services.ingest.sources.ad import AdDirectory
 from services.ingest.sources.base import DirectorySource
 from services.ingest.sources.graph import GraphDirectory
 from services.ingest.sources.push import PushDirectory
-from services.ingest.worker import FileIngest, LdapIngest, Publisher, SourceIngest
+from services.ingest.worker import FileIngest, LdapIngest, Publisher, SourceIngest, ldap_module
 from services.runtime import metrics
 from services.runtime.config import (
     ActiveDirectorySource,
@@ -127,7 +126,8 @@ def _directory(source: GraphSource | PushSource | ActiveDirectorySource, loaded:
         return GraphDirectory(source, loaded.secret(source.client_secret).reveal())
     if isinstance(source, PushSource):
         return PushDirectory(source, loaded.secret(source.token).reveal(), publisher.error)
-    return AdDirectory(source, loaded.secret(source.password).reveal())
+    ad = ldap_module("ad")
+    return cast(DirectorySource, ad.AdDirectory(source, loaded.secret(source.password).reveal()))
 
 
 def _error_sender(errors: Any) -> Callable[[ErrorRecord], Awaitable[None]]:

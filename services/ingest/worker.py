@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import structlog
 
@@ -34,10 +35,10 @@ from services.ingest.objects import Key, ObjectType, Snapshot, SourceObject
 from services.ingest.positions import Positions
 from services.ingest.sources.base import DirectorySource, Operation, SourceError, SourceUnavailableError
 from services.ingest.sources.file import FileDirectory
-from services.ingest.sources.ldap import LdapDirectory
 from services.runtime import metrics
 from services.runtime.config import FileSource
 from services.runtime.config import LdapSource as LdapSourceConfig
+from services.runtime.errors import ConfigError
 from services.runtime.records import error_record
 
 __all__ = ["FileIngest", "LdapIngest", "Publisher", "SourceIngest"]
@@ -275,8 +276,22 @@ class LdapIngest(SourceIngest):
     def __init__(self, source: LdapSourceConfig, password: str, publish: Publisher,
                  positions: Positions) -> None:
         """``password`` is the resolved bind password (``source.password`` is only its reference)."""
+        LdapDirectory = ldap_module("ldap").LdapDirectory  # noqa: N806 (a class)
         self.directory = LdapDirectory(source, password)
         super().__init__(self.directory, publish, positions)
+
+
+def ldap_module(name: Literal["ldap", "ad"]) -> Any:
+    """``services.ingest.sources.ldap`` or ``.ad``, imported only when a source needs it:
+    python-ldap is the optional ``ldap`` extra (it needs a compiler to install), so an image
+    without LDAP sources runs without it."""
+    try:
+        return importlib.import_module(f"services.ingest.sources.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != "ldap":
+            raise
+        raise ConfigError(f"a source of type {name!r} needs python-ldap: install scimflow[ldap] "
+                          "(or build the image with EXTRAS=ldap)") from None
 
 
 def _file_error(reason: str) -> ErrorRecord:
