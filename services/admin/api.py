@@ -17,6 +17,7 @@ audit trail; the token itself is never logged or echoed.
 | ``PUT /apps/{app}/config`` ``{"definition": {...}, "comment": ...}`` | ``scimflow apply -f FILE`` |
 | ``DELETE /apps/{app}/config`` | (records the app's removal) |
 | ``GET /apps/{app}/config/history`` | ``scimflow history APP`` |
+| ``POST /apps/{app}/config/preview`` ``{"definition", "ids", "sample"}`` | ``apply --preview`` |
 | ``GET /apps/{app}/assignments`` | ``scimflow get assignments APP`` |
 | ``POST /apps/{app}/assignments`` ``{"type": "user"|"group", "id": ...}`` | ``scimflow assign APP`` |
 | ``DELETE /apps/{app}/assignments/{type}/{id}`` | ``scimflow unassign APP --group ID`` |
@@ -88,6 +89,7 @@ def build_api(plane: ControlPlane, tokens: Tokens) -> web.Application:
     app.router.add_put("/apps/{app}/config", _put_config)
     app.router.add_delete("/apps/{app}/config", _delete_config)
     app.router.add_get("/apps/{app}/config/history", _config_history)
+    app.router.add_post("/apps/{app}/config/preview", _preview_config)
     app.router.add_get("/apps/{app}/assignments", _get_assignments)
     app.router.add_post("/apps/{app}/assignments", _add_assignment)
     app.router.add_delete("/apps/{app}/assignments/{type}/{id}", _remove_assignment)
@@ -303,6 +305,17 @@ async def _put_config(request: web.Request) -> web.Response:
     result = await asyncio.to_thread(plane.config_put, name, body["definition"], expected=expected,
                                      comment=comment)
     return _versioned(result, result["version"], 201 if result["action"] == "create" else 200)
+
+
+async def _preview_config(request: web.Request) -> web.Response:
+    name = request.match_info["app"]
+    body = await _body(request)
+    ids, sample = body.get("ids"), body.get("sample", 5)
+    ids_ok = ids is None or (isinstance(ids, list) and all(isinstance(i, str) for i in ids))
+    sample_ok = isinstance(sample, int) and not isinstance(sample, bool) and sample >= 0
+    if "definition" not in body or not ids_ok or not sample_ok:
+        raise BadRequestError('expected {"definition": {...}, "ids": ["..."] (optional), "sample": N}')
+    return await _run(request, lambda p: p.config_preview(name, body["definition"], ids=ids, sample=sample))
 
 
 async def _delete_config(request: web.Request) -> web.Response:

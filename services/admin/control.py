@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
@@ -109,6 +110,10 @@ class Backend(Protocol):
                  comment: str = "") -> dict[str, Any]: ...
 
 
+Previewer = Callable[["ControlPlane", str, dict[str, Any], list[str] | None, int], dict[str, Any]]
+"""(plane, app, validated definition, ids, sample) -> the preview (see services/cli/apps.py)."""
+
+
 @dataclass
 class Caller:
     """Who asks: the admin token's name (or the CLI user) and their address, for the audit."""
@@ -126,19 +131,24 @@ class ControlPlane:
     """
 
     def __init__(self, settings: Settings, bootstrap: str, loaded: LoadedConfig | None,
-                 caller: Caller, *, load: Loader = default_loader) -> None:
+                 caller: Caller, *, load: Loader = default_loader,
+                 previewer: Previewer | None = None) -> None:
         self.settings = settings
         self.bootstrap = bootstrap
         self.loaded = loaded
         self.caller = caller
         self.load = load
         """How a definition is validated (a config file loader; see config_store.validate_app)."""
+        self.previewer = previewer
+        """What evaluates a definition's mappings for a preview: the mapper's engine, which a
+        service may not import, so whoever starts the admin service passes it in."""
         self.topics = Topics(settings.topic_prefix, settings.partitions)
         self._producer: Any = None
 
     def as_caller(self, caller: Caller) -> ControlPlane:
         """The same plane (and producer) acting for another caller (one per API request)."""
-        plane = ControlPlane(self.settings, self.bootstrap, self.loaded, caller, load=self.load)
+        plane = ControlPlane(self.settings, self.bootstrap, self.loaded, caller, load=self.load,
+                             previewer=self.previewer)
         plane._producer = self._get_producer()
         return plane
 
@@ -320,6 +330,16 @@ class ControlPlane:
             expected = p.current.version if p.current is not None else 0
             results.append(self._write(p, expected=expected, comment=comment, action="apply"))
         return {"dry_run": False, "changes": results}
+
+    def config_preview(self, app: str, definition: Any, *, ids: list[str] | None = None,
+                       sample: int = 5) -> dict[str, Any]:
+        """What ``definition`` would change in the target, per object (``scimflow apply
+        --preview``): validated first, nothing written, nothing audited (it changes nothing)."""
+        plain = validate_app(app, definition, load=self.load)
+        if self.previewer is None:
+            raise BadRequestError("this admin service was started without the preview engine "
+                                  "(start it with `scimflow admin`)")
+        return self.previewer(self, app, plain, ids, sample)
 
     def config_rollback(self, app: str, to: int, *, comment: str = "") -> dict[str, Any]:
         """Write version ``to`` of the app again, as its next version."""

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from services.admin.api import build_api
 from services.admin.auth import parse_tokens
-from services.admin.control import Caller, ControlPlane
+from services.admin.control import Caller, ControlPlane, Previewer
 from services.runtime.config import LoadedConfig
 from services.runtime.config_store import Loader
 from services.runtime.settings import Settings
@@ -27,10 +27,11 @@ __all__ = ["run_admin"]
 log = structlog.get_logger("scimflow.admin")
 
 
-def run_admin(settings: Settings, loaded: LoadedConfig, bootstrap: str, *, load: Loader) -> None:
+def run_admin(settings: Settings, loaded: LoadedConfig, bootstrap: str, *, load: Loader,
+              previewer: Previewer | None = None) -> None:
     """Serve the admin API until SIGTERM/SIGINT. Fails at start-up without a usable token."""
     tokens = parse_tokens(settings.admin_tokens)
-    plane = ControlPlane(settings, bootstrap, loaded, Caller(by="admin"), load=load)
+    plane = ControlPlane(settings, bootstrap, loaded, Caller(by="admin"), load=load, previewer=previewer)
     app = build_api(plane, tokens)
     log.info("admin API listening", host=settings.admin_host, port=settings.admin_port,
              tokens=tokens.names)

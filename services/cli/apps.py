@@ -103,6 +103,27 @@ def apply(file: Annotated[Path, typer.Option("--file", "-f", help="Config file (
 def _preview(plane: ControlPlane, definitions: FileDefinitions, changes: list[dict[str, Any]],
              ids: list[str] | None, sample: int) -> dict[str, Any]:
     """Each created or updated app of the file, previewed against its live version."""
+    from services.mapper.main import compile_apps
+
+    compiled = {c.app.name: c for c in compile_apps(definitions.loaded)}
+    names = [c["name"] for c in changes if c["kind"] == "app" and c["action"] != "unchanged"]
+    return _previews(plane, {name: compiled[name] for name in names}, ids, sample)
+
+
+def preview_definition(plane: ControlPlane, app: str, definition: dict[str, Any],
+                       ids: list[str] | None, sample: int) -> dict[str, Any]:
+    """One app's new definition previewed against its live version: what the admin API's
+    ``POST /apps/{app}/config/preview`` answers (passed to the admin service when the CLI
+    starts it: the admin may not import the mapper's engine)."""
+    from services.mapper.main import compile_apps
+    from services.runtime.config_store import load_app
+
+    [compiled] = compile_apps(load_app({**definition, "name": app}, _load))
+    return _previews(plane, {app: compiled}, ids, sample)
+
+
+def _previews(plane: ControlPlane, compiled: dict[str, Any], ids: list[str] | None,
+              sample: int) -> dict[str, Any]:
     import msgspec
 
     from services.admin.control import NoSuchAppError
@@ -110,20 +131,17 @@ def _preview(plane: ControlPlane, definitions: FileDefinitions, changes: list[di
     from services.mapper.main import compile_apps
     from services.runtime.config_store import load_app
 
-    compiled = {c.app.name: c for c in compile_apps(definitions.loaded)}
     objects = read_objects(plane.bootstrap, plane.topics)
     apps = []
-    for change in changes:
-        if change["kind"] != "app" or change["action"] == "unchanged":
-            continue
+    for name, new in compiled.items():
         try:
-            live = plane.config_get(change["name"])
+            live = plane.config_get(name)
         except NoSuchAppError:
             live = None
         old = compile_apps(load_app(live["definition"], _load))[0] if live else None
-        apps.append(preview_app(compiled[change["name"]], old, objects, ids=ids, sample=sample,
+        apps.append(preview_app(new, old, objects, ids=ids, sample=sample,
                                 compared_with=f"live version {live['version']}" if live else "",
-                                managed=read_managed(plane.bootstrap, plane.topics, change["name"])))
+                                managed=read_managed(plane.bootstrap, plane.topics, name)))
     return {"compares": HEADER, "source_objects": len(objects), "apps": msgspec.to_builtins(apps)}
 
 

@@ -262,3 +262,40 @@ def test_config_routes_need_the_token_and_a_refused_change_is_audited(stack: Sta
     assert refused[0].detail["method"] == "PUT"
     bad = stack.admin.http.put("/apps/x/config", headers={"If-Match": "soon"}, json={"definition": {}})
     assert bad.status_code == 400 and "If-Match" in bad.json()["error"]
+
+
+def test_the_api_previews_a_definition_per_object_and_writes_nothing(stack: Stack) -> None:
+    from datetime import UTC, datetime
+
+    from schemas import DirectoryChange
+    from schemas.codecs import encode
+    from services.runtime.kafka import plain_producer
+
+    attributes = {"userPrincipalName": "prev@corp", "id": "u-prev", "displayName": "Prev",
+                  "givenName": "P", "surname": "V", "mail": "prev@mail"}
+    user = DirectoryChange(source="hr", object_type="user", object_id="u-prev", operation="upsert",
+                           attributes=attributes, memberships=["g-all"], change_id="c1",
+                           observed_at=datetime.now(UTC))
+    producer = plain_producer(stack.bootstrap)
+    producer.send(stack.topics.changes, key=b"u-prev", value=encode(user)).get(timeout=30)
+    producer.close()
+    proposed = _app("app")
+    proposed["mappings"]["user"]["attributes"][2] = {"target": "displayName", "source": "mail"}
+    before = (len(stack.records()), len(read_records(stack.bootstrap, stack.topics.audit)))
+
+    answer = stack.admin.http.post("/apps/app/config/preview",
+                                   json={"definition": proposed, "ids": ["u-prev"]})
+    assert answer.status_code == 200, answer.text
+    [app] = answer.json()["apps"]
+    [sample] = app["samples"]
+    assert sample["object_id"] == "u-prev"
+    changes = [(c["path"], c["old"], c["new"]) for c in sample["changes"]]
+    assert changes == [("displayName", "Prev", "prev@mail")]
+    assert (len(stack.records()), len(read_records(stack.bootstrap, stack.topics.audit))) == before
+
+    broken = copy.deepcopy(proposed)
+    broken["mappings"]["user"]["attributes"][2] = {"target": "displayName", "type": "expression",
+                                                   "expression": "Join(\",\""}
+    refused = stack.admin.http.post("/apps/app/config/preview", json={"definition": broken})
+    assert refused.status_code == 400
+    assert "$.mappings.user.attributes[2].expression" in refused.text
