@@ -25,6 +25,7 @@ from services.runtime.kafka import consume, create_topics
 from services.runtime.settings import load_settings
 from services.runtime.topics import Topics
 from tests.support.faultproxy import FaultProxy
+from tests.support.fixtures import server_fixture
 
 PARTITIONS = 3
 
@@ -42,11 +43,8 @@ def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
         yield b
 
 
-@pytest.fixture
-def scim_target() -> Iterator[ScimTarget]:
-    """A fresh scim2-server; a module overrides it for one per module or another server."""
-    with start_scim_target() as target:
-        yield target
+scim_target = server_fixture(start_scim_target, doc="""A fresh scim2-server per test; a module
+overrides it with one line for one per module or another server (tests/support/fixtures.py).""")
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ from services.scim.paths import (
     read_path,
 )
 from tests.support.faultproxy import FaultProxy
+from tests.support.fixtures import server_fixture
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
@@ -40,11 +41,8 @@ MANAGER = f"{ENTERPRISE_USER}:manager"
 NO_WAIT = Backoff(wait_initial=0.0, wait_max=0.0, wait_jitter=0.0)
 
 
-@pytest.fixture(scope="module")
-def scim_target() -> Iterator[ScimTarget]:
-    """One server per module (start-up takes ~1 s); tests use unique user names."""
-    with start_scim_target() as target:
-        yield target
+scim_target = server_fixture(start_scim_target, scope="module",
+                             doc="One server per module (start-up takes ~1 s); tests use unique user names.")
 
 
 @pytest.fixture
