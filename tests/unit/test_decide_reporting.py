@@ -5,28 +5,13 @@ and target resources read with the SCIM client's own ``read_path``."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from schemas import ManagedObject, ProvisioningCommand
 from services.scim.paths import read_path
 from services.writer.decide import ABSENT, Decision, after_lookup, decide, failed_action, reported_action
-
-ALL = frozenset({"create", "update", "delete"})
-NOW = datetime.now(UTC)
-
-
-def cmd(op: Any = "upsert", reason: str = "in scope", **attrs: Any) -> ProvisioningCommand:
-    return ProvisioningCommand(app="a", object_type="user", source="s", source_id="u1", operation=op,
-                               reason=reason, attributes=attrs, change_id="c", observed_at=NOW)
-
-
-def managed(active: bool = True, **attrs: Any) -> ManagedObject:
-    return ManagedObject(app="a", object_type="user", source_id="u1", target_id="t1",
-                         attributes={"active": active, **attrs}, active=active, origin="created",
-                         created_at=NOW, updated_at=NOW)
+from tests.unit.test_decide import ALL, cmd, managed  # a user command and its managed state
 
 
 def edited_in_target() -> Decision:
