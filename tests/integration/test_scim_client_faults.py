@@ -28,6 +28,7 @@ from services.scim.paths import build_resource, read_path
 from services.scim.quarantine import CREDENTIALS, FAILURE_RATIO, QuarantineEvent
 from tests.support.faultproxy import FaultProxy
 from tests.support.fixtures import server_fixture
+from tests.support.scim_client import unique
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
@@ -48,10 +49,6 @@ def proxy(scim_target: ScimTarget) -> Iterator[FaultProxy]:
 async def client(scim_target: ScimTarget, proxy: FaultProxy) -> AsyncIterator[ScimClient]:
     async with ScimClient(proxy.url, scim_target.token, backoff=FAST) as c:
         yield c
-
-
-def unique(prefix: str = "user") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}@example.com"
 
 
 def user(name: str | None = None) -> dict[str, object]:
