@@ -113,6 +113,9 @@ lint: deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
+# bench/pipeline.py folds in the phases of bench/mapping.py, bench/reconcile.py and
+# bench/writer_path.py (how far one update travels through the writer's code: stops and
+# files from a command to the target call); its last line is one JSON object of every figure.
 bench: kafka
 	PYTHONPATH=. $(PY) bench/pipeline.py $(BENCH_ARGS)
 	PYTHONPATH=. $(PY) bench/ldap_latency.py

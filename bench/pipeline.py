@@ -23,6 +23,9 @@ One run, same machine, same kind of target (a fresh scim2-server each time, serv
    of a restart of the three workers. Both must write nothing: the bench exits 1 otherwise.
    Where the writer has ``target.bulk``, that phase runs with it off, and the initial sync
    runs once more with it on (``requests_per_user_initial_bulk``).
+7. writer path (bench/writer_path.py, no server): how far one update travels through the
+   writer's code from ``Writer.handle`` to the ScimClient call, for a change event and for a
+   full scan: stops, files, returns to a file already visited (``writer_path_*``).
 
 The last line printed is one JSON object with every figure. ``ratio_initial_sync_to_naive_loop``
 (also ``ratio_scimflow_to_baseline``) is the initial sync's users/s over the naive direct
@@ -53,6 +56,7 @@ from httpx_aiohttp import AiohttpTransport
 from kafka import KafkaConsumer, TopicPartition
 from mapping import run_mapping
 from reconcile import run_reconcile
+from writer_path import run_writer_path
 
 from schemas import ActivityRecord, DirectoryChange
 from services.devstack.broker import start_broker
@@ -400,6 +404,9 @@ def main() -> None:
     result = run_mapping(args.mapping_users)
     log(f"mapping: {result['mapping_10expr_users_per_cpu_s']} (10 expressions) and "
         f"{result['mapping_entra_default_users_per_cpu_s']} (Entra default) users per CPU-second")
+    result |= run_writer_path()
+    log(f"writer path: {result['writer_path_change_stops']} stops in {result['writer_path_change_files']} "
+        f"files (change), {result['writer_path_scan_stops']} in {result['writer_path_scan_files']} (scan)")
     result |= run(args)
     for key, value in result.items():
         log(f"{key:>28}: {value}")

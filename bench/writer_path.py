@@ -11,10 +11,14 @@ wrote) and ``scan`` (during a full scan with ``drift: repair``: decided against 
 listing). The target is an ``httpx.MockTransport`` (the count ends before the request is
 built), so this runs in milliseconds with no server. Usage::
 
-    PYTHONPATH=. python bench/writer_path.py [module-that-holds-Writer]
+    PYTHONPATH=. python bench/writer_path.py [-v] [module-that-holds-Writer]
 
 The module defaults to ``services.writer.apply``; give ``services.writer.worker`` to measure
-a checkout from before issue 14 moved ``Writer``.
+a checkout from before issue 14 moved ``Writer``. ``-v`` lists every stop on stderr.
+
+``make bench`` runs it as a phase of bench/pipeline.py (as it runs bench/mapping.py): its
+figures are in that run's JSON, as ``writer_path_{change,scan}_{stops,files,...}``. Run
+alone, the last line printed is one JSON object with the same figures.
 """
 
 from __future__ import annotations
@@ -122,10 +126,11 @@ async def _measure(module: str, *, scan: bool) -> _Path:
     return path
 
 
-def _figures(path: _Path) -> dict[str, Any]:
+def _figures(name: str, path: _Path) -> dict[str, Any]:
+    """The figures of one path, named ``writer_path_{name}_*`` like the bench's other figures."""
     files = [f for f, _ in path.stops]
     distinct = list(dict.fromkeys(files))
-    return {
+    figures = {
         "stops": len(files),
         "files": len(distinct),
         "returns_to_visited_file": len(files) - len(distinct),
@@ -135,21 +140,30 @@ def _figures(path: _Path) -> dict[str, Any]:
         "reached_scim_client": path.reached,
         "visited": distinct,
     }
+    return {f"writer_path_{name}_{key}": value for key, value in figures.items()}
 
 
-def main() -> None:
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))  # stdout: the figures
-    args = [a for a in sys.argv[1:] if a != "-v"]
-    module = args[0] if args else "services.writer.apply"
-    report = {}
+def run_writer_path(module: str = "services.writer.apply", *, verbose: bool = False) -> dict[str, Any]:
+    """Both paths (a change event's update, a full scan's update) of ``module``'s Writer."""
+    # The writer logs as it goes; to stderr, so that stdout holds the figures alone.
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    result: dict[str, Any] = {}
     for name, scan in (("change", False), ("scan", True)):
         path = asyncio.run(_measure(module, scan=scan))
-        report[f"writer_path_{name}"] = _figures(path)
-        if "-v" in sys.argv:
+        result |= _figures(name, path)
+        if verbose:
             print(f"{name}:", file=sys.stderr)
             for file, function in path.stops:
                 print(f"  {file}: {function}", file=sys.stderr)
-    print(json.dumps(report, indent=2))
+    return result
+
+
+def main() -> None:
+    args = [a for a in sys.argv[1:] if a != "-v"]
+    result = run_writer_path(args[0] if args else "services.writer.apply", verbose="-v" in sys.argv)
+    for key, value in result.items():
+        sys.stderr.write(f"[bench] {key:>42}: {value}\n")
+    print(json.dumps(result, sort_keys=True))  # the last line: machine-readable
 
 
 if __name__ == "__main__":

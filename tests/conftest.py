@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from services.runtime.kafka import consume, create_topics
 from services.runtime.settings import load_settings
 from services.runtime.topics import Topics
 from tests.support.faultproxy import FaultProxy
+from tests.support.fixtures import server_fixture
 
 PARTITIONS = 3
 
@@ -42,11 +43,8 @@ def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
         yield b
 
 
-@pytest.fixture
-def scim_target() -> Iterator[ScimTarget]:
-    """A fresh scim2-server; a module overrides it for one per module or another server."""
-    with start_scim_target() as target:
-        yield target
+scim_target = server_fixture(start_scim_target, doc="""A fresh scim2-server per test; a module
+overrides it with one line for one per module or another server (tests/support/fixtures.py).""")
 
 
 @pytest.fixture
@@ -174,6 +172,25 @@ def read_all(bootstrap: str, topic: str, kind: Any) -> list[Any]:
     return out
 
 
+def launch(bootstrap: str, target: ScimTarget, folder: Path, config: dict[str, Any],
+           env: Mapping[str, str] | None = None, *,
+           metrics_ports: dict[str, int] | None = None) -> tuple[Topics, Supervisor]:
+    """Topics of their own on the broker, ``config`` as ``folder/scimflow.yaml``, and a
+    Supervisor for the three workers on them (not started), provisioning into ``target``
+    (``${TEST_SCIM_URL}``, ``env:TEST_SCIM_TOKEN``); ``env`` adds to their environment."""
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    topics = Topics(prefix, PARTITIONS)
+    create_topics(bootstrap, topics.specs())
+    (folder / "scimflow.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    full_env = {"SCIMFLOW_KAFKA_BOOTSTRAP": bootstrap, "SCIMFLOW_TOPIC_PREFIX": prefix,
+                "SCIMFLOW_PARTITIONS": str(PARTITIONS), "SCIMFLOW_DATA_DIR": str(folder / "data"),
+                "SCIMFLOW_LOG_FORMAT": "json", "SCIMFLOW_LOG_LEVEL": os.environ.get("TEST_LOG_LEVEL", "info"),
+                "TEST_SCIM_URL": target.base_url, "TEST_SCIM_TOKEN": target.token, **(env or {})}
+    sup = Supervisor(config=folder / "scimflow.yaml", env=full_env, log_dir=folder / "logs",
+                     metrics_ports=metrics_ports or {})
+    return topics, sup
+
+
 @pytest.fixture
 def pipeline_factory(broker: Broker, scim_target: ScimTarget,
                      tmp_path: Path) -> Iterator[Callable[..., Pipeline]]:
@@ -182,20 +199,11 @@ def pipeline_factory(broker: Broker, scim_target: ScimTarget,
     def make(users: list[dict[str, Any]], *, app: dict[str, Any] | None = None,
              groups: list[dict[str, Any]] | None = None, start: bool = True,
              metrics: bool = False, more_apps: list[dict[str, Any]] | None = None) -> Pipeline:
-        prefix = f"t{uuid.uuid4().hex[:8]}."
-        topics = Topics(prefix, PARTITIONS)
-        create_topics(broker.bootstrap, topics.specs())
         config = {"sources": [{"name": "hr", "type": "file", "path": "directory.yaml",
                                "poll_interval": 0.1}],
                   "applications": [app or APP, *(more_apps or [])]}
-        (tmp_path / "scimflow.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        env = {"SCIMFLOW_KAFKA_BOOTSTRAP": broker.bootstrap, "SCIMFLOW_TOPIC_PREFIX": prefix,
-               "SCIMFLOW_PARTITIONS": str(PARTITIONS), "SCIMFLOW_DATA_DIR": str(tmp_path / "data"),
-               "SCIMFLOW_LOG_FORMAT": "json", "SCIMFLOW_LOG_LEVEL": os.environ.get("TEST_LOG_LEVEL", "info"),
-               "TEST_SCIM_URL": scim_target.base_url, "TEST_SCIM_TOKEN": scim_target.token}
         ports = dict(zip(("ingest", "mapper", "writer"), free_ports(3), strict=True)) if metrics else {}
-        sup = Supervisor(config=tmp_path / "scimflow.yaml", env=env, log_dir=tmp_path / "logs",
-                         metrics_ports=ports)
+        topics, sup = launch(broker.bootstrap, scim_target, tmp_path, config, metrics_ports=ports)
         p = Pipeline(tmp_path, topics, broker.bootstrap, Scim(scim_target), sup, tmp_path / "directory.yaml")
         p.write_directory(users, groups)
         started.append(p)

@@ -4,23 +4,23 @@ Skipped with the reason when Samba is not installed (apt-get install samba)."""
 
 from __future__ import annotations
 
-import signal
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from services.devstack.broker import Broker
 from services.devstack.scim_target import ScimTarget
 from tests.conftest import Pipeline
+from tests.support.fixtures import server_fixture
 from tests.support.samba import Samba, samba_missing, start_samba
 from tests.support.source_pipeline import (
-    change_events,
     find_user,
     is_member,
+    loaded_groups,
+    resume_ingest,
     start_pipeline,
     target_groups,
+    target_user,
     user_app,
     wait_for_directory,
 )
@@ -33,12 +33,7 @@ CHANGE_WITHIN = 20.0
 LOAD_WITHIN = 240.0
 
 
-@pytest.fixture
-def samba() -> Iterator[Samba]:
-    if (why := samba_missing()) is not None:
-        pytest.skip(why)
-    with start_samba() as server:
-        yield server
+samba = server_fixture(start_samba, missing=samba_missing, doc="A fresh copy of the test domain per test.")
 
 
 def test_ad_users_land_change_and_resume_from_the_dirsync_cookie(
@@ -68,19 +63,14 @@ def _upn(i: int) -> str:
 
 def _loaded_groups() -> dict[str, set[str]]:
     """The groups as loaded: displayName -> members' userNames."""
-    return {f"team{g:02d}": {_upn(i) for i in range(g * PER, (g + 1) * PER)} for g in range(GROUPS)}
+    return loaded_groups(lambda g: f"team{g:02d}", _upn, users=USERS, groups=GROUPS)
 
 
 def _scenario(p: Pipeline, samba: Samba, dns: list[str], outsider: str, groups: list[str],
               guid: dict[str, str]) -> None:
-    def target(name: str) -> dict[str, Any]:
-        found = find_user(p, name)
-        assert found is not None, f"{name} is not in the target"
-        return found
-
     # Initial load: every user, every group, and each group's members, in the target.
     wait_for_directory(p, {_upn(i) for i in range(USERS)}, _loaded_groups(), timeout=LOAD_WITHIN)
-    assert target(_upn(0))["name"] == {"givenName": "Given0", "familyName": "Sur0"}
+    assert target_user(p, _upn(0))["name"] == {"givenName": "Given0", "familyName": "Sur0"}
 
     samba.add_member(groups[0], outsider)  # joins an assigned group
     p.wait_for("the new member", lambda: find_user(p, "outsider@scimflow.test") is not None,
@@ -88,16 +78,16 @@ def _scenario(p: Pipeline, samba: Samba, dns: list[str], outsider: str, groups: 
     p.wait_for("the new member a member of its group in the target",
                lambda: is_member(p, "outsider@scimflow.test", "team00"), timeout=CHANGE_WITHIN)
     samba.modify(dns[1], givenName="Changed")
-    p.wait_for("the modified givenName", lambda: target(_upn(1))["name"]["givenName"] == "Changed",
+    p.wait_for("the modified givenName", lambda: target_user(p, _upn(1))["name"]["givenName"] == "Changed",
                timeout=CHANGE_WITHIN)
     samba.modify(dns[2], userPrincipalName="renamed@scimflow.test")
     p.wait_for("the renamed userName", lambda: find_user(p, "renamed@scimflow.test") is not None,
                timeout=CHANGE_WITHIN)
     assert find_user(p, _upn(2)) is None
     samba.set_enabled(dns[3], False)
-    p.wait_for("the disabled user", lambda: target(_upn(3))["active"] is False, timeout=CHANGE_WITHIN)
+    p.wait_for("the disabled user", lambda: target_user(p, _upn(3))["active"] is False, timeout=CHANGE_WITHIN)
     samba.remove_member(groups[0], dns[4])
-    p.wait_for("the unassigned user disabled", lambda: target(_upn(4))["active"] is False,
+    p.wait_for("the unassigned user disabled", lambda: target_user(p, _upn(4))["active"] is False,
                timeout=CHANGE_WITHIN)
     p.wait_for("the unassigned user no longer a member of its group in the target",
                lambda: not is_member(p, _upn(4), "team00"), timeout=CHANGE_WITHIN)
@@ -107,14 +97,9 @@ def _scenario(p: Pipeline, samba: Samba, dns: list[str], outsider: str, groups: 
     samba.delete(dns[5])
     p.wait_for("the deleted user gone", lambda: find_user(p, _upn(5)) is None, timeout=CHANGE_WITHIN)
 
-    before = {c.change_id for c in change_events(p)}
-    p.sup.procs["ingest"].send_signal(signal.SIGKILL)
-    p.sup.procs.pop("ingest").wait(10)
-    samba.modify(dns[7], givenName="WhileDown")
-    p.sup.start_one("ingest")
-    p.wait_for("the change made while ingest was down",
-               lambda: target(_upn(7))["name"]["givenName"] == "WhileDown", timeout=60)
-    resumed = [c for c in change_events(p) if c.change_id not in before]
+    resumed = resume_ingest(p, lambda: samba.modify(dns[7], givenName="WhileDown"),
+                            "the change made while ingest was down",
+                            lambda: target_user(p, _upn(7))["name"]["givenName"] == "WhileDown")
     assert {c.object_id for c in resumed} == {guid[dns[7]]}  # resumed from the cookie, not re-read
     # Every group as loaded, but for the membership changes.
     expected = _loaded_groups()

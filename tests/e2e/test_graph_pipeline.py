@@ -4,23 +4,25 @@ workers as real processes on a real broker."""
 
 from __future__ import annotations
 
-import signal
+import functools
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from services.devstack.broker import Broker
 from services.devstack.scim_target import ScimTarget
 from tests.conftest import Pipeline
+from tests.support.fixtures import server_fixture
 from tests.support.graph_server import FakeGraph, start_graph_server
 from tests.support.source_pipeline import (
-    change_events,
     find_user,
     is_member,
+    loaded_groups,
+    resume_ingest,
     start_pipeline,
     target_groups,
+    target_user,
     user_app,
     wait_for_directory,
 )
@@ -33,10 +35,8 @@ CHANGE_WITHIN = 20.0
 LOAD_WITHIN = 240.0
 
 
-@pytest.fixture
-def graph() -> Iterator[FakeGraph]:
-    with start_graph_server(page_size=100, member_chunk=15) as server:
-        yield server
+graph = server_fixture(functools.partial(start_graph_server, page_size=100, member_chunk=15),
+                       doc="A local Graph per test, in pages of 100 objects and member items of 15.")
 
 
 @pytest.fixture
@@ -63,7 +63,7 @@ def _name(i: int) -> str:
 
 def _loaded_groups() -> dict[str, set[str]]:
     """The groups as loaded: displayName -> members' userNames."""
-    return {f"Team {g}": {_name(i) for i in range(g * PER, (g + 1) * PER)} for g in range(GROUPS)}
+    return loaded_groups(lambda g: f"Team {g}", _name, users=USERS, groups=GROUPS)
 
 
 def _polls(graph: FakeGraph) -> tuple[int, int]:
@@ -72,18 +72,12 @@ def _polls(graph: FakeGraph) -> tuple[int, int]:
             sum("$deltatoken" in r for r in graph.delta_requests("groups")))
 
 
-def _user(p: Pipeline, name: str) -> dict[str, Any]:
-    found = find_user(p, name)
-    assert found is not None, f"{name} is not in the target"
-    return found
-
-
 def test_graph_users_land_change_and_resume_from_the_delta_links(
         graph_pipeline: tuple[Pipeline, list[str], list[str]], graph: FakeGraph) -> None:
     p, users, groups = graph_pipeline
     # Initial load: every user, every group, and each group's members, in the target.
     wait_for_directory(p, {_name(i) for i in range(USERS)}, _loaded_groups(), timeout=LOAD_WITHIN)
-    first = _user(p, _name(0))
+    first = target_user(p, _name(0))
     assert first["externalId"] == users[0] and first["name"] == {"givenName": "Given0", "familyName": "Sur0"}
 
     # Add (into an assigned group), modify, rename, disable, leave every assigned group, delete.
@@ -94,17 +88,18 @@ def test_graph_users_land_change_and_resume_from_the_delta_links(
     p.wait_for("the added user a member of its group in the target",
                lambda: is_member(p, "new@contoso.com", "Team 0"), timeout=CHANGE_WITHIN)
     graph.update_user(users[1], givenName="Changed")
-    p.wait_for("the modified givenName", lambda: _user(p, _name(1))["name"]["givenName"] == "Changed",
+    p.wait_for("the modified givenName", lambda: target_user(p, _name(1))["name"]["givenName"] == "Changed",
                timeout=CHANGE_WITHIN)
     graph.update_user(users[2], userPrincipalName="renamed@contoso.com")
     p.wait_for("the renamed userName", lambda: find_user(p, "renamed@contoso.com") is not None,
                timeout=CHANGE_WITHIN)
     assert find_user(p, _name(2)) is None
-    assert _user(p, "renamed@contoso.com")["externalId"] == users[2]  # the same account, renamed
+    assert target_user(p, "renamed@contoso.com")["externalId"] == users[2]  # the same account, renamed
     graph.update_user(users[3], accountEnabled=False)
-    p.wait_for("the disabled user", lambda: _user(p, _name(3))["active"] is False, timeout=CHANGE_WITHIN)
+    p.wait_for("the disabled user", lambda: target_user(p, _name(3))["active"] is False,
+               timeout=CHANGE_WITHIN)
     graph.remove_member(groups[0], users[4])  # its only group: out of scope -> disabled
-    p.wait_for("the unassigned user disabled", lambda: _user(p, _name(4))["active"] is False,
+    p.wait_for("the unassigned user disabled", lambda: target_user(p, _name(4))["active"] is False,
                timeout=CHANGE_WITHIN)
     p.wait_for("the unassigned user no longer a member of its group in the target",
                lambda: not is_member(p, _name(4), "Team 0"), timeout=CHANGE_WITHIN)
@@ -113,7 +108,7 @@ def test_graph_users_land_change_and_resume_from_the_delta_links(
                lambda: is_member(p, _name(8), "Team 1"), timeout=CHANGE_WITHIN)
     graph.delete_user(users[5], permanent=True)
     p.wait_for("the deleted user gone", lambda: find_user(p, _name(5)) is None, timeout=CHANGE_WITHIN)
-    assert _user(p, _name(6))["active"] is True
+    assert target_user(p, _name(6))["active"] is True
 
     # Kill the ingest; change one user while it is down; start it again.
     # Two more polling rounds from deltaLinks: the last changes' deltaLinks are stored (the
@@ -121,14 +116,9 @@ def test_graph_users_land_change_and_resume_from_the_delta_links(
     polls = _polls(graph)
     p.wait_for("the last round's deltaLinks stored",
                lambda: all(now >= then + 2 for now, then in zip(_polls(graph), polls, strict=True)))
-    before = {c.change_id for c in change_events(p)}
-    p.sup.procs["ingest"].send_signal(signal.SIGKILL)
-    p.sup.procs.pop("ingest").wait(10)
-    graph.update_user(users[7], givenName="WhileDown")
-    p.sup.start_one("ingest")
-    p.wait_for("the change made while ingest was down",
-               lambda: _user(p, _name(7))["name"]["givenName"] == "WhileDown", timeout=60)
-    resumed = [c for c in change_events(p) if c.change_id not in before]
+    resumed = resume_ingest(p, lambda: graph.update_user(users[7], givenName="WhileDown"),
+                            "the change made while ingest was down",
+                            lambda: target_user(p, _name(7))["name"]["givenName"] == "WhileDown")
     # Resumed from the stored deltaLinks, not re-read: the only change event is that user.
     assert {c.object_id for c in resumed} == {users[7]}
     # Every other group is as loaded, and the changed ones as changed.

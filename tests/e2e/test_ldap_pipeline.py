@@ -10,30 +10,36 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from schemas import DirectoryChange
 from schemas.codecs import decoder
 from schemas.messages import SourcePosition
 from services.devstack.broker import Broker
 from services.devstack.scim_target import ScimTarget
-from services.devstack.supervisor import Supervisor
 from services.ingest.positions import Positions
 from services.ingest.worker import LdapIngest, Publisher
 from services.runtime.config import LdapSource as LdapSourceConfig
-from services.runtime.kafka import consume, create_topics
-from services.runtime.topics import Topics
-from tests.conftest import PARTITIONS, Pipeline, Scim
-from tests.support.slapd import Slapd, slapd_binary, start_slapd
-from tests.support.source_pipeline import find_user, is_member, target_groups, wait_for_directory
+from services.runtime.kafka import consume
+from tests.conftest import Pipeline
+from tests.support.fixtures import server_fixture
+from tests.support.slapd import Slapd, slapd_missing, start_slapd
+from tests.support.source_pipeline import (
+    change_events,
+    find_user,
+    is_member,
+    loaded_groups,
+    resume_ingest,
+    start_pipeline,
+    target_groups,
+    target_user,
+    user_app,
+    wait_for_directory,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -44,67 +50,33 @@ CHANGE_WITHIN = 15.0  # seconds from an LDAP write to the target
 LOAD_WITHIN = 240.0
 
 
-@pytest.fixture
-def slapd() -> Iterator[Slapd]:
-    if slapd_binary("slapd") is None or slapd_binary("slapadd") is None:
-        pytest.skip("OpenLDAP slapd is not installed: apt-get install slapd ldap-utils")
-    with start_slapd() as server:
-        yield server
+slapd = server_fixture(start_slapd, missing=slapd_missing, doc="A fresh slapd per test.")
 
 
 def _app(group_ids: list[str]) -> dict[str, Any]:
-    return {
-        "name": "app",
-        "target": {"base_url": "${TEST_SCIM_URL}", "token": "env:TEST_SCIM_TOKEN"},
-        "assignments": {"groups": group_ids},
-        "mappings": {
-            "user": {"attributes": [
-                {"target": "userName", "source": "mail", "matching": 1},
-                {"target": "externalId", "source": "uid"},
-                {"target": "displayName", "source": "cn"},
-                {"target": "name.givenName", "source": "givenName"},
-                {"target": "name.familyName", "source": "sn"},
-            ]},
-            "group": {"attributes": [{"target": "displayName", "source": "cn", "matching": 1}]},
-        },
-    }
+    """The LDAP attributes mapped; no attribute says an account is disabled."""
+    return user_app(group_ids, user_name="mail", external="uid", display="cn", family="sn", disabled=None,
+                    group_name="cn")
 
 
 @pytest.fixture
 def ldap_pipeline(broker: Broker, scim_target: ScimTarget, slapd: Slapd,
                   tmp_path: Path) -> Iterator[Callable[[list[str]], Pipeline]]:
     """Starts the pipeline with ``slapd`` as its one source, ``group_ids`` assigned to the app."""
-    started: list[Supervisor] = []
+    started: list[Pipeline] = []
 
     def make(group_ids: list[str]) -> Pipeline:
-        prefix = f"t{uuid.uuid4().hex[:8]}."
-        topics = Topics(prefix, PARTITIONS)
-        create_topics(broker.bootstrap, topics.specs())
         source = {"name": SOURCE, "type": "ldap", "url": slapd.url, "base_dn": slapd.base_dn,
                   "bind_dn": slapd.bind_dn, "password": "env:TEST_LDAP_PASSWORD", "full_scan_interval": 600,
                   "reconnect_initial": 0.1, "reconnect_max": 2}
-        config = {"sources": [source], "applications": [_app(group_ids)]}
-        (tmp_path / "scimflow.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        env = {"SCIMFLOW_KAFKA_BOOTSTRAP": broker.bootstrap, "SCIMFLOW_TOPIC_PREFIX": prefix,
-               "SCIMFLOW_PARTITIONS": str(PARTITIONS), "SCIMFLOW_DATA_DIR": str(tmp_path / "data"),
-               "SCIMFLOW_LOG_FORMAT": "json", "SCIMFLOW_LOG_LEVEL": os.environ.get("TEST_LOG_LEVEL", "info"),
-               "TEST_SCIM_URL": scim_target.base_url, "TEST_SCIM_TOKEN": scim_target.token,
-               "TEST_LDAP_PASSWORD": slapd.password}
-        sup = Supervisor(config=tmp_path / "scimflow.yaml", env=env, log_dir=tmp_path / "logs")
-        started.append(sup)
-        sup.start()
-        return Pipeline(tmp_path, topics, broker.bootstrap, Scim(scim_target), sup, tmp_path / "unused")
+        p = start_pipeline(broker, scim_target, tmp_path, [source], _app(group_ids),
+                           {"TEST_LDAP_PASSWORD": slapd.password})
+        started.append(p)
+        return p
 
     yield make
-    for sup in started:
-        sup.kill_all()
-
-
-def _changes(p: Pipeline) -> list[DirectoryChange]:
-    """The change events on the changes topic (not the full scans' objects, not markers)."""
-    dec = decoder("directory.changes")
-    messages = (dec.decode(m.value) for m in consume(p.bootstrap, p.topics.changes, idle_timeout=0.5))
-    return [m for m in messages if isinstance(m, DirectoryChange) and m.cycle_id is None]
+    for p in started:
+        p.sup.kill_all()
 
 
 def _positions(p: Pipeline) -> list[SourcePosition]:
@@ -118,7 +90,7 @@ def _mail(i: int) -> str:
 
 def _loaded_groups() -> dict[str, set[str]]:
     """The groups as loaded: displayName -> members' userNames."""
-    return {f"team{g:02d}": {_mail(i) for i in range(g * PER, (g + 1) * PER)} for g in range(GROUPS)}
+    return loaded_groups(lambda g: f"team{g:02d}", _mail, users=USERS, groups=GROUPS)
 
 
 def test_ldap_users_are_provisioned_changed_deleted_and_resumed_from_the_cookie(
@@ -133,14 +105,14 @@ def test_ldap_users_are_provisioned_changed_deleted_and_resumed_from_the_cookie(
 
     # Initial cycle: every assigned group with its members, those members, and nobody else.
     wait_for_directory(p, {_mail(i) for i in range(USERS)}, _loaded_groups(), timeout=LOAD_WITHIN)
-    user0 = _user(p, _mail(0))
+    user0 = target_user(p, _mail(0))
     assert user0["externalId"] == "user0000" and user0["name"]["givenName"] == "Given0"
     assert user0["displayName"] == "User0000" and user0["name"]["familyName"] == "User0000"
 
     # A change in the directory reaches the target within seconds.
     slapd.modify(dns[0], givenName="Renamed")
     p.wait_for("the new givenName in the target",
-               lambda: _user(p, _mail(0))["name"]["givenName"] == "Renamed", timeout=CHANGE_WITHIN)
+               lambda: target_user(p, _mail(0))["name"]["givenName"] == "Renamed", timeout=CHANGE_WITHIN)
 
     # So does a deletion.
     slapd.delete(dns[1])
@@ -151,7 +123,7 @@ def test_ldap_users_are_provisioned_changed_deleted_and_resumed_from_the_cookie(
     # Leaving the assigned group takes the user out of scope: disabled in the target, and no
     # longer a member of the target's group.
     slapd.remove_member(groups[0], dns[3])
-    p.wait_for("user0003 disabled in the target", lambda: _user(p, _mail(3))["active"] is False,
+    p.wait_for("user0003 disabled in the target", lambda: target_user(p, _mail(3))["active"] is False,
                timeout=CHANGE_WITHIN)
     p.wait_for("user0003 gone from team00 in the target", lambda: not is_member(p, _mail(3), "team00"),
                timeout=CHANGE_WITHIN)
@@ -166,7 +138,7 @@ def test_ldap_users_are_provisioned_changed_deleted_and_resumed_from_the_cookie(
                timeout=CHANGE_WITHIN)
 
     # A cookie covering every change so far is stored before ingest stops.
-    changes = _changes(p)
+    changes = change_events(p)
     deleted = next(c for c in changes if c.operation == "delete")
     assert deleted.object_id == uuid_of[dns[1]]
     last = max(c.observed_at for c in changes)
@@ -174,15 +146,12 @@ def test_ldap_users_are_provisioned_changed_deleted_and_resumed_from_the_cookie(
     stored = _positions(p)
     assert {pos.source for pos in stored} == {SOURCE}
     assert all(base64.b64decode(pos.position) for pos in stored)
-    p.sup.stop_one("ingest")
-    before = {c.change_id for c in _changes(p)}
 
     # A change made while ingest is down arrives once it is back, through the stored cookie.
-    slapd.modify(dns[2], givenName="WhileDown")
-    p.sup.start_one("ingest")
-    p.wait_for("the change made while ingest was down",
-               lambda: _user(p, _mail(2))["name"]["givenName"] == "WhileDown")
-    resumed = [c for c in _changes(p) if c.change_id not in before]
+    resumed = resume_ingest(p, lambda: slapd.modify(dns[2], givenName="WhileDown"),
+                            "the change made while ingest was down",
+                            lambda: target_user(p, _mail(2))["name"]["givenName"] == "WhileDown",
+                            kill=False, timeout=90.0)
     # Resumed, not re-read: the only change event is the one change (re-reading would send
     # every user and group again).
     assert {c.object_id for c in resumed} == {uuid_of[dns[2]]}, [c.attributes.get("dn") for c in resumed]
@@ -195,12 +164,6 @@ def test_ldap_users_are_provisioned_changed_deleted_and_resumed_from_the_cookie(
     expected["team01"] |= {"newcomer@example.com"}
     expected["team02"] |= {_mail(4)}
     assert target_groups(p) == expected
-
-
-def _user(p: Pipeline, user_name: str) -> dict[str, Any]:
-    found = find_user(p, user_name)
-    assert found is not None, f"{user_name} is not in the target"
-    return found
 
 
 # -- the ingest loop alone, against the same real slapd, with a recording publisher -----------

@@ -4,7 +4,6 @@ processes on a real broker."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,14 +12,17 @@ import httpx
 import pytest
 
 from services.devstack.broker import Broker
+from services.devstack.processes import free_ports
 from services.devstack.scim_target import ScimTarget
 from services.ingest.sources.push import BULK_REQUEST
 from tests.conftest import Pipeline
 from tests.support.source_pipeline import (
     find_user,
     is_member,
+    loaded_groups,
     start_pipeline,
     target_groups,
+    target_user,
     user_app,
     wait_for_directory,
 )
@@ -37,13 +39,6 @@ USER = "urn:ietf:params:scim:schemas:core:2.0:User"
 GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _user(i: int, **extra: Any) -> dict[str, Any]:
     return {"schemas": [USER], "externalId": _eid(i), "userName": _name(i),
             "name": {"givenName": f"Given{i}", "familyName": f"Fam{i}"}, "displayName": f"Employee {i}",
@@ -53,7 +48,7 @@ def _user(i: int, **extra: Any) -> dict[str, Any]:
 @pytest.fixture
 def push_pipeline(broker: Broker, scim_target: ScimTarget,
                   tmp_path: Path) -> Iterator[tuple[Pipeline, str]]:
-    port = _port()
+    [port] = free_ports(1)
     source = {"name": "hr-push", "type": "push", "token": "env:TEST_PUSH_TOKEN",
               "listen": f"127.0.0.1:{port}"}
     app = user_app([_gid(g) for g in range(GROUPS)], group_name="displayName")
@@ -87,13 +82,14 @@ def test_pushed_bulk_lands_and_pushed_changes_follow(push_pipeline: tuple[Pipeli
         assert statuses == ["400" if op is bad else "201" for op in chunk]
     # Initial load: every user, every group, and each group's members, in the target.
     wait_for_directory(p, {_name(i) for i in range(USERS)}, _loaded_groups(), timeout=LOAD_WITHIN)
-    assert _target(p, _name(0))["name"]["givenName"] == "Given0"
+    assert target_user(p, _name(0))["name"]["givenName"] == "Given0"
 
     assert http.put("/scim/v2/Users/E0001", json=_user(1, displayName="Renamed One")).status_code == 200
-    p.wait_for("the pushed change", lambda: _target(p, _name(1))["displayName"] == "Renamed One",
+    p.wait_for("the pushed change", lambda: target_user(p, _name(1))["displayName"] == "Renamed One",
                timeout=CHANGE_WITHIN)
     assert http.put("/scim/v2/Users/E0002", json=_user(2, active=False)).status_code == 200
-    p.wait_for("the pushed disable", lambda: _target(p, _name(2))["active"] is False, timeout=CHANGE_WITHIN)
+    p.wait_for("the pushed disable", lambda: target_user(p, _name(2))["active"] is False,
+               timeout=CHANGE_WITHIN)
     assert http.delete("/scim/v2/Users/E0003").status_code == 204
     p.wait_for("the pushed delete", lambda: find_user(p, _name(3)) is None, timeout=CHANGE_WITHIN)
     assert http.put("/scim/v2/Users/E0004", json=_user(4, userName="renamed@contoso.com")).status_code == 200
@@ -140,10 +136,4 @@ def _group(g: int) -> dict[str, Any]:
 
 def _loaded_groups() -> dict[str, set[str]]:
     """The groups as loaded: displayName -> members' userNames."""
-    return {f"Team {g}": {_name(i) for i in range(g * PER, (g + 1) * PER)} for g in range(GROUPS)}
-
-
-def _target(p: Pipeline, user_name: str) -> dict[str, Any]:
-    found = find_user(p, user_name)
-    assert found is not None, f"{user_name} is not in the target"
-    return found
+    return loaded_groups(lambda g: f"Team {g}", _name, users=USERS, groups=GROUPS)

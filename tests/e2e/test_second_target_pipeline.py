@@ -7,16 +7,16 @@ fixture returns; this module overrides that fixture with a SCIMMY server.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from schemas import ActivityRecord
-from services.devstack.scim_target import ScimTarget
 from services.runtime import errors
 from tests.conftest import APP, Pipeline, user
 from tests.support.faultproxy import FaultProxy
+from tests.support.fixtures import server_fixture
 from tests.support.scimmy_target import start_scimmy_target
 
 pytestmark = pytest.mark.e2e
@@ -33,10 +33,7 @@ GROUP_APP: dict[str, Any] = {
 }
 
 
-@pytest.fixture
-def scim_target() -> Iterator[ScimTarget]:
-    with start_scimmy_target() as target:
-        yield target
+scim_target = server_fixture(start_scimmy_target, doc="SCIMMY in place of scim2-server.")
 
 
 def _groups(p: Pipeline) -> dict[str, dict[str, Any]]:

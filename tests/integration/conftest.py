@@ -3,16 +3,8 @@ tests/support/scimmy_target.py). The broker and scim2-server fixtures are in tes
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
-from services.devstack.scim_target import ScimTarget
+from tests.support.fixtures import server_fixture
 from tests.support.scimmy_target import start_scimmy_target
 
-
-@pytest.fixture
-def scimmy_target() -> Iterator[ScimTarget]:
-    """A fresh, empty SCIMMY server per test (it starts in ~0.4 s)."""
-    with start_scimmy_target() as target:
-        yield target
+scimmy_target = server_fixture(start_scimmy_target,
+                               doc="A fresh, empty SCIMMY server per test (it starts in ~0.4 s).")

@@ -9,27 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import pytest
 
-from services.ingest.objects import SourceObject
 from services.ingest.sources.ad import AdDirectory, AdSourceError
-from services.ingest.sources.base import Operation
 from services.runtime.config import ActiveDirectorySource
+from tests.support.fixtures import server_fixture
+from tests.support.recorder import SourceRecorder
 from tests.support.samba import Samba, samba_missing, start_samba
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def samba() -> Iterator[Samba]:
-    """One domain controller for the module (a start takes seconds); each test names its own objects."""
-    if (why := samba_missing()) is not None:
-        pytest.skip(why)
-    with start_samba() as server:
-        yield server
+samba = server_fixture(start_samba, scope="module", missing=samba_missing,
+                       doc="One domain controller for the module (a start takes seconds); each test "
+                           "names its own objects.")
 
 
 def directory_for(samba: Samba, *, password: str | None = None) -> AdDirectory:
@@ -40,32 +34,13 @@ def directory_for(samba: Samba, *, password: str | None = None) -> AdDirectory:
     return AdDirectory(settings, samba.password if password is None else password)
 
 
-@dataclass
-class Recorder:
-    changes: list[tuple[Operation, SourceObject]] = field(default_factory=list)
-    positions: list[bytes] = field(default_factory=list)
-
-    async def on_change(self, op: Operation, obj: SourceObject) -> None:
-        self.changes.append((op, obj))
-
-    async def on_position(self, position: bytes) -> None:
-        self.positions.append(position)
-
-    def summary(self, mark: int = 0, among: set[str] | None = None) -> set[tuple[str, str, str]]:
-        return {(op, o.object_type, o.object_id) for op, o in self.changes[mark:]
-                if among is None or o.object_id in among}
-
-    def last(self, oid: str) -> SourceObject:
-        return next(obj for _, obj in reversed(self.changes) if obj.object_id == oid)
-
-
 def test_dirsync_reports_the_domain_then_each_kind_of_change(samba: Samba) -> None:
     tag = uuid.uuid4().hex[:6]
     ada, bob, cy = (samba.add_user(f"{n}{tag}", givenName=n.title()) for n in ("ada", "bob", "cy"))
     staff = samba.add_group(f"staff{tag}", [ada, bob])
     ids = {dn: samba.guid(dn) for dn in (ada, bob, cy, staff)}
     ours = set(ids.values())
-    recorder = Recorder()
+    recorder = SourceRecorder()
 
     async def round_after(change: object) -> set[tuple[str, str, str]]:
         mark = len(recorder.changes)
@@ -119,7 +94,7 @@ def test_resuming_from_the_cookie_reports_exactly_what_changed(samba: Samba) -> 
     tag = uuid.uuid4().hex[:6]
     ada, bob = samba.add_user(f"ada{tag}"), samba.add_user(f"bob{tag}")
     staff = samba.add_group(f"staff{tag}", [ada])
-    first, second = Recorder(), Recorder()
+    first, second = SourceRecorder(), SourceRecorder()
 
     async def scenario() -> None:
         before = directory_for(samba)
@@ -145,7 +120,7 @@ def test_wrong_password_is_an_error_without_the_password(samba: Samba) -> None:
     async def scenario() -> None:
         source = directory_for(samba, password="Not-The-Passw0rd")
         await source.start(None)
-        await source.sync(Recorder().on_change, Recorder().on_position)
+        await source.sync(SourceRecorder().on_change, SourceRecorder().on_position)
 
     with pytest.raises(AdSourceError) as failure:
         asyncio.run(scenario())

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from services.scim.capabilities import case_exact, check_mappings, discover
 from services.scim.client import ScimClient
 from services.scim.paths import CORE_USER, ENTERPRISE_USER
 from tests.conftest import PARTITIONS
+from tests.support.fixtures import server_fixture
 
 pytestmark = pytest.mark.integration
 
@@ -60,11 +60,8 @@ applications:
 """
 
 
-@pytest.fixture(scope="module")
-def scim_target() -> Iterator[ScimTarget]:
-    """One server per module: discovery only reads, so the tests share it."""
-    with start_scim_target() as target:
-        yield target
+scim_target = server_fixture(start_scim_target, scope="module",
+                             doc="One server per module: discovery only reads, so the tests share it.")
 
 
 def write_config(folder: Path, target: ScimTarget, *, bad: bool, base_url: str | None = None) -> Path:

@@ -4,27 +4,25 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from services.ingest.objects import SourceObject
-from services.ingest.sources.base import Operation
 from services.ingest.sources.graph import GraphDirectory, GraphSourceError
 from services.runtime.config import GraphSource
+from tests.support.fixtures import server_fixture
 from tests.support.graph_server import FakeGraph, start_graph_server
+from tests.support.recorder import SourceRecorder
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def graph() -> Iterator[FakeGraph]:
-    with start_graph_server(page_size=7, member_chunk=4) as server:
-        yield server
+graph = server_fixture(functools.partial(start_graph_server, page_size=7, member_chunk=4),
+                       doc="A local Graph per test, in pages of 7 objects and member items of 4.")
 
 
 def directory_for(graph: FakeGraph, *, client_secret: str | None = None, **overrides: Any) -> GraphDirectory:
@@ -38,24 +36,6 @@ def directory_for(graph: FakeGraph, *, client_secret: str | None = None, **overr
     return GraphDirectory(settings, graph.client_secret if client_secret is None else client_secret)
 
 
-@dataclass
-class Recorder:
-    changes: list[tuple[Operation, SourceObject]] = field(default_factory=list)
-    positions: list[bytes] = field(default_factory=list)
-
-    async def on_change(self, op: Operation, obj: SourceObject) -> None:
-        self.changes.append((op, obj))
-
-    async def on_position(self, position: bytes) -> None:
-        self.positions.append(position)
-
-    def summary(self, mark: int = 0) -> set[tuple[str, str, str]]:
-        return {(op, obj.object_type, obj.object_id) for op, obj in self.changes[mark:]}
-
-    def last(self, oid: str) -> SourceObject:
-        return next(obj for _, obj in reversed(self.changes) if obj.object_id == oid)
-
-
 def _user(graph: FakeGraph, i: int, **extra: Any) -> str:
     return graph.add_user(userPrincipalName=f"user{i}@contoso.com", givenName=f"Given{i}", surname=f"S{i}",
                           accountEnabled=True, **extra)
@@ -64,7 +44,7 @@ def _user(graph: FakeGraph, i: int, **extra: Any) -> str:
 def test_initial_round_pages_select_and_memberships(graph: FakeGraph) -> None:
     users = [_user(graph, i) for i in range(20)]
     group = graph.add_group(users[:10], displayName="Staff", description="all staff")
-    recorder = Recorder()
+    recorder = SourceRecorder()
 
     async def scenario() -> GraphDirectory:
         source = directory_for(graph)
@@ -91,7 +71,7 @@ def test_initial_round_pages_select_and_memberships(graph: FakeGraph) -> None:
 def test_each_kind_of_change_is_reported_from_the_delta_link(graph: FakeGraph) -> None:
     ada, bob, cy = (_user(graph, i) for i in range(3))
     staff = graph.add_group([ada, bob], displayName="Staff")
-    recorder = Recorder()
+    recorder = SourceRecorder()
 
     async def round_after(change: Any) -> set[tuple[str, str, str]]:
         change()
@@ -137,7 +117,7 @@ def test_a_group_listing_a_user_not_read_yet_is_reported_again_with_the_user(gra
     # A round reads /users/delta, then /groups/delta: a user created between the two reads
     # is first seen as a member of a group, and as a user only in the next round.
     staff = graph.add_group([_user(graph, 0)], displayName="Staff")
-    recorder = Recorder()
+    recorder = SourceRecorder()
     late = "late-user-id"
 
     async def scenario() -> None:
@@ -164,7 +144,7 @@ def test_a_group_listing_a_user_not_read_yet_is_reported_again_with_the_user(gra
 def test_resuming_from_the_stored_delta_links_reports_exactly_what_changed(graph: FakeGraph) -> None:
     users = [_user(graph, i) for i in range(10)]
     staff = graph.add_group(users[:5], displayName="Staff")
-    first, second = Recorder(), Recorder()
+    first, second = SourceRecorder(), SourceRecorder()
 
     async def scenario() -> None:
         before = directory_for(graph)
@@ -189,7 +169,7 @@ def test_resuming_from_the_stored_delta_links_reports_exactly_what_changed(graph
 
 def test_429_waits_for_retry_after_and_then_succeeds(graph: FakeGraph) -> None:
     users = [_user(graph, i) for i in range(3)]
-    recorder = Recorder()
+    recorder = SourceRecorder()
     graph.throttle(2, retry_after=1)
 
     async def scenario() -> float:
@@ -209,7 +189,7 @@ def test_429_waits_for_retry_after_and_then_succeeds(graph: FakeGraph) -> None:
 
 def test_410_sync_reset_reads_everything_again_and_deletes_what_vanished(graph: FakeGraph) -> None:
     ada, bob = _user(graph, 1), _user(graph, 2)
-    recorder = Recorder()
+    recorder = SourceRecorder()
 
     async def scenario() -> None:
         source = directory_for(graph)
@@ -230,7 +210,7 @@ def test_410_sync_reset_reads_everything_again_and_deletes_what_vanished(graph: 
 
 def test_a_revoked_token_is_replaced_and_a_wrong_secret_is_reported_without_it(graph: FakeGraph) -> None:
     ada = _user(graph, 1)
-    recorder = Recorder()
+    recorder = SourceRecorder()
 
     async def scenario() -> None:
         source = directory_for(graph)
@@ -260,7 +240,7 @@ def test_fetch_reads_one_object_now(graph: FakeGraph) -> None:
     async def scenario() -> tuple[SourceObject | None, SourceObject | None, SourceObject | None]:
         source = directory_for(graph)
         await source.start(None)
-        recorder = Recorder()
+        recorder = SourceRecorder()
         await source.sync(recorder.on_change, recorder.on_position)
         graph.update_user(ada, givenName="Fresh")  # not yet seen by a round: fetch reads it now
         found = await source.fetch(ada, "user")
@@ -281,7 +261,7 @@ def test_initial_load_of_1000_users_and_50_groups_over_many_pages() -> None:
                                 accountEnabled=True) for i in range(1000)]
         groups = [graph.add_group(users[g * 20:(g + 1) * 20 + 5], displayName=f"Team {g}")
                   for g in range(50)]
-        recorder = Recorder()
+        recorder = SourceRecorder()
 
         async def scenario() -> None:
             source = directory_for(graph, page_size=100)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,31 +24,17 @@ from services.ingest.sources.ldap import (
     LdapUnavailableError,
 )
 from services.runtime.config import LdapSource as LdapSourceConfig
-from tests.support.slapd import Slapd, slapd_binary, start_slapd
+from tests.support.fixtures import server_fixture
+from tests.support.slapd import Slapd, slapd_missing, start_slapd
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
 EVENT_DEADLINE = 2.0  # seconds from the LDAP write to the event
 
 
-def _skip_without_slapd() -> None:
-    if slapd_binary("slapd") is None or slapd_binary("slapadd") is None:
-        pytest.skip("OpenLDAP slapd is not installed: apt-get install slapd ldap-utils")
-
-
-@pytest.fixture
-def slapd() -> Iterator[Slapd]:
-    _skip_without_slapd()
-    with start_slapd() as server:
-        yield server
-
-
-@pytest.fixture
-def slapd_refint() -> Iterator[Slapd]:
-    """A slapd with the refint overlay, as most production directories run."""
-    _skip_without_slapd()
-    with start_slapd(refint=True) as server:
-        yield server
+slapd = server_fixture(start_slapd, missing=slapd_missing, doc="A fresh slapd per test.")
+slapd_refint = server_fixture(functools.partial(start_slapd, refint=True), missing=slapd_missing,
+                              doc="A slapd with the refint overlay, as most production directories run.")
 
 
 def source_for(slapd: Slapd, *, password: str | None = None, cookie: bytes | None = None,

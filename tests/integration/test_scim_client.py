@@ -21,7 +21,7 @@ from services.runtime.errors import (
     RejectedError,
     TransientError,
 )
-from services.scim.client import SCIM_JSON, Backoff, ScimClient, attempts_of
+from services.scim.client import SCIM_JSON, ScimClient, attempts_of
 from services.scim.paths import (
     CORE_USER,
     ENTERPRISE_USER,
@@ -30,6 +30,8 @@ from services.scim.paths import (
     read_path,
 )
 from tests.support.faultproxy import FaultProxy
+from tests.support.fixtures import server_fixture
+from tests.support.scim_client import NO_WAIT, unique
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
@@ -37,14 +39,10 @@ WORK_EMAIL = 'emails[type eq "work"].value'
 MOBILE = 'phoneNumbers[type eq "mobile"].value'
 DEPARTMENT = f"{ENTERPRISE_USER}:department"
 MANAGER = f"{ENTERPRISE_USER}:manager"
-NO_WAIT = Backoff(wait_initial=0.0, wait_max=0.0, wait_jitter=0.0)
 
 
-@pytest.fixture(scope="module")
-def scim_target() -> Iterator[ScimTarget]:
-    """One server per module (start-up takes ~1 s); tests use unique user names."""
-    with start_scim_target() as target:
-        yield target
+scim_target = server_fixture(start_scim_target, scope="module",
+                             doc="One server per module (start-up takes ~1 s); tests use unique user names.")
 
 
 @pytest.fixture
@@ -59,10 +57,6 @@ def socket_bound_but_not_listening() -> Iterator[int]:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         yield sock.getsockname()[1]
-
-
-def unique(prefix: str = "user") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}@example.com"
 
 
 # -- the lifecycle the writer drives -------------------------------------------------------

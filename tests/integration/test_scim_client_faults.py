@@ -27,17 +27,16 @@ from services.scim.client import Backoff, ScimClient, attempts_of
 from services.scim.paths import build_resource, read_path
 from services.scim.quarantine import CREDENTIALS, FAILURE_RATIO, QuarantineEvent
 from tests.support.faultproxy import FaultProxy
+from tests.support.fixtures import server_fixture
+from tests.support.scim_client import unique
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
 FAST = Backoff(wait_initial=0.05, wait_max=0.2, wait_jitter=0.05)
 
 
-@pytest.fixture(scope="module")
-def scim_target() -> Iterator[ScimTarget]:
-    """One server per module; tests use unique names."""
-    with start_scim_target() as target:
-        yield target
+scim_target = server_fixture(start_scim_target, scope="module",
+                             doc="One server per module; tests use unique names.")
 
 
 @pytest.fixture
@@ -50,10 +49,6 @@ def proxy(scim_target: ScimTarget) -> Iterator[FaultProxy]:
 async def client(scim_target: ScimTarget, proxy: FaultProxy) -> AsyncIterator[ScimClient]:
     async with ScimClient(proxy.url, scim_target.token, backoff=FAST) as c:
         yield c
-
-
-def unique(prefix: str = "user") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}@example.com"
 
 
 def user(name: str | None = None) -> dict[str, object]:

@@ -15,8 +15,9 @@ import pytest
 
 from services.devstack.scim_target import ScimTarget
 from services.runtime.errors import ConflictError, CredentialsError, NotFoundError, RejectedError
-from services.scim.client import Backoff, ScimClient
+from services.scim.client import ScimClient
 from services.scim.paths import CORE_GROUP, CORE_USER, ENTERPRISE_USER, build_resource, read_path
+from tests.support.scim_client import NO_WAIT, unique
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
@@ -24,7 +25,6 @@ WORK_EMAIL = 'emails[type eq "work"].value'
 MOBILE = 'phoneNumbers[type eq "mobile"].value'
 DEPARTMENT = f"{ENTERPRISE_USER}:department"
 MANAGER = f"{ENTERPRISE_USER}:manager"
-NO_WAIT = Backoff(wait_initial=0.0, wait_max=0.0, wait_jitter=0.0)
 SCIMMY_PAGE = 20  # SCIMMY's ListResponse page size when the request names no count
 
 
@@ -32,10 +32,6 @@ SCIMMY_PAGE = 20  # SCIMMY's ListResponse page size when the request names no co
 async def client(scimmy_target: ScimTarget) -> AsyncIterator[ScimClient]:
     async with ScimClient(scimmy_target.base_url, scimmy_target.token, backoff=NO_WAIT) as c:
         yield c
-
-
-def unique(prefix: str = "user") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}@example.com"
 
 
 def ada(name: str) -> dict[str, Any]:

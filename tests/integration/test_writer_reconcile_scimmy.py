@@ -3,11 +3,8 @@ its own filter, PATCH and paging code; see docs/targets.md for how it differs)."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-from services.devstack.scim_target import ScimTarget
 from tests.integration.test_writer_reconcile import (  # the fixtures are tests/conftest.py's
     test_a_409_that_no_lookup_explains_is_one_error_with_bounded_retries,
     test_a_full_scan_after_a_restart_reads_the_target_once_and_writes_nothing,
@@ -19,6 +16,7 @@ from tests.integration.test_writer_reconcile import (  # the fixtures are tests/
     test_put_renaming_a_group_keeps_every_member,
     test_state_lost_readoption_writes_nothing_and_adds_no_member_twice,
 )
+from tests.support.fixtures import server_fixture
 from tests.support.scimmy_target import start_scimmy_target
 
 __all__ = [
@@ -36,8 +34,5 @@ __all__ = [
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
 
-@pytest.fixture
-def scim_target() -> Iterator[ScimTarget]:
-    """SCIMMY in place of scim2-server for every scenario imported above."""
-    with start_scimmy_target() as target:
-        yield target
+scim_target = server_fixture(start_scimmy_target,
+                             doc="SCIMMY in place of scim2-server for every scenario imported above.")

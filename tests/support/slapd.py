@@ -34,7 +34,7 @@ import ldap.modlist  # type: ignore[import-untyped]
 
 from services.devstack.processes import free_port, spawn
 
-__all__ = ["Entry", "Slapd", "SlapdError", "slapd_binary", "start_slapd"]
+__all__ = ["Entry", "Slapd", "SlapdError", "slapd_binary", "slapd_missing", "start_slapd"]
 
 Entry = tuple[str, dict[str, str | list[str]]]
 """An entry to add: its DN and its attributes (``objectClass`` included)."""
@@ -60,6 +60,13 @@ def slapd_binary(name: str = "slapd") -> str | None:
         candidate = Path(folder) / name
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return str(candidate)
+    return None
+
+
+def slapd_missing() -> str | None:
+    """Why the slapd tests cannot run here, or None if they can."""
+    if slapd_binary("slapd") is None or slapd_binary("slapadd") is None:
+        return "OpenLDAP slapd is not installed: apt-get install slapd ldap-utils"
     return None
 
 

@@ -3,40 +3,37 @@ what tests/conftest.py's ``pipeline_factory`` does for the file source, for the 
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import Mapping
+import signal
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import msgspec
-import yaml
 
 from schemas import DirectoryChange
 from schemas.codecs import decoder
 from services.devstack.broker import Broker
 from services.devstack.scim_target import ScimTarget
-from services.devstack.supervisor import Supervisor
-from services.runtime.kafka import consume, create_topics, plain_producer
-from services.runtime.topics import Topics
-from tests.conftest import PARTITIONS, Pipeline, Scim
+from services.runtime.kafka import consume, plain_producer
+from tests.conftest import Pipeline, Scim, launch
 
-__all__ = ["change_events", "find_user", "group_members", "is_member", "send_control", "start_pipeline",
-           "target_groups", "user_app", "wait_for_directory"]
+__all__ = ["change_events", "find_user", "group_members", "is_member", "loaded_groups", "resume_ingest",
+           "send_control", "start_pipeline", "target_groups", "target_user", "user_app", "wait_for_directory"]
 
 
 def user_app(groups: list[str], *, user_name: str = "userPrincipalName", given: str = "givenName",
-             family: str = "surname", display: str = "displayName", disabled: str = "accountEnabled",
+             family: str = "surname", display: str = "displayName", disabled: str | None = "accountEnabled",
              external: str = "id", group_name: str | None = None) -> dict[str, Any]:
     """An app with ``groups`` assigned and the usual user mapping, sources' attribute names given.
 
+    ``disabled``: the source's attribute saying whether an account is enabled (None: none).
     ``group_name``: also provision the (assigned) groups, their displayName from this attribute.
     """
     app: dict[str, Any] = {
         "name": "app",
         "target": {"base_url": "${TEST_SCIM_URL}", "token": "env:TEST_SCIM_TOKEN"},
         "assignments": {"groups": groups},
-        "disabled_attribute": disabled,
+        **({"disabled_attribute": disabled} if disabled is not None else {}),
         "mappings": {"user": {"attributes": [
             {"target": "userName", "source": user_name, "matching": 1},
             {"target": "externalId", "source": external},
@@ -55,16 +52,8 @@ def start_pipeline(broker: Broker, scim_target: ScimTarget, tmp_path: Path, sour
                    app: dict[str, Any], env: Mapping[str, str] | None = None, *,
                    start: bool = True) -> Pipeline:
     """Config, topics and the three workers; the caller stops ``pipeline.sup``."""
-    prefix = f"t{uuid.uuid4().hex[:8]}."
-    topics = Topics(prefix, PARTITIONS)
-    create_topics(broker.bootstrap, topics.specs())
-    config = {"sources": sources, "applications": [app]}
-    (tmp_path / "scimflow.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    full_env = {"SCIMFLOW_KAFKA_BOOTSTRAP": broker.bootstrap, "SCIMFLOW_TOPIC_PREFIX": prefix,
-                "SCIMFLOW_PARTITIONS": str(PARTITIONS), "SCIMFLOW_DATA_DIR": str(tmp_path / "data"),
-                "SCIMFLOW_LOG_FORMAT": "json", "SCIMFLOW_LOG_LEVEL": os.environ.get("TEST_LOG_LEVEL", "info"),
-                "TEST_SCIM_URL": scim_target.base_url, "TEST_SCIM_TOKEN": scim_target.token, **(env or {})}
-    sup = Supervisor(config=tmp_path / "scimflow.yaml", env=full_env, log_dir=tmp_path / "logs")
+    topics, sup = launch(broker.bootstrap, scim_target, tmp_path, {"sources": sources, "applications": [app]},
+                         env)
     if start:
         sup.start()
     return Pipeline(tmp_path, topics, broker.bootstrap, Scim(scim_target), sup, tmp_path / "unused")
@@ -102,6 +91,13 @@ def group_members(p: Pipeline, display_name: str) -> set[str]:
     return {m["value"] for m in found[0].get("members") or []}
 
 
+def target_user(p: Pipeline, user_name: str) -> dict[str, Any]:
+    """The target's user with this userName; fails the test when there is none."""
+    found = find_user(p, user_name)
+    assert found is not None, f"{user_name} is not in the target"
+    return found
+
+
 def is_member(p: Pipeline, user_name: str, display_name: str) -> bool:
     """Whether the target's user ``user_name`` is a member of the target's group ``display_name``."""
     user = find_user(p, user_name)
@@ -120,6 +116,32 @@ def target_groups(p: Pipeline, users: list[dict[str, Any]] | None = None) -> dic
         if not resources or len(groups) >= page.get("totalResults", 0):
             break
     return {g["displayName"]: {names.get(m["value"], "?") for m in g.get("members") or []} for g in groups}
+
+
+def loaded_groups(group_name: Callable[[int], str], user_name: Callable[[int], str], *, users: int,
+                  groups: int) -> dict[str, set[str]]:
+    """The e2e directories' groups as loaded: ``users`` split evenly over ``groups``, in order
+    (group ``g`` holds users ``g * per`` to ``(g + 1) * per - 1``); displayName -> userNames."""
+    per = users // groups
+    return {group_name(g): {user_name(i) for i in range(g * per, (g + 1) * per)} for g in range(groups)}
+
+
+def resume_ingest(p: Pipeline, change: Callable[[], object], what: str, check: Callable[[], bool], *,
+                  kill: bool = True, timeout: float = 60.0) -> list[DirectoryChange]:
+    """Stop the ingest (SIGKILL, or ``kill=False``: a clean stop), make ``change`` while it is
+    down, start it again and wait until ``check()`` (``what``). Returns the change events it
+    sent after the restart: one that resumed from its stored position sends ``change``'s alone."""
+    if kill:
+        before = {c.change_id for c in change_events(p)}
+        p.sup.procs["ingest"].send_signal(signal.SIGKILL)
+        p.sup.procs.pop("ingest").wait(10)
+    else:
+        p.sup.stop_one("ingest")
+        before = {c.change_id for c in change_events(p)}
+    change()
+    p.sup.start_one("ingest")
+    p.wait_for(what, check, timeout=timeout)
+    return [c for c in change_events(p) if c.change_id not in before]
 
 
 def wait_for_directory(p: Pipeline, users: set[str], groups: dict[str, set[str]], timeout: float) -> None:
