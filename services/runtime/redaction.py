@@ -30,7 +30,9 @@ SHORT_SECRET: Final = 16
 _WORD = re.compile(rf"[A-Za-z0-9._~+/=\-:]{{{PARTIAL_MATCH},}}")
 _SHAPES = (
     # An Authorization header's credentials, in any case ("bearer", "BASIC").
-    re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=\-]+"),
+    # Not a word that follows "bearer" in prose ("the bearer token is invalid").
+    re.compile(r"(?i)\b(bearer|basic)\s+(?!(?:tokens?|auth\w*|credentials?|header|scheme|realm|"
+               r"challenge|is|was|required|missing|invalid)\b)[A-Za-z0-9._~+/=\-]+"),
     # A JWT: base64url JSON header ("eyJ" is '{"'), payload and (maybe empty) signature.
     re.compile(r"\beyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*"),
     # key: value / key=value / "key": "value" for the keys credentials travel under.

@@ -61,6 +61,8 @@ def test_credential_shapes_are_removed_whoever_they_belong_to(text: str, expecte
     "Attribute 'password' is read-only",
     'scimType "invalidValue": displayName too long',
     "urn:ietf:params:scim:schemas:core:2.0:User",
+    "Missing or invalid bearer token",
+    "the target refused the bearer token",
 ])
 def test_ordinary_target_messages_are_left_alone(text: str) -> None:
     assert Redactor([TOKEN, SECRET])(text) == text
