@@ -25,6 +25,7 @@ from schemas import ErrorRecord, ManagedObject, ProvisioningCommand
 from schemas.codecs import decoder
 from schemas.control import AllowDeletes, AppHealth, AppStatus, RemovalTally, Restart
 from services.runtime import metrics
+from services.runtime.kafka import partition_for
 from services.runtime.records import error_record
 from services.runtime.settings import Settings
 from services.scim.quarantine import QuarantineEvent
@@ -171,16 +172,18 @@ class AppState:
 
     # -- held commands after a restart or a rebalance --------------------------------------
 
-    async def reload_held(self) -> int:
+    async def reload_held(self, owns: Callable[[bytes], bool] | None = None) -> int:
         """Take up what the held table has and memory does not: after a restart, or for a
         partition that moved here. Off-held commands wait for On again (or run, if the app
         is On now); removals are staged again at their first time, held again if the
         threshold held them (their ``stagedDelete`` is not reported twice). Objects with a
         job scheduled or running, or escrowed, are left alone (that job or escrow has the
-        command). Returns how many were taken up."""
+        command). ``owns``: whether a key's partition is this replica's (a table can hold a
+        standby copy of others). Returns how many were taken up."""
         if not self._restored.is_set():
             return 0
-        keys = [k for k in self.held.held_keys() if not self._knows(k)]
+        keys = [k for k in self.held.held_keys()
+                if (owns is None or owns(k)) and not self._knows(k)]
         taken = 0
         for key, entry in self.held.entries(keys):
             command = entry.command
@@ -195,6 +198,26 @@ class AppState:
         if taken:
             log.info("held commands reloaded", count=taken)
         return taken
+
+    def forget_partitions(self, partitions: set[int], count: int) -> int:
+        """Partitions of the commands topic (of ``count``) moved away from this replica: what
+        Off and the guard hold of them is forgotten here (never run by this replica); their
+        held table moved with them, and the new owner takes them up. Returns how many."""
+        if not partitions:
+            return 0
+        def gone(key: bytes) -> bool:
+            return partition_for(key, count) in partitions
+
+        forgotten = 0
+        for waiting in filter(None, self.paused.values()):
+            for key in [k for k in waiting if gone(k)]:
+                del waiting[key]
+                forgotten += 1
+        for app in self.writers:
+            forgotten += self.guard.forget_keys(app, gone)
+        if forgotten:
+            log.info("held commands of revoked partitions forgotten", count=forgotten)
+        return forgotten
 
     def _knows(self, key: bytes) -> bool:
         if self._scheduler.busy(key):

@@ -137,6 +137,11 @@ class DeletionGuard:
         state = self._apps.get(app)
         return state is not None and key in state.pending
 
+    def forget_keys(self, app: str, gone: Callable[[bytes], bool]) -> int:
+        """Removals of keys another replica owns now: dropped here (never run here); how many."""
+        state = self._apps.get(app)
+        return len(self._take(state, lambda s: gone(s.key))) if state is not None else 0
+
     def drop(self, app: str, key: bytes) -> bool:
         """A newer command for ``key`` supersedes its waiting removal."""
         state = self._apps.get(app)

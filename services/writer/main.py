@@ -36,6 +36,7 @@ from services.runtime.kafka import (
     SkippedRecords,
     faust_app,
     follow_records,
+    partition_for,
     raw_topic,
     report_consumer_lag,
 )
@@ -98,8 +99,11 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
     async def guard() -> None:
         recovery = app.tables.recovery
         if recovery.completed.is_set() and not recovery.in_recovery:
-            # The held table is complete for the partitions this replica owns now.
-            await processor.app_state.reload_held()
+            # The held table is complete for the partitions this replica owns now (it may
+            # also hold standby copies of other replicas' partitions: those are not ours).
+            owned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topics.commands}
+            await processor.app_state.reload_held(
+                lambda key: partition_for(key, settings.partitions) in owned)
         await processor.app_state.tick_guard()
 
     @app.timer(1.0)  # type: ignore[untyped-decorator]
@@ -134,6 +138,13 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
             processor.on_changelog(key, value)
 
     report_consumer_lag(app, "writer")
+
+    @app.on_partitions_revoked.connect  # type: ignore[untyped-decorator]
+    async def forget_revoked(app: Any, revoked: Any, **_: Any) -> None:
+        # What Off and the guard hold moves with its partition (the held table); the replica
+        # it leaves must not run it too. Taken up again from the table if it comes back.
+        moved = {tp.partition for tp in revoked if tp.topic == topics.commands}
+        processor.app_state.forget_partitions(moved, settings.partitions)
 
     @app.on_before_shutdown.connect  # type: ignore[untyped-decorator]
     async def close_clients(app: Any, **_: Any) -> None:

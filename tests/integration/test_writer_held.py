@@ -123,3 +123,32 @@ async def test_a_removal_waiting_out_the_grace_period_runs_after_a_restart(scim_
     await _tick(after, 0.6)
     assert sorted(_users(scim_target)) == ["u2@example.com"]
     assert tables["held"] == {}
+
+
+@pytest.mark.anyio
+async def test_held_removals_move_with_their_partitions(scim_target: ScimTarget) -> None:
+    tables = _tables()
+    app = application(deletion_threshold=2)
+    old = _writer(scim_target, app, tables)
+    await old.feed(*(user_cmd(i) for i in range(4)))
+    await old.settle()
+    await old.feed(*(user_cmd(i, operation="delete") for i in range(4)))
+    await _tick(old, 0.6)
+    assert old.processor.app_state.guard.waiting("app") == 4
+
+    # A rebalance: every partition moves to a new replica, with the held table.
+    assert old.processor.app_state.forget_partitions(set(range(PARTITIONS)), PARTITIONS) == 4
+    new = _writer(scim_target, app, tables)
+    await _tick(new, 0.3)
+    assert new.processor.app_state.guard.held("app") and new.processor.app_state.guard.waiting("app") == 4
+
+    assert await old.processor.app_state.reload_held(owns=lambda key: False) == 0, "a standby copy stays"
+    allowed = AllowDeletes(app="app", before=datetime.now(UTC), by="test")
+    old.processor.app_state.allow_deletes(allowed)
+    await old.processor.app_state.tick_guard()
+    await old.settle()
+    assert len(_users(scim_target)) == 4 and all(_users(scim_target).values()), \
+        "the replica the partitions left runs nothing of them"
+    new.processor.app_state.allow_deletes(allowed)
+    await _tick(new, 0.5)
+    assert _users(scim_target) == {} and tables["held"] == {}
