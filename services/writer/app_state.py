@@ -184,7 +184,7 @@ class AppState:
             return 0
         keys = [k for k in self.held.held_keys()
                 if (owns is None or owns(k)) and not self._knows(k)]
-        taken = 0
+        taken, unreported = 0, list[Staged]()
         for key, entry in self.held.entries(keys):
             command = entry.command
             if command.app not in self.writers or self._scheduler.escrow.get(key) is not None:
@@ -192,12 +192,23 @@ class AppState:
             taken += 1
             if entry.reason == "off" or not self.guard.guards(command.app):
                 await self._resume_held(key, command, releasing=entry.reason == "removal")
-            else:
-                self.guard.restore(Staged(key, command, entry.held_at), held=entry.reported,
-                                   now=datetime.now(UTC))
+                continue
+            staged = Staged(key, command, entry.held_at)
+            self.guard.restore(staged, held=entry.reported, now=datetime.now(UTC))
+            if not entry.reported:
+                unreported.append(staged)
         if taken:
             log.info("held commands reloaded", count=taken)
+        await self._report_unreported(unreported)
         return taken
+
+    async def _report_unreported(self, restored: list[Staged]) -> None:
+        """Removals that came back to an app held again but were never reported (the writer
+        stopped between holding them and reporting them): reported now."""
+        for app, writer in self.writers.items():
+            mine = [s for s in restored if s.command.app == app]
+            if mine and self.guard.held(app):
+                await self._held(writer, mine)
 
     def forget_partitions(self, partitions: set[int], count: int) -> int:
         """Partitions of the commands topic (of ``count``) moved away from this replica: what

@@ -20,6 +20,7 @@ from services.runtime.config import Application
 from services.runtime.settings import load_settings
 from services.scim.client import Backoff, ScimClient
 from services.writer.apply import Writer
+from services.writer.held import HeldStore
 from services.writer.worker import CommandProcessor
 from tests.support.writer_harness import PARTITIONS, Harness, Recorder, application, user_cmd
 
@@ -152,3 +153,24 @@ async def test_held_removals_move_with_their_partitions(scim_target: ScimTarget)
     new.processor.app_state.allow_deletes(allowed)
     await _tick(new, 0.5)
     assert _users(scim_target) == {} and tables["held"] == {}
+
+
+@pytest.mark.anyio
+async def test_a_removal_held_but_not_reported_before_a_kill_is_reported_once(
+        scim_target: ScimTarget) -> None:
+    tables = _tables()
+    app = application(deletion_threshold=5)
+    before = _writer(scim_target, app, tables)
+    await before.feed(user_cmd(1), user_cmd(2))
+    await before.settle()
+    # The writer died between reporting u1's stagedDelete and reporting u2's.
+    store = HeldStore(tables["held"])
+    store.put(b"app/u1", user_cmd(1, operation="delete"), "removal", datetime.now(UTC), reported=True)
+    store.put(b"app/u2", user_cmd(2, operation="delete"), "removal", datetime.now(UTC))
+
+    after = _writer(scim_target, app, tables)
+    await _tick(after, 0.5)
+    assert after.processor.app_state.guard.held("app"), "below the threshold, and held all the same"
+    assert [(r.action, r.source_id) for r in after.activity()] == [("stagedDelete", "u2")]
+    assert all((e := store.get(k)) is not None and e.reported for k in (b"app/u1", b"app/u2"))
+    assert len(_users(scim_target)) == 2
