@@ -161,6 +161,14 @@ class AppState:
             self.held.drop(key)
         if writer.preview(command, state).action not in ("disable", "delete"):
             return False
+        before = self.held.get(key)
+        if before is not None and before.reason == "removal" and before.reported \
+                and before.command.change_id == command.change_id:
+            # Redelivered after a restart (held, then acknowledged but not committed yet):
+            # held as it was, at its first time, and not reported again.
+            self.guard.restore(Staged(key, before.command, before.held_at), held=True,
+                               now=datetime.now(UTC))
+            return True
         staged = Staged(key, command, datetime.now(UTC))
         held = self.guard.stage(staged)
         self.held.put(key, command, "removal", staged.at, reported=held)

@@ -174,3 +174,26 @@ async def test_a_removal_held_but_not_reported_before_a_kill_is_reported_once(
     assert [(r.action, r.source_id) for r in after.activity()] == [("stagedDelete", "u2")]
     assert all((e := store.get(k)) is not None and e.reported for k in (b"app/u1", b"app/u2"))
     assert len(_users(scim_target)) == 2
+
+
+@pytest.mark.anyio
+async def test_held_removals_redelivered_after_a_kill_stay_held_and_unreported(
+        scim_target: ScimTarget) -> None:
+    tables = _tables()
+    app = application(deletion_threshold=2)
+    before = _writer(scim_target, app, tables)
+    await before.feed(*(user_cmd(i) for i in range(4)))
+    await before.settle()
+    removals = [user_cmd(i, operation="delete") for i in range(4)]
+    await before.feed(*removals)
+    await _tick(before, 0.6)
+    assert [r.action for r in before.activity()].count("stagedDelete") == 4
+
+    # Acknowledged but not committed when the writer was killed: the broker sends them again.
+    after = _writer(scim_target, app, tables)
+    await after.feed(*removals)
+    await after.settle()
+    await _tick(after, 0.6)
+    assert after.processor.app_state.guard.held("app")
+    assert after.activity() == [] and len(_users(scim_target)) == 4
+    assert all((e := HeldStore(tables["held"]).get(f"app/u{i}".encode())) and e.reported for i in range(4))
