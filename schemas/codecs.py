@@ -2,9 +2,10 @@
 
 Topics are named by their role, not their full name, because the prefix is a deployment
 setting: ``directory.changes``, ``provisioning.commands``, ``provisioning.activity``,
-``provisioning.errors``, the writer's state changelogs ``writer.managed`` and
-``writer.escrow``, where each source's change feed stopped, ``source.positions``; ``control``
-and its audit trail ``control.audit``; applications as data, ``control.config``.
+``provisioning.errors``, the writer's state changelogs ``writer.managed``,
+``writer.escrow`` and ``writer.held``, where each source's change feed stopped,
+``source.positions``; ``control`` and its audit trail ``control.audit``; applications as
+data, ``control.config``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from schemas.messages import (
     DirectoryMessage,
     ErrorRecord,
     EscrowedCommand,
+    HeldCommand,
     ManagedObject,
     ProvisioningMessage,
     SourcePosition,
@@ -34,6 +36,7 @@ TOPIC_TYPES: dict[str, Any] = {
     "provisioning.errors": ErrorRecord,
     "writer.managed": ManagedObject,
     "writer.escrow": EscrowedCommand,
+    "writer.held": HeldCommand,
     "source.positions": SourcePosition,
     "control": ControlMessage,
     "control.audit": AuditRecord,

@@ -20,6 +20,7 @@ __all__ = [
     "DirectoryMessage",
     "ErrorRecord",
     "EscrowedCommand",
+    "HeldCommand",
     "ManagedObject",
     "MatchingAttribute",
     "Message",
@@ -262,6 +263,24 @@ class EscrowedCommand(Message, tag="writer.escrow.v1", frozen=True, kw_only=True
     """The last failure, free of credentials."""
     escrowed_at: datetime
     last_attempt_at: datetime
+
+
+class HeldCommand(Message, tag="writer.held.v1", frozen=True, kw_only=True):
+    """A command the writer acknowledged but has not applied yet, on the writer's compacted
+    held changelog so it survives a restart (even ``kill -9``) and moves with its partition.
+
+    Key: ``"{app}/{source_id}"``; a tombstone once the command ran or was superseded. Two
+    reasons hold one: its app is Off (``off``: it runs when the app is On again), or it
+    removes an account and waits for the deletion guard (``removal``: after the grace
+    period, or past the threshold until ``scimflow allow-deletes``).
+    """
+
+    command: ProvisioningCommand
+    reason: Literal["off", "removal"]
+    held_at: datetime
+    """When it was held (a removal: when it was staged, which ``allow-deletes --before`` compares)."""
+    reported: bool = False
+    """A removal reported as ``stagedDelete`` (held by the threshold): not reported again."""
 
 
 class SourcePosition(Message, tag="source.position.v1", frozen=True, kw_only=True):

@@ -81,6 +81,12 @@ class Topics:
         """Commands of objects that failed too often, retried on later cycles (compacted)."""
         return self.changelog("writer", "escrow")
 
+    @property
+    def writer_held(self) -> str:
+        """Commands acknowledged but held: their app is Off, or a removal the deletion guard
+        holds (compacted)."""
+        return self.changelog("writer", "held")
+
     def specs(self) -> list[TopicSpec]:
         """Every topic of the pipeline, ready to create."""
         n = self.partitions
@@ -95,6 +101,7 @@ class Topics:
             TopicSpec(self.config, 1, compacted=True),
             TopicSpec(self.writer_state, n, compacted=True),
             TopicSpec(self.writer_escrow, n, compacted=True),
+            TopicSpec(self.writer_held, n, compacted=True),
             # A handful of keys (one per source), read whole at ingest start: one partition.
             TopicSpec(self.source_positions, 1, compacted=True),
         ]

@@ -6,6 +6,9 @@ sit around it, per application: Off keeps each object's latest command until On;
 deletion guard (``deletion_guard``) stages removals and holds them past the threshold,
 counting every replica's removals (``RemovalTally`` on the control topic); a Restart
 clears the app's escrow, quarantine and deferrals (and links, if asked).
+
+What Off and the guard hold was acknowledged already, so it is kept in the ``held`` table
+too (``held``) and reloaded from there after a restart or a rebalance (:meth:`AppState.reload_held`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from schemas import ErrorRecord, ManagedObject, ProvisioningCommand
 from schemas.codecs import decoder
 from schemas.control import AllowDeletes, AppHealth, AppStatus, RemovalTally, Restart
 from services.runtime import metrics
+from services.runtime.kafka import partition_for
 from services.runtime.records import error_record
 from services.runtime.settings import Settings
 from services.scim.quarantine import QuarantineEvent
@@ -29,6 +33,7 @@ from services.writer.apply import Writer
 from services.writer.chains import Job
 from services.writer.deletion_guard import DeletionGuard, Staged
 from services.writer.health import app_health, health_key, quarantine_error
+from services.writer.held import HeldStore
 from services.writer.links import Deferrals, LinkIndex
 from services.writer.publish import Publisher
 from services.writer.scheduler import Scheduler
@@ -49,7 +54,7 @@ class AppState:
     def __init__(self, settings: Settings, writers: dict[str, Writer], managed: Any, *,
                  scheduler: Scheduler, publisher: Publisher, links: LinkIndex, deferrals: Deferrals,
                  restored: asyncio.Event, spawn: Callable[[Awaitable[None]], None],
-                 learn: Callable[[list[str]], Awaitable[None]]) -> None:
+                 learn: Callable[[list[str]], Awaitable[None]], held: Any = None) -> None:
         self.paused: dict[str, dict[bytes, ProvisioningCommand] | None] = {
             name: ({} if w.app.status == "off" else None) for name, w in writers.items()}
         """Per app: None while on; while off, the latest command of each object, to apply on resume."""
@@ -64,6 +69,8 @@ class AppState:
         """request_ids of the Restart requests already handled by this process."""
         self.writers = writers
         self.managed = managed
+        self.held = HeldStore(held)
+        """What Off and the guard hold, durably: the in-memory ``paused`` and guard mirror it."""
         self._scheduler = scheduler
         self._publisher = publisher
         self._links = links
@@ -101,6 +108,7 @@ class AppState:
         written); its tallies stop."""
         waiting = self.paused.pop(name, None)
         staged = self.guard.forget(name)
+        self.held.forget_app(name)
         self._tallies.pop(name, None)
         log.info("app removed from the writer", app=name, paused=len(waiting or {}), staged=staged)
 
@@ -116,7 +124,12 @@ class AppState:
             return False
         waiting[key] = command
         self.guard.drop(command.app, key)
+        self.held.put(key, command, "off", datetime.now(UTC))
         return True
+
+    def applied(self, key: bytes) -> None:
+        """The object's command ran (or failed for good): nothing of it is held any more."""
+        self.held.drop(key)
 
     async def set_status(self, control: AppStatus) -> None:
         """Off pauses an app's writes (other apps go on); on applies what changed meanwhile."""
@@ -143,14 +156,100 @@ class AppState:
         any other command supersedes a removal the object had waiting."""
         if not self.guard.guards(command.app):
             return False
-        self.guard.drop(command.app, key)  # this command supersedes a waiting removal
+        if self.guard.drop(command.app, key):  # this command supersedes a waiting removal
+            # Safe to forget now: this command's own offset is acknowledged only once it ran.
+            self.held.drop(key)
         if writer.preview(command, state).action not in ("disable", "delete"):
             return False
-        if self.guard.stage(Staged(key, command, datetime.now(UTC))):
+        before = self.held.get(key)
+        if before is not None and before.reason == "removal" and before.reported \
+                and before.command.change_id == command.change_id:
+            # Redelivered after a restart (held, then acknowledged but not committed yet):
+            # held as it was, at its first time, and not reported again.
+            self.guard.restore(Staged(key, before.command, before.held_at), held=True,
+                               now=datetime.now(UTC))
+            return True
+        staged = Staged(key, command, datetime.now(UTC))
+        held = self.guard.stage(staged)
+        self.held.put(key, command, "removal", staged.at, reported=held)
+        if held:
             reason = (f"removals of {command.app} are held by the deletion threshold; "
                       f"`scimflow allow-deletes {command.app}` releases them")
-            await self._report_staged(writer, Staged(key, command, datetime.now(UTC)), reason)
+            await self._report_staged(writer, staged, reason)
         return True
+
+    # -- held commands after a restart or a rebalance --------------------------------------
+
+    async def reload_held(self, owns: Callable[[bytes], bool] | None = None) -> int:
+        """Take up what the held table has and memory does not: after a restart, or for a
+        partition that moved here. Off-held commands wait for On again (or run, if the app
+        is On now); removals are staged again at their first time, held again if the
+        threshold held them (their ``stagedDelete`` is not reported twice). Objects with a
+        job scheduled or running, or escrowed, are left alone (that job or escrow has the
+        command). ``owns``: whether a key's partition is this replica's (a table can hold a
+        standby copy of others). Returns how many were taken up."""
+        if not self._restored.is_set():
+            return 0
+        keys = [k for k in self.held.held_keys()
+                if (owns is None or owns(k)) and not self._knows(k)]
+        taken, unreported = 0, list[Staged]()
+        for key, entry in self.held.entries(keys):
+            command = entry.command
+            if command.app not in self.writers or self._scheduler.escrow.get(key) is not None:
+                continue
+            taken += 1
+            if entry.reason == "off" or not self.guard.guards(command.app):
+                await self._resume_held(key, command, releasing=entry.reason == "removal")
+                continue
+            staged = Staged(key, command, entry.held_at)
+            self.guard.restore(staged, held=entry.reported, now=datetime.now(UTC))
+            if not entry.reported:
+                unreported.append(staged)
+        if taken:
+            log.info("held commands reloaded", count=taken)
+        await self._report_unreported(unreported)
+        return taken
+
+    async def _report_unreported(self, restored: list[Staged]) -> None:
+        """Removals that came back to an app held again but were never reported (the writer
+        stopped between holding them and reporting them): reported now."""
+        for app, writer in self.writers.items():
+            mine = [s for s in restored if s.command.app == app]
+            if mine and self.guard.held(app):
+                await self._held(writer, mine)
+
+    def forget_partitions(self, partitions: set[int], count: int) -> int:
+        """Partitions of the commands topic (of ``count``) moved away from this replica: what
+        Off and the guard hold of them is forgotten here (never run by this replica); their
+        held table moved with them, and the new owner takes them up. Returns how many."""
+        if not partitions:
+            return 0
+        def gone(key: bytes) -> bool:
+            return partition_for(key, count) in partitions
+
+        forgotten = 0
+        for waiting in filter(None, self.paused.values()):
+            for key in [k for k in waiting if gone(k)]:
+                del waiting[key]
+                forgotten += 1
+        for app in self.writers:
+            forgotten += self.guard.forget_keys(app, gone)
+        if forgotten:
+            log.info("held commands of revoked partitions forgotten", count=forgotten)
+        return forgotten
+
+    def _knows(self, key: bytes) -> bool:
+        if self._scheduler.busy(key):
+            return True
+        return any(key in (waiting or {}) for waiting in self.paused.values()) or any(
+            self.guard.staged(app, key) for app in self.writers)
+
+    async def _resume_held(self, key: bytes, command: ProvisioningCommand, *, releasing: bool) -> None:
+        waiting = self.paused.get(command.app)
+        if waiting is not None:
+            waiting[key] = command
+            return
+        await self._scheduler.schedule(Job(key, command, releasing=releasing))
 
     async def tick_guard(self) -> None:
         """Run removals that are due; report the ones a threshold just held."""
@@ -190,9 +289,14 @@ class AppState:
         reason = (f"{len(held)} removals exceed the deletion threshold ({app.deletion_threshold}) "
                   f"of this cycle; held until `scimflow allow-deletes {app.name}`")
         log.warning("removals held", app=app.name, count=len(held), threshold=app.deletion_threshold)
+        # Held again after a restart: what was reported before the restart is not reported twice.
+        fresh = [s for s in held if not ((entry := self.held.get(s.key)) and entry.reported)]
+        if not fresh:
+            return
         await self._publisher.error(app.name.encode(), _threshold_exceeded(app.name, reason))
-        for staged in held:
+        for staged in fresh:
             await self._report_staged(writer, staged, reason)
+            self.held.reported(staged.key)
 
     async def _report_staged(self, writer: Writer, staged: Staged, reason: str) -> None:
         raw = self.managed.get(staged.key)

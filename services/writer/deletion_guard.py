@@ -54,6 +54,9 @@ class _App:
     """Other writer replicas: their last tally and when they sent it."""
     last_staged: datetime | None = None
     """When the latest removal arrived: the burst is over once it is ``grace`` old."""
+    restored_at: datetime | None = None
+    """When removals staged before a restart came back: none runs before ``grace`` after
+    (their ``max_wait`` may be long past, and the rest of their burst may be replaying)."""
 
 
 class DeletionGuard:
@@ -116,6 +119,29 @@ class DeletionGuard:
         state.last_staged = staged.at if state.last_staged is None else max(state.last_staged, staged.at)
         return state.held
 
+    def restore(self, staged: Staged, *, held: bool, now: datetime) -> None:
+        """A removal staged before a restart (from the held table), at the time it was first
+        staged (what an allowance compares); ``held``: the threshold held it, so the app is
+        held again until an operator allows it. The grace period starts again: the rest of
+        the burst may still be on its way."""
+        state = self._apps.get(staged.command.app)
+        if state is None:
+            return
+        state.pending[staged.key] = staged
+        state.last_staged = now if state.last_staged is None else max(state.last_staged, now)
+        state.restored_at = now
+        state.held = state.held or held
+
+    def staged(self, app: str, key: bytes) -> bool:
+        """Whether a removal of ``key`` waits here."""
+        state = self._apps.get(app)
+        return state is not None and key in state.pending
+
+    def forget_keys(self, app: str, gone: Callable[[bytes], bool]) -> int:
+        """Removals of keys another replica owns now: dropped here (never run here); how many."""
+        state = self._apps.get(app)
+        return len(self._take(state, lambda s: gone(s.key))) if state is not None else 0
+
     def drop(self, app: str, key: bytes) -> bool:
         """A newer command for ``key`` supersedes its waiting removal."""
         state = self._apps.get(app)
@@ -150,6 +176,8 @@ class DeletionGuard:
                               > state.threshold):
             state.held = True
             release.newly_held = list(state.pending.values())
+            return release
+        if state.restored_at is not None and now - state.restored_at < self.grace:
             return release
         quiet = state.last_staged is not None and now - state.last_staged >= self.grace
         ready = self._take(state, lambda s: quiet or now - s.at >= self.max_wait)

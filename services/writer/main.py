@@ -3,9 +3,11 @@
 Commands arrive keyed by ``app/source_id`` and go to :class:`CommandProcessor` one by one
 (manual, in-order acks). The managed-object table is a faust Table whose changelog uses the same key bytes and
 partitioner as the commands topic, so an object's state lives on its commands' partition;
-so does the ``escrow`` table of objects that failed too often. Every replica also follows
-the managed table's changelog whole (all partitions) to resolve references and group
-members to target ids, and the control topic for status, allow-deletes and restarts.
+so do the ``escrow`` table of objects that failed too often and the ``held`` table of
+commands acknowledged but held (their app is Off, or the deletion guard holds them).
+Every replica also follows the managed table's changelog whole (all partitions) to resolve
+references and group members to target ids, and the control topic for status, allow-deletes
+and restarts.
 
 The apps follow ``control.config`` (:class:`~services.runtime.live_config.LiveConfig`): each
 new version of an app goes to :meth:`CommandProcessor.set_application` (a removal to
@@ -34,7 +36,7 @@ from services.runtime.kafka import (
     SkippedRecords,
     faust_app,
     follow_records,
-    follow_topic,
+    partition_for,
     raw_topic,
     report_consumer_lag,
 )
@@ -62,11 +64,12 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
     topics = Topics(settings.topic_prefix, settings.partitions)
     managed = _raw_table(app, "managed", settings)
     escrow = _raw_table(app, "escrow", settings)
+    held = _raw_table(app, "held", settings)
     processor = CommandProcessor(settings, build_writers(settings, loaded), managed,
                                  activity=raw_topic(app, topics.activity),
                                  errors=raw_topic(app, topics.errors), escrow=escrow,
-                                 control=raw_topic(app, topics.control), loaded=loaded,
-                                 restoring=("links", "capabilities", "config"))
+                                 control=raw_topic(app, topics.control), loaded=loaded, held=held,
+                                 restoring=("links", "capabilities", "config", "control"))
     live = LiveConfig(bootstrap, topics, loaded, service="writer",
                       on_error=lambda record: processor.publisher.error(record.id.encode(), record))
     live.on_app(follow_versions(processor))
@@ -94,6 +97,13 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
 
     @app.timer(0.5)  # type: ignore[untyped-decorator]
     async def guard() -> None:
+        recovery = app.tables.recovery
+        if recovery.completed.is_set() and not recovery.in_recovery:
+            # The held table is complete for the partitions this replica owns now (it may
+            # also hold standby copies of other replicas' partitions: those are not ours).
+            owned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topics.commands}
+            await processor.app_state.reload_held(
+                lambda key: partition_for(key, settings.partitions) in owned)
         await processor.app_state.tick_guard()
 
     @app.timer(1.0)  # type: ignore[untyped-decorator]
@@ -103,7 +113,10 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
     @app.task  # type: ignore[untyped-decorator]
     async def control() -> None:
         # Every writer replica reads the whole control topic (no consumer group).
-        async for value in follow_topic(bootstrap, topics.control):
+        async for _, value in follow_records(bootstrap, topics.control,
+                                             on_caught_up=processor.control_read):
+            if value is None:
+                continue
             try:
                 message = _control.decode(value)
             except (msgspec.DecodeError, msgspec.ValidationError):
@@ -125,6 +138,13 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
             processor.on_changelog(key, value)
 
     report_consumer_lag(app, "writer")
+
+    @app.on_partitions_revoked.connect  # type: ignore[untyped-decorator]
+    async def forget_revoked(app: Any, revoked: Any, **_: Any) -> None:
+        # What Off and the guard hold moves with its partition (the held table); the replica
+        # it leaves must not run it too. Taken up again from the table if it comes back.
+        moved = {tp.partition for tp in revoked if tp.topic == topics.commands}
+        processor.app_state.forget_partitions(moved, settings.partitions)
 
     @app.on_before_shutdown.connect  # type: ignore[untyped-decorator]
     async def close_clients(app: Any, **_: Any) -> None:

@@ -70,7 +70,8 @@ class CommandProcessor:
 
     def __init__(self, settings: Settings, writers: dict[str, Writer], managed: Any, *,
                  activity: Any, errors: Any, escrow: Any = None, control: Any = None,
-                 restoring: Iterable[str] = (), loaded: LoadedConfig | None = None) -> None:
+                 restoring: Iterable[str] = (), loaded: LoadedConfig | None = None,
+                 held: Any = None) -> None:
         self.settings = settings
         self.writers = writers
         """Per app, its writer for the version in effect (replaced by ``set_application``)."""
@@ -96,7 +97,8 @@ class CommandProcessor:
         and each target's capabilities were read (how to match, PATCH or PUT, bulk)."""
         self._restoring = set(restoring)
         """What is still being restored: ``links`` (:meth:`links_restored`), ``capabilities``
-        (:meth:`learn`) and ``config`` (:meth:`config_read`), as the worker asks for them."""
+        (:meth:`learn`), ``config`` (:meth:`config_read`) and ``control`` (:meth:`control_read`),
+        as the worker asks for them."""
         if not self._restoring:
             self.restored.set()
         self._reruns: set[bytes] = set()
@@ -108,7 +110,8 @@ class CommandProcessor:
                                    restored=self.restored, is_off=self._is_off)
         self.app_state = AppState(settings, writers, managed, scheduler=self.scheduler,
                                   publisher=self.publisher, links=self.links, deferrals=self.deferrals,
-                                  restored=self.restored, spawn=self._spawn, learn=self.learn)
+                                  restored=self.restored, spawn=self._spawn, learn=self.learn,
+                                  held=held)
 
     def _is_off(self, app: str) -> bool:
         return self.app_state.is_off(app)
@@ -120,6 +123,11 @@ class CommandProcessor:
     def config_read(self) -> None:
         """The config topic was read at start: every app runs its current version."""
         self._ready("config")
+
+    def control_read(self) -> None:
+        """The control topic was read at start: an app an operator turned Off is Off before
+        the first write (a held command reloaded then would otherwise run)."""
+        self._ready("control")
 
     def _ready(self, part: str) -> None:
         self._restoring.discard(part)
@@ -214,6 +222,8 @@ class CommandProcessor:
                                           claim=lambda t: self._claim(command, t, claims))
             if not writer.app.dry_run:
                 self._keep(key, command, state, outcome, deferred=command if resolved.missing else None)
+            if outcome.retry is None:
+                self.app_state.applied(key)  # a retry keeps it held: a restart runs it again
         finally:
             for target_id in claims:
                 self._claims.pop((command.app, target_id), None)

@@ -121,3 +121,23 @@ def test_a_steady_trickle_runs_after_max_wait() -> None:
         guard.stage(removal(i, T0 + timedelta(seconds=i)))
     ran = guard.tick("a", T0 + timedelta(seconds=11.5))  # still arriving, but u0, u1 waited 10 s
     assert sorted(s.command.source_id for s in ran.run) == ["u0", "u1"]
+
+
+def test_a_restored_held_removal_stays_held_below_the_threshold_until_allowed() -> None:
+    # Some of a held wave were superseded before the restart: fewer than the threshold came back.
+    guard = DeletionGuard({"a": 5}, grace=2)
+    later = T0 + timedelta(hours=1)
+    guard.restore(removal(1), held=True, now=later)
+    guard.restore(removal(2), held=True, now=later)
+    assert guard.held("a") and guard.staged("a", b"a/u1")
+    assert guard.tick("a", later + timedelta(seconds=10)).run == []
+    guard.allow("a", T0)  # the allowance compares the time each was first staged
+    assert sorted(s.key for s in guard.tick("a", later + timedelta(seconds=11)).run) == [b"a/u1", b"a/u2"]
+
+
+def test_a_restored_removal_waits_the_grace_period_again() -> None:
+    guard = DeletionGuard({"a": 5}, grace=2)
+    later = T0 + timedelta(hours=1)
+    guard.restore(removal(1), held=False, now=later)
+    assert guard.tick("a", later + timedelta(seconds=1)).run == []
+    assert [s.key for s in guard.tick("a", later + timedelta(seconds=2)).run] == [b"a/u1"]
