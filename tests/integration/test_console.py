@@ -36,7 +36,8 @@ PAGES = ["/console", "/console/", "/console/apps/app", "/console/apps/app/sync",
          "/console/errors", "/console/activity/a1", "/console/errors/e1", "/console/apps/ghost"]
 FORMS = ["/console/apps/app/test-connection", "/console/apps/app/status", "/console/apps/app/restart",
          "/console/apps/app/allow-deletes", "/console/apps/app/provision", "/console/logout",
-         "/console/apps/app/mappings/user/0/preview", "/console/apps/app/mappings/save"]
+         "/console/apps/app/mappings/user/0/preview", "/console/apps/app/mappings/save",
+         "/console/apps/app/assignments", "/console/apps/app/assignments/remove"]
 
 
 @dataclass
@@ -216,3 +217,49 @@ def test_an_attribute_mapping_edit_is_previewed_then_written_as_a_version(stack:
     assert "Version 2 of the definition" in browser.get("/console/apps/app/mappings").text
     trail = audit_records(stack.bootstrap, stack.topics)
     assert ("ops", "config", "app", "succeeded") in [(a.by, a.action, a.app, a.outcome) for a in trail]
+
+
+def test_an_assignment_is_added_and_removed_as_config_versions(stack: Stack) -> None:
+    browser = _login(stack)
+    start = stack.admin.http.get("/apps/app/assignments").json()
+    version = start["version"]
+    pane = browser.get("/console/apps/app")
+    assert pane.status_code == 200 and 'id="assigned"' in pane.text
+    assert "<code>g-all</code>" in pane.text and f'name="version" value="{version}"' in pane.text
+    token = _csrf(pane.text)
+
+    added = browser.post("/console/apps/app/assignments",
+                         data={"csrf": token, "version": str(version), "type": "user", "id": "u-42",
+                               "comment": "pilot user"})
+    assert added.status_code == 303, added.text
+    assert added.headers["location"] == f"/console/apps/app?done=assigned&version={version + 1}#assignments"
+    live = stack.admin.http.get("/apps/app/config").json()
+    assert live["version"] == version + 1 and live["author"] == "ops" and live["comment"] == "pilot user"
+    assert live["definition"]["assignments"] == {"groups": ["g-all"], "users": ["u-42"]}
+    shown = browser.get(added.headers["location"])
+    assert f"version {version + 1} on the config topic" in shown.text and "<code>u-42</code>" in shown.text
+
+    # A form from the page before the change is refused: nothing is written.
+    stale = browser.post("/console/apps/app/assignments/remove",
+                         data={"csrf": token, "version": str(version), "type": "group", "id": "g-all"})
+    assert stale.status_code == 409 and "Nothing was written" in stale.text
+    assert stack.admin.http.get("/apps/app/config").json()["version"] == version + 1
+
+    removed = browser.post("/console/apps/app/assignments/remove",
+                           data={"csrf": token, "version": str(version + 1), "type": "user", "id": "u-42"})
+    assert removed.status_code == 303 and f"version={version + 2}" in removed.headers["location"]
+    after = stack.admin.http.get("/apps/app/assignments").json()
+    assert after["version"] == version + 2 and after["users"] == [] and after["groups"] == ["g-all"]
+    again = browser.post("/console/apps/app/assignments/remove",
+                         data={"csrf": token, "version": str(version + 2), "type": "user", "id": "u-42"})
+    assert again.status_code == 303 and "done=unchanged" in again.headers["location"]
+    assert stack.admin.http.get("/apps/app/config").json()["version"] == version + 2
+    bad = browser.post("/console/apps/app/assignments",
+                       data={"csrf": token, "version": str(version + 2), "type": "robot", "id": "x"})
+    assert bad.status_code == 400
+
+    trail = [(a.by, a.action, a.detail.get("id"), a.outcome)
+             for a in audit_records(stack.bootstrap, stack.topics) if a.action in ("assign", "unassign")]
+    assert ("ops", "assign", "u-42", "succeeded") in trail
+    assert ("ops", "unassign", "u-42", "succeeded") in trail
+    assert ("ops", "unassign", "g-all", "rejected") in trail  # the version conflict
