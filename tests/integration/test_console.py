@@ -37,7 +37,8 @@ PAGES = ["/console", "/console/", "/console/apps/app", "/console/apps/app/sync",
 FORMS = ["/console/apps/app/test-connection", "/console/apps/app/status", "/console/apps/app/restart",
          "/console/apps/app/allow-deletes", "/console/apps/app/provision", "/console/logout",
          "/console/apps/app/mappings/user/0/preview", "/console/apps/app/mappings/save",
-         "/console/apps/app/assignments", "/console/apps/app/assignments/remove"]
+         "/console/apps/app/assignments", "/console/apps/app/assignments/remove",
+         "/console/apps/app/object-mappings/user/preview"]
 
 
 @dataclass
@@ -263,3 +264,43 @@ def test_an_assignment_is_added_and_removed_as_config_versions(stack: Stack) -> 
     assert ("ops", "assign", "u-42", "succeeded") in trail
     assert ("ops", "unassign", "u-42", "succeeded") in trail
     assert ("ops", "unassign", "g-all", "rejected") in trail  # the version conflict
+
+
+def test_object_mapping_switches_are_previewed_then_written_as_a_version(stack: Stack) -> None:
+    browser = _login(stack)
+    version = stack.admin.http.get("/apps/app/config").json()["version"]
+    listing = browser.get("/console/apps/app/mappings")
+    for box in ("enabled-user", "action-user-create", "action-user-update", "action-user-delete"):
+        assert re.search(rf'id="{box}" checked>', listing.text), box
+    token = _csrf(listing.text)
+    every = {"csrf": token, "enabled": "yes", "action_create": "yes", "action_update": "yes",
+             "action_delete": "yes"}
+
+    same = browser.post("/console/apps/app/object-mappings/user/preview", data=every)
+    assert same.status_code == 200 and "Nothing changes." in same.text and 'id="save"' not in same.text
+
+    no_delete = {k: v for k, v in every.items() if k != "action_delete"}
+    preview = browser.post("/console/apps/app/object-mappings/user/preview", data=no_delete)
+    assert preview.status_code == 200, preview.text
+    diff = [html.unescape(d) for d in re.findall(r"<li><code>(.*?)</code></li>", preview.text)]
+    assert len(diff) == 1 and diff[0].startswith("+ $.mappings.user.actions"), diff
+    assert 'id="action-user-delete">' in preview.text  # the form shows what is proposed
+    assert stack.admin.http.get("/apps/app/config").json()["version"] == version
+    proposed = re.search(r'name="definition" value="([^"]*)"', preview.text)
+    assert proposed is not None
+    definition = html.unescape(proposed[1])
+    saved = browser.post("/console/apps/app/mappings/save",
+                         data={"csrf": token, "version": str(version), "definition": definition})
+    assert saved.status_code == 303 and saved.headers["location"].endswith(f"?saved={version + 1}")
+    live = stack.admin.http.get("/apps/app/config").json()
+    assert live["version"] == version + 1 and live["comment"] == "mapping edited in the console"
+    assert live["definition"]["mappings"]["user"]["actions"] == ["create", "update"]
+    assert "target object actions: create, update" in browser.get("/console/apps/app/mappings").text
+
+    off = browser.post("/console/apps/app/object-mappings/user/preview",
+                       data={k: v for k, v in no_delete.items() if k != "enabled"})
+    assert [html.unescape(d) for d in re.findall(r"<li><code>(.*?)</code></li>", off.text)] == [
+        "+ $.mappings.user.enabled: false"]
+    assert 'id="enabled-user">' in off.text
+    wrong = browser.post("/console/apps/app/object-mappings/group/preview", data=every)
+    assert wrong.status_code == 400 and "no group mapping" in wrong.text
