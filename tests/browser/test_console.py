@@ -188,6 +188,9 @@ def test_an_attribute_mapping_edit_reaches_every_user_in_the_target(
     p.wait_for("5 users titled Staff", lambda: [u.get("title") for u in p.scim.users()] == ["Staff"] * 5)
     console = f"{admin.url}/console"
     _log_in(browser, console, admin.token)
+    # The workers and the admin service each apply the config file at start: one version.
+    p.wait_for("version 1 on the config topic", lambda: admin.http.get("/apps/app/config").status_code == 200)
+    assert admin.http.get("/apps/app/config").json()["version"] == 1
 
     browser.get(f"{console}/apps/app/mappings")
     browser.find_element(By.CSS_SELECTOR, "a[aria-label='Edit the mapping of title']").click()
@@ -203,7 +206,8 @@ def test_an_attribute_mapping_edit_reaches_every_user_in_the_target(
     assert admin.http.get("/apps/app/config").json()["version"] == 1  # a preview writes nothing
     browser.find_element(By.ID, "m-comment").send_keys("titles for the pilot")
     _button(browser, "#save").click()
-    _wait(browser, "the saved version", lambda b: "Saved as version 2" in _text(b, "main"))
+    _wait(browser, "the answer to the save", lambda b: "saved=" in b.current_url or _text(b, ".alert.bad"))
+    assert "Saved as version 2" in _text(browser, "main"), _text(browser, "main")
 
     # Live reload: the workers apply version 2 without a restart and PATCH every user.
     p.wait_for("every user titled Manager in the target",
