@@ -16,7 +16,7 @@ import httpx
 import pytest
 import yaml
 
-from schemas import ActivityRecord, ErrorRecord
+from schemas import ActivityRecord, DirectoryChange, ErrorRecord
 from schemas.codecs import encode
 from schemas.messages import ModifiedProperty, Step
 from services.devstack.broker import Broker
@@ -38,7 +38,7 @@ FORMS = ["/console/apps/app/test-connection", "/console/apps/app/status", "/cons
          "/console/apps/app/allow-deletes", "/console/apps/app/provision", "/console/logout",
          "/console/apps/app/mappings/user/0/preview", "/console/apps/app/mappings/save",
          "/console/apps/app/assignments", "/console/apps/app/assignments/remove",
-         "/console/apps/app/object-mappings/user/preview"]
+         "/console/apps/app/object-mappings/user/preview", "/console/apps/app/mappings/test"]
 
 
 @dataclass
@@ -304,3 +304,41 @@ def test_object_mapping_switches_are_previewed_then_written_as_a_version(stack: 
     assert 'id="enabled-user">' in off.text
     wrong = browser.post("/console/apps/app/object-mappings/group/preview", data=every)
     assert wrong.status_code == 400 and "no group mapping" in wrong.text
+
+
+def test_a_previewed_edit_is_tested_on_one_source_object(stack: Stack) -> None:
+    attributes = {"userPrincipalName": "tess@corp", "id": "u-tess", "displayName": "Tess",
+                  "givenName": "T", "surname": "S", "mail": "tess@mail"}
+    change = DirectoryChange(source="hr", object_type="user", object_id="u-tess", operation="upsert",
+                             attributes=attributes, memberships=["g-all"], change_id="c-tess",
+                             observed_at=datetime.now(UTC))
+    producer = plain_producer(stack.bootstrap)
+    producer.send(stack.topics.changes, key=b"u-tess", value=encode(change)).get(timeout=30)
+    producer.close()
+    browser = _login(stack)
+    version = stack.admin.http.get("/apps/app/config").json()["version"]
+    form = browser.get("/console/apps/app/mappings/user/2")  # displayName <- displayName
+    token = _csrf(form.text)
+    preview = browser.post("/console/apps/app/mappings/user/2/preview",
+                           data={"csrf": token, "type": "direct", "source": "mail", "target": "displayName"})
+    assert preview.status_code == 200 and 'id="test-object"' in preview.text, preview.text
+    proposed = re.search(r'name="definition" value="([^"]*)"', preview.text)
+    assert proposed is not None
+    definition = html.unescape(proposed[1])
+
+    tested = browser.post("/console/apps/app/mappings/test",
+                          data={"csrf": token, "definition": definition, "object_id": "u-tess"},
+                          headers={"HX-Request": "true"})
+    assert tested.status_code == 200, tested.text
+    assert tested.text.startswith('<div id="object-test"')  # the fragment htmx swaps in
+    rows = re.findall(r'<tr><th scope="row"><code>(.*?)</code></th><td>(.*?)</td><td>(.*?)</td></tr>',
+                      tested.text)
+    assert rows == [("displayName", "Tess", "tess@mail")], tested.text
+    page = browser.post("/console/apps/app/mappings/test",
+                        data={"csrf": token, "definition": definition, "object_id": "u-nobody"})
+    assert page.status_code == 200 and "<!doctype html>" in page.text
+    assert "No change of this object is on the directory topic" in page.text
+    no_csrf = browser.post("/console/apps/app/mappings/test",
+                           data={"definition": definition, "object_id": "u-tess"})
+    assert no_csrf.status_code == 403
+    assert stack.admin.http.get("/apps/app/config").json()["version"] == version  # nothing written

@@ -1,7 +1,8 @@
 """The Mappings section of an app: object mappings (enabled, actions, scoping filters) and
 every attribute mapping (type, source or expression, target, matching precedence, apply,
 default); editing one attribute mapping (or adding, or removing one), and an object
-mapping's enabled switch and target object actions (Create, Update, Delete).
+mapping's enabled switch and target object actions (Create, Update, Delete); and testing a
+previewed edit on one source object (what it would change in that object's target account).
 
 An edit is written as the app's next version on the config topic
 (:mod:`services.runtime.config_store`) through the control plane, so it is validated, audited
@@ -23,7 +24,7 @@ from typing import Any
 from aiohttp import web
 
 from services.admin.console.app_pages import Handler
-from services.admin.console.render import CONSOLE, application, render, run
+from services.admin.console.render import CONSOLE, application, is_htmx, render, run
 from services.admin.control import BadRequestError, ControlPlane, NoSuchAppError
 from services.runtime.config_store import DefinitionError, Problem, diff, read_file, render_diff, validate_app
 
@@ -198,7 +199,30 @@ async def object_preview(request: web.Request) -> web.Response:
                   proposed=json.dumps(plain, sort_keys=True), **page)
 
 
+async def test_object(request: web.Request) -> web.Response:
+    """The previewed definition planned for one source object, next to the live version:
+    the mapper's own engine (the control plane's previewer), on the object's latest change
+    on the directory topic. Read only: nothing is written or audited."""
+    name = request.match_info["app"]
+    form = await request.post()
+    application(request.app[CONSOLE].plane, name)
+    object_id = str(form.get("object_id", "")).strip()
+    if not object_id:
+        raise BadRequestError("give the source id of a user or a group to test on")
+    try:
+        definition = json.loads(str(form.get("definition", "")))
+    except json.JSONDecodeError:
+        raise BadRequestError("the previewed definition is missing: preview the change again") from None
+    found = await run(request, lambda p: p.config_preview(name, definition, ids=[object_id], sample=1))
+    samples = [s for a in found["apps"] for s in a["samples"] if s["object_id"] == object_id]
+    sample = samples[0] if samples else {"object_id": object_id, "found": False, "changes": []}
+    template = "_object_test.html" if is_htmx(request) else "object_test.html"
+    return render(request, template, app_name=name, sample=sample,
+                  compared_with=found["apps"][0]["compared_with"] if found["apps"] else "")
+
+
 ROUTES: list[tuple[str, str, Handler]] = [
+    ("POST", "/apps/{app}/mappings/test", test_object),
     ("POST", "/apps/{app}/object-mappings/{kind}/preview", object_preview),
     ("GET", "/apps/{app}/mappings", mappings),
     ("GET", "/apps/{app}/mappings/{kind}/{index}", edit_form),
