@@ -178,3 +178,41 @@ def test_held_removals_are_released_with_allow_deletes(
     p.wait_for("4 disabled", lambda: sum(not u["active"] for u in p.scim.users()) == 4)
     assert {u["userName"] for u in p.scim.users() if u["active"]} == {"user0@example.com",
                                                                       "user1@example.com"}
+
+
+def test_an_attribute_mapping_edit_reaches_every_user_in_the_target(
+        pipeline_factory: Factory, browser: webdriver.Chrome) -> None:
+    users = [user(i) for i in range(5)]
+    p = pipeline_factory(users)
+    admin = start_admin(p.sup, p.dir)
+    p.wait_for("5 users titled Staff", lambda: [u.get("title") for u in p.scim.users()] == ["Staff"] * 5)
+    console = f"{admin.url}/console"
+    _log_in(browser, console, admin.token)
+    # The workers and the admin service each apply the config file at start: one version.
+    p.wait_for("version 1 on the config topic", lambda: admin.http.get("/apps/app/config").status_code == 200)
+    assert admin.http.get("/apps/app/config").json()["version"] == 1
+
+    browser.get(f"{console}/apps/app/mappings")
+    browser.find_element(By.CSS_SELECTOR, "a[aria-label='Edit the mapping of title']").click()
+    _wait(browser, "the edit form", lambda b: b.find_elements(By.ID, "m-value"))
+    value = browser.find_element(By.ID, "m-value")
+    assert value.get_attribute("value") == "Staff"
+    value.clear()
+    value.send_keys("Manager")
+    _button(browser, "#preview").click()
+    _wait(browser, "the diff", lambda b: b.find_elements(By.ID, "diff"))
+    assert _text(browser, "#diff ul.diff") == (
+        '~ $.mappings.user.attributes[target=title].value: "Staff" -> "Manager"')
+    assert admin.http.get("/apps/app/config").json()["version"] == 1  # a preview writes nothing
+    browser.find_element(By.ID, "m-comment").send_keys("titles for the pilot")
+    _button(browser, "#save").click()
+    _wait(browser, "the answer to the save", lambda b: "saved=" in b.current_url or _text(b, ".alert.bad"))
+    assert "Saved as version 2" in _text(browser, "main"), _text(browser, "main")
+
+    # Live reload: the workers apply version 2 without a restart and PATCH every user.
+    p.wait_for("every user titled Manager in the target",
+               lambda: [u.get("title") for u in p.scim.users()] == ["Manager"] * 5, timeout=60)
+    updates = [a for a in p.activity() if a.action == "update"]
+    assert {a.source_id for a in updates} == {u["id"] for u in users}
+    live = admin.http.get("/apps/app/config").json()
+    assert live["version"] == 2 and live["author"] == "ops" and live["comment"] == "titles for the pilot"

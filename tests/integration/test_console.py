@@ -16,7 +16,7 @@ import httpx
 import pytest
 import yaml
 
-from schemas import ActivityRecord, ErrorRecord
+from schemas import ActivityRecord, DirectoryChange, ErrorRecord
 from schemas.codecs import encode
 from schemas.messages import ModifiedProperty, Step
 from services.devstack.broker import Broker
@@ -36,7 +36,9 @@ PAGES = ["/console", "/console/", "/console/apps/app", "/console/apps/app/sync",
          "/console/errors", "/console/activity/a1", "/console/errors/e1", "/console/apps/ghost"]
 FORMS = ["/console/apps/app/test-connection", "/console/apps/app/status", "/console/apps/app/restart",
          "/console/apps/app/allow-deletes", "/console/apps/app/provision", "/console/logout",
-         "/console/apps/app/mappings/user/0/preview", "/console/apps/app/mappings/save"]
+         "/console/apps/app/mappings/user/0/preview", "/console/apps/app/mappings/save",
+         "/console/apps/app/assignments", "/console/apps/app/assignments/remove",
+         "/console/apps/app/object-mappings/user/preview", "/console/apps/app/mappings/test"]
 
 
 @dataclass
@@ -216,3 +218,127 @@ def test_an_attribute_mapping_edit_is_previewed_then_written_as_a_version(stack:
     assert "Version 2 of the definition" in browser.get("/console/apps/app/mappings").text
     trail = audit_records(stack.bootstrap, stack.topics)
     assert ("ops", "config", "app", "succeeded") in [(a.by, a.action, a.app, a.outcome) for a in trail]
+
+
+def test_an_assignment_is_added_and_removed_as_config_versions(stack: Stack) -> None:
+    browser = _login(stack)
+    start = stack.admin.http.get("/apps/app/assignments").json()
+    version = start["version"]
+    pane = browser.get("/console/apps/app")
+    assert pane.status_code == 200 and 'id="assigned"' in pane.text
+    assert "<code>g-all</code>" in pane.text and f'name="version" value="{version}"' in pane.text
+    token = _csrf(pane.text)
+
+    added = browser.post("/console/apps/app/assignments",
+                         data={"csrf": token, "version": str(version), "type": "user", "id": "u-42",
+                               "comment": "pilot user"})
+    assert added.status_code == 303, added.text
+    assert added.headers["location"] == f"/console/apps/app?done=assigned&version={version + 1}#assignments"
+    live = stack.admin.http.get("/apps/app/config").json()
+    assert live["version"] == version + 1 and live["author"] == "ops" and live["comment"] == "pilot user"
+    assert live["definition"]["assignments"] == {"groups": ["g-all"], "users": ["u-42"]}
+    shown = browser.get(added.headers["location"])
+    assert f"version {version + 1} on the config topic" in shown.text and "<code>u-42</code>" in shown.text
+
+    # A form from the page before the change is refused: nothing is written.
+    stale = browser.post("/console/apps/app/assignments/remove",
+                         data={"csrf": token, "version": str(version), "type": "group", "id": "g-all"})
+    assert stale.status_code == 409 and "Nothing was written" in stale.text
+    assert stack.admin.http.get("/apps/app/config").json()["version"] == version + 1
+
+    removed = browser.post("/console/apps/app/assignments/remove",
+                           data={"csrf": token, "version": str(version + 1), "type": "user", "id": "u-42"})
+    assert removed.status_code == 303 and f"version={version + 2}" in removed.headers["location"]
+    after = stack.admin.http.get("/apps/app/assignments").json()
+    assert after["version"] == version + 2 and after["users"] == [] and after["groups"] == ["g-all"]
+    again = browser.post("/console/apps/app/assignments/remove",
+                         data={"csrf": token, "version": str(version + 2), "type": "user", "id": "u-42"})
+    assert again.status_code == 303 and "done=unchanged" in again.headers["location"]
+    assert stack.admin.http.get("/apps/app/config").json()["version"] == version + 2
+    bad = browser.post("/console/apps/app/assignments",
+                       data={"csrf": token, "version": str(version + 2), "type": "robot", "id": "x"})
+    assert bad.status_code == 400
+
+    trail = [(a.by, a.action, a.detail.get("id"), a.outcome)
+             for a in audit_records(stack.bootstrap, stack.topics) if a.action in ("assign", "unassign")]
+    assert ("ops", "assign", "u-42", "succeeded") in trail
+    assert ("ops", "unassign", "u-42", "succeeded") in trail
+    assert ("ops", "unassign", "g-all", "rejected") in trail  # the version conflict
+
+
+def test_object_mapping_switches_are_previewed_then_written_as_a_version(stack: Stack) -> None:
+    browser = _login(stack)
+    version = stack.admin.http.get("/apps/app/config").json()["version"]
+    listing = browser.get("/console/apps/app/mappings")
+    for box in ("enabled-user", "action-user-create", "action-user-update", "action-user-delete"):
+        assert re.search(rf'id="{box}" checked>', listing.text), box
+    token = _csrf(listing.text)
+    every = {"csrf": token, "enabled": "yes", "action_create": "yes", "action_update": "yes",
+             "action_delete": "yes"}
+
+    same = browser.post("/console/apps/app/object-mappings/user/preview", data=every)
+    assert same.status_code == 200 and "Nothing changes." in same.text and 'id="save"' not in same.text
+
+    no_delete = {k: v for k, v in every.items() if k != "action_delete"}
+    preview = browser.post("/console/apps/app/object-mappings/user/preview", data=no_delete)
+    assert preview.status_code == 200, preview.text
+    diff = [html.unescape(d) for d in re.findall(r"<li><code>(.*?)</code></li>", preview.text)]
+    assert len(diff) == 1 and diff[0].startswith("+ $.mappings.user.actions"), diff
+    assert 'id="action-user-delete">' in preview.text  # the form shows what is proposed
+    assert stack.admin.http.get("/apps/app/config").json()["version"] == version
+    proposed = re.search(r'name="definition" value="([^"]*)"', preview.text)
+    assert proposed is not None
+    definition = html.unescape(proposed[1])
+    saved = browser.post("/console/apps/app/mappings/save",
+                         data={"csrf": token, "version": str(version), "definition": definition})
+    assert saved.status_code == 303 and saved.headers["location"].endswith(f"?saved={version + 1}")
+    live = stack.admin.http.get("/apps/app/config").json()
+    assert live["version"] == version + 1 and live["comment"] == "mapping edited in the console"
+    assert live["definition"]["mappings"]["user"]["actions"] == ["create", "update"]
+    assert "target object actions: create, update" in browser.get("/console/apps/app/mappings").text
+
+    off = browser.post("/console/apps/app/object-mappings/user/preview",
+                       data={k: v for k, v in no_delete.items() if k != "enabled"})
+    assert [html.unescape(d) for d in re.findall(r"<li><code>(.*?)</code></li>", off.text)] == [
+        "+ $.mappings.user.enabled: false"]
+    assert 'id="enabled-user">' in off.text
+    wrong = browser.post("/console/apps/app/object-mappings/group/preview", data=every)
+    assert wrong.status_code == 400 and "no group mapping" in wrong.text
+
+
+def test_a_previewed_edit_is_tested_on_one_source_object(stack: Stack) -> None:
+    attributes = {"userPrincipalName": "tess@corp", "id": "u-tess", "displayName": "Tess",
+                  "givenName": "T", "surname": "S", "mail": "tess@mail"}
+    change = DirectoryChange(source="hr", object_type="user", object_id="u-tess", operation="upsert",
+                             attributes=attributes, memberships=["g-all"], change_id="c-tess",
+                             observed_at=datetime.now(UTC))
+    producer = plain_producer(stack.bootstrap)
+    producer.send(stack.topics.changes, key=b"u-tess", value=encode(change)).get(timeout=30)
+    producer.close()
+    browser = _login(stack)
+    version = stack.admin.http.get("/apps/app/config").json()["version"]
+    form = browser.get("/console/apps/app/mappings/user/2")  # displayName <- displayName
+    token = _csrf(form.text)
+    preview = browser.post("/console/apps/app/mappings/user/2/preview",
+                           data={"csrf": token, "type": "direct", "source": "mail", "target": "displayName"})
+    assert preview.status_code == 200 and 'id="test-object"' in preview.text, preview.text
+    proposed = re.search(r'name="definition" value="([^"]*)"', preview.text)
+    assert proposed is not None
+    definition = html.unescape(proposed[1])
+
+    tested = browser.post("/console/apps/app/mappings/test",
+                          data={"csrf": token, "definition": definition, "object_id": "u-tess"},
+                          headers={"HX-Request": "true"})
+    assert tested.status_code == 200, tested.text
+    assert tested.text.startswith('<div id="object-test"')  # the fragment htmx swaps in
+    rows = re.findall(r'<tr><th scope="row"><code>(.*?)</code></th><td>(.*?)</td><td>(.*?)</td></tr>',
+                      tested.text)
+    assert rows == [("displayName", "Tess", "tess@mail")], tested.text
+    page = browser.post("/console/apps/app/mappings/test",
+                        data={"csrf": token, "definition": definition, "object_id": "u-nobody"})
+    assert page.status_code == 200 and "<!doctype html>" in page.text
+    assert "No change of this object is on the directory topic" in page.text
+    no_csrf = browser.post("/console/apps/app/mappings/test",
+                           data={"definition": definition, "object_id": "u-tess"})
+    assert no_csrf.status_code == 403
+    assert stack.admin.http.get("/apps/app/config").json()["version"] == version  # nothing written

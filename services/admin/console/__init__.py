@@ -6,7 +6,8 @@ admin service), server-rendered on top of the control plane.
 - ``render.py``: shared state and the Jinja2 pages (autoescaped);
 - ``app_pages.py``: login, Applications, the Provisioning pane and its actions, provision on demand;
 - ``report_pages.py``: the Activity and Error reports and their records;
-- ``mapping_pages.py``: an app's mappings;
+- ``assignment_pages.py``: adding and removing an app's assigned users and groups;
+- ``mapping_pages.py``: an app's mappings: attribute and object mapping edits, Test on one object;
 - ``templates/``, ``static/`` (htmx 2.0.4 from npm ``htmx.org``, served from here).
 """
 

@@ -24,7 +24,7 @@ from services.admin.console.session import (
     login_csrf_ok,
     start_session,
 )
-from services.admin.control import BadRequestError, Caller, ProvisionFailedError
+from services.admin.control import BadRequestError, Caller, ControlPlane, NoSuchAppError, ProvisionFailedError
 
 __all__ = ["ROUTES", "Handler"]
 
@@ -37,6 +37,9 @@ _DONE = {
     "restart": "Clear current state and restart requested: the next cycle is a full initial cycle.",
     "restart-links": "Clear current state and restart requested, with the links to target objects reset.",
     "allow-deletes": "The held removals are allowed: the writer applies them now.",
+    "assigned": "Assignment added: version {version} on the config topic, applied live by the workers.",
+    "unassigned": "Assignment removed: version {version} on the config topic, applied live by the workers.",
+    "unchanged": "Nothing changed (already so in version {version}): nothing was written.",
 }
 
 
@@ -112,9 +115,20 @@ def _errors_since(errors: list[dict[str, Any]], since: datetime) -> Counter[str]
 async def app_pane(request: web.Request, **extra: Any) -> web.Response:
     name = request.match_info["app"]
     config = application(request.app[CONSOLE].plane, name)
-    report = await run(request, lambda p: p.status(name)[0])
-    done = _DONE.get(request.query.get("done", ""))
-    return render(request, "app.html", app=report, config=config, done=done, **extra)
+    report, assigned = await asyncio.gather(run(request, lambda p: p.status(name)[0]),
+                                            run(request, lambda p: _assignments(p, name)))
+    version = request.query.get("version", "")
+    done = _DONE.get(request.query.get("done", ""), "").format(version=version if version.isdigit() else "?")
+    return render(request, "app.html", app=report, config=config, done=done, assigned=assigned, **extra)
+
+
+def _assignments(plane: ControlPlane, name: str) -> dict[str, Any] | None:
+    """The app's assignments on the config topic, or None before its first version there
+    (nothing to edit yet: the pane shows the config file's)."""
+    try:
+        return plane.assignments(name)
+    except NoSuchAppError:
+        return None
 
 
 async def sync_details(request: web.Request) -> web.Response:

@@ -1,6 +1,8 @@
 """The Mappings section of an app: object mappings (enabled, actions, scoping filters) and
 every attribute mapping (type, source or expression, target, matching precedence, apply,
-default); and editing one attribute mapping (or adding, or removing one).
+default); editing one attribute mapping (or adding, or removing one), and an object
+mapping's enabled switch and target object actions (Create, Update, Delete); and testing a
+previewed edit on one source object (what it would change in that object's target account).
 
 An edit is written as the app's next version on the config topic
 (:mod:`services.runtime.config_store`) through the control plane, so it is validated, audited
@@ -22,15 +24,16 @@ from typing import Any
 from aiohttp import web
 
 from services.admin.console.app_pages import Handler
-from services.admin.console.render import CONSOLE, application, render, run
+from services.admin.console.render import CONSOLE, application, is_htmx, render, run
 from services.admin.control import BadRequestError, ControlPlane, NoSuchAppError
 from services.runtime.config_store import DefinitionError, Problem, diff, read_file, render_diff, validate_app
 
-__all__ = ["ROUTES", "edited"]
+__all__ = ["ROUTES", "edited", "object_edited"]
 
 _KINDS = ("user", "group")
 _FIELDS = ("target", "type", "source", "expression", "value", "default", "apply", "matching")
 _TYPES = ("direct", "constant", "expression", "none")
+_ACTIONS = ("create", "update", "delete")
 
 
 def _definition(plane: ControlPlane, name: str) -> tuple[dict[str, Any], int]:
@@ -73,6 +76,22 @@ def edited(definition: dict[str, Any], kind: str, index: int | None,
     return changed
 
 
+def object_edited(definition: dict[str, Any], kind: str, form: dict[str, str]) -> dict[str, Any]:
+    """``definition`` with the ``kind`` object mapping's ``enabled`` and ``actions`` as the
+    form's checkboxes say. A field already so is left as written (an absent default stays
+    absent), so the diff shows only what the administrator changed. Pure."""
+    changed = copy.deepcopy(definition)
+    _attributes(changed, kind)  # the object mapping exists
+    mapping = changed["mappings"][kind]
+    enabled = form.get("enabled") == "yes"
+    if enabled != mapping.get("enabled", True):
+        mapping["enabled"] = enabled
+    actions = [a for a in _ACTIONS if form.get(f"action_{a}") == "yes"]
+    if set(actions) != set(mapping.get("actions", _ACTIONS)):
+        mapping["actions"] = actions
+    return changed
+
+
 def _from_form(form: dict[str, str]) -> dict[str, Any]:
     """The attribute mapping as the config writes it: only the fields given."""
     mapping: dict[str, Any] = {}
@@ -98,7 +117,7 @@ async def mappings(request: web.Request) -> web.Response:
     definition, version = await run(request, lambda p: _definition(p, name))
     saved = request.query.get("saved", "")
     return render(request, "mappings.html", app_name=name, definition=definition, version=version,
-                  saved=int(saved) if saved.isdigit() else None)
+                  saved=int(saved) if saved.isdigit() else None, actions=_ACTIONS)
 
 
 async def edit_form(request: web.Request) -> web.Response:
@@ -152,13 +171,59 @@ async def save(request: web.Request) -> web.Response:
         definition = json.loads(str(form.get("definition", "")))
     except json.JSONDecodeError:
         raise BadRequestError("the previewed definition is missing: preview the change again") from None
-    comment = str(form.get("comment", "")).strip() or "attribute mapping edited in the console"
+    comment = str(form.get("comment", "")).strip() or "mapping edited in the console"
     result = await run(request, lambda p: p.config_put(name, definition, expected=int(expected),
                                                        comment=comment))
     raise web.HTTPSeeOther(f"/console/apps/{name}/mappings?saved={result['version']}")
 
 
+async def object_preview(request: web.Request) -> web.Response:
+    """Validate an object mapping's new switches and show the diff; nothing is written yet."""
+    name, kind = request.match_info["app"], request.match_info["kind"]
+    form = {k: str(v) for k, v in (await request.post()).items()}
+    plane = request.app[CONSOLE].plane
+    application(plane, name)
+    definition, version = await run(request, lambda p: _definition(p, name))
+    proposed = object_edited(definition, kind, form)
+    shown = proposed["mappings"][kind]
+    page: dict[str, Any] = {"app_name": name, "kind": kind, "version": version, "actions": _ACTIONS,
+                            "enabled": shown.get("enabled", True),
+                            "chosen": list(shown.get("actions", _ACTIONS))}
+    try:
+        plain = validate_app(name, proposed, load=plane.load)
+    except DefinitionError as exc:
+        return render(request, "object_mapping_edit.html", status=400, problems=exc.problems,
+                      changes=None, **page)
+    return render(request, "object_mapping_edit.html", problems=[],
+                  changes=render_diff(diff(definition, plain)),
+                  proposed=json.dumps(plain, sort_keys=True), **page)
+
+
+async def test_object(request: web.Request) -> web.Response:
+    """The previewed definition planned for one source object, next to the live version:
+    the mapper's own engine (the control plane's previewer), on the object's latest change
+    on the directory topic. Read only: nothing is written or audited."""
+    name = request.match_info["app"]
+    form = await request.post()
+    application(request.app[CONSOLE].plane, name)
+    object_id = str(form.get("object_id", "")).strip()
+    if not object_id:
+        raise BadRequestError("give the source id of a user or a group to test on")
+    try:
+        definition = json.loads(str(form.get("definition", "")))
+    except json.JSONDecodeError:
+        raise BadRequestError("the previewed definition is missing: preview the change again") from None
+    found = await run(request, lambda p: p.config_preview(name, definition, ids=[object_id], sample=1))
+    samples = [s for a in found["apps"] for s in a["samples"] if s["object_id"] == object_id]
+    sample = samples[0] if samples else {"object_id": object_id, "found": False, "changes": []}
+    template = "_object_test.html" if is_htmx(request) else "object_test.html"
+    return render(request, template, app_name=name, sample=sample,
+                  compared_with=found["apps"][0]["compared_with"] if found["apps"] else "")
+
+
 ROUTES: list[tuple[str, str, Handler]] = [
+    ("POST", "/apps/{app}/mappings/test", test_object),
+    ("POST", "/apps/{app}/object-mappings/{kind}/preview", object_preview),
     ("GET", "/apps/{app}/mappings", mappings),
     ("GET", "/apps/{app}/mappings/{kind}/{index}", edit_form),
     ("POST", "/apps/{app}/mappings/{kind}/{index}/preview", preview),

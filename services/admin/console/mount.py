@@ -17,7 +17,7 @@ import structlog
 from aiohttp import web
 
 from services.admin.auth import Tokens
-from services.admin.console import app_pages, mapping_pages, report_pages
+from services.admin.console import app_pages, assignment_pages, mapping_pages, report_pages
 from services.admin.console.render import CALLER, CONSOLE, Console, is_htmx, render, run
 from services.admin.console.session import CSRF_FIELD, csrf_ok, session_name
 from services.admin.control import BadRequestError, Caller, ControlPlane, NoSuchAppError
@@ -40,7 +40,8 @@ def mount_console(app: web.Application, plane: ControlPlane, tokens: Tokens) -> 
     app.middlewares.insert(0, _console)
     app.router.add_static(f"{PREFIX}/static", _STATIC, name="console-static")
     app.router.add_get(PREFIX, _home)
-    for method, path, handler in (*app_pages.ROUTES, *report_pages.ROUTES, *mapping_pages.ROUTES):
+    for method, path, handler in (*app_pages.ROUTES, *assignment_pages.ROUTES, *report_pages.ROUTES,
+                                 *mapping_pages.ROUTES):
         app.router.add_route(method, PREFIX + path, handler)
 
 
