@@ -316,22 +316,23 @@ def assign(app: AppArg, user: UserOpt = None, group: GroupOpt = None, comment: C
            if_version: ExpectOpt = None, by: AuthorOpt = "", api: ApiOpt = None,
            token_file: TokenFileOpt = None, as_json: JsonOpt = False) -> None:
     """Assign a user or group to APP (Entra's "Users and groups"): a new version of APP."""
-    def call() -> None:
-        kind, object_id = _one(user, group)
-        with _backend(api, token_file, by) as b:
-            result = b.assign(app, kind, object_id, expected=if_version, comment=comment)
-        emit(result, as_json, _print_assignment_change)
-    _run(call)
+    _edit_assignments("assign", app, user, group, comment, if_version, by, api, token_file, as_json)
 
 
 def unassign(app: AppArg, user: UserOpt = None, group: GroupOpt = None, comment: CommentOpt = "",
              if_version: ExpectOpt = None, by: AuthorOpt = "", api: ApiOpt = None,
              token_file: TokenFileOpt = None, as_json: JsonOpt = False) -> None:
     """Remove a user or group from APP's assignments: a new version of APP."""
+    _edit_assignments("unassign", app, user, group, comment, if_version, by, api, token_file, as_json)
+
+
+def _edit_assignments(op: Literal["assign", "unassign"], app: str, user: str | None, group: str | None,
+                      comment: str, if_version: int | None, by: str, api: str | None,
+                      token_file: Path | None, as_json: bool) -> None:
     def call() -> None:
         kind, object_id = _one(user, group)
         with _backend(api, token_file, by) as b:
-            result = b.unassign(app, kind, object_id, expected=if_version, comment=comment)
+            result = getattr(b, op)(app, kind, object_id, expected=if_version, comment=comment)
         emit(result, as_json, _print_assignment_change)
     _run(call)
 
