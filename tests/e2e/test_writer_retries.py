@@ -148,6 +148,9 @@ def test_quarantine_is_published_on_the_control_topic(pipeline_factory: Factory,
     app["target"]["quarantine"] = {"min_calls": 5, "failure_ratio": 0.8, "probe_initial": 1.0}
     p = pipeline_factory([], app=app, start=False)
     p.sup.start(["writer"])
+    # The outage starts once the writer consumes: started before, it could end (on a loaded
+    # machine) before the writer made a single call, and nothing would be quarantined.
+    p.wait_for("the writer to restore its state", lambda: "writer state restored" in _log(p), timeout=90)
     proxy.outage(4.0, mode="503")
     produce(p, *(user_cmd(i) for i in range(10)))
     p.wait_for("10 users after the outage", lambda: p.scim.count() == 10, timeout=60)
