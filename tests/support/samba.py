@@ -9,6 +9,10 @@ file lock) and each ``start_samba()`` copies it into a temporary directory and s
 and ``ldb:nosync = true`` (as Samba's own selftest: a throwaway database need not be
 fsynced; it halves the time of an add). Starting a copy takes a few seconds; adding a
 thousand users over one connection (``add_entries``) about eight.
+
+Samba is started with the dev stack's process helper (``services.devstack.processes.spawn``):
+in a session of its own, and killed by the kernel when the test runner dies (even by a
+SIGTERM or SIGKILL that skips pytest's teardown), so no domain controller is left running.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from typing import Any
 
 import ldap  # type: ignore[import-untyped]
 import ldap.modlist  # type: ignore[import-untyped]
+
+from services.devstack.processes import spawn, terminate
 
 __all__ = ["Entry", "Samba", "samba_missing", "start_samba"]
 
@@ -138,13 +144,7 @@ class Samba:
         return [str(uuid.UUID(bytes_le=attrs["objectGUID"][0])) for [(_, attrs)] in found]
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        terminate(self.process, grace=10)
 
 
 def _version() -> str:
@@ -195,15 +195,13 @@ def start_samba() -> Iterator[Samba]:
     shutil.copytree(template, root, symlinks=True)
     address = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(2, 254)}"
     conf = _configure(root, template, address)
-    log = (root / "samba.out").open("wb")
-    process = subprocess.Popen(["samba", "-s", str(conf), "-i", "-M", "single"], stdout=log, stderr=log)
+    process = spawn(["samba", "-s", str(conf), "-i", "-M", "single"], root / "samba.out")
     server = Samba(root, address, process)
     try:
         _wait_until_ready(server)
         yield server
     finally:
         server.stop()
-        log.close()
         shutil.rmtree(root, ignore_errors=True)
 
 
