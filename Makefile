@@ -116,9 +116,13 @@ lint: deps
 # bench/pipeline.py folds in the phases of bench/mapping.py, bench/reconcile.py and
 # bench/writer_path.py (how far one update travels through the writer's code: stops and
 # files from a command to the target call); its last line is one JSON object of every figure.
+# bench/poison.py: the delay of good records behind 1,000 poison records per input topic,
+# and good users/s with and without them (its own JSON line; exits 1 if a poison record is
+# not exactly one error record or an agent restarted).
 bench: kafka
 	PYTHONPATH=. $(PY) bench/pipeline.py $(BENCH_ARGS)
 	PYTHONPATH=. $(PY) bench/ldap_latency.py
+	PYTHONPATH=. $(PY) bench/poison.py
 
 schemas: deps
 	$(PY) -m schemas.generate

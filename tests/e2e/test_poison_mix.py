@@ -10,7 +10,6 @@ source, so both workers meet poison and good records mixed on the same partition
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +17,7 @@ import pytest
 
 from services.runtime.kafka import plain_producer
 from tests.conftest import Pipeline, user
+from tests.support.poison import CHANGE, COMMAND, HUGE, HUGE_EVERY, poison
 
 pytestmark = pytest.mark.e2e
 
@@ -26,37 +26,6 @@ Factory = Callable[..., Pipeline]
 POISON_PER_TOPIC = 1000
 GOOD_USERS = 400
 ROUNDS = 10
-HUGE = b"\xff" * 900_000
-"""Not JSON, and each byte becomes a 3-byte U+FFFD when quoted: an error record quoting it
-whole would be 2.7 MB, over the broker's 1 MB limit."""
-HUGE_EVERY = 200  # 5 of each topic's 1,000: each is 0.9 MB on the broker
-
-CHANGE = {"type": "directory.change.v1", "source": "hr", "object_type": "user",
-          "object_id": "POISON", "operation": "upsert", "change_id": "c",
-          "observed_at": "2026-12-04T10:00:00Z"}
-COMMAND = {"type": "provisioning.command.v1", "app": "app", "object_type": "user", "source": "hr",
-           "source_id": "POISON", "operation": "upsert", "reason": "in scope",
-           "observed_at": "2026-12-04T10:00:00Z", "change_id": "c"}
-
-
-def poison(template: dict[str, Any], i: int) -> bytes | None:
-    """The ``i``-th poison record built on a topic's good ``template``: one of the kinds a
-    stranger or a broken producer puts on a topic."""
-    good = json.dumps(template).encode()
-    if i % HUGE_EVERY == HUGE_EVERY - 1:
-        return HUGE
-    kinds: list[bytes | None] = [
-        None,  # a tombstone: no value at all
-        good.replace(b'"POISON"', b'"\xff\xfeP"'),  # invalid UTF-8 in a known field
-        json.dumps({**template, "object_type": 5}).encode(),  # a known field of the wrong type
-        json.dumps({**template, "observed_at": ["yesterday"]}).encode(),
-        good[: len(good) // 2],  # truncated JSON
-        b"[1, 2, 3]",  # JSON, not an object
-        json.dumps({**template, "type": "directory.nonsense.v9"}).encode(),  # an unknown tag
-        b"",  # an empty value (not null)
-    ]
-    return kinds[i % len(kinds)]
-
 
 Sent = set[tuple[str, int, int]]
 
