@@ -55,10 +55,16 @@ OPERATIONS = ROOT / "docs" / "operations.md"
 DASHBOARD = DEPLOY / "grafana" / "scimflow.json"
 BASE = DEPLOY / "k8s" / "base"
 OVERLAY = DEPLOY / "k8s" / "overlays" / "example"
+# The base with components/kafka-sasl-ssl: SASL_SSL for every Kafka client.
+KAFKA_OVERLAY = DEPLOY / "k8s" / "overlays" / "kafka-sasl-ssl"
 SERVICES = ("ingest", "mapper", "writer")
 # The Secret each workload's credentials come from: one per role, so that none gets another's.
 SECRET_OF = {"writer": "scimflow-target-credentials", "ingest": "scimflow-source-credentials",
              "admin": "scimflow-admin-tokens", "mapper": ""}
+# The variable every Kafka client gets the SASL password in, and the Secret it comes from
+# (components/kafka-sasl-ssl; the chart's kafka.security.sasl.passwordSecret).
+KAFKA_PASSWORD_VAR = "KAFKA_SASL_PASSWORD"
+KAFKA_TLS_DIR = "/var/run/secrets/kafka-tls"
 # What the worker probes hit (services/runtime/probes.py serves both on the metrics port).
 WORKER_PROBE_PATHS = {"startupProbe": "/readyz", "readinessProbe": "/readyz", "livenessProbe": "/healthz"}
 # Settings the manifests set before the code reads them (see check_settings_names).
@@ -378,7 +384,12 @@ def overlay() -> list[Resource]:
     return render(OVERLAY)
 
 
-@pytest.fixture(params=["base", "overlay"])
+@pytest.fixture(scope="module")
+def kafka_overlay() -> list[Resource]:
+    return render(KAFKA_OVERLAY)
+
+
+@pytest.fixture(params=["base", "overlay", "kafka_overlay"])
 def rendered(request: pytest.FixtureRequest) -> list[Resource]:
     resources: list[Resource] = request.getfixturevalue(request.param)
     return resources
@@ -501,20 +512,63 @@ def secrets_used(config: Path, settings: dict[str, str]) -> dict[str, set[str]]:
                         for field in ("password", "client_secret", "token"))
     tokens = settings.get("SCIMFLOW_ADMIN_TOKENS", "")
     admin = _env_refs(item.partition("=")[2] for item in tokens.split(",") if item)
-    return {"writer": targets, "ingest": sources, "mapper": set(), "admin": admin}
+    # Every workload talks to Kafka: each needs the SASL password its settings point to.
+    kafka = _env_refs(iter([settings.get("SCIMFLOW_KAFKA_SASL_PASSWORD")]))
+    return {"writer": targets | kafka, "ingest": sources | kafka, "mapper": kafka, "admin": admin | kafka}
 
 
 def test_each_deployment_gets_only_the_secrets_it_uses(rendered: list[Resource], tmp_path: Path) -> None:
     assert not [r for r in rendered if r["kind"] == "Secret"], "never ship a Secret with a value"
     settings = _find(rendered, "ConfigMap", "scimflow-settings")["data"]
     used = secrets_used(_write_config(rendered, tmp_path), settings)
-    assert used["writer"] == {"CRM_SCIM_TOKEN"}
-    assert used["admin"] == {"ADMIN_TOKEN_OPS"}
+    kafka = {KAFKA_PASSWORD_VAR} if "SCIMFLOW_KAFKA_SASL_PASSWORD" in settings else set()
+    assert used["writer"] == {"CRM_SCIM_TOKEN", *kafka}
+    assert used["admin"] == {"ADMIN_TOKEN_OPS", *kafka}
     for workload, names in used.items():
         (container,) = _pod(rendered, workload)["containers"]
         env = secret_env(container)
         assert set(env) == names, f"{workload} gets {sorted(env)}, uses {sorted(names)}"
+        env.pop(KAFKA_PASSWORD_VAR, None)  # every Kafka client's, checked below
         assert set(env.values()) <= {SECRET_OF[workload]}, workload
+
+
+def test_kafka_component_secures_every_kafka_client(kafka_overlay: list[Resource]) -> None:
+    settings = _find(kafka_overlay, "ConfigMap", "scimflow-settings")["data"]
+    assert {k: v for k, v in settings.items() if k.startswith("SCIMFLOW_KAFKA_")} == {
+        "SCIMFLOW_KAFKA_BOOTSTRAP": "kafka-bootstrap.kafka.svc.cluster.local:9092",
+        "SCIMFLOW_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "SCIMFLOW_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+        "SCIMFLOW_KAFKA_SASL_USERNAME": "scimflow",
+        "SCIMFLOW_KAFKA_SASL_PASSWORD": f"env:{KAFKA_PASSWORD_VAR}",  # a reference, not the password
+        "SCIMFLOW_KAFKA_SSL_CAFILE": f"{KAFKA_TLS_DIR}/ca.crt"}
+    check_kafka_clients(kafka_overlay, password={"name": "scimflow-kafka", "key": "password"},
+                        tls_secret="scimflow-kafka-tls")
+    # What the pods would read: the settings and the password variable pass scimflow's own checks.
+    loaded = load_settings(environ={**settings, KAFKA_PASSWORD_VAR: "not-a-real-password"})
+    assert loaded.kafka_security_protocol == "SASL_SSL"
+    assert loaded.kafka_ssl_cafile == f"{KAFKA_TLS_DIR}/ca.crt"
+
+
+def check_kafka_clients(resources: list[Resource], *, password: dict[str, str] | None,
+                        tls_secret: str | None) -> None:
+    """Every pod that talks to Kafka (the Deployments and the topics Job) gets the SASL
+    password from ``password`` (a secretKeyRef) and the TLS Secret ``tls_secret`` mounted
+    read-only at KAFKA_TLS_DIR, or neither when None."""
+    pods = list(_pod_specs(resources))
+    assert {name for name, _ in pods} == {
+        *(f"Deployment/scimflow-{w}" for w in (*SERVICES, "admin")), "Job/scimflow-topics"}
+    for name, pod in pods:
+        (c,) = pod["containers"]
+        refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in c.get("env", [])
+                if "secretKeyRef" in e.get("valueFrom", {})}
+        assert refs.get(KAFKA_PASSWORD_VAR) == password, name
+        mounts = [m for m in c["volumeMounts"] if m["mountPath"] == KAFKA_TLS_DIR]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        if tls_secret is None:
+            assert not mounts, name
+            continue
+        assert len(mounts) == 1 and mounts[0]["readOnly"] is True, name
+        assert volumes[mounts[0]["name"]]["secret"] == {"secretName": tls_secret, "defaultMode": 0o440}, name
 
 
 def _write_config(rendered: list[Resource], tmp_path: Path) -> Path:
@@ -755,7 +809,9 @@ def test_admin_api_is_deployed_with_probes_and_a_secret_token(rendered: list[Res
     assert settings.admin_host == "0.0.0.0"  # noqa: S104 - a pod listens on its own IP
     name, _, ref = (settings.admin_tokens or "").partition("=")
     assert name and ref.startswith("env:")
-    assert secret_env(container) == {ref.removeprefix("env:"): "scimflow-admin-tokens"}
+    env = secret_env(container)
+    env.pop(KAFKA_PASSWORD_VAR, None)  # with Kafka SASL: test_kafka_component_secures_every_kafka_client
+    assert env == {ref.removeprefix("env:"): "scimflow-admin-tokens"}
     service = _find(rendered, "Service", "scimflow-admin")
     assert _matches(service["spec"]["selector"], deployment["spec"]["template"]["metadata"]["labels"])
     monitor = _find(rendered, "ServiceMonitor", "scimflow-admin")

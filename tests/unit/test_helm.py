@@ -24,11 +24,15 @@ from tests.unit.test_deploy import (
     BASE,
     DEPLOY,
     K8S_VERSIONS,
+    KAFKA_OVERLAY,
+    KAFKA_PASSWORD_VAR,
+    KAFKA_TLS_DIR,
     OVERLAY,
     SECRET_OF,
     SERVICES,
     WORKER_PROBE_PATHS,
     Resource,
+    check_kafka_clients,
     check_settings_names,
     documents,
     render,
@@ -95,6 +99,21 @@ def example_overlay() -> list[Resource]:
     return render(OVERLAY)
 
 
+@pytest.fixture(scope="module")
+def kafka_chart() -> list[Resource]:
+    return helm_template("--values", str(CHART / "ci" / "kafka-sasl-ssl-values.yaml"))
+
+
+MTLS = ("--set", "kafka.security.protocol=SSL", "--set", "kafka.security.tls.secretName=scimflow-mtls",
+        "--set", "kafka.security.tls.certKey=tls.crt", "--set", "kafka.security.tls.keyKey=tls.key",
+        "--set", "kafka.security.tls.checkHostname=false")
+
+
+@pytest.fixture(scope="module")
+def mtls_chart() -> list[Resource]:
+    return helm_template(*MTLS)
+
+
 def test_helm_lint_strict(tmp_path: Path) -> None:
     run_tool(tool("helm"), "lint", "--strict", str(CHART))
     options = {"admin": {"targetCredentials": True}, "writer": {"autoscaling": {"enabled": False}},
@@ -106,7 +125,7 @@ def test_helm_lint_strict(tmp_path: Path) -> None:
         run_tool(tool("helm"), "lint", "--strict", str(CHART), "--values", str(values))
 
 
-@pytest.mark.parametrize("values", ["chart", "example_chart"])
+@pytest.mark.parametrize("values", ["chart", "example_chart", "kafka_chart", "mtls_chart"])
 def test_chart_matches_the_kubernetes_schemas(values: str, request: pytest.FixtureRequest) -> None:
     checked = 0
     rendered: list[Resource] = request.getfixturevalue(values)
@@ -307,10 +326,65 @@ def test_kafka_and_settings_values_reach_the_settings() -> None:
 
 
 def test_unsupported_or_idle_values_fail_the_render() -> None:
-    assert "not supported yet" in helm_fails("--set", "kafka.tls.enabled=true")
-    assert "not supported yet" in helm_fails("--set", "kafka.sasl.mechanism=SCRAM-SHA-512")
+    assert "kafka.security.tls" in helm_fails("--set", "kafka.tls.enabled=true")
+    assert "kafka.security.sasl" in helm_fails("--set", "kafka.sasl.mechanism=SCRAM-SHA-512")
+    assert "must be PLAINTEXT, SSL" in helm_fails("--set", "kafka.security.protocol=TLS")
+    sasl = ("--set", "kafka.security.protocol=SASL_SSL", "--set", "kafka.security.sasl.username=scimflow")
+    assert "needs kafka.security.sasl.username and sasl.passwordSecret" in helm_fails(*sasl)
+    assert "uses no TLS" in helm_fails("--set", "kafka.security.protocol=SASL_PLAINTEXT",
+                                       "--set", "kafka.security.sasl.username=scimflow",
+                                       "--set", "kafka.security.sasl.passwordSecret.name=kafka",
+                                       "--set", "kafka.security.tls.secretName=kafka-tls")
+    assert "keyKey is set without tls.certKey" in helm_fails(
+        "--set", "kafka.security.protocol=SSL", "--set", "kafka.security.tls.secretName=t",
+        "--set", "kafka.security.tls.keyKey=tls.key")
     assert "kafka.bootstrap is required" in helm_fails("--set", "kafka.bootstrap=")
     assert "sit idle" in helm_fails("--set", "writer.autoscaling.maxReplicas=7")
+
+
+# --- Kafka security ------------------------------------------------------------------------------
+
+
+def _kafka_settings(resources: list[Resource]) -> dict[str, str]:
+    return {k: v for k, v in _config_map(resources, "scimflow-settings").items()
+            if k.startswith("SCIMFLOW_KAFKA_") and k != "SCIMFLOW_KAFKA_BOOTSTRAP"}
+
+
+def test_plaintext_by_default(chart: list[Resource]) -> None:
+    assert _kafka_settings(chart) == {}
+    check_kafka_clients(chart, password=None, tls_secret=None)
+
+
+def test_sasl_ssl_values(kafka_chart: list[Resource]) -> None:
+    assert _kafka_settings(kafka_chart) == {
+        "SCIMFLOW_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "SCIMFLOW_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+        "SCIMFLOW_KAFKA_SASL_USERNAME": "scimflow",
+        "SCIMFLOW_KAFKA_SASL_PASSWORD": f"env:{KAFKA_PASSWORD_VAR}",  # a reference, not the password
+        "SCIMFLOW_KAFKA_SSL_CAFILE": f"{KAFKA_TLS_DIR}/ca.crt"}
+    check_kafka_clients(kafka_chart, password={"name": "scimflow-kafka", "key": "password"},
+                        tls_secret="scimflow-kafka-tls")
+    check_settings_names(_config_map(kafka_chart, "scimflow-settings"))
+
+
+def test_mutual_tls_values(mtls_chart: list[Resource]) -> None:
+    assert _kafka_settings(mtls_chart) == {
+        "SCIMFLOW_KAFKA_SECURITY_PROTOCOL": "SSL", "SCIMFLOW_KAFKA_SSL_CAFILE": f"{KAFKA_TLS_DIR}/ca.crt",
+        "SCIMFLOW_KAFKA_SSL_CERTFILE": f"{KAFKA_TLS_DIR}/tls.crt",
+        "SCIMFLOW_KAFKA_SSL_KEYFILE": f"{KAFKA_TLS_DIR}/tls.key",
+        "SCIMFLOW_KAFKA_SSL_CHECK_HOSTNAME": "false"}
+    check_kafka_clients(mtls_chart, password=None, tls_secret="scimflow-mtls")
+
+
+@pytest.mark.parametrize("workload", WORKLOADS)
+def test_kafka_values_render_the_kafka_overlay(kafka_chart: list[Resource], workload: str) -> None:
+    overlay = render(KAFKA_OVERLAY)
+    helm, kustomize = _essentials(kafka_chart, workload), _essentials(overlay, workload)
+    for key in kustomize:
+        assert helm[key] == kustomize[key], f"{workload}: {key} differs"
+    assert _config_map(kafka_chart, "scimflow-settings") == _config_map(overlay, "scimflow-settings")
+    jobs = [find(r, "Job", "scimflow-topics")["spec"]["template"]["spec"] for r in (kafka_chart, overlay)]
+    for part in ("volumeMounts", "env"):
+        assert jobs[0]["containers"][0][part] == jobs[1]["containers"][0][part], part
 
 
 def test_writer_replicas_without_the_autoscaler() -> None:
@@ -381,4 +455,4 @@ def test_every_value_is_in_the_readme_table() -> None:
     documented = set(re.findall(r"^\| `([\w.]+)` \|", readme, flags=re.M))
     leaves = _leaves(values)
     assert leaves - documented == set(), "values missing from the table in deploy/README.md"
-    assert documented - leaves <= {"kafka.tls", "kafka.sasl"}, "the table names values the chart lacks"
+    assert documented - leaves == set(), "the table names values the chart lacks"
