@@ -6,26 +6,20 @@ from __future__ import annotations
 
 import html
 import re
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from schemas import ActivityRecord, DirectoryChange, ErrorRecord
 from schemas.codecs import encode
 from schemas.messages import ModifiedProperty, Step
 from services.devstack.broker import Broker
 from services.devstack.scim_target import start_scim_target
-from services.devstack.supervisor import Supervisor
-from services.runtime.kafka import create_topics, plain_producer
-from services.runtime.topics import Topics
-from tests.conftest import APP, PARTITIONS
-from tests.support.admin import Admin, audit_records, start_admin
+from services.runtime.kafka import plain_producer
+from tests.conftest import APP
+from tests.support.admin import AdminStack, admin_stack, audit_records
 
 pytestmark = pytest.mark.integration
 
@@ -41,37 +35,15 @@ FORMS = ["/console/apps/app/test-connection", "/console/apps/app/status", "/cons
          "/console/apps/app/object-mappings/user/preview", "/console/apps/app/mappings/test"]
 
 
-@dataclass
-class Stack:
-    admin: Admin
-    topics: Topics
-    bootstrap: str
-    dir: Path
-
-
 @pytest.fixture(scope="module")
-def stack(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    folder = tmp_path_factory.mktemp("console")
-    prefix = f"t{uuid.uuid4().hex[:8]}."
-    topics = Topics(prefix, PARTITIONS)
-    create_topics(broker.bootstrap, topics.specs())
-    with start_scim_target() as target:
-        config = {"sources": [{"name": "hr", "type": "file", "path": "directory.yaml"}],
-                  "applications": [APP]}
-        (folder / "directory.yaml").write_text("users: []\ngroups: []\n")
-        (folder / "scimflow.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        env = {"SCIMFLOW_KAFKA_BOOTSTRAP": broker.bootstrap, "SCIMFLOW_TOPIC_PREFIX": prefix,
-               "SCIMFLOW_PARTITIONS": str(PARTITIONS), "SCIMFLOW_DATA_DIR": str(folder / "data"),
-               "SCIMFLOW_LOG_FORMAT": "json", "TEST_SCIM_URL": target.base_url,
-               "TEST_SCIM_TOKEN": target.token}
-        sup = Supervisor(config=folder / "scimflow.yaml", env=env, log_dir=folder / "logs")
-        try:
-            yield Stack(start_admin(sup, folder), topics, broker.bootstrap, folder)
-        finally:
-            sup.kill_all()
+def stack(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AdminStack]:
+    with start_scim_target() as target, admin_stack(
+            broker.bootstrap, tmp_path_factory.mktemp("console"), [APP], AdminStack,
+            scim_url=target.base_url, scim_token=target.token) as stack:
+        yield stack
 
 
-def _login(stack: Stack) -> httpx.Client:
+def _login(stack: AdminStack) -> httpx.Client:
     """A browser-like client that logged in through the form."""
     browser = httpx.Client(base_url=stack.admin.url, timeout=60)
     form = browser.get("/console/login")
@@ -91,7 +63,7 @@ def _csrf(page: str) -> str:
     return found[1]
 
 
-def test_no_session_no_page_and_no_action(stack: Stack) -> None:
+def test_no_session_no_page_and_no_action(stack: AdminStack) -> None:
     url = stack.admin.url
     for path in PAGES:
         r = httpx.get(url + path, timeout=30)
@@ -114,7 +86,7 @@ def test_no_session_no_page_and_no_action(stack: Stack) -> None:
     assert all(a.outcome == "rejected" for a in refused)
 
 
-def test_login_needs_a_real_token_and_its_own_csrf_token(stack: Stack) -> None:
+def test_login_needs_a_real_token_and_its_own_csrf_token(stack: AdminStack) -> None:
     browser = httpx.Client(base_url=stack.admin.url, timeout=30)
     csrf = re.search(r'name="csrf" value="([^"]+)"', browser.get("/console/login").text)
     assert csrf is not None
@@ -131,7 +103,7 @@ def test_login_needs_a_real_token_and_its_own_csrf_token(stack: Stack) -> None:
         ("ops", "succeeded"), ("<unauthenticated>", "rejected")}
 
 
-def test_a_post_without_the_csrf_token_is_refused(stack: Stack) -> None:
+def test_a_post_without_the_csrf_token_is_refused(stack: AdminStack) -> None:
     browser = _login(stack)
     page = browser.get("/console/apps/app")
     assert page.status_code == 200 and "Test Connection" in page.text
@@ -149,7 +121,7 @@ def test_a_post_without_the_csrf_token_is_refused(stack: Stack) -> None:
     browser.post("/console/apps/app/status", data={"status": "on", "csrf": token})
 
 
-def test_source_data_is_rendered_as_text(stack: Stack) -> None:
+def test_source_data_is_rendered_as_text(stack: AdminStack) -> None:
     now = datetime.now(UTC)
     record = ActivityRecord(
         id="a-evil", at=now, app="app", object_type="user", action="update", status="failure",
@@ -182,7 +154,7 @@ def test_source_data_is_rendered_as_text(stack: Stack) -> None:
     assert pages[0].headers["Content-Security-Policy"].startswith("default-src 'self'")
 
 
-def test_an_attribute_mapping_edit_is_previewed_then_written_as_a_version(stack: Stack) -> None:
+def test_an_attribute_mapping_edit_is_previewed_then_written_as_a_version(stack: AdminStack) -> None:
     browser = _login(stack)
     listing = browser.get("/console/apps/app/mappings")
     assert listing.status_code == 200 and "<code>userName</code>" in listing.text
@@ -220,7 +192,7 @@ def test_an_attribute_mapping_edit_is_previewed_then_written_as_a_version(stack:
     assert ("ops", "config", "app", "succeeded") in [(a.by, a.action, a.app, a.outcome) for a in trail]
 
 
-def test_an_assignment_is_added_and_removed_as_config_versions(stack: Stack) -> None:
+def test_an_assignment_is_added_and_removed_as_config_versions(stack: AdminStack) -> None:
     browser = _login(stack)
     start = stack.admin.http.get("/apps/app/assignments").json()
     version = start["version"]
@@ -266,7 +238,7 @@ def test_an_assignment_is_added_and_removed_as_config_versions(stack: Stack) -> 
     assert ("ops", "unassign", "g-all", "rejected") in trail  # the version conflict
 
 
-def test_object_mapping_switches_are_previewed_then_written_as_a_version(stack: Stack) -> None:
+def test_object_mapping_switches_are_previewed_then_written_as_a_version(stack: AdminStack) -> None:
     browser = _login(stack)
     version = stack.admin.http.get("/apps/app/config").json()["version"]
     listing = browser.get("/console/apps/app/mappings")
@@ -306,7 +278,7 @@ def test_object_mapping_switches_are_previewed_then_written_as_a_version(stack: 
     assert wrong.status_code == 400 and "no group mapping" in wrong.text
 
 
-def test_a_previewed_edit_is_tested_on_one_source_object(stack: Stack) -> None:
+def test_a_previewed_edit_is_tested_on_one_source_object(stack: AdminStack) -> None:
     attributes = {"userPrincipalName": "tess@corp", "id": "u-tess", "displayName": "Tess",
                   "givenName": "T", "surname": "S", "mail": "tess@mail"}
     change = DirectoryChange(source="hr", object_type="user", object_id="u-tess", operation="upsert",
