@@ -3,13 +3,14 @@ scim2-server: auth, every route, what lands on the control and audit topics."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
 
-from schemas import ActivityRecord, ErrorRecord
+from schemas import ActivityRecord, DirectoryChange, ErrorRecord
 from schemas.codecs import decoder, encode
 from schemas.control import AppStatus, ProvisionRequest, Restart
 from services.devstack.broker import Broker
@@ -153,3 +154,43 @@ def test_the_token_never_reaches_the_log(stack: AdminStack) -> None:
     assert stack.admin.token not in log
     assert "not-the-token" not in log
 
+
+def test_evaluate_maps_one_source_object_to_the_resource_that_would_be_sent(stack: AdminStack) -> None:
+    attributes = {"userPrincipalName": "eve@corp", "id": "u-eve", "displayName": 'Ève "E" <O\'Neil>',
+                  "givenName": "Ève", "surname": "O'Neil"}
+    change = DirectoryChange(source="hr", object_type="user", object_id="u-eve", operation="upsert",
+                             attributes=attributes, memberships=["g-all"], change_id="c-eve",
+                             observed_at=datetime.now(UTC))
+    producer = plain_producer(stack.bootstrap)
+    producer.send(stack.topics.changes, key=b"u-eve", value=encode(change)).get(timeout=30)
+    producer.close()
+    http = stack.admin.http
+
+    live = http.post("/apps/app/config/evaluate", json={"id": "u-eve"})
+    assert live.status_code == 200, live.text
+    found = live.json()
+    assert (found["operation"], found["object_type"], found["found"]) == ("upsert", "user", True)
+    assert found["resource"] == {
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "eve@corp",
+        "externalId": "u-eve", "displayName": 'Ève "E" <O\'Neil>',
+        "name": {"givenName": "Ève", "familyName": "O'Neil"}, "title": "Staff", "active": True}
+    assert found["matching"] == [{"attribute": "userName", "value": "eve@corp", "precedence": 1}]
+
+    edited = copy.deepcopy(http.get("/apps/app/config").json()["definition"])
+    edited["mappings"]["user"]["attributes"][5] = {"target": "title", "type": "expression",
+                                                   "expression": 'Join(" ", [givenName], [surname])'}
+    proposed = http.post("/apps/app/config/evaluate", json={"id": "u-eve", "definition": edited}).json()
+    assert proposed["resource"]["title"] == "Ève O'Neil"
+    edited["mappings"]["user"]["scoping_filters"] = [
+        {"clauses": [{"attribute": "department", "operator": "EQUALS", "value": "Sales"}]}]
+    out = http.post("/apps/app/config/evaluate", json={"id": "u-eve", "definition": edited}).json()
+    assert out["operation"] == "deprovision" and "resource" not in out
+    assert "department EQUALS" in out["reason"]
+
+    assert http.post("/apps/app/config/evaluate", json={"id": "u-nobody"}).json() == {
+        "object_id": "u-nobody", "found": False}
+    assert http.post("/apps/app/config/evaluate", json={}).status_code == 400
+    edited["mappings"]["user"]["scoping_filters"][0]["clauses"][0]["operator"] = "EQUALZ"
+    bad = http.post("/apps/app/config/evaluate", json={"id": "u-eve", "definition": edited})
+    assert bad.status_code == 400 and "scoping_filters" in bad.text
+    assert http.post("/apps/ghost/config/evaluate", json={"id": "u-eve"}).status_code == 404

@@ -5,6 +5,7 @@ edited through the forms becomes the app's next config version, diff shown first
 from __future__ import annotations
 
 import html
+import json
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -306,6 +307,14 @@ def test_a_previewed_edit_is_tested_on_one_source_object(stack: AdminStack) -> N
     rows = re.findall(r'<tr><th scope="row"><code>(.*?)</code></th><td>(.*?)</td><td>(.*?)</td></tr>',
                       tested.text)
     assert rows == [("displayName", "Tess", "tess@mail")], tested.text
+    # The full resource under the previewed version, as the mapper evaluates it.
+    shown = re.search(r'<pre id="object-resource">(.*?)</pre>', tested.text, re.S)
+    assert shown is not None, tested.text
+    assert json.loads(html.unescape(shown[1])) == {
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "tess@corp",
+        "externalId": "u-tess", "displayName": "tess@mail", "name": {"givenName": "T", "familyName": "S"},
+        "title": stack.admin.http.get("/apps/app/config").json()["definition"]["mappings"]["user"][
+            "attributes"][5]["value"], "active": True}
     page = browser.post("/console/apps/app/mappings/test",
                         data={"csrf": token, "definition": definition, "object_id": "u-nobody"})
     assert page.status_code == 200 and "<!doctype html>" in page.text
@@ -314,3 +323,4 @@ def test_a_previewed_edit_is_tested_on_one_source_object(stack: AdminStack) -> N
                            data={"definition": definition, "object_id": "u-tess"})
     assert no_csrf.status_code == 403
     assert stack.admin.http.get("/apps/app/config").json()["version"] == version  # nothing written
+

@@ -200,9 +200,10 @@ async def object_preview(request: web.Request) -> web.Response:
 
 
 async def test_object(request: web.Request) -> web.Response:
-    """The previewed definition planned for one source object, next to the live version:
-    the mapper's own engine (the control plane's previewer), on the object's latest change
-    on the directory topic. Read only: nothing is written or audited."""
+    """The previewed definition planned for one source object, next to the live version, and
+    the full SCIM resource it maps to: the mapper's own engine (the control plane's previewer
+    and evaluator), on the object's latest change on the directory topic. Read only: nothing
+    is written or audited."""
     name = request.match_info["app"]
     form = await request.post()
     application(request.app[CONSOLE].plane, name)
@@ -216,9 +217,16 @@ async def test_object(request: web.Request) -> web.Response:
     found = await run(request, lambda p: p.config_preview(name, definition, ids=[object_id], sample=1))
     samples = [s for a in found["apps"] for s in a["samples"] if s["object_id"] == object_id]
     sample = samples[0] if samples else {"object_id": object_id, "found": False, "changes": []}
+    evaluated = await run(request, lambda p: p.config_evaluate(name, object_id, definition))
     template = "_object_test.html" if is_htmx(request) else "object_test.html"
-    return render(request, template, app_name=name, sample=sample,
+    return render(request, template, app_name=name, sample=sample, evaluated=evaluated,
+                  resource=_pretty(evaluated.get("resource")),
                   compared_with=found["apps"][0]["compared_with"] if found["apps"] else "")
+
+
+def _pretty(resource: Any) -> str:
+    """The resource as the target would receive it (indented for reading; escaped on render)."""
+    return "" if resource is None else json.dumps(resource, indent=2, ensure_ascii=False)
 
 
 ROUTES: list[tuple[str, str, Handler]] = [
