@@ -27,13 +27,14 @@ pytestmark = pytest.mark.integration
 EVIL = "<script>alert(1)</script>"
 PAGES = ["/console", "/console/", "/console/apps/app", "/console/apps/app/sync",
          "/console/apps/app/provision", "/console/apps/app/mappings", "/console/apps/app/mappings/user/0",
-         "/console/activity",
+         "/console/apps/app/scoping/user", "/console/activity",
          "/console/errors", "/console/activity/a1", "/console/errors/e1", "/console/apps/ghost"]
 FORMS = ["/console/apps/app/test-connection", "/console/apps/app/status", "/console/apps/app/restart",
          "/console/apps/app/allow-deletes", "/console/apps/app/provision", "/console/logout",
          "/console/apps/app/mappings/user/0/preview", "/console/apps/app/mappings/save",
          "/console/apps/app/assignments", "/console/apps/app/assignments/remove",
-         "/console/apps/app/object-mappings/user/preview", "/console/apps/app/mappings/test"]
+         "/console/apps/app/object-mappings/user/preview", "/console/apps/app/mappings/test",
+         "/console/apps/app/scoping/user/preview"]
 
 
 @pytest.fixture(scope="module")
@@ -324,3 +325,67 @@ def test_a_previewed_edit_is_tested_on_one_source_object(stack: AdminStack) -> N
     assert no_csrf.status_code == 403
     assert stack.admin.http.get("/apps/app/config").json()["version"] == version  # nothing written
 
+
+def _shown(value: object) -> str:
+    """A value as the diff shows it (compact JSON, keys sorted)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _diff(page: str) -> list[str]:
+    return [html.unescape(d) for d in re.findall(r"<li><code>(.*?)</code></li>", page)]
+
+
+def test_scoping_filters_are_validated_previewed_then_written_as_a_version(stack: AdminStack) -> None:
+    browser = _login(stack)
+    version = stack.admin.http.get("/apps/app/config").json()["version"]
+    form = browser.get("/console/apps/app/scoping/user")
+    assert form.status_code == 200 and 'id="f0-c0-attribute"' in form.text
+    assert 'id="f0-remove"' not in form.text  # no filter yet: only the blank new one
+    token = _csrf(form.text)
+    wanted = {"csrf": token, "f0-name": "sales or <EU>", "f0-c0-attribute": "department",
+              "f0-c0-operator": "EQUALS", "f0-c0-value": "Sales", "f0-c1-attribute": "employeeId",
+              "f0-c1-operator": "Greater_Than", "f0-c1-value": "1000"}
+
+    for typed, path, says in ((("f0-c0-operator", "EQUALZ"), "clauses[0]", 'did you mean "EQUALS"'),
+                              (("f0-c1-value", "lots"), "clauses[1]", "needs an integer value")):
+        bad = browser.post("/console/apps/app/scoping/user/preview", data={**wanted, typed[0]: typed[1]})
+        assert bad.status_code == 400 and "nothing was written" in bad.text, bad.text
+        problems = html.unescape(re.findall(r'<div class="alert bad"[^>]*>(.*?)</div>', bad.text, re.S)[0])
+        assert f"$.mappings.user.scoping_filters[0].{path}" in problems and says in problems, problems
+        assert typed[1] in bad.text  # the form keeps what was typed
+    assert stack.admin.http.get("/apps/app/config").json()["version"] == version
+
+    preview = browser.post("/console/apps/app/scoping/user/preview", data=wanted)
+    assert preview.status_code == 200, preview.text
+    added = {"name": "sales or <EU>", "clauses": [
+        {"attribute": "department", "operator": "EQUALS", "value": "Sales"},
+        {"attribute": "employeeId", "operator": "Greater_Than", "value": "1000"}]}
+    assert _diff(preview.text) == ["+ $.mappings.user.scoping_filters: " + _shown([added])], preview.text
+    assert "<EU>" not in preview.text  # source text is escaped
+    proposed = re.search(r'name="definition" value="([^"]*)"', preview.text)
+    assert proposed is not None
+    assert stack.admin.http.get("/apps/app/config").json()["version"] == version  # a preview writes nothing
+    saved = browser.post("/console/apps/app/mappings/save",
+                         data={"csrf": token, "version": str(version), "comment": "sales only",
+                               "definition": html.unescape(proposed[1])})
+    assert saved.status_code == 303 and saved.headers["location"].endswith(f"?saved={version + 1}")
+    live = stack.admin.http.get("/apps/app/config").json()
+    assert live["version"] == version + 1 and live["comment"] == "sales only" and live["author"] == "ops"
+    assert live["definition"]["mappings"]["user"]["scoping_filters"] == [added]
+    listing = browser.get("/console/apps/app/mappings").text
+    assert "sales or &lt;EU&gt;: department EQUALS Sales and employeeId Greater_Than 1000" in listing
+
+    # Edit one clause and remove the other; then remove the filter: each a version of its own.
+    again = browser.get("/console/apps/app/scoping/user").text
+    assert 'value="sales or &lt;EU&gt;"' in again and 'id="f0-c1-remove"' in again
+    edit = {"csrf": token, "f0-name": "sales or <EU>", "f0-c0-attribute": "department",
+            "f0-c0-operator": "EQUALS", "f0-c0-value": "Marketing", "f0-c1-attribute": "employeeId",
+            "f0-c1-operator": "Greater_Than", "f0-c1-value": "1000", "f0-c1-remove": "yes"}
+    changed = browser.post("/console/apps/app/scoping/user/preview", data=edit)
+    assert _diff(changed.text) == [
+        '~ $.mappings.user.scoping_filters[name=sales or <EU>].clauses[0].value: "Sales" -> "Marketing"',
+        '- $.mappings.user.scoping_filters[name=sales or <EU>].clauses[1]: '
+        + _shown(added["clauses"][1])], changed.text
+    removed = browser.post("/console/apps/app/scoping/user/preview", data={**edit, "f0-remove": "yes"})
+    assert _diff(removed.text) == ["- $.mappings.user.scoping_filters: " + _shown([added])]
+    assert browser.post("/console/apps/app/scoping/robot/preview", data=edit).status_code == 400
