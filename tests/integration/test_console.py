@@ -389,3 +389,30 @@ def test_scoping_filters_are_validated_previewed_then_written_as_a_version(stack
     removed = browser.post("/console/apps/app/scoping/user/preview", data={**edit, "f0-remove": "yes"})
     assert _diff(removed.text) == ["- $.mappings.user.scoping_filters: " + _shown([added])]
     assert browser.post("/console/apps/app/scoping/robot/preview", data=edit).status_code == 400
+
+
+def test_the_provisioning_pane_shows_the_live_version_not_the_file(stack: AdminStack) -> None:
+    browser = _login(stack)
+    live = stack.admin.http.get("/apps/app/config")
+    definition = live.json()["definition"] | {"deletion_threshold": 7, "mode": "manual"}
+    definition["mappings"]["user"]["actions"] = ["create", "update"]
+    put = stack.admin.http.put("/apps/app/config", headers={"If-Match": live.headers["ETag"]},
+                               json={"definition": definition, "comment": "pane <check>"})
+    assert put.status_code == 200, put.text
+    version = put.json()["version"]
+    pane = browser.get("/console/apps/app")
+    assert pane.status_code == 200
+    shown = re.search(r'<p id="config-version">(.*?)</p>', pane.text, re.S)
+    assert shown is not None, pane.text
+    text = html.unescape(re.sub(r"<[^>]+>", "", shown[1]))
+    assert f"version {version} on the config topic, by ops" in text and "(pane <check>)" in text, text
+    assert "<strong>Manual</strong>" in pane.text  # the file says automatic
+    assert "7 disables and deletes per cycle" in pane.text
+    assert "actions create, update." in pane.text
+    assert "env:TEST_SCIM_TOKEN" in pane.text  # still a reference, never the value
+    back = live.json()["definition"]
+    restored = stack.admin.http.put("/apps/app/config", headers={"If-Match": f'"{version}"'},
+                                    json={"definition": back, "comment": "back"})
+    assert restored.status_code == 200, restored.text
+    again = browser.get("/console/apps/app").text
+    assert f"version {version + 1}</strong>" in again and "<strong>Automatic</strong>" in again
