@@ -18,6 +18,7 @@ audit trail; the token itself is never logged or echoed.
 | ``DELETE /apps/{app}/config`` | (records the app's removal) |
 | ``GET /apps/{app}/config/history`` | ``scimflow history APP`` |
 | ``POST /apps/{app}/config/preview`` ``{"definition", "ids", "sample"}`` | ``apply --preview`` |
+| ``POST /apps/{app}/config/evaluate`` ``{"id", "definition" (optional)}`` | ``expr --app --object`` |
 | ``GET /apps/{app}/assignments`` | ``scimflow get assignments APP`` |
 | ``POST /apps/{app}/assignments`` ``{"type": "user"|"group", "id": ...}`` | ``scimflow assign APP`` |
 | ``DELETE /apps/{app}/assignments/{type}/{id}`` | ``scimflow unassign APP --group ID`` |
@@ -90,6 +91,7 @@ def build_api(plane: ControlPlane, tokens: Tokens) -> web.Application:
     app.router.add_delete("/apps/{app}/config", _delete_config)
     app.router.add_get("/apps/{app}/config/history", _config_history)
     app.router.add_post("/apps/{app}/config/preview", _preview_config)
+    app.router.add_post("/apps/{app}/config/evaluate", _evaluate_config)
     app.router.add_get("/apps/{app}/assignments", _get_assignments)
     app.router.add_post("/apps/{app}/assignments", _add_assignment)
     app.router.add_delete("/apps/{app}/assignments/{type}/{id}", _remove_assignment)
@@ -316,6 +318,17 @@ async def _preview_config(request: web.Request) -> web.Response:
     if "definition" not in body or not ids_ok or not sample_ok:
         raise BadRequestError('expected {"definition": {...}, "ids": ["..."] (optional), "sample": N}')
     return await _run(request, lambda p: p.config_preview(name, body["definition"], ids=ids, sample=sample))
+
+
+async def _evaluate_config(request: web.Request) -> web.Response:
+    """The SCIM resource one source object maps to (the live version, or ``definition``)."""
+    name = request.match_info["app"]
+    body = await _body(request)
+    object_id = body.get("id")
+    if not isinstance(object_id, str) or not object_id.strip():
+        raise BadRequestError('expected {"id": "<source object id>", "definition": {...} (optional)}')
+    definition = body.get("definition")
+    return await _run(request, lambda p: p.config_evaluate(name, object_id.strip(), definition))
 
 
 async def _delete_config(request: web.Request) -> web.Response:

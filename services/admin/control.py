@@ -63,6 +63,7 @@ __all__ = [
     "BadRequestError",
     "Caller",
     "ControlPlane",
+    "Evaluator",
     "NoSuchAppError",
     "ProvisionFailedError",
     "wanted",
@@ -113,6 +114,10 @@ class Backend(Protocol):
 Previewer = Callable[["ControlPlane", str, dict[str, Any], list[str] | None, int], dict[str, Any]]
 """(plane, app, validated definition, ids, sample) -> the preview (see services/cli/apps.py)."""
 
+Evaluator = Callable[["ControlPlane", str, dict[str, Any], str], dict[str, Any]]
+"""(plane, app, validated definition, source object id) -> the SCIM resource that object maps
+to, every attribute mapping evaluated by the mapper's engine (see services/cli/apps.py)."""
+
 
 @dataclass
 class Caller:
@@ -132,7 +137,7 @@ class ControlPlane:
 
     def __init__(self, settings: Settings, bootstrap: str, loaded: LoadedConfig | None,
                  caller: Caller, *, load: Loader = default_loader,
-                 previewer: Previewer | None = None) -> None:
+                 previewer: Previewer | None = None, evaluator: Evaluator | None = None) -> None:
         self.settings = settings
         self.bootstrap = bootstrap
         self.loaded = loaded
@@ -142,13 +147,15 @@ class ControlPlane:
         self.previewer = previewer
         """What evaluates a definition's mappings for a preview: the mapper's engine, which a
         service may not import, so whoever starts the admin service passes it in."""
+        self.evaluator = evaluator
+        """What maps one source object to its full target resource (the mapper's engine, too)."""
         self.topics = Topics(settings.topic_prefix, settings.partitions)
         self._producer: Any = None
 
     def as_caller(self, caller: Caller) -> ControlPlane:
         """The same plane (and producer) acting for another caller (one per API request)."""
         plane = ControlPlane(self.settings, self.bootstrap, self.loaded, caller, load=self.load,
-                             previewer=self.previewer)
+                             previewer=self.previewer, evaluator=self.evaluator)
         plane._producer = self._get_producer()
         return plane
 
@@ -340,6 +347,18 @@ class ControlPlane:
             raise BadRequestError("this admin service was started without the preview engine "
                                   "(start it with `scimflow admin`)")
         return self.previewer(self, app, plain, ids, sample)
+
+    def config_evaluate(self, app: str, object_id: str, definition: Any = None) -> dict[str, Any]:
+        """The SCIM resource source object ``object_id`` maps to under ``definition`` (None:
+        the app's live version): every attribute mapping evaluated on the object's latest
+        change on the directory topic. Read only: nothing is written or audited."""
+        if definition is None:
+            definition = self.config_get(app)["definition"]
+        plain = validate_app(app, definition, load=self.load)
+        if self.evaluator is None:
+            raise BadRequestError("this admin service was started without the mapping engine "
+                                  "(start it with `scimflow admin`)")
+        return self.evaluator(self, app, plain, object_id)
 
     def config_rollback(self, app: str, to: int, *, comment: str = "") -> dict[str, Any]:
         """Write version ``to`` of the app again, as its next version."""

@@ -122,6 +122,54 @@ def preview_definition(plane: ControlPlane, app: str, definition: dict[str, Any]
     return _previews(plane, {app: compiled}, ids, sample)
 
 
+def evaluate_object(plane: ControlPlane, app: str, definition: dict[str, Any],
+                    object_id: str) -> dict[str, Any]:
+    """The SCIM resource one source object maps to under one app's definition: the mapper's
+    planner on the object's latest change on ``directory.changes``, then the writer's own
+    create decision, as the body it would POST (what the admin API's
+    ``POST /apps/{app}/config/evaluate`` answers; passed in as ``preview_definition`` is)."""
+    from services.cli.preview import read_objects
+    from services.mapper.main import compile_apps
+    from services.runtime.config_store import load_app
+
+    [compiled] = compile_apps(load_app({**definition, "name": app}, _load))
+    objects = read_objects(plane.bootstrap, plane.topics)
+    change = objects.get(("user", object_id)) or objects.get(("group", object_id))
+    if change is None:
+        return {"object_id": object_id, "found": False}
+    return _evaluated(compiled, change, objects)
+
+
+def _evaluated(compiled: Any, change: Any, objects: dict[Any, Any]) -> dict[str, Any]:
+    from services.mapper.groups import GroupGraph
+    from services.mapper.planner import plan
+    from services.scim.paths import build_resource, read_path
+    from services.writer.decide import REDACTED, after_lookup
+
+    shown: dict[str, Any] = {"object_type": change.object_type, "object_id": change.object_id,
+                             "found": True, "operation": None, "reason": None}
+    graph = GroupGraph()  # nested groups, as the mapper's group feed knows them
+    for other in objects.values():
+        graph.apply(other)
+    try:
+        cmd = plan(compiled, change, graph)
+    except Exception as exc:  # the mapper reports any mapping failure as an error record
+        return {**shown, "error": f"mapping failed: {type(exc).__name__}: {exc}"}
+    if cmd is None:
+        return {**shown, "reason": f"this application does not provision {change.object_type}s"}
+    shown |= {"operation": cmd.operation, "reason": cmd.reason, "display_name": cmd.display_name}
+    if cmd.operation != "upsert":
+        return shown
+    create = after_lookup(cmd, None, frozenset({"create"}), read_path)
+    hidden = dict.fromkeys(cmd.redacted, REDACTED)  # as the writer reports them
+    kind = "Group" if change.object_type == "group" else "User"
+    return {**shown, "resource": build_resource({**create.changes, **hidden}, schemas_for=kind),
+            "only_on_create": sorted(cmd.create_only), "references": dict(cmd.references),
+            "members": sorted(cmd.members), "unique_candidates": dict(cmd.unique_candidates),
+            "matching": [{"attribute": m.target, "value": hidden.get(m.target, m.value),
+                          "precedence": m.precedence} for m in cmd.matching]}
+
+
 def _previews(plane: ControlPlane, compiled: dict[str, Any], ids: list[str] | None,
               sample: int) -> dict[str, Any]:
     import msgspec

@@ -88,7 +88,7 @@ def writer(config: ConfigOpt) -> None:
 def admin(config: ConfigOpt) -> None:
     """Run the admin HTTP API (needs SCIMFLOW_KAFKA_BOOTSTRAP and SCIMFLOW_ADMIN_TOKENS)."""
     from services.admin.main import run_admin
-    from services.cli.apps import preview_definition
+    from services.cli.apps import evaluate_object, preview_definition
 
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level)
@@ -99,6 +99,7 @@ def admin(config: ConfigOpt) -> None:
         resolve_secrets(loaded, "targets", missing_ok=True)  # test-connection says which it lacks
         _apply_file(settings, settings.kafka_bootstrap, loaded, "admin")
         run_admin(settings, loaded, settings.kafka_bootstrap,
-                  load=partial(load_checked, resolve_secrets=False), previewer=preview_definition)
+                  load=partial(load_checked, resolve_secrets=False), previewer=preview_definition,
+                  evaluator=evaluate_object)
     except ScimflowError as exc:
         raise fail(exc) from None

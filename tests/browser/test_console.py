@@ -2,10 +2,13 @@
 service, a real broker and a real scim2-server target. What an administrator does, in order:
 log in, find the app, test the connection (and see the exact failure once the target's token
 changed), turn provisioning off and on, provision one user on demand and read its steps, and
-find a failed object in the error report and open its record."""
+find a failed object in the error report and open its record; add a scoping filter (version
+2 holds it, the users outside it are disabled) and read the full resource one user would
+get in the Test panel."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +18,7 @@ import yaml
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from services.devstack.scim_target import ScimTarget, start_scim_target
 from tests.conftest import APP, Pipeline, user
@@ -216,3 +219,66 @@ def test_an_attribute_mapping_edit_reaches_every_user_in_the_target(
     assert {a.source_id for a in updates} == {u["id"] for u in users}
     live = admin.http.get("/apps/app/config").json()
     assert live["version"] == 2 and live["author"] == "ops" and live["comment"] == "titles for the pilot"
+
+
+def test_a_scoping_filter_and_the_test_panels_resource_preview(
+        pipeline_factory: Factory, browser: webdriver.Chrome,
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    shots = tmp_path_factory.mktemp("screenshots")
+    users = [user(i) for i in range(4)] + [user(i, department="Sales") for i in (4, 5)]
+    p = pipeline_factory(users)
+    admin = start_admin(p.sup, p.dir)
+    p.wait_for("6 users in the target", lambda: p.scim.count() == 6)
+    p.wait_for("version 1 on the config topic", lambda: admin.http.get("/apps/app/config").status_code == 200)
+    console = f"{admin.url}/console"
+    _log_in(browser, console, admin.token)
+
+    # Add a scoping filter through the form: the diff first, then version 2 holds it.
+    browser.get(f"{console}/apps/app/mappings")
+    browser.find_element(By.ID, "scoping-user").click()
+    _wait(browser, "the scoping form", lambda b: b.find_elements(By.ID, "f0-c0-attribute"))
+    browser.find_element(By.ID, "f0-name").send_keys("sales")
+    browser.find_element(By.ID, "f0-c0-attribute").send_keys("department")
+    Select(browser.find_element(By.ID, "f0-c0-operator")).select_by_visible_text("EQUALS")
+    browser.find_element(By.ID, "f0-c0-value").send_keys("Sales")
+    _button(browser, "#preview").click()
+    _wait(browser, "the diff", lambda b: b.find_elements(By.ID, "diff") or _text(b, "#problems"))
+    assert _text(browser, "#diff ul.diff") == ('+ $.mappings.user.scoping_filters: [{"clauses":[{"attribute":'
+                                               '"department","operator":"EQUALS","value":"Sales"}],'
+                                               '"name":"sales"}]'), _text(browser, "main")
+    assert admin.http.get("/apps/app/config").json()["version"] == 1  # a preview writes nothing
+    _shot(browser, shots, "console-scoping.png")
+    browser.find_element(By.ID, "m-comment").send_keys("sales only")
+    _button(browser, "#save").click()
+    _wait(browser, "the answer to the save", lambda b: "saved=" in b.current_url or _text(b, ".alert.bad"))
+    assert "Saved as version 2" in _text(browser, "main"), _text(browser, "main")
+    assert "sales: department EQUALS Sales" in _text(browser, "#filters-user")
+    live = admin.http.get("/apps/app/config").json()
+    assert live["version"] == 2 and live["comment"] == "sales only"
+    assert live["definition"]["mappings"]["user"]["scoping_filters"] == [
+        {"name": "sales", "clauses": [{"attribute": "department", "operator": "EQUALS", "value": "Sales"}]}]
+    # The workers apply it live: the users outside the filter are disabled in the target.
+    p.wait_for("only the Sales users active", lambda: sorted(
+        u["userName"] for u in p.scim.users() if u["active"]) == ["user4@example.com", "user5@example.com"])
+    browser.get(f"{console}/apps/app")
+    assert "version 2 on the config topic, by ops" in _text(browser, "#config-version")
+
+    # The Test panel: the full resource one object would get under an edited title mapping.
+    browser.get(f"{console}/apps/app/mappings")
+    browser.find_element(By.CSS_SELECTOR, "a[aria-label='Edit the mapping of title']").click()
+    _wait(browser, "the edit form", lambda b: b.find_elements(By.ID, "m-expression"))
+    Select(browser.find_element(By.ID, "m-type")).select_by_visible_text("expression")
+    browser.find_element(By.ID, "m-value").clear()
+    browser.find_element(By.ID, "m-expression").send_keys('Join(" ", [givenName], [department])')
+    _button(browser, "#preview").click()
+    _wait(browser, "the diff", lambda b: b.find_elements(By.ID, "test-id") or _text(b, "#problems"))
+    browser.find_element(By.ID, "test-id").send_keys("u00004")
+    _button(browser, "#test-object").click()
+    _wait(browser, "the resource", lambda b: b.find_elements(By.ID, "object-resource"), timeout=60)
+    resource = json.loads(_text(browser, "#object-resource"))
+    assert resource == {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                        "userName": "user4@example.com", "externalId": "u00004", "displayName": "User 4",
+                        "name": {"givenName": "Given4", "familyName": "Sur4"}, "title": "Given4 Sales",
+                        "active": True}, resource
+    _shot(browser, shots, "console-test-resource.png")
+    assert admin.http.get("/apps/app/config").json()["version"] == 2  # testing writes nothing

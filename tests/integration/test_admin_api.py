@@ -3,26 +3,21 @@ scim2-server: auth, every route, what lands on the control and audit topics."""
 
 from __future__ import annotations
 
-import uuid
+import copy
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
-from schemas import ActivityRecord, ErrorRecord
+from schemas import ActivityRecord, DirectoryChange, ErrorRecord
 from schemas.codecs import decoder, encode
 from schemas.control import AppStatus, ProvisionRequest, Restart
 from services.devstack.broker import Broker
 from services.devstack.scim_target import start_scim_target
-from services.devstack.supervisor import Supervisor
-from services.runtime.kafka import create_topics, plain_producer, read_latest
-from services.runtime.topics import Topics
-from tests.conftest import APP, PARTITIONS
-from tests.support.admin import Admin, audit_records, start_admin
+from services.runtime.kafka import plain_producer, read_latest
+from tests.conftest import APP
+from tests.support.admin import AdminStack, admin_stack, audit_records
 
 pytestmark = pytest.mark.integration
 
@@ -32,41 +27,19 @@ ROUTES = [("GET", "/apps"), ("GET", "/apps/app"), ("POST", "/apps/app/start"), (
           ("GET", "/activity"), ("GET", "/errors")]
 
 
-@dataclass
-class Stack:
-    admin: Admin
-    topics: Topics
-    bootstrap: str
-    sup: Supervisor
-    dir: Path
-
-
 @pytest.fixture(scope="module")
-def stack(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AdminStack]:
     folder = tmp_path_factory.mktemp("admin")
-    prefix = f"t{uuid.uuid4().hex[:8]}."
-    topics = Topics(prefix, PARTITIONS)
-    create_topics(broker.bootstrap, topics.specs())
     with start_scim_target() as target:
         (folder / "wrong-token").write_text("not-the-token")
         broken = {**APP, "name": "broken", "target": {"base_url": target.base_url,
                                                       "token": f"file:{folder / 'wrong-token'}"}}
-        config = {"sources": [{"name": "hr", "type": "file", "path": "directory.yaml"}],
-                  "applications": [APP, broken]}
-        (folder / "directory.yaml").write_text("users: []\ngroups: []\n")
-        (folder / "scimflow.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        env = {"SCIMFLOW_KAFKA_BOOTSTRAP": broker.bootstrap, "SCIMFLOW_TOPIC_PREFIX": prefix,
-               "SCIMFLOW_PARTITIONS": str(PARTITIONS), "SCIMFLOW_DATA_DIR": str(folder / "data"),
-               "SCIMFLOW_LOG_FORMAT": "json", "TEST_SCIM_URL": target.base_url,
-               "TEST_SCIM_TOKEN": target.token}
-        sup = Supervisor(config=folder / "scimflow.yaml", env=env, log_dir=folder / "logs")
-        try:
-            yield Stack(start_admin(sup, folder), topics, broker.bootstrap, sup, folder)
-        finally:
-            sup.kill_all()
+        with admin_stack(broker.bootstrap, folder, [APP, broken], AdminStack, scim_url=target.base_url,
+                         scim_token=target.token) as stack:
+            yield stack
 
 
-def test_every_route_needs_a_valid_token(stack: Stack) -> None:
+def test_every_route_needs_a_valid_token(stack: AdminStack) -> None:
     url = stack.admin.url
     for method, path in ROUTES:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Bearer"},
@@ -85,7 +58,7 @@ def test_every_route_needs_a_valid_token(stack: Stack) -> None:
     assert {a.action for a in refused} <= {r.rsplit("/", 1)[-1] for _, r in ROUTES}
 
 
-def test_status_lists_the_configured_apps(stack: Stack) -> None:
+def test_status_lists_the_configured_apps(stack: AdminStack) -> None:
     apps = stack.admin.http.get("/apps").json()
     assert [a["app"] for a in apps] == ["app", "broken"]
     assert apps[0]["managed_users"] == 0 and apps[0]["mode"] == "automatic"
@@ -95,7 +68,7 @@ def test_status_lists_the_configured_apps(stack: Stack) -> None:
     assert missing.status_code == 404 and "no application named 'nope'" in missing.json()["error"]
 
 
-def test_control_actions_reach_the_control_topic_and_the_audit_trail(stack: Stack) -> None:
+def test_control_actions_reach_the_control_topic_and_the_audit_trail(stack: AdminStack) -> None:
     http = stack.admin.http
     assert http.post("/apps/app/stop").json()["outcome"] == "accepted"
     assert http.get("/apps/app").json()["status"] == "off"
@@ -124,7 +97,7 @@ def test_control_actions_reach_the_control_topic_and_the_audit_trail(stack: Stac
     assert next(a for a in trail if a.action == "restart").detail["reset_links"] is True
 
 
-def test_test_connection_reports_success_and_the_exact_failure(stack: Stack) -> None:
+def test_test_connection_reports_success_and_the_exact_failure(stack: AdminStack) -> None:
     ok = stack.admin.http.post("/apps/app/test-connection").json()
     assert ok["ok"] is True and ok["attribute"] == "userName"
     bad = stack.admin.http.post("/apps/broken/test-connection").json()
@@ -136,7 +109,7 @@ def test_test_connection_reports_success_and_the_exact_failure(stack: Stack) -> 
     assert outcomes >= {("app", "succeeded"), ("broken", "failed")}
 
 
-def test_provision_without_an_answer_is_a_clear_timeout(stack: Stack) -> None:
+def test_provision_without_an_answer_is_a_clear_timeout(stack: AdminStack) -> None:
     http = stack.admin.http
     assert http.post("/apps/app/provision", json={"type": "user"}).status_code == 400
     assert http.post("/apps/app/provision", content=b"{not json").status_code == 400
@@ -151,7 +124,7 @@ def test_provision_without_an_answer_is_a_clear_timeout(stack: Stack) -> None:
     assert request.request_id == body["trace"]["request_id"]
 
 
-def test_recent_activity_and_errors_are_filtered(stack: Stack) -> None:
+def test_recent_activity_and_errors_are_filtered(stack: AdminStack) -> None:
     now = datetime.now(UTC)
     producer = plain_producer(stack.bootstrap)
     for i, (app, status) in enumerate([("app", "success"), ("app", "failure"), ("broken", "failure"),
@@ -174,9 +147,50 @@ def test_recent_activity_and_errors_are_filtered(stack: Stack) -> None:
     assert http.get("/activity", params={"limit": "x"}).status_code == 400
 
 
-def test_the_token_never_reaches_the_log(stack: Stack) -> None:
+def test_the_token_never_reaches_the_log(stack: AdminStack) -> None:
     stack.admin.http.get("/apps")
     log = (stack.dir / "logs" / "admin.log").read_text()
     assert "admin API listening" in log and '"by": "ops"' in log
     assert stack.admin.token not in log
     assert "not-the-token" not in log
+
+
+def test_evaluate_maps_one_source_object_to_the_resource_that_would_be_sent(stack: AdminStack) -> None:
+    attributes = {"userPrincipalName": "eve@corp", "id": "u-eve", "displayName": 'Ève "E" <O\'Neil>',
+                  "givenName": "Ève", "surname": "O'Neil"}
+    change = DirectoryChange(source="hr", object_type="user", object_id="u-eve", operation="upsert",
+                             attributes=attributes, memberships=["g-all"], change_id="c-eve",
+                             observed_at=datetime.now(UTC))
+    producer = plain_producer(stack.bootstrap)
+    producer.send(stack.topics.changes, key=b"u-eve", value=encode(change)).get(timeout=30)
+    producer.close()
+    http = stack.admin.http
+
+    live = http.post("/apps/app/config/evaluate", json={"id": "u-eve"})
+    assert live.status_code == 200, live.text
+    found = live.json()
+    assert (found["operation"], found["object_type"], found["found"]) == ("upsert", "user", True)
+    assert found["resource"] == {
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "eve@corp",
+        "externalId": "u-eve", "displayName": 'Ève "E" <O\'Neil>',
+        "name": {"givenName": "Ève", "familyName": "O'Neil"}, "title": "Staff", "active": True}
+    assert found["matching"] == [{"attribute": "userName", "value": "eve@corp", "precedence": 1}]
+
+    edited = copy.deepcopy(http.get("/apps/app/config").json()["definition"])
+    edited["mappings"]["user"]["attributes"][5] = {"target": "title", "type": "expression",
+                                                   "expression": 'Join(" ", [givenName], [surname])'}
+    proposed = http.post("/apps/app/config/evaluate", json={"id": "u-eve", "definition": edited}).json()
+    assert proposed["resource"]["title"] == "Ève O'Neil"
+    edited["mappings"]["user"]["scoping_filters"] = [
+        {"clauses": [{"attribute": "department", "operator": "EQUALS", "value": "Sales"}]}]
+    out = http.post("/apps/app/config/evaluate", json={"id": "u-eve", "definition": edited}).json()
+    assert out["operation"] == "deprovision" and "resource" not in out
+    assert "department EQUALS" in out["reason"]
+
+    assert http.post("/apps/app/config/evaluate", json={"id": "u-nobody"}).json() == {
+        "object_id": "u-nobody", "found": False}
+    assert http.post("/apps/app/config/evaluate", json={}).status_code == 400
+    edited["mappings"]["user"]["scoping_filters"][0]["clauses"][0]["operator"] = "EQUALZ"
+    bad = http.post("/apps/app/config/evaluate", json={"id": "u-eve", "definition": edited})
+    assert bad.status_code == 400 and "scoping_filters" in bad.text
+    assert http.post("/apps/ghost/config/evaluate", json={"id": "u-eve"}).status_code == 404

@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,26 +18,16 @@ import yaml
 from schemas.codecs import decoder
 from schemas.config import ConfigVersion
 from services.devstack.broker import Broker
-from services.devstack.supervisor import Supervisor
 from services.runtime.config_store import ConfigStore, VersionConflictError
-from services.runtime.kafka import create_topics, read_records
-from services.runtime.topics import Topics
-from tests.conftest import APP, PARTITIONS
-from tests.support.admin import Admin, audit_records, json_lines, start_admin
+from services.runtime.kafka import read_records
+from tests.conftest import APP
+from tests.support.admin import SOURCE, AdminStack, admin_stack, audit_records, json_lines
 
 pytestmark = pytest.mark.integration
 
 SECRET = f"secret-{uuid.uuid4().hex}"  # the value behind env:TEST_SCIM_TOKEN
-SOURCE = {"name": "hr", "type": "file", "path": "directory.yaml"}
-
-
-@dataclass
-class Stack:
-    admin: Admin
-    topics: Topics
-    bootstrap: str
-    sup: Supervisor
-    dir: Path
+class Stack(AdminStack):
+    """The admin stack, with this module's reads of its topics."""
 
     def cli(self, *args: str, check: bool = True) -> Any:
         return self.admin.cli(self.sup, *args, api=False, check=check)
@@ -63,22 +52,9 @@ def _app(name: str, **changes: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def stack(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    folder = tmp_path_factory.mktemp("config")
-    prefix = f"t{uuid.uuid4().hex[:8]}."
-    topics = Topics(prefix, PARTITIONS)
-    create_topics(broker.bootstrap, topics.specs())
-    (folder / "directory.yaml").write_text("users: []\ngroups: []\n")
-    (folder / "scimflow.yaml").write_text(yaml.safe_dump(
-        {"sources": [SOURCE], "applications": [APP]}, sort_keys=False))
-    env = {"SCIMFLOW_KAFKA_BOOTSTRAP": broker.bootstrap, "SCIMFLOW_TOPIC_PREFIX": prefix,
-           "SCIMFLOW_PARTITIONS": str(PARTITIONS), "SCIMFLOW_DATA_DIR": str(folder / "data"),
-           "SCIMFLOW_LOG_FORMAT": "json", "TEST_SCIM_URL": "http://127.0.0.1:9/v2",
-           "TEST_SCIM_TOKEN": SECRET}
-    sup = Supervisor(config=folder / "scimflow.yaml", env=env, log_dir=folder / "logs")
-    try:
-        yield Stack(start_admin(sup, folder), topics, broker.bootstrap, sup, folder)
-    finally:
-        sup.kill_all()
+    with admin_stack(broker.bootstrap, tmp_path_factory.mktemp("config"), [APP], Stack,
+                     scim_url="http://127.0.0.1:9/v2", scim_token=SECRET) as stack:
+        yield stack
 
 
 def test_the_config_topic_is_compacted_with_one_partition(stack: Stack) -> None:

@@ -5,73 +5,47 @@ edited through the forms becomes the app's next config version, diff shown first
 from __future__ import annotations
 
 import html
+import json
 import re
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from schemas import ActivityRecord, DirectoryChange, ErrorRecord
 from schemas.codecs import encode
 from schemas.messages import ModifiedProperty, Step
 from services.devstack.broker import Broker
 from services.devstack.scim_target import start_scim_target
-from services.devstack.supervisor import Supervisor
-from services.runtime.kafka import create_topics, plain_producer
-from services.runtime.topics import Topics
-from tests.conftest import APP, PARTITIONS
-from tests.support.admin import Admin, audit_records, start_admin
+from services.runtime.kafka import plain_producer
+from tests.conftest import APP
+from tests.support.admin import AdminStack, admin_stack, audit_records
 
 pytestmark = pytest.mark.integration
 
 EVIL = "<script>alert(1)</script>"
 PAGES = ["/console", "/console/", "/console/apps/app", "/console/apps/app/sync",
          "/console/apps/app/provision", "/console/apps/app/mappings", "/console/apps/app/mappings/user/0",
-         "/console/activity",
+         "/console/apps/app/scoping/user", "/console/activity",
          "/console/errors", "/console/activity/a1", "/console/errors/e1", "/console/apps/ghost"]
 FORMS = ["/console/apps/app/test-connection", "/console/apps/app/status", "/console/apps/app/restart",
          "/console/apps/app/allow-deletes", "/console/apps/app/provision", "/console/logout",
          "/console/apps/app/mappings/user/0/preview", "/console/apps/app/mappings/save",
          "/console/apps/app/assignments", "/console/apps/app/assignments/remove",
-         "/console/apps/app/object-mappings/user/preview", "/console/apps/app/mappings/test"]
-
-
-@dataclass
-class Stack:
-    admin: Admin
-    topics: Topics
-    bootstrap: str
-    dir: Path
+         "/console/apps/app/object-mappings/user/preview", "/console/apps/app/mappings/test",
+         "/console/apps/app/scoping/user/preview"]
 
 
 @pytest.fixture(scope="module")
-def stack(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    folder = tmp_path_factory.mktemp("console")
-    prefix = f"t{uuid.uuid4().hex[:8]}."
-    topics = Topics(prefix, PARTITIONS)
-    create_topics(broker.bootstrap, topics.specs())
-    with start_scim_target() as target:
-        config = {"sources": [{"name": "hr", "type": "file", "path": "directory.yaml"}],
-                  "applications": [APP]}
-        (folder / "directory.yaml").write_text("users: []\ngroups: []\n")
-        (folder / "scimflow.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        env = {"SCIMFLOW_KAFKA_BOOTSTRAP": broker.bootstrap, "SCIMFLOW_TOPIC_PREFIX": prefix,
-               "SCIMFLOW_PARTITIONS": str(PARTITIONS), "SCIMFLOW_DATA_DIR": str(folder / "data"),
-               "SCIMFLOW_LOG_FORMAT": "json", "TEST_SCIM_URL": target.base_url,
-               "TEST_SCIM_TOKEN": target.token}
-        sup = Supervisor(config=folder / "scimflow.yaml", env=env, log_dir=folder / "logs")
-        try:
-            yield Stack(start_admin(sup, folder), topics, broker.bootstrap, folder)
-        finally:
-            sup.kill_all()
+def stack(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AdminStack]:
+    with start_scim_target() as target, admin_stack(
+            broker.bootstrap, tmp_path_factory.mktemp("console"), [APP], AdminStack,
+            scim_url=target.base_url, scim_token=target.token) as stack:
+        yield stack
 
 
-def _login(stack: Stack) -> httpx.Client:
+def _login(stack: AdminStack) -> httpx.Client:
     """A browser-like client that logged in through the form."""
     browser = httpx.Client(base_url=stack.admin.url, timeout=60)
     form = browser.get("/console/login")
@@ -91,7 +65,7 @@ def _csrf(page: str) -> str:
     return found[1]
 
 
-def test_no_session_no_page_and_no_action(stack: Stack) -> None:
+def test_no_session_no_page_and_no_action(stack: AdminStack) -> None:
     url = stack.admin.url
     for path in PAGES:
         r = httpx.get(url + path, timeout=30)
@@ -114,7 +88,7 @@ def test_no_session_no_page_and_no_action(stack: Stack) -> None:
     assert all(a.outcome == "rejected" for a in refused)
 
 
-def test_login_needs_a_real_token_and_its_own_csrf_token(stack: Stack) -> None:
+def test_login_needs_a_real_token_and_its_own_csrf_token(stack: AdminStack) -> None:
     browser = httpx.Client(base_url=stack.admin.url, timeout=30)
     csrf = re.search(r'name="csrf" value="([^"]+)"', browser.get("/console/login").text)
     assert csrf is not None
@@ -131,7 +105,7 @@ def test_login_needs_a_real_token_and_its_own_csrf_token(stack: Stack) -> None:
         ("ops", "succeeded"), ("<unauthenticated>", "rejected")}
 
 
-def test_a_post_without_the_csrf_token_is_refused(stack: Stack) -> None:
+def test_a_post_without_the_csrf_token_is_refused(stack: AdminStack) -> None:
     browser = _login(stack)
     page = browser.get("/console/apps/app")
     assert page.status_code == 200 and "Test Connection" in page.text
@@ -149,7 +123,7 @@ def test_a_post_without_the_csrf_token_is_refused(stack: Stack) -> None:
     browser.post("/console/apps/app/status", data={"status": "on", "csrf": token})
 
 
-def test_source_data_is_rendered_as_text(stack: Stack) -> None:
+def test_source_data_is_rendered_as_text(stack: AdminStack) -> None:
     now = datetime.now(UTC)
     record = ActivityRecord(
         id="a-evil", at=now, app="app", object_type="user", action="update", status="failure",
@@ -182,7 +156,7 @@ def test_source_data_is_rendered_as_text(stack: Stack) -> None:
     assert pages[0].headers["Content-Security-Policy"].startswith("default-src 'self'")
 
 
-def test_an_attribute_mapping_edit_is_previewed_then_written_as_a_version(stack: Stack) -> None:
+def test_an_attribute_mapping_edit_is_previewed_then_written_as_a_version(stack: AdminStack) -> None:
     browser = _login(stack)
     listing = browser.get("/console/apps/app/mappings")
     assert listing.status_code == 200 and "<code>userName</code>" in listing.text
@@ -220,7 +194,7 @@ def test_an_attribute_mapping_edit_is_previewed_then_written_as_a_version(stack:
     assert ("ops", "config", "app", "succeeded") in [(a.by, a.action, a.app, a.outcome) for a in trail]
 
 
-def test_an_assignment_is_added_and_removed_as_config_versions(stack: Stack) -> None:
+def test_an_assignment_is_added_and_removed_as_config_versions(stack: AdminStack) -> None:
     browser = _login(stack)
     start = stack.admin.http.get("/apps/app/assignments").json()
     version = start["version"]
@@ -266,7 +240,7 @@ def test_an_assignment_is_added_and_removed_as_config_versions(stack: Stack) -> 
     assert ("ops", "unassign", "g-all", "rejected") in trail  # the version conflict
 
 
-def test_object_mapping_switches_are_previewed_then_written_as_a_version(stack: Stack) -> None:
+def test_object_mapping_switches_are_previewed_then_written_as_a_version(stack: AdminStack) -> None:
     browser = _login(stack)
     version = stack.admin.http.get("/apps/app/config").json()["version"]
     listing = browser.get("/console/apps/app/mappings")
@@ -306,7 +280,7 @@ def test_object_mapping_switches_are_previewed_then_written_as_a_version(stack: 
     assert wrong.status_code == 400 and "no group mapping" in wrong.text
 
 
-def test_a_previewed_edit_is_tested_on_one_source_object(stack: Stack) -> None:
+def test_a_previewed_edit_is_tested_on_one_source_object(stack: AdminStack) -> None:
     attributes = {"userPrincipalName": "tess@corp", "id": "u-tess", "displayName": "Tess",
                   "givenName": "T", "surname": "S", "mail": "tess@mail"}
     change = DirectoryChange(source="hr", object_type="user", object_id="u-tess", operation="upsert",
@@ -334,6 +308,14 @@ def test_a_previewed_edit_is_tested_on_one_source_object(stack: Stack) -> None:
     rows = re.findall(r'<tr><th scope="row"><code>(.*?)</code></th><td>(.*?)</td><td>(.*?)</td></tr>',
                       tested.text)
     assert rows == [("displayName", "Tess", "tess@mail")], tested.text
+    # The full resource under the previewed version, as the mapper evaluates it.
+    shown = re.search(r'<pre id="object-resource">(.*?)</pre>', tested.text, re.S)
+    assert shown is not None, tested.text
+    assert json.loads(html.unescape(shown[1])) == {
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "tess@corp",
+        "externalId": "u-tess", "displayName": "tess@mail", "name": {"givenName": "T", "familyName": "S"},
+        "title": stack.admin.http.get("/apps/app/config").json()["definition"]["mappings"]["user"][
+            "attributes"][5]["value"], "active": True}
     page = browser.post("/console/apps/app/mappings/test",
                         data={"csrf": token, "definition": definition, "object_id": "u-nobody"})
     assert page.status_code == 200 and "<!doctype html>" in page.text
@@ -342,3 +324,95 @@ def test_a_previewed_edit_is_tested_on_one_source_object(stack: Stack) -> None:
                            data={"definition": definition, "object_id": "u-tess"})
     assert no_csrf.status_code == 403
     assert stack.admin.http.get("/apps/app/config").json()["version"] == version  # nothing written
+
+
+def _shown(value: object) -> str:
+    """A value as the diff shows it (compact JSON, keys sorted)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _diff(page: str) -> list[str]:
+    return [html.unescape(d) for d in re.findall(r"<li><code>(.*?)</code></li>", page)]
+
+
+def test_scoping_filters_are_validated_previewed_then_written_as_a_version(stack: AdminStack) -> None:
+    browser = _login(stack)
+    version = stack.admin.http.get("/apps/app/config").json()["version"]
+    form = browser.get("/console/apps/app/scoping/user")
+    assert form.status_code == 200 and 'id="f0-c0-attribute"' in form.text
+    assert 'id="f0-remove"' not in form.text  # no filter yet: only the blank new one
+    token = _csrf(form.text)
+    wanted = {"csrf": token, "f0-name": "sales or <EU>", "f0-c0-attribute": "department",
+              "f0-c0-operator": "EQUALS", "f0-c0-value": "Sales", "f0-c1-attribute": "employeeId",
+              "f0-c1-operator": "Greater_Than", "f0-c1-value": "1000"}
+
+    for typed, path, says in ((("f0-c0-operator", "EQUALZ"), "clauses[0]", 'did you mean "EQUALS"'),
+                              (("f0-c1-value", "lots"), "clauses[1]", "needs an integer value")):
+        bad = browser.post("/console/apps/app/scoping/user/preview", data={**wanted, typed[0]: typed[1]})
+        assert bad.status_code == 400 and "nothing was written" in bad.text, bad.text
+        problems = html.unescape(re.findall(r'<div class="alert bad"[^>]*>(.*?)</div>', bad.text, re.S)[0])
+        assert f"$.mappings.user.scoping_filters[0].{path}" in problems and says in problems, problems
+        assert typed[1] in bad.text  # the form keeps what was typed
+    assert stack.admin.http.get("/apps/app/config").json()["version"] == version
+
+    preview = browser.post("/console/apps/app/scoping/user/preview", data=wanted)
+    assert preview.status_code == 200, preview.text
+    added = {"name": "sales or <EU>", "clauses": [
+        {"attribute": "department", "operator": "EQUALS", "value": "Sales"},
+        {"attribute": "employeeId", "operator": "Greater_Than", "value": "1000"}]}
+    assert _diff(preview.text) == ["+ $.mappings.user.scoping_filters: " + _shown([added])], preview.text
+    assert "<EU>" not in preview.text  # source text is escaped
+    proposed = re.search(r'name="definition" value="([^"]*)"', preview.text)
+    assert proposed is not None
+    assert stack.admin.http.get("/apps/app/config").json()["version"] == version  # a preview writes nothing
+    saved = browser.post("/console/apps/app/mappings/save",
+                         data={"csrf": token, "version": str(version), "comment": "sales only",
+                               "definition": html.unescape(proposed[1])})
+    assert saved.status_code == 303 and saved.headers["location"].endswith(f"?saved={version + 1}")
+    live = stack.admin.http.get("/apps/app/config").json()
+    assert live["version"] == version + 1 and live["comment"] == "sales only" and live["author"] == "ops"
+    assert live["definition"]["mappings"]["user"]["scoping_filters"] == [added]
+    listing = browser.get("/console/apps/app/mappings").text
+    assert "sales or &lt;EU&gt;: department EQUALS Sales and employeeId Greater_Than 1000" in listing
+
+    # Edit one clause and remove the other; then remove the filter: each a version of its own.
+    again = browser.get("/console/apps/app/scoping/user").text
+    assert 'value="sales or &lt;EU&gt;"' in again and 'id="f0-c1-remove"' in again
+    edit = {"csrf": token, "f0-name": "sales or <EU>", "f0-c0-attribute": "department",
+            "f0-c0-operator": "EQUALS", "f0-c0-value": "Marketing", "f0-c1-attribute": "employeeId",
+            "f0-c1-operator": "Greater_Than", "f0-c1-value": "1000", "f0-c1-remove": "yes"}
+    changed = browser.post("/console/apps/app/scoping/user/preview", data=edit)
+    assert _diff(changed.text) == [
+        '~ $.mappings.user.scoping_filters[name=sales or <EU>].clauses[0].value: "Sales" -> "Marketing"',
+        '- $.mappings.user.scoping_filters[name=sales or <EU>].clauses[1]: '
+        + _shown(added["clauses"][1])], changed.text
+    removed = browser.post("/console/apps/app/scoping/user/preview", data={**edit, "f0-remove": "yes"})
+    assert _diff(removed.text) == ["- $.mappings.user.scoping_filters: " + _shown([added])]
+    assert browser.post("/console/apps/app/scoping/robot/preview", data=edit).status_code == 400
+
+
+def test_the_provisioning_pane_shows_the_live_version_not_the_file(stack: AdminStack) -> None:
+    browser = _login(stack)
+    live = stack.admin.http.get("/apps/app/config")
+    definition = live.json()["definition"] | {"deletion_threshold": 7, "mode": "manual"}
+    definition["mappings"]["user"]["actions"] = ["create", "update"]
+    put = stack.admin.http.put("/apps/app/config", headers={"If-Match": live.headers["ETag"]},
+                               json={"definition": definition, "comment": "pane <check>"})
+    assert put.status_code == 200, put.text
+    version = put.json()["version"]
+    pane = browser.get("/console/apps/app")
+    assert pane.status_code == 200
+    shown = re.search(r'<p id="config-version">(.*?)</p>', pane.text, re.S)
+    assert shown is not None, pane.text
+    text = html.unescape(re.sub(r"<[^>]+>", "", shown[1]))
+    assert f"version {version} on the config topic, by ops" in text and "(pane <check>)" in text, text
+    assert "<strong>Manual</strong>" in pane.text  # the file says automatic
+    assert "7 disables and deletes per cycle" in pane.text
+    assert "actions create, update." in pane.text
+    assert "env:TEST_SCIM_TOKEN" in pane.text  # still a reference, never the value
+    back = live.json()["definition"]
+    restored = stack.admin.http.put("/apps/app/config", headers={"If-Match": f'"{version}"'},
+                                    json={"definition": back, "comment": "back"})
+    assert restored.status_code == 200, restored.text
+    again = browser.get("/console/apps/app").text
+    assert f"version {version + 1}</strong>" in again and "<strong>Automatic</strong>" in again

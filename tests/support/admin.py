@@ -1,5 +1,6 @@
 """Helpers for tests of the control plane: start the real admin service next to a pipeline,
-and run the real ``scimflow`` CLI against it (or directly against Kafka)."""
+and run the real ``scimflow`` CLI against it (or directly against Kafka); :func:`admin_stack`
+is the one way an admin-service test module builds its stack (topics, config file, admin)."""
 
 from __future__ import annotations
 
@@ -7,20 +8,28 @@ import os
 import secrets
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import msgspec
+import yaml
 from typer.testing import CliRunner
 
 from schemas.control import AuditRecord
 from services.cli import cli
 from services.devstack.processes import free_port
 from services.devstack.supervisor import Supervisor
-from services.runtime.kafka import consume
+from services.runtime.kafka import consume, create_topics
 from services.runtime.topics import Topics
+from tests.conftest import PARTITIONS
+
+SOURCE = {"name": "hr", "type": "file", "path": "directory.yaml"}
+"""The file source of every admin stack (an empty directory.yaml next to the config)."""
 
 
 @dataclass
@@ -58,6 +67,42 @@ def start_admin(sup: Supervisor, folder: Path) -> Admin:
     url = sup.start_admin(port=free_port(), tokens=f"ops=file:{token_file}")
     http = httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {token}"})
     return Admin(url, token, token_file, http)
+
+
+@dataclass
+class AdminStack:
+    """Fresh topics, a config file naming some apps, and ``scimflow admin`` running on them."""
+
+    admin: Admin
+    topics: Topics
+    bootstrap: str
+    sup: Supervisor
+    dir: Path
+
+
+S = TypeVar("S", bound=AdminStack)
+
+
+@contextmanager
+def admin_stack(bootstrap: str, folder: Path, applications: list[dict[str, Any]], kind: type[S], *,
+                scim_url: str, scim_token: str) -> Iterator[S]:
+    """``kind`` (an :class:`AdminStack`, or a module's subclass with its helpers) on topics
+    with a fresh prefix; the apps' ``${TEST_SCIM_URL}`` and ``env:TEST_SCIM_TOKEN`` are
+    ``scim_url`` and ``scim_token``. Every process it started is killed on exit."""
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    topics = Topics(prefix, PARTITIONS)
+    create_topics(bootstrap, topics.specs())
+    (folder / "directory.yaml").write_text("users: []\ngroups: []\n")
+    (folder / "scimflow.yaml").write_text(yaml.safe_dump(
+        {"sources": [SOURCE], "applications": applications}, sort_keys=False))
+    env = {"SCIMFLOW_KAFKA_BOOTSTRAP": bootstrap, "SCIMFLOW_TOPIC_PREFIX": prefix,
+           "SCIMFLOW_PARTITIONS": str(PARTITIONS), "SCIMFLOW_DATA_DIR": str(folder / "data"),
+           "SCIMFLOW_LOG_FORMAT": "json", "TEST_SCIM_URL": scim_url, "TEST_SCIM_TOKEN": scim_token}
+    sup = Supervisor(config=folder / "scimflow.yaml", env=env, log_dir=folder / "logs")
+    try:
+        yield kind(start_admin(sup, folder), topics, bootstrap, sup, folder)
+    finally:
+        sup.kill_all()
 
 
 def audit_records(bootstrap: str, topics: Topics) -> list[AuditRecord]:

@@ -25,8 +25,10 @@ from services.admin.console.session import (
     start_session,
 )
 from services.admin.control import BadRequestError, Caller, ControlPlane, NoSuchAppError, ProvisionFailedError
+from services.runtime.config_store import load_app
+from services.runtime.errors import ScimflowError
 
-__all__ = ["ROUTES", "Handler"]
+__all__ = ["ROUTES", "Handler", "live_config"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _HOME = "/console/"
@@ -114,12 +116,31 @@ def _errors_since(errors: list[dict[str, Any]], since: datetime) -> Counter[str]
 
 async def app_pane(request: web.Request, **extra: Any) -> web.Response:
     name = request.match_info["app"]
-    config = application(request.app[CONSOLE].plane, name)
-    report, assigned = await asyncio.gather(run(request, lambda p: p.status(name)[0]),
-                                            run(request, lambda p: _assignments(p, name)))
+    started_with = application(request.app[CONSOLE].plane, name)
+    report, assigned, live = await asyncio.gather(run(request, lambda p: p.status(name)[0]),
+                                                  run(request, lambda p: _assignments(p, name)),
+                                                  run(request, lambda p: live_config(p, name)))
     version = request.query.get("version", "")
     done = _DONE.get(request.query.get("done", ""), "").format(version=version if version.isdigit() else "?")
-    return render(request, "app.html", app=report, config=config, done=done, assigned=assigned, **extra)
+    config = live["app"] if live and live["app"] is not None else started_with
+    return render(request, "app.html", app=report, config=config, live=live, done=done, assigned=assigned,
+                  **extra)
+
+
+def live_config(plane: ControlPlane, name: str) -> dict[str, Any] | None:
+    """The app's current version on the config topic (what the workers run, and what
+    ``GET /apps/{app}/config`` answers), loaded with its defaults as ``app``; None before its
+    first version there. ``app`` None (and ``problem``): this version no longer loads here
+    (a ``${VAR}`` unset), so the pane shows the config file's as it started."""
+    try:
+        found = plane.config_get(name)
+    except NoSuchAppError:
+        return None
+    try:
+        [app] = load_app(found["definition"], plane.load).config.applications
+    except ScimflowError as exc:
+        return {**found, "app": None, "problem": str(exc)}
+    return {**found, "app": app, "problem": None}
 
 
 def _assignments(plane: ControlPlane, name: str) -> dict[str, Any] | None:

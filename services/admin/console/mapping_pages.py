@@ -28,7 +28,7 @@ from services.admin.console.render import CONSOLE, application, is_htmx, render,
 from services.admin.control import BadRequestError, ControlPlane, NoSuchAppError
 from services.runtime.config_store import DefinitionError, Problem, diff, read_file, render_diff, validate_app
 
-__all__ = ["ROUTES", "edited", "object_edited"]
+__all__ = ["ROUTES", "definition_to_edit", "edited", "object_edited", "object_mapping"]
 
 _KINDS = ("user", "group")
 _FIELDS = ("target", "type", "source", "expression", "value", "default", "apply", "matching")
@@ -36,7 +36,7 @@ _TYPES = ("direct", "constant", "expression", "none")
 _ACTIONS = ("create", "update", "delete")
 
 
-def _definition(plane: ControlPlane, name: str) -> tuple[dict[str, Any], int]:
+def definition_to_edit(plane: ControlPlane, name: str) -> tuple[dict[str, Any], int]:
     """The app's definition to edit and its version (0: not on the config topic yet)."""
     try:
         found = plane.config_get(name)
@@ -47,11 +47,16 @@ def _definition(plane: ControlPlane, name: str) -> tuple[dict[str, Any], int]:
     return copy.deepcopy(found["definition"]), int(found["version"])
 
 
-def _attributes(definition: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+def object_mapping(definition: dict[str, Any], kind: str) -> dict[str, Any]:
+    """The ``kind`` object mapping of ``definition`` (itself, to edit in place)."""
     mapping = (definition.get("mappings") or {}).get(kind)
     if kind not in _KINDS or not isinstance(mapping, dict):
         raise BadRequestError(f"this application has no {kind} mapping")
-    attributes: list[dict[str, Any]] = mapping.setdefault("attributes", [])
+    return mapping
+
+
+def _attributes(definition: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    attributes: list[dict[str, Any]] = object_mapping(definition, kind).setdefault("attributes", [])
     return attributes
 
 
@@ -114,7 +119,7 @@ def _index(raw: str) -> int | None:
 async def mappings(request: web.Request) -> web.Response:
     name = request.match_info["app"]
     application(request.app[CONSOLE].plane, name)
-    definition, version = await run(request, lambda p: _definition(p, name))
+    definition, version = await run(request, lambda p: definition_to_edit(p, name))
     saved = request.query.get("saved", "")
     return render(request, "mappings.html", app_name=name, definition=definition, version=version,
                   saved=int(saved) if saved.isdigit() else None, actions=_ACTIONS)
@@ -124,7 +129,7 @@ async def edit_form(request: web.Request) -> web.Response:
     name, kind = request.match_info["app"], request.match_info["kind"]
     index = _index(request.match_info["index"])
     application(request.app[CONSOLE].plane, name)
-    definition, version = await run(request, lambda p: _definition(p, name))
+    definition, version = await run(request, lambda p: definition_to_edit(p, name))
     attributes = _attributes(definition, kind)
     if index is not None and not 0 <= index < len(attributes):
         raise BadRequestError(f"no attribute mapping {index} in the {kind} mapping")
@@ -147,7 +152,7 @@ async def preview(request: web.Request) -> web.Response:
     form = {k: str(v) for k, v in (await request.post()).items()}
     plane = request.app[CONSOLE].plane
     application(plane, name)
-    definition, version = await run(request, lambda p: _definition(p, name))
+    definition, version = await run(request, lambda p: definition_to_edit(p, name))
     values = {f: form.get(f, "") for f in (*_FIELDS, "remove")}
     proposed = edited(definition, kind, _index(raw), form)
     try:
@@ -183,7 +188,7 @@ async def object_preview(request: web.Request) -> web.Response:
     form = {k: str(v) for k, v in (await request.post()).items()}
     plane = request.app[CONSOLE].plane
     application(plane, name)
-    definition, version = await run(request, lambda p: _definition(p, name))
+    definition, version = await run(request, lambda p: definition_to_edit(p, name))
     proposed = object_edited(definition, kind, form)
     shown = proposed["mappings"][kind]
     page: dict[str, Any] = {"app_name": name, "kind": kind, "version": version, "actions": _ACTIONS,
@@ -200,9 +205,10 @@ async def object_preview(request: web.Request) -> web.Response:
 
 
 async def test_object(request: web.Request) -> web.Response:
-    """The previewed definition planned for one source object, next to the live version:
-    the mapper's own engine (the control plane's previewer), on the object's latest change
-    on the directory topic. Read only: nothing is written or audited."""
+    """The previewed definition planned for one source object, next to the live version, and
+    the full SCIM resource it maps to: the mapper's own engine (the control plane's previewer
+    and evaluator), on the object's latest change on the directory topic. Read only: nothing
+    is written or audited."""
     name = request.match_info["app"]
     form = await request.post()
     application(request.app[CONSOLE].plane, name)
@@ -216,9 +222,16 @@ async def test_object(request: web.Request) -> web.Response:
     found = await run(request, lambda p: p.config_preview(name, definition, ids=[object_id], sample=1))
     samples = [s for a in found["apps"] for s in a["samples"] if s["object_id"] == object_id]
     sample = samples[0] if samples else {"object_id": object_id, "found": False, "changes": []}
+    evaluated = await run(request, lambda p: p.config_evaluate(name, object_id, definition))
     template = "_object_test.html" if is_htmx(request) else "object_test.html"
-    return render(request, template, app_name=name, sample=sample,
+    return render(request, template, app_name=name, sample=sample, evaluated=evaluated,
+                  resource=_pretty(evaluated.get("resource")),
                   compared_with=found["apps"][0]["compared_with"] if found["apps"] else "")
+
+
+def _pretty(resource: Any) -> str:
+    """The resource as the target would receive it (indented for reading; escaped on render)."""
+    return "" if resource is None else json.dumps(resource, indent=2, ensure_ascii=False)
 
 
 ROUTES: list[tuple[str, str, Handler]] = [

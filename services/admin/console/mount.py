@@ -17,7 +17,7 @@ import structlog
 from aiohttp import web
 
 from services.admin.auth import Tokens
-from services.admin.console import app_pages, assignment_pages, mapping_pages, report_pages
+from services.admin.console import app_pages, assignment_pages, mapping_pages, report_pages, scoping_pages
 from services.admin.console.render import CALLER, CONSOLE, Console, is_htmx, render, run
 from services.admin.console.session import CSRF_FIELD, csrf_ok, session_name
 from services.admin.control import BadRequestError, Caller, ControlPlane, NoSuchAppError
@@ -41,7 +41,7 @@ def mount_console(app: web.Application, plane: ControlPlane, tokens: Tokens) -> 
     app.router.add_static(f"{PREFIX}/static", _STATIC, name="console-static")
     app.router.add_get(PREFIX, _home)
     for method, path, handler in (*app_pages.ROUTES, *assignment_pages.ROUTES, *report_pages.ROUTES,
-                                 *mapping_pages.ROUTES):
+                                 *mapping_pages.ROUTES, *scoping_pages.ROUTES):
         app.router.add_route(method, PREFIX + path, handler)
 
 
