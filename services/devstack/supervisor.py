@@ -55,9 +55,27 @@ class Supervisor:
             self.start_one(name)
 
     def start_one(self, name: str, extra_env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+        return self._spawn(name, name, extra_env)
+
+    def start_replica(self, service: str, replica: int,
+                      extra_env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start one more instance of ``service`` in the same consumer group (it shares the
+        work, partitions split between the instances): named ``service-N`` (``N`` >= 2;
+        the first instance is plain ``service``), with its own log file ``service-N.log``,
+        its own ``/metrics`` port (``metrics_ports["service-N"]``, if set) and its own data
+        dir (a worker's local state is per process: two never share one)."""
+        if replica < 2:
+            raise ValueError(f"replica {replica}: the first instance is started by start_one")
+        name = f"{service}-{replica}"
+        data = self.env.get("SCIMFLOW_DATA_DIR")
+        env = {} if data is None else {"SCIMFLOW_DATA_DIR": f"{data}-{name}"}
+        return self._spawn(name, service, {**env, **(extra_env or {})})
+
+    def _spawn(self, name: str, service: str,
+               extra_env: Mapping[str, str] | None) -> subprocess.Popen[bytes]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         # In a session of its own: we stop workers ourselves, in order, after Ctrl-C.
-        proc = spawn([sys.executable, "-m", "services.cli", name, "--config", str(self.config)],
+        proc = spawn([sys.executable, "-m", "services.cli", service, "--config", str(self.config)],
                      self.log_dir / f"{name}.log",
                      env={**os.environ, **self.env, **self._metrics_env(name), **(extra_env or {})})
         self.procs[name] = proc

@@ -568,9 +568,12 @@ def report_consumer_lag(app: Any, service: str, every: float = 5.0) -> None:
         for tp in consumer.assignment():
             if tp.topic.endswith("-changelog"):
                 continue
+            high = consumer.highwater(tp)
+            if high is None:
+                continue  # assigned by a rebalance just now, not fetched yet: known next time
             # faust has no public getter for the committed offset of a partition.
             committed = consumer._committed_offset.get(tp) or 0
-            per_topic[tp.topic] = per_topic.get(tp.topic, 0) + max(0, consumer.highwater(tp) - committed)
+            per_topic[tp.topic] = per_topic.get(tp.topic, 0) + max(0, high - committed)
         for topic, value in per_topic.items():
             metrics.CONSUMER_LAG.labels(service=service, topic=topic).set(value)
 

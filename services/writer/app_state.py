@@ -269,7 +269,13 @@ class AppState:
 
     async def _publish_tally(self, app: str, now: datetime) -> None:
         """Tell the other writer replicas this one's removals: on change, and every few
-        seconds while not zero (so a stopped replica's tally ages out)."""
+        seconds while not zero (so the others can tell a stopped replica); and a zero for
+        each stopped replica whose count a finished cycle ended (so no later start reads it)."""
+        for replica in self.guard.settle(app):
+            if self._publisher.has_control:
+                log.info("removal tally of a stopped writer replica settled", app=app, replica=replica)
+                settled = RemovalTally(app=app, replica=replica, count=0, at=now)
+                await self._publisher.control(f"{app}/tally/{replica}".encode(), settled)
         count = self.guard.tally(app)
         last = self._tallies.get(app)
         due = last is None or last[0] != count or (count and now - last[1] >= _TALLY_REPEAT)
@@ -280,7 +286,9 @@ class AppState:
         await self._publisher.control(f"{app}/tally/{self.replica}".encode(), tally)
 
     def on_tally(self, tally: RemovalTally) -> None:
-        """Another replica's removals for an app (from the control topic)."""
+        """Another replica's removals for an app (from the control topic, read from its
+        start: the tallies of replicas that stopped before this one started count too, until
+        the cycle ends; a writer restarted after ``kill -9`` is one of them)."""
         if tally.replica != self.replica:
             self.guard.peer(tally.app, tally.replica, tally.count, tally.at)
 

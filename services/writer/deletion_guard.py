@@ -11,15 +11,25 @@ for a held object replaces its removal (back in scope: nothing is removed).
 
 With several writer replicas each one sees only its partitions' removals, so the count is
 global: every replica publishes its own tally (:meth:`DeletionGuard.tally`) and adds the
-other replicas' recent ones (:meth:`DeletionGuard.peer`) before deciding. The grace period
-is what lets the tallies of one burst meet before any of it runs. Pure bookkeeping; no I/O.
+other replicas' ones (:meth:`DeletionGuard.peer`) before deciding. The grace period is
+what lets the tallies of one burst meet before any of it runs. Pure bookkeeping; no I/O.
+
+The count survives a replica's end: a tally stays on the (compacted) control topic, and
+every replica, one started after a ``kill -9`` included, reads the topic from its start.
+A replica that stopped (its tally was not repeated for ``peer_ttl``) keeps counting until
+the cycle ends (:meth:`DeletionGuard.cycle_finished`) or an operator's allowance releases
+the app, so a threshold of 3 lets 3 removals through per cycle, not 3 before a crash and 3
+more after. The replica that ends the cycle settles the stopped ones' tallies
+(:meth:`DeletionGuard.departed`: published again as zero), so a later start does not count
+an old cycle. The cost: removals a stopped replica had waiting are counted in its tally and
+again by the replica that takes them up (held sooner, never later).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from schemas import ProvisioningCommand
 
@@ -54,6 +64,8 @@ class _App:
     """Other writer replicas: their last tally and when they sent it."""
     last_staged: datetime | None = None
     """When the latest removal arrived: the burst is over once it is ``grace`` old."""
+    settled: set[str] = field(default_factory=set)
+    """Stopped replicas whose count a finished cycle ended (:meth:`DeletionGuard.settle`)."""
     restored_at: datetime | None = None
     """When removals staged before a restart came back: none runs before ``grace`` after
     (their ``max_wait`` may be long past, and the rest of their burst may be replaying)."""
@@ -67,7 +79,8 @@ class DeletionGuard:
         self.max_wait = timedelta(seconds=max_wait)
         """A removal runs after this long even if others keep arriving (a steady trickle)."""
         self.peer_ttl = timedelta(seconds=peer_ttl)
-        """A peer's tally older than this no longer counts (the replica stopped)."""
+        """A peer whose tally was not repeated for this long stopped (its count stays until
+        the cycle ends)."""
 
     def configure(self, app: str, threshold: int) -> list[Staged]:
         """A new version of ``app`` (or a new app) with this threshold; the cycle's count, the
@@ -98,8 +111,17 @@ class DeletionGuard:
         if state is not None:
             state.peers[replica] = (count, at)
 
-    def _others(self, state: _App, now: datetime) -> int:
-        return sum(count for count, at in state.peers.values() if now - at <= self.peer_ttl)
+    def _others(self, state: _App) -> int:
+        return sum(count for count, _ in state.peers.values())
+
+    def settle(self, app: str) -> list[str]:
+        """Stopped replicas whose tally for ``app`` a finished cycle ended: publish a zero
+        tally for each (else the next start would read their old count); asked once."""
+        state = self._apps.get(app)
+        if state is None:
+            return []
+        settled, state.settled = sorted(state.settled), set()
+        return settled
 
     def guards(self, app: str) -> bool:
         """Whether removals for ``app`` go through the guard (threshold 0 turns it off)."""
@@ -153,11 +175,20 @@ class DeletionGuard:
         if state is not None and (state.allowed_before is None or before > state.allowed_before):
             state.allowed_before = before
 
-    def cycle_finished(self, app: str) -> None:
-        """A full scan completed: the next cycle's count starts at zero."""
+    def cycle_finished(self, app: str, now: datetime | None = None) -> None:
+        """A full scan completed: the next cycle's count starts at zero, the other replicas'
+        too (live ones publish their new tally; stopped ones count no more)."""
         state = self._apps.get(app)
         if state is not None:
             state.removed = 0
+            state.settled.update(self._departed(state, now or datetime.now(UTC)))
+            state.peers.clear()
+
+    def _departed(self, state: _App, now: datetime) -> list[str]:
+        """Replicas with a non-zero tally not repeated for ``peer_ttl``: stopped (a live one
+        repeats a non-zero tally every few seconds)."""
+        return [replica for replica, (count, at) in state.peers.items()
+                if count and now - at > self.peer_ttl]
 
     def tick(self, app: str, now: datetime) -> Release:
         state = self._apps[app]
@@ -166,13 +197,16 @@ class DeletionGuard:
         if allowed is not None:
             release.run = self._take(state, lambda s: s.at <= allowed)
         if state.held and not state.pending:
-            # Allowed and run, or every held removal superseded: nothing is held any more.
+            # Allowed and run, or every held removal superseded: nothing is held any more,
+            # and what the other replicas counted was allowed with it (live ones repeat theirs).
             state.held, state.removed = False, 0
+            state.settled.update(self._departed(state, now))
+            state.peers.clear()
         if state.held:
             return release
         # Only a replica with removals of its own waiting holds; the others' count through
         # their tallies, so one burst spread over every replica is held on all of them.
-        if state.pending and (state.removed + len(state.pending) + self._others(state, now)
+        if state.pending and (state.removed + len(state.pending) + self._others(state)
                               > state.threshold):
             state.held = True
             release.newly_held = list(state.pending.values())

@@ -7,6 +7,11 @@ acknowledged, and one error record says so. The processor tries it again every
 ``escrow_interval`` and whenever a newer command for it arrives; the first outcome that
 is not a transient failure takes it out of escrow. Status shows the count
 (``scimflow_escrowed_objects``).
+
+With several writer replicas a table can also hold standby copies of other replicas'
+partitions (faust keeps them for a fast takeover): only the partitions this replica owns
+now are tried again and counted here (:attr:`EscrowStore.owns`), else two replicas would
+run the same escrowed object at once.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ class EscrowStore:
 
     def __init__(self, table: MutableMapping[bytes, bytes] | None = None) -> None:
         self.table: MutableMapping[bytes, bytes] = {} if table is None else table
+        self.owns: Callable[[bytes], bool] = _everything
+        """Whether a key's partition is this replica's now (the worker sets it at each
+        rebalance); standby copies of the others' partitions are neither run nor counted."""
 
     def get(self, key: bytes) -> EscrowedCommand | None:
         raw = self.table.get(key)
@@ -64,7 +72,7 @@ class EscrowStore:
     def due(self, now: datetime, interval: Callable[[str], float]) -> list[tuple[bytes, EscrowedCommand]]:
         """Escrowed objects whose last attempt is older than their app's ``interval(app)``."""
         out = []
-        for key in list(self.table.keys()):
+        for key in self._owned():
             entry = self.get(key)
             if entry is None:
                 continue
@@ -75,11 +83,14 @@ class EscrowStore:
     def counts(self) -> Counter[str]:
         """Escrowed objects per app."""
         counts: Counter[str] = Counter()
-        for key in list(self.table.keys()):
+        for key in self._owned():
             entry = self.get(key)
             if entry is not None:
                 counts[entry.command.app] += 1
         return counts
+
+    def _owned(self) -> list[bytes]:
+        return [key for key in list(self.table.keys()) if self.owns(key)]
 
     def forget_app(self, app: str) -> int:
         """Drop every escrowed object of ``app`` (a restart); how many there were."""
@@ -88,3 +99,7 @@ class EscrowStore:
         for key in keys:
             del self.table[key]
         return len(keys)
+
+
+def _everything(key: bytes) -> bool:
+    return True

@@ -17,6 +17,7 @@ was read at start (every app runs its current version from the first write on).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -97,17 +98,17 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
 
     @app.timer(0.5)  # type: ignore[untyped-decorator]
     async def guard() -> None:
-        recovery = app.tables.recovery
-        if recovery.completed.is_set() and not recovery.in_recovery:
-            # The held table is complete for the partitions this replica owns now (it may
-            # also hold standby copies of other replicas' partitions: those are not ours).
-            owned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topics.commands}
-            await processor.app_state.reload_held(
-                lambda key: partition_for(key, settings.partitions) in owned)
+        owns = _owner(app, topics.commands, settings.partitions)
+        if owns is not None:
+            await processor.app_state.reload_held(owns)
         await processor.app_state.tick_guard()
 
     @app.timer(1.0)  # type: ignore[untyped-decorator]
     async def escrowed() -> None:
+        owns = _owner(app, topics.commands, settings.partitions)
+        if owns is None:
+            return  # the escrow table is still being restored: nothing is known to be due
+        processor.scheduler.escrow.owns = owns
         await processor.scheduler.tick_escrow()
 
     @app.task  # type: ignore[untyped-decorator]
@@ -163,6 +164,17 @@ def follow_versions(processor: CommandProcessor) -> AppCallback:
         else:
             await processor.set_application(live.app, live.loaded)
     return on_app
+
+
+def _owner(app: Any, topic: str, partitions: int) -> Callable[[bytes], bool] | None:
+    """Whether a key's partition of ``topic`` is actively this replica's now; None while the
+    tables recover (they are complete only for the owned partitions once recovery ended).
+    A table also holds standby copies of other replicas' partitions: those are not ours."""
+    recovery = app.tables.recovery
+    if not recovery.completed.is_set() or recovery.in_recovery:
+        return None
+    owned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic}
+    return lambda key: partition_for(key, partitions) in owned
 
 
 def _raw_table(app: Any, name: str, settings: Settings) -> Any:

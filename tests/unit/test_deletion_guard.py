@@ -77,7 +77,7 @@ def test_threshold_zero_turns_the_guard_off() -> None:
     assert DeletionGuard({"a": 500}).guards("other") is False
 
 
-def test_other_replicas_tallies_count_towards_the_threshold_until_they_age_out() -> None:
+def test_other_replicas_tallies_count_towards_the_threshold() -> None:
     guard = DeletionGuard({"a": 5}, grace=2, peer_ttl=15)
     for i in range(3):
         guard.stage(removal(i))
@@ -86,11 +86,39 @@ def test_other_replicas_tallies_count_towards_the_threshold_until_they_age_out()
     release = guard.tick("a", T0 + timedelta(seconds=3))
     assert release.run == [] and len(release.newly_held) == 3 and guard.held("a")
 
-    fresh = DeletionGuard({"a": 5}, grace=2, peer_ttl=15)
+
+def test_a_stopped_replicas_tally_counts_until_the_cycle_ends_then_is_settled_once() -> None:
+    # A replica killed (or restarted: it comes back as a new replica) keeps its removals of
+    # this cycle in the count: 3 before a crash and 3 after must not pass a threshold of 5.
+    guard = DeletionGuard({"a": 5}, grace=2, peer_ttl=15)
     for i in range(3):
-        fresh.stage(removal(i, T0 + timedelta(seconds=20)))
-    fresh.peer("a", "stopped", 3, T0)  # a replica gone for 23 s no longer counts
-    assert len(fresh.tick("a", T0 + timedelta(seconds=23)).run) == 3
+        guard.stage(removal(i, T0 + timedelta(seconds=20)))
+    guard.peer("a", "stopped", 3, T0)  # not repeated for 23 s: that replica stopped
+    guard.peer("a", "idle", 0, T0)
+    assert guard.tick("a", T0 + timedelta(seconds=23)).newly_held != []
+
+    fresh = DeletionGuard({"a": 5}, grace=2, peer_ttl=15)
+    fresh.peer("a", "stopped", 3, T0)
+    fresh.peer("a", "live", 1, T0 + timedelta(seconds=20))
+    fresh.cycle_finished("a", T0 + timedelta(seconds=21))  # the next cycle counts from zero
+    assert fresh.settle("a") == ["stopped"]  # the live one publishes its own; zero has nothing
+    assert fresh.settle("a") == []
+    for i in range(5):
+        fresh.stage(removal(i, T0 + timedelta(seconds=22)))
+    assert len(fresh.tick("a", T0 + timedelta(seconds=25)).run) == 5
+
+
+def test_an_allowance_releases_the_stopped_replicas_count_too() -> None:
+    guard = DeletionGuard({"a": 2}, grace=0, peer_ttl=15)
+    guard.peer("a", "stopped", 2, T0)
+    guard.stage(removal(1, T0 + timedelta(seconds=20)))
+    assert guard.tick("a", T0 + timedelta(seconds=20)).newly_held != []
+    guard.allow("a", T0 + timedelta(seconds=21))
+    assert len(guard.tick("a", T0 + timedelta(seconds=22)).run) == 1
+    guard.tick("a", T0 + timedelta(seconds=22))  # nothing waits: no longer held
+    assert not guard.held("a") and guard.settle("a") == ["stopped"]
+    guard.stage(removal(2, T0 + timedelta(seconds=23)))
+    assert len(guard.tick("a", T0 + timedelta(seconds=24)).run) == 1
 
 
 def test_a_replica_with_nothing_waiting_does_not_hold() -> None:

@@ -1,0 +1,150 @@
+"""Two mappers and two writers in one consumer group, on the real broker and a real target.
+
+The commands topic has several partitions (``tests/conftest.py``: 3), so each writer
+replica owns some of them: its share of the objects, their managed state (the table's
+changelog partition moves with its commands partition) and what it escrows or holds. These
+tests prove that sharing the work never writes an object twice or loses one:
+
+- a sync lands exactly once with both writers doing part of it;
+- ``kill -9`` of one writer mid-sync: the other takes its partitions after the session
+  timeout, restores their state from the changelog and replays what was not committed,
+  writing nothing twice (lookup-before-create, state compare);
+- scale 1 -> 2 -> 1 writers during a sync: two rebalances, nothing lost or doubled.
+
+Every request the writers send goes through the fault proxy (a recorder here), so "created
+once" is counted at the wire as well as in the activity topic. 2,000 users keep each test
+about a minute on two cores (the issue's 5,000 is for a bench, not written yet).
+
+Found and not fixed yet (the two tests are xfail): with the proxy slowing creates by 10 ms,
+both a ``kill -9`` of one writer and a 1 -> 2 -> 1 scale-up mid-sync end with 70-90 users
+created twice in the target. Candidates: the replica losing partitions keeps running the
+jobs it had queued for them while the new owner replays the same commands (a drain of the
+scheduler in the revoke callback is the likely fix), and Bulk creates retried after a
+timeout whose first attempt had landed. In the kill test the survivor also once left the
+last offset of a taken-over partition uncommitted for over a minute.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import pytest
+
+from tests.conftest import APP, Pipeline, user
+from tests.support.faultproxy import FaultProxy
+from tests.support.replicas import members, outcomes, wait_members
+from tests.support.settle import Mark, wait_settled
+
+pytestmark = pytest.mark.e2e
+
+Factory = Callable[..., Pipeline]
+USERS = 2000
+
+
+def _pipeline(factory: Factory, proxy: FaultProxy, users: int = USERS) -> Pipeline:
+    app = {**APP, "target": {"base_url": proxy.url, "token": "env:TEST_SCIM_TOKEN"}}
+    return factory([user(i) for i in range(users)], app=app, start=False)
+
+
+def _start(p: Pipeline, *, writers: int) -> Mark:
+    """Mappers and writers first, each group stable with all its members (so the sync is
+    shared from its first command), then ingest; the mark is before its first change."""
+    p.sup.start(("mapper", "writer"))
+    p.sup.start_replica("mapper", 2)
+    if writers == 2:
+        p.sup.start_replica("writer", 2)
+    wait_members(p.bootstrap, p.topics.app_id("mapper"), 2)
+    wait_members(p.bootstrap, p.topics.app_id("writer"), writers)
+    since = Mark(datetime.now(UTC), dict.fromkeys(range(p.topics.partitions), 0))
+    p.sup.start(("ingest",))
+    return since
+
+
+def _created(p: Pipeline) -> Counter[str]:
+    """Per source id: how many successful creates the activity topic records."""
+    return Counter(a.source_id for a in p.activity() if a.action == "create" and a.status == "success")
+
+
+def _assert_exact(p: Pipeline, proxy: FaultProxy, since: Mark, users: int = USERS) -> None:
+    """The target holds each user exactly once, created once, and nothing failed."""
+    p.wait_for(f"{users} users in the target", lambda: p.scim.count() >= users, timeout=90)
+    settled = wait_settled(p.bootstrap, p.topics, since, timeout=60)
+    assert settled.stalled is None, settled.stalled
+    names = [u["userName"] for u in p.scim.users()]
+    assert len(names) == users and len(set(names)) == users
+    sent = _creates_sent(proxy)
+    assert len(sent) == users and len(set(sent)) == users  # each user POSTed once at the wire
+    created = _created(p)
+    assert max(created.values()) == 1
+    assert p.errors() == []
+
+
+def _creates_sent(proxy: FaultProxy) -> list[str | None]:
+    """The userName of every user create the writers sent: alone or in a Bulk request."""
+    names: list[str | None] = []
+    for entry in proxy.requests("POST"):
+        body = entry.json() or {}
+        if entry.path.endswith("/Users"):
+            names.append(body.get("userName"))
+        elif entry.path.endswith("/Bulk"):
+            names += [op.get("data", {}).get("userName") for op in body.get("Operations", [])
+                      if op.get("method") == "POST" and op.get("path") == "/Users"]
+    return names
+
+
+def _share(p: Pipeline, name: str) -> int:
+    counts = outcomes(p.dir / "logs" / f"{name}.log")
+    return counts[("create", "success")] + counts[("adopt", "success")]
+
+
+def _writer_pids(p: Pipeline) -> dict[str, int]:
+    return {name: proc.pid for name, proc in p.sup.procs.items() if name.startswith("writer")}
+
+
+def test_a_sync_lands_exactly_once_with_the_work_split_across_both_writers(
+        pipeline_factory: Factory, proxy: FaultProxy) -> None:
+    p = _pipeline(pipeline_factory, proxy)
+    since = _start(p, writers=2)
+    _assert_exact(p, proxy, since)
+    assert sum(_created(p).values()) == USERS  # every user's create is in the activity topic
+    first, second = _share(p, "writer"), _share(p, "writer-2")
+    assert first + second == USERS
+    assert first > 0 and second > 0, (first, second)
+    assert len(_writer_pids(p)) == 2 and not p.sup.dead()
+
+
+@pytest.mark.xfail(reason="finding, not fixed yet: after a kill -9 or a scale-up mid-sync the target "
+                   "ends with 70-90 of 2,000 users created twice (scim2-server does not refuse a "
+                   "duplicate userName); see the module docstring", strict=False)
+def test_kill_9_of_one_writer_mid_sync_the_other_takes_over_and_the_target_ends_exact(
+        pipeline_factory: Factory, proxy: FaultProxy) -> None:
+    p = _pipeline(pipeline_factory, proxy)
+    proxy.delay(0.01, method="POST")  # a sync long enough to kill a writer in the middle
+    since = _start(p, writers=2)
+    p.wait_for("both writers creating", lambda: _share(p, "writer") > 50 and _share(p, "writer-2") > 50)
+    assert p.scim.count() < USERS // 2, "the sync was not in its middle: nothing to prove"
+    p.sup.kill("writer-2")
+    del p.sup.procs["writer-2"]
+    _assert_exact(p, proxy, since)
+    # The survivor took the killed writer's partitions: it wrote some of their objects.
+    assert _share(p, "writer") + _share(p, "writer-2") >= USERS
+    assert members(p.bootstrap, p.topics.app_id("writer")) == 1  # it owns every partition now
+
+
+@pytest.mark.xfail(reason="finding, not fixed yet: after a kill -9 or a scale-up mid-sync the target "
+                   "ends with 70-90 of 2,000 users created twice (scim2-server does not refuse a "
+                   "duplicate userName); see the module docstring", strict=False)
+def test_scaling_writers_one_to_two_to_one_during_a_sync_loses_and_doubles_nothing(
+        pipeline_factory: Factory, proxy: FaultProxy) -> None:
+    p = _pipeline(pipeline_factory, proxy)
+    proxy.delay(0.01, method="POST")
+    since = _start(p, writers=1)
+    p.wait_for("the sync under way", lambda: _share(p, "writer") > 50)
+    p.sup.start_replica("writer", 2)
+    p.wait_for("the second writer creating", lambda: _share(p, "writer-2") > 50)
+    assert p.scim.count() < USERS, "the sync ended before the scale-up: nothing to prove"
+    p.sup.stop_one("writer-2")
+    _assert_exact(p, proxy, since)
+    assert _share(p, "writer-2") > 0
