@@ -116,9 +116,12 @@ lint: deps
 # bench/pipeline.py folds in the phases of bench/mapping.py, bench/reconcile.py and
 # bench/writer_path.py (how far one update travels through the writer's code: stops and
 # files from a command to the target call); its last line is one JSON object of every figure.
+# bench/ratelimit.py: the SCIM client against a target limited to 50 requests/s and with 10 %
+# random 429s (achieved ÷ allowed rate, share of 429s, faulted ÷ unfaulted); one JSON line too.
 bench: kafka
 	PYTHONPATH=. $(PY) bench/pipeline.py $(BENCH_ARGS)
 	PYTHONPATH=. $(PY) bench/ldap_latency.py
+	PYTHONPATH=. $(PY) bench/ratelimit.py
 
 schemas: deps
 	$(PY) -m schemas.generate

@@ -70,8 +70,12 @@ _MAX_NOISE: Final = 0.5
 _SIGMAS: Final = 3.0
 """...or this many standard deviations of the noise floor's share in an interval of that
 many answers, so that random 429s rarely look like a signal by chance."""
-_NOISE_WEIGHT: Final = 0.2
-"""Weight of an interval without a signal in the noise floor (it decays when the 429s stop)."""
+_NOISE_ANSWERS: Final = 100
+"""The noise floor is a moving average over about this many answers."""
+_PROBATION_ANSWERS: Final = 30
+"""Answers after a cut (at the lower rate) that tell whether it helped..."""
+_MAX_PROBATION: Final = 5.0
+"""...or seconds, for a slow app."""
 _SMOOTHING: Final = 0.8
 """Weight of the newest interval in the measured sending rate (botocore's)."""
 
@@ -163,6 +167,8 @@ class AdaptiveRate:
         """None until the first throttle: the rate is the configured maximum."""
         self._undo: tuple[float, float, CubicCurve | None] | None = None
         """(rate, concurrency, curve) before the last cut, while it is on probation."""
+        self._probation = (0, 0)
+        """(answers, 429s) since the cut on probation."""
         self._cut_excess = 0.0
         """How far above the noise floor the share of 429s was that made the last cut."""
 
@@ -187,26 +193,37 @@ class AdaptiveRate:
         self._follow(now)
 
     def _decide(self, sample: _Sample, now: float) -> None:
-        excess = sample.share - self.noise
-        signal = excess > max(_MARGIN, _SIGMAS * math.sqrt(self.noise * (1 - self.noise) / sample.answers))
         if self._undo is not None:
-            if excess >= _UNHELPED * self._cut_excess and sample.share <= _MAX_NOISE:
-                self._take_back(sample.share)  # as throttled at the lower rate: not our rate
-                return
-            self._undo = None  # the cut helped: it stands, and the rate grows from now on
-            assert self._curve is not None
-            self._curve = CubicCurve(self._curve.w_max, now, beta=self._beta, scale=self._scale)
-        if signal:
+            self._on_probation(sample, now)
+            return
+        excess = sample.share - self.noise
+        if excess > max(_MARGIN, _SIGMAS * math.sqrt(self.noise * (1 - self.noise) / sample.answers)):
             self._cut(sample, now)
-        elif sample.share < self.noise:
-            # The floor rises only when a cut did not help (above); here it decays. Learning
-            # it upwards from any quiet interval would let a slowly rising share of real
-            # 429s (a rate creeping past the limit) raise the floor along with it.
-            self.noise += _NOISE_WEIGHT * (sample.share - self.noise)
+        elif self._curve is None or self._rate <= self._curve.w_max:
+            # Learn the floor from answers below the last throttled rate only: beyond it a
+            # rate creeping past the target's limit would raise the floor with its 429s.
+            weight = sample.answers / (sample.answers + _NOISE_ANSWERS)
+            self.noise = min(_MAX_NOISE, self.noise + weight * (sample.share - self.noise))
+
+    def _on_probation(self, sample: _Sample, now: float) -> None:
+        """After a cut: gather enough answers at the lower rate, then keep it or take it back."""
+        answers, throttled = self._probation
+        answers, throttled = answers + sample.answers, throttled + round(sample.share * sample.answers)
+        assert self._curve is not None
+        if answers < _PROBATION_ANSWERS and now - self._curve.cut_at < _MAX_PROBATION:
+            self._probation = (answers, throttled)
+            return
+        share = throttled / answers
+        if share - self.noise >= _UNHELPED * self._cut_excess and share <= _MAX_NOISE:
+            self._take_back(share)  # as throttled at the lower rate: not our rate
+            return
+        self._undo = None  # the cut helped: it stands, and the rate grows from now on
+        self._curve = CubicCurve(self._curve.w_max, now, beta=self._beta, scale=self._scale)
 
     def _cut(self, sample: _Sample, now: float) -> None:
         """The target throttled us: W_max is what it let through, the rate ``beta`` of it."""
         self._undo = (self._rate, self._concurrency, self._curve)
+        self._probation = (0, 0)
         self._cut_excess = sample.share - self.noise
         let_through = sample.passed / (1 - self.noise)
         w_max = max(self.min_requests_per_second, min(let_through, sample.sent, self._rate))
