@@ -15,8 +15,11 @@ Two departures from botocore, because SCIM targets answer 429s that are not abou
   together; that is one signal.
 - **A cut that did not help is undone.** A throttle caused by our rate goes away when the
   rate drops; a random one (a share of 429s whatever the rate) does not. So when the
-  interval after a cut is as throttled as the one before, the cut is taken back and that
-  share becomes the *noise floor*: only 429s beyond it count as a signal from then on.
+  answers after a cut (30 of them, or 5 s worth) are nearly as throttled as before, the cut
+  is taken back and that share becomes the *noise floor*: only 429s well beyond it (5
+  points, and three standard deviations for the interval's size) count as a signal. The
+  floor is a moving average over about 100 answers, learnt below the last throttled rate
+  only (beyond it, a rate creeping past the limit would raise the floor with its own 429s).
   ``W_max`` is also what the target let through (answers that were not 429), which is
   the target's real limit when we overshot, however far.
 
