@@ -15,13 +15,14 @@ Two departures from botocore, because SCIM targets answer 429s that are not abou
   together; that is one signal.
 - **A cut that did not help is undone.** A throttle caused by our rate goes away when the
   rate drops; a random one (a share of 429s whatever the rate) does not. So when the
-  answers after a cut (30 of them, or 5 s worth) are nearly as throttled as before, the cut
-  is taken back and that share becomes the *noise floor*: only 429s well beyond it (5
-  points, and three standard deviations for the interval's size) count as a signal. The
-  floor is a moving average over about 100 answers, learnt below the last throttled rate
-  only (beyond it, a rate creeping past the limit would raise the floor with its own 429s).
-  ``W_max`` is also what the target let through (answers that were not 429), which is
-  the target's real limit when we overshot, however far.
+  answers after a cut (30 of them, or 5 s worth) are about as throttled as before (not
+  much less; and not more, which means the cut was not deep enough), the cut is taken
+  back and that share becomes the *noise floor*: only 429s well beyond it (5 points, and
+  three standard deviations for the interval's size) count as a signal. The floor is a
+  moving average over about 100 answers, learnt below the last throttled rate only
+  (beyond it, a rate creeping past the limit would raise the floor with its own 429s).
+  ``W_max`` is what the target let through (answers that were not 429), which is the
+  target's real limit when we overshot, however far.
 
 ``Retry-After`` is honoured by the request that got it (:mod:`services.scim._transport`
 waits it out before that request's next attempt); it does not pause the others.
@@ -68,6 +69,8 @@ _MARGIN: Final = 0.05
 _UNHELPED: Final = 0.7
 """A cut after which the share of 429s above the floor is still this much of what it was
 did not help: it is taken back."""
+_ROSE: Final = 1.3
+"""...but one after which it rose was not deep enough (a random share stays where it was)."""
 _MAX_NOISE: Final = 0.5
 """Random 429s above this share are treated as throttling all the same."""
 _SIGMAS: Final = 3.0
@@ -217,7 +220,8 @@ class AdaptiveRate:
             self._probation = (answers, throttled)
             return
         share = throttled / answers
-        if share - self.noise >= _UNHELPED * self._cut_excess and share <= _MAX_NOISE:
+        excess = share - self.noise
+        if _UNHELPED * self._cut_excess <= excess <= _ROSE * self._cut_excess and share <= _MAX_NOISE:
             self._take_back(share)  # as throttled at the lower rate: not our rate
             return
         self._undo = None  # the cut helped: it stands, and the rate grows from now on
@@ -228,8 +232,7 @@ class AdaptiveRate:
         self._undo = (self._rate, self._concurrency, self._curve)
         self._probation = (0, 0)
         self._cut_excess = sample.share - self.noise
-        let_through = sample.passed / (1 - self.noise)
-        w_max = max(self.min_requests_per_second, min(let_through, sample.sent, self._rate))
+        w_max = max(self.min_requests_per_second, min(sample.passed, self._rate))
         self._curve = CubicCurve(w_max, now, beta=self._beta, scale=self._scale)
         self._concurrency = max(1.0, self._concurrency * self._beta)
 
