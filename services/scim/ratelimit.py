@@ -45,8 +45,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Final
 
+import structlog
+
 from services.runtime import metrics
 from services.runtime.config import Operation
+
+log = structlog.get_logger("scimflow.writer")
 
 __all__ = ["AdaptiveRate", "CubicCurve", "Limits", "Operation", "RateLimiter", "operation_of"]
 
@@ -70,7 +74,8 @@ _UNHELPED: Final = 0.7
 """A cut after which the share of 429s above the floor is still this much of what it was
 did not help: it is taken back."""
 _ROSE: Final = 1.3
-"""...but one after which it rose was not deep enough (a random share stays where it was)."""
+"""...but one after which it clearly rose (by more than chance: two standard deviations)
+was not deep enough (a random share stays where it was)."""
 _MAX_NOISE: Final = 0.5
 """Random 429s above this share are treated as throttling all the same."""
 _SIGMAS: Final = 3.0
@@ -221,7 +226,9 @@ class AdaptiveRate:
             return
         share = throttled / answers
         excess = share - self.noise
-        if _UNHELPED * self._cut_excess <= excess <= _ROSE * self._cut_excess and share <= _MAX_NOISE:
+        spread = 2 * math.sqrt(share * (1 - share) / answers)  # a random share varies this much
+        rose = excess > _ROSE * self._cut_excess + spread
+        if _UNHELPED * self._cut_excess <= excess and not rose and share <= _MAX_NOISE:
             self._take_back(share)  # as throttled at the lower rate: not our rate
             return
         self._undo = None  # the cut helped: it stands, and the rate grows from now on
@@ -352,10 +359,23 @@ class RateLimiter:
         """The target answered (``throttled``: with 429): adapt the limits."""
         if throttled and self._app:
             metrics.TARGET_THROTTLED.labels(app=self._app).inc()
+        before = self.adaptive.w_max
         self.adaptive.observe(throttled)
+        if self.adaptive.w_max != before:
+            self._log_change()
         self._pacer.rate = self.adaptive.limits.requests_per_second
         self._wake()
         self._report()
+
+    def _log_change(self) -> None:
+        """A cut, or a cut taken back: what an operator asks "why so slow" about."""
+        adaptive = self.adaptive
+        w_max = adaptive.w_max
+        log.info("target rate limit adapted", app=self._app,
+                 requests_per_second=round(adaptive.limits.requests_per_second, 1),
+                 concurrency=adaptive.limits.concurrency,
+                 last_throttled_rate=None if w_max is None else round(w_max, 1),
+                 noise_429_share=round(adaptive.noise, 3))
 
     def _report(self) -> None:
         """Set the gauges when a limit moved (by 1 % or more for the rate)."""
