@@ -119,10 +119,13 @@ lint: deps
 # bench/poison.py: the delay of good records behind 1,000 poison records per input topic,
 # and good users/s with and without them (its own JSON line; exits 1 if a poison record is
 # not exactly one error record or an agent restarted).
+# bench/ratelimit.py: the SCIM client against a target limited to 50 requests/s and with 10 %
+# random 429s (achieved ÷ allowed rate, share of 429s, faulted ÷ unfaulted); one JSON line too.
 bench: kafka
 	PYTHONPATH=. $(PY) bench/pipeline.py $(BENCH_ARGS)
 	PYTHONPATH=. $(PY) bench/ldap_latency.py
 	PYTHONPATH=. $(PY) bench/poison.py
+	PYTHONPATH=. $(PY) bench/ratelimit.py
 
 schemas: deps
 	$(PY) -m schemas.generate

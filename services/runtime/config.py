@@ -36,6 +36,8 @@ __all__ = [
     "LoadedConfig",
     "OAuth2",
     "ObjectMapping",
+    "OperationLimit",
+    "OperationLimits",
     "PushSource",
     "Quarantine",
     "RateLimit",
@@ -90,12 +92,44 @@ class OAuth2(_Base, frozen=True):
     scope: str | None = None
 
 
+Operation = Literal["create", "update", "delete", "read"]
+
+
+class OperationLimit(_Base, frozen=True):
+    max_requests_per_second: Positive
+    """Requests/s of this operation at most, whatever the app's adaptive rate allows."""
+
+
+class OperationLimits(_Base, frozen=True):
+    """Fixed limits per operation, for targets that publish their own (deletes often lower)."""
+
+    create: OperationLimit | None = None
+    """POST (a ``/Bulk`` request counts as one create)."""
+    update: OperationLimit | None = None
+    """PATCH and PUT."""
+    delete: OperationLimit | None = None
+    read: OperationLimit | None = None
+    """GET: lookups, reads before a PUT, discovery."""
+
+
 class RateLimit(_Base, frozen=True):
-    """The most scimflow asks of one target; lowered on 429s and raised again slowly (AIMD)."""
+    """The most scimflow asks of one target. Within it the rate adapts: cut on 429s to 0.7
+    of what the target let through, then grown back along a cubic curve towards and beyond
+    that rate (the AWS SDKs' adaptive mode); random 429s that a lower rate does not cure are
+    learnt as noise and do not lower it."""
 
     max_concurrency: Count = 16
     """Target calls in flight at once for this app."""
     max_requests_per_second: Positive = 500.0
+    """All requests of this app, per second at most (the adaptive rate starts here)."""
+    operations: OperationLimits = OperationLimits()
+
+    def per_operation(self) -> dict[Operation, float]:
+        """The configured requests/s of each operation that has one."""
+        ops = self.operations
+        limits: dict[Operation, OperationLimit | None] = {
+            "create": ops.create, "update": ops.update, "delete": ops.delete, "read": ops.read}
+        return {op: limit.max_requests_per_second for op, limit in limits.items() if limit is not None}
 
 
 class Retries(_Base, frozen=True):
@@ -557,6 +591,7 @@ def _check(loaded: LoadedConfig) -> None:
         if app.target.oauth2 is not None:
             _check_no_userinfo(loaded, app.target.oauth2.token_url,
                                f"$.applications[{i}].target.oauth2.token_url")
+        _check_rate_limit(loaded, app.target.rate_limit, f"$.applications[{i}].target.rate_limit")
         if (app.target.token is None) == (app.target.oauth2 is None):
             raise loaded.error(f"$.applications[{i}].target",
                                "expected exactly one of `token` (bearer) and `oauth2` (client credentials)")
@@ -571,6 +606,14 @@ def _check_no_userinfo(loaded: LoadedConfig, url: str, path: str) -> None:
     if "@" in urlsplit(url).netloc:
         raise loaded.error(path, "expected a URL without credentials (`user:pass@`): give them "
                                  "as `token` (a bearer token reference) or `oauth2`")
+
+
+def _check_rate_limit(loaded: LoadedConfig, limit: RateLimit, path: str) -> None:
+    for op, rate in limit.per_operation().items():
+        if rate > limit.max_requests_per_second:
+            raise loaded.error(f"{path}.operations.{op}.max_requests_per_second",
+                               f"expected at most the app's max_requests_per_second "
+                               f"({limit.max_requests_per_second:g}): it caps every operation")
 
 
 def _check_push_ports(loaded: LoadedConfig) -> None:

@@ -195,7 +195,7 @@ APP_QUARANTINED = _gauge(
 
 TARGET_RATE_LIMIT = _gauge(
     "scimflow_target_rate_limit",
-    "The writer's current limit on one target (AIMD: cut on 429, raised slowly), by kind: "
+    "The writer's current limit on one target (adaptive: cut on 429, grown back on a cubic curve), by kind: "
     "`concurrency` (requests in flight) or `requests_per_second`.",
     ("app", "limit"))
 

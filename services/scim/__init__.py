@@ -10,7 +10,7 @@ The writer and the admin API's test connection import it; it imports only ``serv
   retries; it sends what it is given;
 - :mod:`.errors` the one HTTP status -> scimflow error table;
 - :mod:`.auth` bearer tokens and OAuth2 client credentials;
-- :mod:`.ratelimit` AIMD limits; :mod:`.quarantine` the failing-app gate;
+- :mod:`.ratelimit` adaptive rate limits; :mod:`.quarantine` the failing-app gate;
 - :mod:`.paths` SCIM attribute paths, filters and PATCH/PUT bodies (pure);
 - :mod:`.capabilities` what a target declares (``/ServiceProviderConfig``, ``/ResourceTypes``,
   ``/Schemas``) and the mappings checked against it.

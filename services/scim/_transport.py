@@ -11,9 +11,10 @@ Every request goes through three stages, in this order:
 
 1. the **quarantine gate** (:mod:`services.scim.quarantine`): closed while the app is
    quarantined; calls wait there, nothing is dropped;
-2. a **rate-limit slot** (:mod:`services.scim.ratelimit`): at most the current AIMD
-   concurrency in flight, paced to the current requests/s; held only while the request is
-   on the wire;
+2. a **rate-limit turn and slot** (:mod:`services.scim.ratelimit`): the request waits for
+   its turn at the app's adaptive requests/s (and its operation's configured maximum),
+   then takes one of the current concurrency's in-flight slots, held only while it is on
+   the wire; every answer feeds the adaptive rate;
 3. the request itself, with the ``Authorization`` header of :mod:`services.scim.auth`
    (a 401 refreshes an OAuth2 token and is retried once).
 
@@ -51,7 +52,7 @@ from services.runtime.http import ClientCredentials
 from services.scim.auth import Auth
 from services.scim.errors import describe, shown, status_error
 from services.scim.quarantine import QuarantineGate
-from services.scim.ratelimit import RateLimiter
+from services.scim.ratelimit import RateLimiter, operation_of
 
 __all__ = ["RETRY_AFTER_CAP", "SCIM_JSON", "Backoff", "Transport"]
 
@@ -211,7 +212,7 @@ class Transport:
         headers = {**request.headers, "Authorization": await self._auth.authorization()}
         built = self._http.build_request(request.method, self._url(request.path), params=request.params,
                                          headers=headers, content=request.content)
-        async with self._slot():
+        async with self._slot(request.method):
             started = time.perf_counter()
             try:
                 response = await self._http.send(built)
@@ -233,16 +234,14 @@ class Transport:
             url = self._collections[path] = self._http.build_request("GET", path).url
         return url
 
-    def _slot(self) -> AbstractAsyncContextManager[None]:
-        return self._limiter.slot() if self._limiter is not None else _no_slot()
+    def _slot(self, method: str) -> AbstractAsyncContextManager[None]:
+        return self._limiter.slot(operation_of(method)) if self._limiter is not None else _no_slot()
 
     def _observe(self, exc: TargetError | None, request: _Request) -> None:
-        """Feed one outcome to the AIMD limits and the quarantine window."""
-        if self._limiter is not None:
-            if exc is not None and exc.status == 429:
-                self._limiter.throttled()
-            elif exc is None or not isinstance(exc, TransientError):
-                self._limiter.succeeded()
+        """Feed one outcome to the adaptive rate (any answer of the target; a failure
+        without one, such as a timeout, says nothing about its rate) and the quarantine window."""
+        if self._limiter is not None and (exc is None or exc.status is not None):
+            self._limiter.answered(throttled=exc is not None and exc.status == 429)
         if request.direct or not self._quarantining:
             return
         if exc is None:

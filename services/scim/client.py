@@ -92,7 +92,7 @@ class ScimClient:
     """SCIM 2.0 calls on one target's ``/Users`` and ``/Groups``, over one connection pool.
 
     ``auth`` is a static bearer token (a ``str``) or an :class:`~services.scim.auth.Auth`.
-    ``rate_limit`` and ``quarantine`` (the app's config) turn on AIMD limits and the
+    ``rate_limit`` and ``quarantine`` (the app's config) turn on adaptive limits and the
     quarantine gate; left None (tools, most tests) there is neither.
     """
 
@@ -114,7 +114,7 @@ class ScimClient:
         self.uses_put = update_method == "put"
         """PUT instead of PATCH for updates: configured, or learnt from a 405/501 to PATCH."""
         self.limiter = (RateLimiter(rate_limit.max_concurrency, rate_limit.max_requests_per_second,
-                                    app=app)
+                                    per_operation=rate_limit.per_operation(), app=app)
                         if rate_limit is not None else None)
         self.quarantine = QuarantineGate(quarantine or Quarantine(), app=app, probe=self._probe)
         self._transport = Transport(

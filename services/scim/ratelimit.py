@@ -1,147 +1,395 @@
-"""How hard scimflow may push one target: a concurrency cap and a requests/s cap that adapt.
+"""How hard scimflow may push one target: a requests/s rate that finds the target's real
+limit and holds it, a concurrency cap, and optional fixed limits per operation.
 
-Both caps start at the application's configured maxima (``target.rate_limit``). A 429
-cuts both multiplicatively (halves them, never below one request in flight and a floor
-rate); every success raises them additively and slowly, TCP-style: about +1 per "round" of
-successes at the current level. This is AIMD (additive increase, multiplicative decrease):
-it settles just under what the target tolerates, and it never exceeds the configured maxima.
+The rate follows the AWS SDKs' adaptive retry mode (botocore ``retries/adaptive.py`` and
+``throttling.py``): the sending rate is measured; when the target throttles, the rate it
+was sending at becomes ``W_max`` and the rate drops to ``beta * W_max`` (beta 0.7); then it
+grows again along the cubic curve of TCP CUBIC, ``C * (t - K)**3 + W_max``: fast at first,
+flat near ``W_max`` (the last rate that worked), then faster again beyond it, probing for
+more. Until the first throttle the rate is the configured ``max_requests_per_second``.
 
-:class:`AimdLimits` is the arithmetic alone (no I/O, an injected clock) so it can be tested
-in microseconds; :class:`RateLimiter` applies it to real calls. A slot is held only while a
-request is on the wire: a call that waits for its next retry holds nothing, so one slow
-object never blocks the others (no head-of-line blocking).
+Two departures from botocore, because SCIM targets answer 429s that are not about rate:
+
+- **One decision per measurement interval** (at least 0.5 s and 10 answers): the share of
+  429s in the interval, not each 429, decides. Requests in flight together get throttled
+  together; that is one signal.
+- **A cut that did not help is undone.** A throttle caused by our rate goes away when the
+  rate drops; a random one (a share of 429s whatever the rate) does not. So when the
+  answers after a cut (30 of them, or 5 s worth) are about as throttled as before (not
+  much less; and not more, which means the cut was not deep enough), the cut is taken
+  back and that share becomes the *noise floor*: only 429s well beyond it (5 points, and
+  three standard deviations for the interval's size) count as a signal. The floor is a
+  moving average over about 100 answers, learnt below the last throttled rate only
+  (beyond it, a rate creeping past the limit would raise the floor with its own 429s).
+  ``W_max`` is what the target let through (answers that were not 429), which is the
+  target's real limit when we overshot, however far.
+
+``Retry-After`` is honoured by the request that got it (:mod:`services.scim._transport`
+waits it out before that request's next attempt); it does not pause the others.
+
+:class:`AdaptiveRate` is the arithmetic alone (no I/O, an injected clock) so it can be
+tested in microseconds; :class:`RateLimiter` applies it to real calls. A request waits for
+its turn at the rate (and at its operation's own rate) before it takes an in-flight slot,
+and holds the slot only while it is on the wire: a call that waits for its next retry holds
+nothing, so one slow object never blocks the others.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Final
 
-from aiolimiter import AsyncLimiter
+import structlog
 
 from services.runtime import metrics
+from services.runtime.config import Operation
 
-__all__ = ["AimdLimits", "Limits", "RateLimiter"]
+log = structlog.get_logger("scimflow.writer")
 
-_DECREASE = 0.5
-_COOLDOWN = 1.0
-_MIN_RATE = 1.0
-_RATE_QUANTUM = 0.05  # rebuild the token bucket only when the rate moved by 5 % or more
+__all__ = ["AdaptiveRate", "CubicCurve", "Limits", "Operation", "RateLimiter", "operation_of"]
+
+
+BETA: Final = 0.7
+"""Multiplicative decrease on a throttle (botocore's and CUBIC's)."""
+SCALE: Final = 0.4
+"""CUBIC's C: how fast the rate grows back (requests/s per s**3)."""
+_MIN_RATE: Final = 0.5
+_INTERVAL: Final = 0.5
+"""Shortest measurement interval (seconds)..."""
+_MIN_ANSWERS: Final = 10
+"""...and fewest answers in it, so that one 429 among three answers is not a 33 % share;"""
+_FEW_429S: Final = 3
+"""...unless this many of them were 429s: a slow app must not overshoot for long;"""
+_MAX_INTERVAL: Final = 5.0
+"""and a slow trickle still decides every few seconds."""
+_MARGIN: Final = 0.05
+"""A share of 429s this far above the noise floor means the target is throttling us..."""
+_UNHELPED: Final = 0.7
+"""A cut after which the share of 429s above the floor is still this much of what it was
+did not help: it is taken back."""
+_ROSE: Final = 1.3
+"""...but one after which it clearly rose (by more than chance: two standard deviations)
+was not deep enough (a random share stays where it was)."""
+_MAX_NOISE: Final = 0.5
+"""Random 429s above this share are treated as throttling all the same."""
+_SIGMAS: Final = 3.0
+"""...or this many standard deviations of the noise floor's share in an interval of that
+many answers, so that random 429s rarely look like a signal by chance."""
+_NOISE_ANSWERS: Final = 100
+"""The noise floor is a moving average over about this many answers."""
+_PROBATION_ANSWERS: Final = 30
+"""Answers after a cut (at the lower rate) that tell whether it helped..."""
+_MAX_PROBATION: Final = 5.0
+"""...or seconds, for a slow app."""
+_SMOOTHING: Final = 0.8
+"""Weight of the newest interval in the measured sending rate (botocore's)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """The limits in force right now (what a gauge would export)."""
+    """The limits in force right now (what a gauge exports)."""
 
     concurrency: int
     requests_per_second: float
 
 
-class AimdLimits:
-    """AIMD arithmetic for one target's two caps.
+@dataclass(frozen=True, slots=True)
+class _Sample:
+    """One closed measurement interval: answers/s, answers that were not 429 /s, 429 share."""
 
-    Several requests in flight at the same moment usually get their 429s together; they are
-    one signal, not many, so cuts closer than ``cooldown`` seconds to the last one are ignored.
+    answers: int
+    sent: float
+    passed: float
+    share: float
+
+
+class _Meter:
+    """Counts answers into measurement intervals."""
+
+    def __init__(self, now: float) -> None:
+        self._start = now
+        self._answers = 0
+        self._throttled = 0
+
+    def record(self, throttled: bool, now: float) -> _Sample | None:
+        """Count one answer; the interval's figures when this answer closed it."""
+        self._answers += 1
+        self._throttled += throttled
+        elapsed = now - self._start
+        enough = self._answers >= _MIN_ANSWERS or self._throttled >= _FEW_429S
+        if elapsed < _INTERVAL or (not enough and elapsed < _MAX_INTERVAL):
+            return None
+        sample = _Sample(self._answers, self._answers / elapsed, (self._answers - self._throttled) / elapsed,
+                         self._throttled / self._answers)
+        self._start, self._answers, self._throttled = now, 0, 0
+        return sample
+
+
+class CubicCurve:
+    """TCP CUBIC's window curve as a rate (botocore's ``CubicCalculator``)."""
+
+    def __init__(self, w_max: float, cut_at: float, *, beta: float = BETA, scale: float = SCALE) -> None:
+        self.w_max = w_max
+        self.cut_at = cut_at
+        self._beta = beta
+        self._scale = scale
+        self._k = (w_max * (1 - beta) / scale) ** (1 / 3)
+
+    def rate(self, now: float) -> float:
+        """``C * (t - K)**3 + W_max``: ``beta * W_max`` at the cut, ``W_max`` K seconds later."""
+        grown: float = self._scale * (now - self.cut_at - self._k) ** 3
+        return grown + self.w_max
+
+
+class AdaptiveRate:
+    """The rate and concurrency arithmetic for one target (no I/O; ``clock`` injected).
+
+    ``observe`` takes every answer of the target (``throttled``: it was a 429);
+    ``limits`` is what may be sent now.
     """
 
     def __init__(self, max_concurrency: int, max_requests_per_second: float, *,
-                 decrease: float = _DECREASE, cooldown: float = _COOLDOWN,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, beta: float = BETA,
+                 scale: float = SCALE) -> None:
         if max_concurrency < 1 or max_requests_per_second <= 0:
             raise ValueError("rate limits must be positive: max_concurrency >= 1, "
                              "max_requests_per_second > 0")
-        if not 0 < decrease < 1:
-            raise ValueError(f"decrease must be between 0 and 1 (exclusive), not {decrease}")
+        if not 0 < beta < 1:
+            raise ValueError(f"beta must be between 0 and 1 (exclusive), not {beta}")
         self.max_concurrency = max_concurrency
         self.max_requests_per_second = max_requests_per_second
         self.min_requests_per_second = min(_MIN_RATE, max_requests_per_second)
-        self._decrease = decrease
-        self._cooldown = cooldown
+        self.noise = 0.0
+        """The share of 429s that comes whatever our rate (learnt from cuts that did not help)."""
         self._clock = clock
+        self._beta = beta
+        self._scale = scale
+        self._meter = _Meter(clock())
+        self._measured = 0.0
+        self._rate = max_requests_per_second
         self._concurrency = float(max_concurrency)
-        self._rate = float(max_requests_per_second)
-        self._last_cut: float | None = None
+        self._curve: CubicCurve | None = None
+        """None until the first throttle: the rate is the configured maximum."""
+        self._undo: tuple[float, float, CubicCurve | None] | None = None
+        """(rate, concurrency, curve) before the last cut, while it is on probation."""
+        self._probation = (0, 0)
+        """(answers, 429s) since the cut on probation."""
+        self._cut_excess = 0.0
+        """How far above the noise floor the share of 429s was that made the last cut."""
 
     @property
     def limits(self) -> Limits:
         return Limits(max(1, int(self._concurrency)), self._rate)
 
-    def throttled(self) -> bool:
-        """The target answered 429: cut both caps, unless we just did. True if they were cut."""
-        now = self._clock()
-        if self._last_cut is not None and now - self._last_cut < self._cooldown:
-            return False
-        self._last_cut = now
-        self._concurrency = max(1.0, self._concurrency * self._decrease)
-        self._rate = max(self.min_requests_per_second, self._rate * self._decrease)
-        return True
+    @property
+    def w_max(self) -> float | None:
+        """The rate that was last throttled (None: never throttled)."""
+        return self._curve.w_max if self._curve is not None else None
 
-    def succeeded(self) -> None:
-        """One request succeeded: creep back up (+1 per current-level's worth of successes)."""
-        self._concurrency = min(float(self.max_concurrency), self._concurrency + 1 / self._concurrency)
-        self._rate = min(self.max_requests_per_second, self._rate + 1 / self._rate)
+    def observe(self, throttled: bool) -> None:
+        """One answer from the target: measure, decide once per interval, follow the curve."""
+        now = self._clock()
+        if not throttled:
+            self._concurrency = min(float(self.max_concurrency), self._concurrency + 1 / self._concurrency)
+        sample = self._meter.record(throttled, now)
+        if sample is not None:
+            self._measured = _SMOOTHING * sample.sent + (1 - _SMOOTHING) * self._measured
+            self._decide(sample, now)
+        self._follow(now)
+
+    def _decide(self, sample: _Sample, now: float) -> None:
+        if self._undo is not None:
+            self._on_probation(sample, now)
+            return
+        excess = sample.share - self.noise
+        if excess > max(_MARGIN, _SIGMAS * math.sqrt(self.noise * (1 - self.noise) / sample.answers)):
+            self._cut(sample, now)
+        elif self._curve is None or self._rate <= self._curve.w_max:
+            # Learn the floor from answers below the last throttled rate only: beyond it a
+            # rate creeping past the target's limit would raise the floor with its 429s.
+            weight = sample.answers / (sample.answers + _NOISE_ANSWERS)
+            self.noise = min(_MAX_NOISE, self.noise + weight * (sample.share - self.noise))
+
+    def _on_probation(self, sample: _Sample, now: float) -> None:
+        """After a cut: gather enough answers at the lower rate, then keep it or take it back."""
+        answers, throttled = self._probation
+        answers, throttled = answers + sample.answers, throttled + round(sample.share * sample.answers)
+        assert self._curve is not None
+        if answers < _PROBATION_ANSWERS and now - self._curve.cut_at < _MAX_PROBATION:
+            self._probation = (answers, throttled)
+            return
+        share = throttled / answers
+        excess = share - self.noise
+        spread = 2 * math.sqrt(share * (1 - share) / answers)  # a random share varies this much
+        rose = excess > _ROSE * self._cut_excess + spread
+        if _UNHELPED * self._cut_excess <= excess and not rose and share <= _MAX_NOISE:
+            self._take_back(share)  # as throttled at the lower rate: not our rate
+            return
+        self._undo = None  # the cut helped: it stands, and the rate grows from now on
+        self._curve = CubicCurve(self._curve.w_max, now, beta=self._beta, scale=self._scale)
+
+    def _cut(self, sample: _Sample, now: float) -> None:
+        """The target throttled us: W_max is what it let through, the rate ``beta`` of it."""
+        self._undo = (self._rate, self._concurrency, self._curve)
+        self._probation = (0, 0)
+        self._cut_excess = sample.share - self.noise
+        w_max = max(self.min_requests_per_second, min(sample.passed, self._rate))
+        self._curve = CubicCurve(w_max, now, beta=self._beta, scale=self._scale)
+        self._concurrency = max(1.0, self._concurrency * self._beta)
+
+    def _take_back(self, share: float) -> None:
+        assert self._undo is not None
+        self._rate, self._concurrency, self._curve = self._undo
+        self._undo = None
+        self.noise = share
+
+    def _follow(self, now: float) -> None:
+        """The rate on the curve, never above the configured maximum, nor above twice the
+        measured rate (botocore's cap: an idle app does not bank an unbounded rate) unless
+        that is below the last good rate."""
+        if self._curve is None:
+            return
+        if self._undo is not None:  # on probation: hold the cut rate for a clean comparison
+            self._rate = max(self.min_requests_per_second, self._curve.w_max * self._beta)
+            return
+        cap = max(2 * self._measured, self._curve.w_max)
+        rate = min(self._curve.rate(now), cap, self.max_requests_per_second)
+        self._rate = max(self.min_requests_per_second, rate)
+
+
+class _Pacer:
+    """Evenly spaced starts at a rate that may change (no burst above the rate).
+
+    Waiters queue in order and a ticker lets one go every ``1/rate`` seconds, so a new rate
+    applies to everyone still waiting (reserved start times would keep the old one).
+    """
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self._next = 0.0
+        self._queue: deque[asyncio.Future[None]] = deque()
+        self._ticker: asyncio.Task[None] | None = None
+
+    async def wait(self) -> None:
+        now = time.monotonic()
+        if not self._queue and now >= self._next:
+            self._next = now + 1 / self.rate
+            return
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append(turn)
+        if self._ticker is None or self._ticker.done():
+            self._ticker = asyncio.create_task(self._tick())
+        try:
+            await turn
+        finally:
+            if not turn.done():
+                self._queue.remove(turn)
+
+    async def _tick(self) -> None:
+        while self._queue:
+            delay = self._next - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            while self._queue:
+                turn = self._queue.popleft()
+                if not turn.done():
+                    turn.set_result(None)
+                    self._next = time.monotonic() + 1 / self.rate
+                    break
+
+
+def operation_of(method: str) -> Operation:
+    """The operation a request is, for per-operation limits. A bulk request (POST) counts
+    as a create."""
+    match method.upper():
+        case "GET" | "HEAD":
+            return "read"
+        case "DELETE":
+            return "delete"
+        case "PATCH" | "PUT":
+            return "update"
+        case _:
+            return "create"
 
 
 class RateLimiter:
-    """Slots for requests to one target, within the current AIMD limits.
-
-    The requests/s part is an ``aiolimiter.AsyncLimiter`` of one request per ``1/rate``
-    seconds (no bursts above the rate); it is rebuilt when the rate moved noticeably.
-    """
+    """Turns and in-flight slots for requests to one target, within the adaptive limits
+    and the fixed per-operation maxima (``per_operation``: requests/s by operation)."""
 
     def __init__(self, max_concurrency: int, max_requests_per_second: float, *,
-                 clock: Callable[[], float] = time.monotonic, cooldown: float = _COOLDOWN,
-                 app: str = "") -> None:
-        self.aimd = AimdLimits(max_concurrency, max_requests_per_second, clock=clock, cooldown=cooldown)
+                 per_operation: Mapping[Operation, float] | None = None,
+                 clock: Callable[[], float] = time.monotonic, app: str = "") -> None:
+        self.adaptive = AdaptiveRate(max_concurrency, max_requests_per_second, clock=clock)
         self._app = app  # the metrics label; "" (tools, tests) exports nothing
         self._in_flight = 0
         self._waiters: list[asyncio.Future[None]] = []
-        self._bucket_rate = max_requests_per_second
-        self._bucket = _bucket(max_requests_per_second)
+        self._pacer = _Pacer(max_requests_per_second)
+        self._operations = {op: _Pacer(rate) for op, rate in (per_operation or {}).items()}
+        self._reported = Limits(0, 0.0)
         self._report()
 
     @property
     def limits(self) -> Limits:
-        return self.aimd.limits
+        return self.adaptive.limits
 
     @property
     def in_flight(self) -> int:
         return self._in_flight
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold one in-flight slot, paced to the rate, for the duration of one request."""
+    async def slot(self, operation: Operation = "read") -> AsyncIterator[None]:
+        """Wait for the request's turn at the rates, then hold one in-flight slot for it."""
+        pacer = self._operations.get(operation)
+        if pacer is not None:
+            await pacer.wait()
+        await self._pacer.wait()
         await self._acquire()
         try:
-            await self._bucket.acquire()
             yield
         finally:
             self._release()
 
-    def throttled(self) -> None:
-        """A 429 arrived: lower the limits (once per cooldown)."""
-        if self._app:
+    def answered(self, *, throttled: bool) -> None:
+        """The target answered (``throttled``: with 429): adapt the limits."""
+        if throttled and self._app:
             metrics.TARGET_THROTTLED.labels(app=self._app).inc()
-        if self.aimd.throttled():
-            self._sync_bucket(force=True)
-            self._report()
-
-    def succeeded(self) -> None:
-        """A request succeeded: raise the limits a little, wake waiters a new slot admits."""
-        self.aimd.succeeded()
-        self._sync_bucket(force=False)
+        before = self.adaptive.w_max
+        self.adaptive.observe(throttled)
+        if self.adaptive.w_max != before:
+            self._log_change()
+        self._pacer.rate = self.adaptive.limits.requests_per_second
         self._wake()
         self._report()
 
+    def _log_change(self) -> None:
+        """A cut, or a cut taken back: what an operator asks "why so slow" about."""
+        adaptive = self.adaptive
+        w_max = adaptive.w_max
+        log.info("target rate limit adapted", app=self._app,
+                 requests_per_second=round(adaptive.limits.requests_per_second, 1),
+                 concurrency=adaptive.limits.concurrency,
+                 last_throttled_rate=None if w_max is None else round(w_max, 1),
+                 noise_429_share=round(adaptive.noise, 3))
+
     def _report(self) -> None:
-        if self._app:
-            limits = self.aimd.limits
+        """Set the gauges when a limit moved (by 1 % or more for the rate)."""
+        if not self._app:
+            return
+        limits = self.adaptive.limits
+        if limits.concurrency != self._reported.concurrency:
             metrics.TARGET_RATE_LIMIT.labels(app=self._app, limit="concurrency").set(limits.concurrency)
+        if not math.isclose(limits.requests_per_second, self._reported.requests_per_second, rel_tol=0.01):
             metrics.TARGET_RATE_LIMIT.labels(app=self._app, limit="requests_per_second").set(
                 limits.requests_per_second)
+        else:
+            limits = Limits(limits.concurrency, self._reported.requests_per_second)
+        self._reported = limits
 
     async def _acquire(self) -> None:
         loop = asyncio.get_running_loop()
@@ -166,14 +414,3 @@ class RateLimiter:
         free = self.limits.concurrency - self._in_flight
         for waiter in [w for w in self._waiters if not w.done()][:max(0, free)]:
             waiter.set_result(None)
-
-    def _sync_bucket(self, *, force: bool) -> None:
-        rate = self.aimd.limits.requests_per_second
-        if force or abs(rate - self._bucket_rate) >= _RATE_QUANTUM * self._bucket_rate:
-            self._bucket_rate = rate
-            self._bucket = _bucket(rate)
-
-
-def _bucket(rate: float) -> AsyncLimiter:
-    # max_rate=1 per 1/rate seconds: evenly spaced requests, no burst above the rate.
-    return AsyncLimiter(1, 1.0 / rate)

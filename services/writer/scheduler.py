@@ -14,13 +14,20 @@ newer one is all that needs writing, and it need not wait out the backoff). Afte
 ``retries.escrow_after`` failures the object is escrowed (``escrow``): reported once,
 kept in a compacted table, its offset acknowledged, retried on a timer and by newer
 commands. While an app is quarantined its jobs park until the gate opens.
+
+Fair sharing: the window is shared by every app, but one app runs at most about a second's
+worth of its current rate (``Lanes``; at least two jobs). A slow or throttled app's other
+jobs wait for their turn without a window slot (as parked jobs do), so they never hold
+capacity another app's commands could use.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
-from collections.abc import Awaitable, Callable
+import math
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -49,6 +56,26 @@ _PARKED_PER_SLOT = 8
 """Parked jobs that may give up their window slot, per slot of ``writer_batch``."""
 _PARK_POLL = 0.5
 """Seconds between looks at a quarantined app's gate by a parked job."""
+_LANE_SECONDS = 1.0
+"""An app runs at most this many seconds of its current requests/s as jobs at once..."""
+_MIN_LANE = 2
+"""...and at least this many."""
+
+
+class _Lane:
+    """One app's running jobs and, in order, the jobs waiting for their turn."""
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.waiting: deque[asyncio.Future[None]] = deque()
+
+    def admit(self, cap: int) -> None:
+        """Hand turns to waiting jobs while the app runs fewer than ``cap``."""
+        while self.waiting and self.running < cap:
+            turn = self.waiting.popleft()
+            if not turn.done():
+                self.running += 1  # counted here: a job woken later must not be overtaken
+                turn.set_result(None)
 
 
 class Scheduler:
@@ -73,6 +100,9 @@ class Scheduler:
         self._is_off = is_off
         """Whether an app's provisioning is Off (its escrowed objects wait)."""
         self._waiting: Counter[str] = Counter()
+        self._lanes: dict[str, _Lane] = {}
+        self._queued = 0
+        """Jobs waiting for their app's turn without a window slot."""
 
     def busy(self, key: bytes) -> bool:
         """Whether a job for the object is scheduled or running."""
@@ -130,7 +160,8 @@ class Scheduler:
             if job.superseded or writer is None:
                 return  # superseded, or its app was removed while it waited: nothing to write
             retries = writer.app.target.retries  # each attempt under the app's current version
-            outcome = await self._apply(job.key, command, job.releasing)
+            async with self._turn(job, command.app):
+                outcome = await self._apply(job.key, command, job.releasing)
             if outcome is None or outcome.retry is None:
                 if job.command is not None:
                     self._unescrow(job.key)
@@ -144,6 +175,49 @@ class Scheduler:
                      attempt=failures, delay=round(delay, 3), error_code=outcome.retry.code)
             if not await self._park(job, delay):
                 return
+
+    @asynccontextmanager
+    async def _turn(self, job: Job, app: str) -> AsyncIterator[None]:
+        """Run within the app's share of the window; wait for a turn without a slot if the
+        app already runs its share."""
+        lane = self._lanes.setdefault(app, _Lane())
+        if lane.running < self._lane_cap(app) and not lane.waiting:
+            lane.running += 1
+        else:
+            await self._wait_turn(job, lane, app)
+        try:
+            yield
+        finally:
+            lane.running -= 1
+            lane.admit(self._lane_cap(app))
+
+    async def _wait_turn(self, job: Job, lane: _Lane, app: str) -> None:
+        """Queue for the app's next turn; give the window slot back meanwhile (within
+        ``max_parked``, as a parked job does: beyond it the consumer stops reading ahead)."""
+        if job.holds_window and len(self.parked) + self._queued < self.max_parked:
+            job.holds_window = False
+            self.window.release()
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        lane.waiting.append(turn)
+        self._queued += 1
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                lane.running -= 1  # handed a turn as we were cancelled: pass it on
+                lane.admit(self._lane_cap(app))
+            raise
+        finally:
+            self._queued -= 1
+
+    def _lane_cap(self, app: str) -> int:
+        """Jobs the app may run at once: a second's worth of its current rate (at least
+        two); unlimited for an app without limits."""
+        writer = self.writers.get(app)
+        limiter = writer.client.limiter if writer is not None else None
+        if limiter is None:
+            return self.max_parked
+        return max(_MIN_LANE, math.ceil(limiter.limits.requests_per_second * _LANE_SECONDS))
 
     async def _park(self, job: Job, delay: float) -> bool:
         """Wait ``delay`` seconds (or until woken) without a window slot; False if superseded."""

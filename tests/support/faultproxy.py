@@ -4,8 +4,10 @@ It forwards every request to a real upstream (scim2-server in the tests) unless 
 says otherwise: answer 429 with ``Retry-After`` (seconds or an HTTP-date), 503, any other
 status or body; wait before answering (slow target, client timeouts); drop the connection
 (reset); rewrite the upstream's JSON answer (e.g. make some operations of a BulkResponse
-fail); or fail everything for N seconds (an outage). Every request is logged with a
-monotonic timestamp, so tests can assert that waits were honoured::
+fail); fail everything for N seconds (an outage); or let through only so many requests
+per second (``token_bucket``: a published rate limit, 429 + ``Retry-After`` beyond it).
+Every request is logged with a monotonic timestamp, so tests can assert that waits were
+honoured::
 
     with FaultProxy(scim_target.base_url) as proxy:
         proxy.fail(429, retry_after="2", method="POST", times=1)
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import re
 import socket
@@ -38,7 +41,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-__all__ = ["FaultProxy", "LogEntry", "Rule"]
+__all__ = ["FaultProxy", "LogEntry", "Rule", "TokenBucket"]
 
 # Hop-by-hop and framing headers: the proxy re-frames bodies itself.
 _SKIPPED_HEADERS = {"host", "connection", "keep-alive", "transfer-encoding", "content-length",
@@ -76,6 +79,32 @@ class Rule:
         if self.method is not None and self.method.upper() != method.upper():
             return False
         return self.path is None or re.search(self.path, path) is not None
+
+
+@dataclass
+class TokenBucket:
+    """A target's published rate limit: ``rate`` requests/s, ``burst`` at once; beyond it 429
+    with ``Retry-After`` (whole seconds until the next token, at least 1), as SaaS APIs do."""
+
+    rate: float
+    burst: float
+    method: str | None = None
+    path: str | None = None
+    tokens: float = 0.0
+    at: float = 0.0
+
+    def take(self, method: str, path: str, now: float) -> Rule | None:
+        """None if the request may pass (it took a token), else the 429 to answer."""
+        if (self.method is not None and self.method.upper() != method.upper()) or (
+                self.path is not None and re.search(self.path, path) is None):
+            return None
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return None
+        wait = (1 - self.tokens) / self.rate
+        return Rule(status=429, retry_after=str(max(1, math.ceil(wait))))
 
 
 @dataclass(frozen=True)
@@ -116,6 +145,7 @@ class FaultProxy:
         self._outage_until = 0.0
         self._outage_mode: OutageMode = "reset"
         self._page_size: int | None = None
+        self._buckets: list[TokenBucket] = []
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="faultproxy", daemon=True)
         self._runner: web.AppRunner | None = None
@@ -190,6 +220,17 @@ class FaultProxy:
         (a BulkResponse whose operations failed, say)."""
         return self.add(Rule(rewrite=change, method=method, path=path, times=times))
 
+    def token_bucket(self, rate: float, burst: float | None = None, *, method: str | None = None,
+                     path: str | None = None) -> TokenBucket:
+        """Let matching requests through at ``rate`` per second (``burst`` at once, default one
+        second's worth, full at the start) and answer the others 429 with ``Retry-After``.
+        Checked before the rules: a request the bucket lets through may still meet one."""
+        bucket = TokenBucket(rate, rate if burst is None else burst, method, path)
+        with self._lock:
+            bucket.tokens, bucket.at = bucket.burst, time.monotonic()
+            self._buckets.append(bucket)
+        return bucket
+
     def outage(self, seconds: float, *, mode: OutageMode = "reset") -> None:
         """Fail every request for the next ``seconds``: reset connections, or answer 503."""
         with self._lock:
@@ -204,9 +245,10 @@ class FaultProxy:
             self._page_size = size
 
     def clear(self) -> None:
-        """Remove every rule and end any outage (the log is kept)."""
+        """Remove every rule and token bucket and end any outage (the log is kept)."""
         with self._lock:
             self._rules.clear()
+            self._buckets.clear()
             self._outage_until = 0.0
 
     # -- what happened -------------------------------------------------------------------
@@ -252,6 +294,11 @@ class FaultProxy:
             if time.monotonic() < self._outage_until:
                 return Rule(reset=self._outage_mode == "reset",
                             status=503 if self._outage_mode == "503" else None), "outage"
+            now = time.monotonic()
+            for bucket in self._buckets:
+                refused = bucket.take(method, path, now)
+                if refused is not None:
+                    return refused, None
             for rule in self._rules:
                 if rule.matches(method, path) and self._random.random() < rule.probability:
                     rule.hits += 1
