@@ -62,7 +62,8 @@ class _State:
     # key ("u:" or "g:" + id) -> offset of the live line << 64 | hash of that line
     index: dict[str, int] = field(default_factory=dict)
     members: dict[str, tuple[str, ...]] = field(default_factory=dict)  # group -> members
-    groups_of: dict[str, set[str]] = field(default_factory=dict)  # user -> groups listing it
+    # user -> groups listing it, sorted; a tuple, not a set: a million of them is 160 MB less
+    groups_of: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 class JsonLinesLog:
@@ -217,19 +218,17 @@ class JsonLinesLog:
             state.members[group] = members
         new = set(members)
         for user in old - new:
-            groups = state.groups_of.get(user)
-            if groups is not None:
-                groups.discard(group)
-                if not groups:
-                    del state.groups_of[user]
+            rest = tuple(g for g in state.groups_of.pop(user, ()) if g != group)
+            if rest:
+                state.groups_of[user] = rest
         for user in new - old:
-            state.groups_of.setdefault(user, set()).add(group)
+            state.groups_of[user] = tuple(sorted((*state.groups_of.get(user, ()), group)))
         return old ^ new
 
     def _note_members(self, users: set[str], changes: dict[str, Change] | None) -> None:
         if changes is None:
             return
-        for user in users:
+        for user in sorted(users):  # sorted: the same edit gives the same changes, in one order
             packed = self._state.index.get(_key("user", user))
             obj = None if packed is None else self._read_object(packed >> _HASH_BITS)
             if obj is not None:
@@ -253,8 +252,7 @@ class JsonLinesLog:
         if object_type == "group":
             members = tuple(str(m) for m in record.pop("members", None) or ())
             return SourceObject("group", object_id, record, members=members)
-        groups = sorted(self._state.groups_of.get(object_id, ()))
-        return SourceObject("user", object_id, record, memberships=tuple(groups))
+        return SourceObject("user", object_id, record, memberships=self._state.groups_of.get(object_id, ()))
 
 
 def _parse(line: bytes) -> dict[str, Any] | str:
