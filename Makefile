@@ -119,6 +119,7 @@ lint: deps
 bench: kafka
 	PYTHONPATH=. $(PY) bench/pipeline.py $(BENCH_ARGS)
 	PYTHONPATH=. $(PY) bench/ldap_latency.py
+	PYTHONPATH=. $(PY) bench/ingest_scale.py $(INGEST_BENCH_ARGS)
 
 schemas: deps
 	$(PY) -m schemas.generate

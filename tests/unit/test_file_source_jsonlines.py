@@ -13,7 +13,7 @@ import pytest
 
 from services.ingest.objects import SourceObject
 from services.ingest.sources.base import Operation
-from services.ingest.sources.file import FileSourceError, JsonLinesDirectory, file_directory
+from services.ingest.sources.file import FileSourceError, JsonLinesDirectory, file_directory, read_directory
 from services.ingest.sources.jsonlines import JsonLinesLog
 from services.runtime.config import FileSource
 
@@ -214,3 +214,12 @@ def test_the_log_keeps_an_int_per_object_not_the_object(tmp_path: Path) -> None:
 
 async def _ignore(reason: str) -> None:
     return None
+
+
+def test_read_directory_reads_json_lines_too(tmp_path: Path) -> None:
+    """What the CLI's preview and demo read: the live objects, memberships included."""
+    path = tmp_path / "directory.jsonl"
+    path.write_text(BASE + line(id="u2", deleted=True))
+    snapshot = read_directory(path)
+    assert sorted(snapshot) == [("group", "g1"), ("user", "u1")]
+    assert snapshot[("user", "u1")].memberships == ("g1",)

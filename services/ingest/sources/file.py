@@ -68,12 +68,23 @@ class DirectoryFileError(ScimflowError):
 
 
 def read_directory(path: Path) -> Snapshot:
-    """Read and parse the directory file; raise DirectoryFileError with the reason."""
+    """Read and parse the directory file (any format); raise DirectoryFileError with the reason."""
+    if path.suffix.lower() in JSON_LINES_SUFFIXES:
+        return _read_json_lines(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise DirectoryFileError(f"{path}: cannot read directory file: {exc.strerror}") from exc
     return parse_directory(text, str(path))
+
+
+def _read_json_lines(path: Path) -> Snapshot:
+    lines = JsonLinesLog(path)
+    try:
+        lines.catch_up()
+        return {obj.key: obj for obj in lines.live_objects()}
+    except OSError as exc:
+        raise DirectoryFileError(f"{path}: cannot read directory file: {exc.strerror}") from exc
 
 
 def parse_directory(text: str, name: str = "<directory>") -> Snapshot:
