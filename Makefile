@@ -126,6 +126,7 @@ bench: kafka
 	PYTHONPATH=. $(PY) bench/ldap_latency.py
 	PYTHONPATH=. $(PY) bench/poison.py
 	PYTHONPATH=. $(PY) bench/ratelimit.py
+	PYTHONPATH=. $(PY) bench/ingest_scale.py $(INGEST_BENCH_ARGS)
 
 schemas: deps
 	$(PY) -m schemas.generate

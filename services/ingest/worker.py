@@ -31,10 +31,10 @@ from typing import Any, Literal
 import structlog
 
 from schemas import CycleMarker, DirectoryChange, ErrorRecord
-from services.ingest.objects import Key, ObjectType, Snapshot, SourceObject
+from services.ingest.objects import Key, ObjectType, SourceObject
 from services.ingest.positions import Positions
 from services.ingest.sources.base import DirectorySource, Operation, SourceError, SourceUnavailableError
-from services.ingest.sources.file import FileDirectory
+from services.ingest.sources.file import file_directory
 from services.runtime import metrics
 from services.runtime.config import FileSource
 from services.runtime.config import LdapSource as LdapSourceConfig
@@ -153,8 +153,7 @@ class SourceIngest:
             metrics.cycle_started(self.name)
             try:
                 await self.publish.marker(self._marker(cycle_id, "start", None))
-                snapshot = await self.source.scan()
-                await self._publish_scan(cycle_id, snapshot)
+                await self._publish_scan(cycle_id)
                 await self.publish.marker(self._marker(cycle_id, "end", self._scan_sent))
             except Exception as exc:  # an interrupted scan is reported, never fatal
                 await self._scan_failed(cycle_id, started, exc)
@@ -180,20 +179,25 @@ class SourceIngest:
         log.info("object provided on demand", source=self.name, object_id=object_id, change_id=change_id)
         return True
 
-    async def _publish_scan(self, cycle_id: str, snapshot: Snapshot) -> None:
+    async def _publish_scan(self, cycle_id: str) -> None:
+        """Publish the scan as the source reads it: ingest holds one scanned object at a time."""
         changed = self._during_scan if self._during_scan is not None else {}
-        total = len(snapshot)
-        for key, scanned in snapshot.items():
+        met: set[Key] = set()  # keys the scan reached that the feed had changed (few)
+        async for scanned in self.source.scan_objects():
+            key = scanned.key
             async with self._send_lock:
                 op, obj = changed.get(key, ("upsert", scanned))
+                if key in changed:
+                    met.add(key)
                 if op == "upsert":
                     await self.publish.change(self._change(obj, "upsert", cycle_id))
                     self._scan_sent += 1
             if self._scan_sent % _PROGRESS_EVERY == 0:
-                metrics.set_cycle_progress(self.name, self._scan_sent, total)
-        # What the watcher saw appear while the scan read is part of the directory too.
+                metrics.set_cycle_progress(self.name, self._scan_sent, self.source.scan_total)
+        # What the watcher saw appear (or move past the scan) while it read is part of the
+        # directory too.
         for key, (op, obj) in list(changed.items()):
-            if op == "upsert" and key not in snapshot:
+            if op == "upsert" and key not in met:
                 async with self._send_lock:
                     await self.publish.change(self._change(obj, "upsert", cycle_id))
                     self._scan_sent += 1
@@ -260,14 +264,14 @@ _START_WAIT = 30.0  # seconds a provision-on-demand request waits for its source
 
 
 class FileIngest(SourceIngest):
-    """One file source (``FileDirectory``): full scans on a schedule, and a poll for edits."""
+    """One file source (``file_directory``): full scans on a schedule, and a poll for edits."""
 
     def __init__(self, source: FileSource, path: Path, publish: Publisher) -> None:
         async def report(reason: str) -> None:
             metrics.ERRORS.labels(service="ingest", error_code="SourceReadFailed").inc()
             await publish.error(_file_error(reason))
 
-        super().__init__(FileDirectory(source, path, report), publish)
+        super().__init__(file_directory(source, path, report), publish)
 
 
 class LdapIngest(SourceIngest):

@@ -92,4 +92,4 @@ def test_a_bad_file_is_reported_once_and_the_fixed_file_is_published_by_the_poll
     asyncio.run(scenario())
     assert len(reports) == 1 and "users[1]" in reports[0]
     assert changes == [("upsert", "u1", "Ada"), ("upsert", "u2", "Bob"), ("upsert", "u1", "Ada2"),
-                       ("delete", "u2", "Bob")]
+                       ("delete", "u2", "None")]  # a delete carries no attributes

@@ -2,7 +2,10 @@
 
 A source answers four questions, whatever the directory behind it:
 
-- ``scan()``: everything in the directory now (a full read; the ten-minute full scan);
+- ``scan()``: everything in the directory now (a full read; the ten-minute full scan), and
+  ``scan_objects()``, the same one object at a time: what a full scan publishes. A source
+  that can read its directory piecewise overrides it, so a scan holds one object at a time
+  rather than the whole directory;
 - ``watch(on_change, on_position)``: what changes, as it changes, until cancelled; after the
   changes a position covers went through ``on_change``, it hands that position to
   ``on_position`` (the ingest loop stores it in ``source.positions`` once they are on the
@@ -19,7 +22,7 @@ source that cannot read its directory raises a ``SourceError`` whose ``code`` an
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Literal
 
 from services.ingest.objects import ObjectType, Snapshot, SourceObject
@@ -70,12 +73,22 @@ class DirectorySource(abc.ABC):
     reconnect_max: float = 30.0
     """Backoff between watch attempts after ``watch`` raised."""
 
+    scan_total: int = 0
+    """Objects the running ``scan_objects`` expects (the progress gauge); 0 if not known."""
+
     async def start(self, position: bytes | None) -> None:  # noqa: B027 - optional hook
         """Prepare to watch from ``position`` (None: from scratch). Called once, before ``watch``."""
 
     @abc.abstractmethod
     async def scan(self) -> Snapshot:
         """Every user and group now in the directory."""
+
+    async def scan_objects(self) -> AsyncIterator[SourceObject]:
+        """Every user and group now in the directory, one at a time (by default from ``scan``)."""
+        snapshot = await self.scan()
+        self.scan_total = len(snapshot)
+        for obj in snapshot.values():
+            yield obj
 
     @abc.abstractmethod
     async def watch(self, on_change: OnChange, on_position: OnPosition) -> None:
