@@ -50,6 +50,7 @@ from services.runtime import metrics
 from services.runtime.config import Secret
 from services.runtime.errors import ConfigError, ScimflowError
 from services.runtime.settings import Settings, load_settings
+from services.runtime.state import claim_state_dir, faust_store_options
 from services.runtime.topics import Topics, TopicSpec
 
 log = structlog.get_logger("scimflow.worker")
@@ -387,9 +388,11 @@ def partition_for(key: bytes, partitions: int) -> int:
 def faust_app(service: str, settings: Settings, bootstrap: str) -> Any:
     """The faust app of one service: its id is the consumer group, state is in changelogs.
 
-    Tables use the in-memory store and are rebuilt from their changelog topic at start-up,
-    so a replacement pod needs no volume. Offsets are committed only after the producer
-    has flushed what the events produced (faust does this), which gives at-least-once.
+    Tables live where ``settings.state_store`` says (:mod:`services.runtime.state`): on
+    disk in a slot of ``state_dir`` this process holds, or in memory; either way they are
+    rebuilt from their changelog topics when the disk is empty, so a replacement pod needs
+    no volume that outlives it. Offsets are committed only after the producer has flushed
+    what the events produced (faust does this), which gives at-least-once.
     """
     topics = Topics(settings.topic_prefix, settings.partitions)
     servers = ";".join(f"kafka://{hp.strip()}" for hp in bootstrap.split(","))
@@ -401,7 +404,7 @@ def faust_app(service: str, settings: Settings, bootstrap: str) -> Any:
         topics.app_id(service),
         broker=servers,
         broker_credentials=faust_credentials(security),
-        store="memory://",
+        **faust_store_options(settings.state_store, _state_dir(service, settings)),
         topic_partitions=settings.partitions,
         topic_disable_leader=True,  # no leader topic: we never use app.is_leader()
         topic_allow_declare=True,
@@ -416,6 +419,14 @@ def faust_app(service: str, settings: Settings, bootstrap: str) -> Any:
         consumer_auto_offset_reset="earliest",
         stream_wait_empty=False,
     )
+
+
+def _state_dir(service: str, settings: Settings) -> Path | None:
+    """This process's slot of the state dir (None for the memory store)."""
+    if settings.state_store == "memory":
+        return None
+    root = Path(settings.state_dir) if settings.state_dir else Path(settings.data_dir) / "state"
+    return claim_state_dir(root, Topics(settings.topic_prefix, settings.partitions).app_id(service))
 
 
 def _compression(settings: Settings) -> str | None:

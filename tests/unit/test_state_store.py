@@ -1,0 +1,71 @@
+"""Where faust tables live (services/runtime/state.py): RocksDB slots and key partitions."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import faust
+
+from services.runtime.kafka import partition_for
+from services.runtime.settings import load_settings
+from services.runtime.state import KeyPartitionedRocksStore, claim_state_dir, faust_store_options
+
+PARTITIONS = 6
+
+
+def _table(state_dir: Path) -> Any:
+    app = faust.App("scimflow-test", **faust_store_options("rocksdb", state_dir),
+                    topic_partitions=PARTITIONS)
+    table: Any = app.Table("managed", key_type=bytes, value_type=bytes, partitions=PARTITIONS,
+                      use_partitioner=True)
+    table.key_serializer = table.value_serializer = "raw"
+    return table
+
+
+def test_rocksdb_is_the_default_and_memory_can_be_chosen() -> None:
+    assert load_settings({}).state_store == "rocksdb"
+    settings = load_settings({"SCIMFLOW_STATE_STORE": "memory", "SCIMFLOW_STATE_DIR": "/var/state"})
+    assert (settings.state_store, settings.state_dir) == ("memory", "/var/state")
+    assert faust_store_options("memory", None) == {"store": "memory://"}
+
+
+def test_a_write_outside_any_event_lands_on_its_keys_changelog_partition(tmp_path: Path) -> None:
+    store = _table(tmp_path).data
+    assert isinstance(store, KeyPartitionedRocksStore)
+    key = b"app/u1"
+    store[key] = b"state"  # no current event: the writer's jobs and timers write like this
+    assert list(store._dbs) == [partition_for(key, PARTITIONS)]
+    assert store[key] == b"state" and key in store
+    del store[key]
+    assert store.get(key) is None and key not in store
+
+
+def test_what_was_stored_is_there_after_a_restart_on_the_same_dir(tmp_path: Path) -> None:
+    store = _table(tmp_path).data
+    store[b"app/u1"] = b"one"
+    store[b"app/u2"] = b"two"
+    for db in store._dbs.values():
+        db.close()
+    again = _table(tmp_path).data
+    for partition in range(PARTITIONS):
+        again._db_for_partition(partition)  # what faust opens for assigned partitions
+    assert (again.get(b"app/u1"), again.get(b"app/u2")) == (b"one", b"two")
+
+
+def test_two_processes_get_two_slots_and_a_dead_ones_slot_is_free_again(tmp_path: Path) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from services.runtime.state import claim_state_dir; "
+         "print(claim_state_dir(Path(sys.argv[1]), 'w').name, flush=True); time.sleep(60)", str(tmp_path)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "slot-0"
+        assert claim_state_dir(tmp_path, "w").name == "slot-1"  # slot-0 is locked by the other
+    finally:
+        holder.kill()  # the kernel drops a killed process's flock
+        holder.wait()
+    assert claim_state_dir(tmp_path, "w").name == "slot-0"
