@@ -272,7 +272,8 @@ class Application(_Base, frozen=True):
 
 
 class FileSource(_Base, frozen=True, tag="file", tag_field="type"):
-    """A YAML or JSON file of users and groups; the embedded demo source."""
+    """A YAML, JSON or JSON Lines file of users and groups; the embedded demo source (JSON
+    Lines is read incrementally, see docs/sources.md)."""
 
     name: Name
     path: str
