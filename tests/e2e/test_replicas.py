@@ -20,8 +20,8 @@ creates by 10 ms): the replica losing partitions kept running the jobs it had qu
 them while the new owner replayed the same commands (now dropped at the revoke, target
 calls in flight awaited first), and the new owner decided "create" from the listing it took
 at the scan's start, which did not hold what the other replica created since (now an object
-of a partition gained after the listing is looked up by filter). A POST the proxy still held
-when its writer was killed never reached the target: the wire count leaves it out.
+of a partition gained after the listing is looked up by filter). A POST of the killed writer cut
+off on its way has no answer: the wire count leaves it out (the target's count has the say).
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def _keep_log(p: Pipeline, proxy: FaultProxy) -> None:
         for entry in proxy.log:
             out.write(json.dumps({"at": entry.at, "method": entry.method, "path": entry.path,
                                   "status": entry.status, "fault": entry.fault,
-                                  "forwarded": entry.forwarded, "users": _names(entry)}) + "\n")
+                                  "users": _names(entry)}) + "\n")
 
 
 def _names(entry: LogEntry) -> list[str | None]:
@@ -107,11 +107,11 @@ def _names(entry: LogEntry) -> list[str | None]:
 
 
 def _creates_sent(proxy: FaultProxy) -> list[str | None]:
-    """The userName of every user create that reached the target: alone or in a Bulk
-    request. A request of the killed writer that the proxy still held (its delay) when the
-    process died never went on: the target never saw it, and the survivor's create of the
-    same user is the only one."""
-    return [name for entry in proxy.requests("POST") if entry.forwarded for name in _names(entry)]
+    """The userName of every user create the target answered: alone or in a Bulk request.
+    A request of the killed writer cut off on its way (held by the proxy's delay, or being
+    forwarded) has no answer: whether it landed is what the target's own count shows."""
+    return [name for entry in proxy.requests("POST") if entry.status is not None
+            for name in _names(entry)]
 
 
 def _share(p: Pipeline, name: str) -> int:

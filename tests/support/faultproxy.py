@@ -124,9 +124,6 @@ class LogEntry:
     status: int | None
     fault: str | None
     body: bytes = field(repr=False, default=b"")
-    forwarded: bool = True
-    """Whether the request went on to the upstream (False: answered by a fault, or the
-    client hung up before it was sent on: the target never saw it)."""
 
     def json(self) -> Any:
         return json.loads(self.body) if self.body else None
@@ -314,7 +311,6 @@ class FaultProxy:
         rule, outage = self._choose(request.method, request.path)
         status: int | None = None
         fault = outage
-        forwarded = False
         try:
             if rule is not None and rule.delay:
                 fault = fault or "delay"
@@ -325,7 +321,6 @@ class FaultProxy:
             if rule is not None and rule.status is not None:
                 status, fault = rule.status, outage or str(rule.status)
                 return _fault_response(rule)
-            forwarded = True
             response = await self._forward(request, body)
             if rule is not None and rule.rewrite is not None:
                 fault = "rewritten"
@@ -340,7 +335,7 @@ class FaultProxy:
             status = response.status
             return response
         finally:
-            self._record(arrived, request, body, status, fault, forwarded)
+            self._record(arrived, request, body, status, fault)
 
     async def _forward(self, request: web.Request, body: bytes) -> web.Response:
         assert self._session is not None
@@ -358,10 +353,9 @@ class FaultProxy:
             return web.Response(status=upstream.status, body=content, headers=kept)
 
     def _record(self, at: float, request: web.Request, body: bytes, status: int | None,
-                fault: str | None, forwarded: bool) -> None:
+                fault: str | None) -> None:
         entry = LogEntry(at=at, method=request.method, path=request.path,
-                         query=request.query_string, status=status, fault=fault, body=body,
-                         forwarded=forwarded)
+                         query=request.query_string, status=status, fault=fault, body=body)
         with self._lock:
             self._log.append(entry)
 
