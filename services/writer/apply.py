@@ -248,10 +248,13 @@ class Writer:
         if self._discovering.get(cycle_id) is task:
             self.snapshot = snapshot
 
-    def _snapshot_for(self, cmd: ProvisioningCommand) -> TargetSnapshot | None:
+    def _snapshot_for(self, cmd: ProvisioningCommand,
+                      listed_after: datetime | None = None) -> TargetSnapshot | None:
         snapshot = self.snapshot
         if snapshot is None or cmd.cycle_id is None or snapshot.cycle_id != cmd.cycle_id:
             return None
+        if listed_after is not None and snapshot.taken_at < listed_after:
+            return None  # taken before the object's partition came here: look it up instead
         return snapshot
 
     # -- decisions ---------------------------------------------------------------------------
@@ -294,14 +297,16 @@ class Writer:
 
     async def handle(self, cmd: ProvisioningCommand, managed: ManagedObject | None,
                      members: list[str] | None = None, *, owner: Owner | None = None,
-                     claim: Owner | None = None) -> Outcome:
+                     claim: Owner | None = None, listed_after: datetime | None = None) -> Outcome:
         """Apply ``cmd``; ``members`` are a group's member target ids (linked ones only);
         ``owner`` tells which source object, if any, is linked to a target id already, and
-        ``claim`` reserves a target id for this object (or names the one that holds it)."""
+        ``claim`` reserves a target id for this object (or names the one that holds it).
+        A listing taken before ``listed_after`` (when the object's partition came to this
+        replica) is not used: the previous owner may have written the object since."""
         trace = self._trace(cmd)
         kept = owned(cmd, managed)
         run = _Run(cmd, kept, members, owner or _nobody, claim or owner or _nobody,
-                   self._snapshot_for(cmd), trace, Decision("noop", cmd.reason))
+                   self._snapshot_for(cmd, listed_after), trace, Decision("noop", cmd.reason))
         try:
             run.decision = self.preview(cmd, kept, self._observed(run))
             outcome = await self._execute(run)

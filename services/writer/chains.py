@@ -47,6 +47,10 @@ class Job:
     holds_window: bool = True
     parked: bool = False
     superseded: bool = False
+    applying: bool = False
+    """Inside a target call: a revoke waits for it rather than cancel it half-written."""
+    dropped: bool = False
+    """Its partition was revoked: it writes nothing more and acknowledges nothing."""
     done: bool = False
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -72,9 +76,15 @@ class InOrderAcks:
         self._queues[event.message.partition].append(ticket)
         return ticket
 
+    def forget(self, partitions: set[int]) -> None:
+        """Partitions revoked: their unacknowledged events are the next owner's to replay
+        (a ticket left here would block the partition's acks if it came back)."""
+        for partition in partitions:
+            self._queues.pop(partition, None)
+
     async def done(self, ticket: Ticket, ack: Ack) -> None:
         ticket.done = True
         async with self._lock:
-            queue = self._queues[ticket.event.message.partition]
-            while queue and queue[0].done:
+            queue = self._queues.get(ticket.event.message.partition)
+            while queue is not None and queue and queue[0].done:
                 await ack(queue.popleft().event)

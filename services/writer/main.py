@@ -140,18 +140,32 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
 
     report_consumer_lag(app, "writer")
 
-    @app.on_partitions_revoked.connect  # type: ignore[untyped-decorator]
-    async def forget_revoked(app: Any, revoked: Any, **_: Any) -> None:
-        # What Off and the guard hold moves with its partition (the held table); the replica
-        # it leaves must not run it too. Taken up again from the table if it comes back.
-        moved = {tp.partition for tp in revoked if tp.topic == topics.commands}
-        processor.app_state.forget_partitions(moved, settings.partitions)
+    _follow_rebalances(app, processor, topics.commands)
 
     @app.on_before_shutdown.connect  # type: ignore[untyped-decorator]
     async def close_clients(app: Any, **_: Any) -> None:
         await processor.close()
 
     return app
+
+
+def _follow_rebalances(app: Any, processor: CommandProcessor, commands: str) -> None:
+    """Tell the processor which partitions of the commands topic leave and come."""
+    @app.on_partitions_revoked.connect  # type: ignore[untyped-decorator]
+    async def forget_revoked(app: Any, revoked: Any, **_: Any) -> None:
+        # What Off and the guard hold moves with its partition (the held table); the replica
+        # it leaves must not run it too. Taken up again from the table if it comes back.
+        # Its queued commands too: the new owner replays them from the committed offset, and
+        # both running them would write the same objects at once (created twice on a target
+        # that takes a duplicate). Target calls in flight finish first, within a bound.
+        moved = {tp.partition for tp in revoked if tp.topic == commands}
+        await processor.partitions_revoked(moved)
+
+    @app.on_partitions_assigned.connect  # type: ignore[untyped-decorator]
+    async def note_assigned(app: Any, assigned: Any, **_: Any) -> None:
+        # Objects of a partition gained from another replica are looked up on the target
+        # before a create: a listing taken earlier does not hold what that replica wrote.
+        processor.partitions_assigned({tp.partition for tp in assigned if tp.topic == commands})
 
 
 def follow_versions(processor: CommandProcessor) -> AppCallback:

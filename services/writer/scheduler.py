@@ -15,6 +15,13 @@ newer one is all that needs writing, and it need not wait out the backoff). Afte
 kept in a compacted table, its offset acknowledged, retried on a timer and by newer
 commands. While an app is quarantined its jobs park until the gate opens.
 
+Rebalances (``release``): when partitions are revoked, their jobs that are not inside a
+target call are cancelled, unacknowledged, and the ones inside a call are waited for (up
+to a bound) before the rebalance goes on. The new owner replays every command from the
+committed offset, so a replica that kept running the old owner's queue would write the same
+objects at the same time as it does (and create them twice on a target that does not refuse
+a duplicate).
+
 Fair sharing: the window is shared by every app, but one app runs at most about a second's
 worth of its current rate (``Lanes``; at least two jobs). A slow or throttled app's other
 jobs wait for their turn without a window slot (as parked jobs do), so they never hold
@@ -60,6 +67,9 @@ _LANE_SECONDS = 1.0
 """An app runs at most this many seconds of its current requests/s as jobs at once..."""
 _MIN_LANE = 2
 """...and at least this many."""
+RELEASE_WAIT = 8.0
+"""Seconds a revoke waits for the target calls in flight for its partitions (below the
+session timeout of 10 s, so the group does not drop this member meanwhile)."""
 
 
 class _Lane:
@@ -103,6 +113,8 @@ class Scheduler:
         self._lanes: dict[str, _Lane] = {}
         self._queued = 0
         """Jobs waiting for their app's turn without a window slot."""
+        self.owns: Callable[[bytes], bool] | None = None
+        """Whether a key's partition is this replica's now (None: not known yet, all are)."""
 
     def busy(self, key: bytes) -> bool:
         """Whether a job for the object is scheduled or running."""
@@ -111,6 +123,9 @@ class Scheduler:
     async def schedule(self, job: Job) -> None:
         """Run ``job`` after every earlier job for the same object."""
         await self.window.acquire()
+        if self.owns is not None and not self.owns(job.key):
+            self.window.release()  # revoked while it waited for a slot: the new owner has it
+            return
         if job.command is not None and not job.escrowed:
             self._supersede(job.key)
         previous = self.tails.get(job.key)
@@ -148,8 +163,26 @@ class Scheduler:
             assert command is not None
             log.exception("command failed", app=command.app, source_id=command.source_id)
             await self._publisher.error(job.key, _writer_failure(command, exc))
-        if job.ticket is not None and job.ack is not None:
+        if job.ticket is not None and job.ack is not None and not job.dropped:
             await self._acks.done(job.ticket, job.ack)
+
+    async def release(self, owns: Callable[[bytes], bool], *, wait: float = RELEASE_WAIT) -> int:
+        """Partitions were revoked (``owns`` False for their keys): drop their jobs and wait
+        up to ``wait`` seconds for the target calls already made for them. Nothing dropped
+        is acknowledged: the partition's next owner (maybe this replica again) replays it.
+        Returns how many jobs were dropped."""
+        dropped = [(task, job) for task, job in self.jobs.items() if not owns(job.key)]
+        for task, job in dropped:
+            job.dropped = True
+            if not job.applying:
+                task.cancel()
+        writing = {task for task, job in dropped if job.applying}
+        if writing:
+            _, late = await asyncio.wait(writing, timeout=wait)
+            if late:
+                log.warning("target calls of revoked partitions still running after the wait",
+                            jobs=len(late), seconds=wait)
+        return len(dropped)
 
     async def _attempts(self, job: Job, command: ProvisioningCommand) -> None:
         """Apply ``command``; on a transient failure park and try again, or escrow it."""
@@ -161,7 +194,15 @@ class Scheduler:
                 return  # superseded, or its app was removed while it waited: nothing to write
             retries = writer.app.target.retries  # each attempt under the app's current version
             async with self._turn(job, command.app):
-                outcome = await self._apply(job.key, command, job.releasing)
+                if job.dropped:
+                    return  # its partition was revoked while it waited for its turn
+                job.applying = True  # no await between the check and this: see ``release``
+                try:
+                    outcome = await self._apply(job.key, command, job.releasing)
+                finally:
+                    job.applying = False
+            if job.dropped:
+                return  # written (its state is in the changelog); the new owner replays it
             if outcome is None or outcome.retry is None:
                 if job.command is not None:
                     self._unescrow(job.key)

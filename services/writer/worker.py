@@ -117,6 +117,9 @@ class CommandProcessor:
         self._claims: dict[tuple[str, str], str] = {}
         """(app, target id) -> source id of the job that is linking it right now."""
         self._background: set[asyncio.Task[None]] = set()
+        self._gained: dict[int, datetime] = {}
+        """When each partition of the commands topic was last assigned to this replica: a
+        listing taken before that does not know what the previous owner wrote since."""
         self.scheduler = Scheduler(settings, writers, apply=self._apply, publisher=self.publisher,
                                    escrow=escrow, deferrals=self.deferrals, acks=self.acks,
                                    restored=self.restored, is_off=self._is_off)
@@ -167,6 +170,43 @@ class CommandProcessor:
             await self._on_marker(partition, message)
             await self._discover(message)
         await self.acks.done(ticket, ack)
+
+    # -- rebalances ------------------------------------------------------------------------
+
+    async def partitions_revoked(self, partitions: set[int]) -> int:
+        """Partitions of the commands topic leave this replica (for now): their jobs stop
+        and nothing more of them is acknowledged here; the target calls in flight finish
+        first (bounded), so the next owner never writes an object at the same time as this
+        replica. Returns how many jobs were dropped."""
+        count = self.settings.partitions
+        kept = self.scheduler.owns
+
+        def owns(key: bytes) -> bool:
+            return partition_for(key, count) not in partitions and (kept is None or kept(key))
+
+        self.scheduler.owns = owns
+        self.acks.forget(partitions)
+        dropped = await self.scheduler.release(owns)
+        self.app_state.forget_partitions(partitions, count)
+        if dropped:
+            log.info("partitions revoked; their queued commands are left to the next owner",
+                     partitions=sorted(partitions), dropped=dropped)
+        return dropped
+
+    def partitions_assigned(self, partitions: set[int]) -> None:
+        """The partitions of the commands topic this replica owns from now on."""
+        count, now = self.settings.partitions, datetime.now(UTC)
+        for partition in partitions:
+            self._gained.setdefault(partition, now)
+        for partition in set(self._gained) - partitions:
+            del self._gained[partition]  # gained again later: a new time then
+        owned = frozenset(partitions)
+        self.scheduler.owns = lambda key: partition_for(key, count) in owned
+
+    def listed_after(self, key: bytes) -> datetime | None:
+        """A listing of the target must be newer than this to tell whether the object
+        exists: its partition came here then, and another replica may have written it."""
+        return self._gained.get(partition_for(key, self.settings.partitions))
 
     # -- references ------------------------------------------------------------------------
 
@@ -231,7 +271,8 @@ class CommandProcessor:
         try:
             outcome = await writer.handle(resolved.command, state, resolved.members,
                                           owner=lambda t: self.links.owner(command.app, t),
-                                          claim=lambda t: self._claim(command, t, claims))
+                                          claim=lambda t: self._claim(command, t, claims),
+                                          listed_after=self.listed_after(key))
             if not writer.app.dry_run:
                 self._keep(key, command, state, outcome, deferred=command if resolved.missing else None)
             if outcome.retry is None:

@@ -15,17 +15,18 @@ Every request the writers send goes through the fault proxy (a recorder here), s
 once" is counted at the wire as well as in the activity topic. 2,000 users keep each test
 about a minute on two cores (the issue's 5,000 is for a bench, not written yet).
 
-Found and not fixed yet (the two tests are xfail): with the proxy slowing creates by 10 ms,
-both a ``kill -9`` of one writer and a 1 -> 2 -> 1 scale-up mid-sync end with 70-90 users
-created twice in the target. Candidates: the replica losing partitions keeps running the
-jobs it had queued for them while the new owner replays the same commands (a drain of the
-scheduler in the revoke callback is the likely fix), and Bulk creates retried after a
-timeout whose first attempt had landed. In the kill test the survivor also once left the
-last offset of a taken-over partition uncommitted for over a minute.
+Found and fixed (both once ended with 70-90 users created twice, with the proxy slowing
+creates by 10 ms): the replica losing partitions kept running the jobs it had queued for
+them while the new owner replayed the same commands (now dropped at the revoke, target
+calls in flight awaited first), and the new owner decided "create" from the listing it took
+at the scan's start, which did not hold what the other replica created since (now an object
+of a partition gained after the listing is looked up by filter). A POST of the killed writer cut
+off on its way has no answer: the wire count leaves it out (the target's count has the say).
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -33,7 +34,7 @@ from datetime import UTC, datetime
 import pytest
 
 from tests.conftest import APP, Pipeline, user
-from tests.support.faultproxy import FaultProxy
+from tests.support.faultproxy import FaultProxy, LogEntry
 from tests.support.replicas import members, outcomes, wait_members
 from tests.support.settle import Mark, wait_settled
 
@@ -67,31 +68,53 @@ def _created(p: Pipeline) -> Counter[str]:
     return Counter(a.source_id for a in p.activity() if a.action == "create" and a.status == "success")
 
 
-def _assert_exact(p: Pipeline, proxy: FaultProxy, since: Mark, users: int = USERS) -> None:
+def _assert_exact(p: Pipeline, proxy: FaultProxy, since: Mark, users: int = USERS, *,
+                  killed: bool = False) -> None:
     """The target holds each user exactly once, created once, and nothing failed."""
     p.wait_for(f"{users} users in the target", lambda: p.scim.count() >= users, timeout=90)
     settled = wait_settled(p.bootstrap, p.topics, since, timeout=60)
+    _keep_log(p, proxy)
     assert settled.stalled is None, settled.stalled
     names = [u["userName"] for u in p.scim.users()]
     assert len(names) == users and len(set(names)) == users
     sent = _creates_sent(proxy)
-    assert len(sent) == users and len(set(sent)) == users  # each user POSTed once at the wire
+    assert len(set(sent)) == len(sent)  # no user created twice at the wire
+    # A killed (or stopped) writer's creates that landed unanswered are in the target only.
+    assert len(sent) == users or (killed and len(sent) < users)
     created = _created(p)
     assert max(created.values()) == 1
     assert p.errors() == []
 
 
+def _keep_log(p: Pipeline, proxy: FaultProxy) -> None:
+    """The proxy's request log next to the writers' logs (logs/proxy.jsonl): which request
+    created what, to tell after a failure where a second create came from."""
+    with (p.dir / "logs" / "proxy.jsonl").open("w", encoding="utf-8") as out:
+        for entry in proxy.log:
+            out.write(json.dumps({"at": entry.at, "method": entry.method, "path": entry.path,
+                                  "status": entry.status, "fault": entry.fault,
+                                  "users": _names(entry)}) + "\n")
+
+
+def _names(entry: LogEntry) -> list[str | None]:
+    """The userNames a request creates: one POST /Users, or a Bulk request's user POSTs."""
+    if entry.method != "POST":
+        return []
+    body = entry.json() or {}
+    if entry.path.endswith("/Users"):
+        return [body.get("userName")]
+    if entry.path.endswith("/Bulk"):
+        return [op.get("data", {}).get("userName") for op in body.get("Operations", [])
+                if op.get("method") == "POST" and op.get("path") == "/Users"]
+    return []
+
+
 def _creates_sent(proxy: FaultProxy) -> list[str | None]:
-    """The userName of every user create the writers sent: alone or in a Bulk request."""
-    names: list[str | None] = []
-    for entry in proxy.requests("POST"):
-        body = entry.json() or {}
-        if entry.path.endswith("/Users"):
-            names.append(body.get("userName"))
-        elif entry.path.endswith("/Bulk"):
-            names += [op.get("data", {}).get("userName") for op in body.get("Operations", [])
-                      if op.get("method") == "POST" and op.get("path") == "/Users"]
-    return names
+    """The userName of every user create the target answered: alone or in a Bulk request.
+    A request of the killed writer cut off on its way (held by the proxy's delay, or being
+    forwarded) has no answer: whether it landed is what the target's own count shows."""
+    return [name for entry in proxy.requests("POST") if entry.status is not None
+            for name in _names(entry)]
 
 
 def _share(p: Pipeline, name: str) -> int:
@@ -115,9 +138,6 @@ def test_a_sync_lands_exactly_once_with_the_work_split_across_both_writers(
     assert len(_writer_pids(p)) == 2 and not p.sup.dead()
 
 
-@pytest.mark.xfail(reason="finding, not fixed yet: after a kill -9 or a scale-up mid-sync the target "
-                   "ends with 70-90 of 2,000 users created twice (scim2-server does not refuse a "
-                   "duplicate userName); see the module docstring", strict=False)
 def test_kill_9_of_one_writer_mid_sync_the_other_takes_over_and_the_target_ends_exact(
         pipeline_factory: Factory, proxy: FaultProxy) -> None:
     p = _pipeline(pipeline_factory, proxy)
@@ -127,15 +147,12 @@ def test_kill_9_of_one_writer_mid_sync_the_other_takes_over_and_the_target_ends_
     assert p.scim.count() < USERS // 2, "the sync was not in its middle: nothing to prove"
     p.sup.kill("writer-2")
     del p.sup.procs["writer-2"]
-    _assert_exact(p, proxy, since)
+    _assert_exact(p, proxy, since, killed=True)
     # The survivor took the killed writer's partitions: it wrote some of their objects.
     assert _share(p, "writer") + _share(p, "writer-2") >= USERS
     assert members(p.bootstrap, p.topics.app_id("writer")) == 1  # it owns every partition now
 
 
-@pytest.mark.xfail(reason="finding, not fixed yet: after a kill -9 or a scale-up mid-sync the target "
-                   "ends with 70-90 of 2,000 users created twice (scim2-server does not refuse a "
-                   "duplicate userName); see the module docstring", strict=False)
 def test_scaling_writers_one_to_two_to_one_during_a_sync_loses_and_doubles_nothing(
         pipeline_factory: Factory, proxy: FaultProxy) -> None:
     p = _pipeline(pipeline_factory, proxy)
@@ -146,5 +163,5 @@ def test_scaling_writers_one_to_two_to_one_during_a_sync_loses_and_doubles_nothi
     p.wait_for("the second writer creating", lambda: _share(p, "writer-2") > 50)
     assert p.scim.count() < USERS, "the sync ended before the scale-up: nothing to prove"
     p.sup.stop_one("writer-2")
-    _assert_exact(p, proxy, since)
+    _assert_exact(p, proxy, since, killed=True)  # its stop cuts the Bulk requests in flight
     assert _share(p, "writer-2") > 0
