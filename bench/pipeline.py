@@ -16,7 +16,8 @@ One run, same machine, same kind of target (a fresh scim2-server each time, serv
 4. peak RSS of each worker process, sampled every 0.2 s;
 5. faulted: ``--fault-users`` users again, through a fault-injecting proxy that answers
    ``--fault-share`` (10 %) of the requests with 429 + ``Retry-After: 1``; the target must
-   end with exactly those users;
+   end with exactly those users (``--only-faulted``: this phase alone, with the same sync
+   through the proxy without faults as its reference, ``ratio_faulted_to_unfaulted``);
 6. reconcile (bench/reconcile.py): ``--reconcile-users`` users in ``--reconcile-groups``
    groups through the same proxy as a pure recorder: target requests per user of the
    initial sync, and the requests and writes of a full scan that finds nothing changed and
@@ -249,11 +250,26 @@ def unexpected_writes(result: dict[str, Any]) -> str | None:
             f"and in reconcile_unexpected_writes / reconcile_log_lines")
 
 
-def _faulted(bootstrap: str, people: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+def run_faulted_only(args: argparse.Namespace) -> dict[str, Any]:
+    """``--only-faulted``: the faulted phase, and the same sync through the same proxy with no
+    fault as its reference (``ratio_faulted_to_unfaulted``: the goal is 0.5 or more)."""
+    people = users(args.fault_users)
+    with start_broker(load_settings(partitions=args.partitions)) as broker:
+        clean = _faulted(broker.bootstrap, people, args, share=0.0)
+        result = _faulted(broker.bootstrap, people, args, share=args.fault_share)
+    result["unfaulted_users_per_s"] = clean["faulted_users_per_s"]
+    result["ratio_faulted_to_unfaulted"] = round(
+        result["faulted_users_per_s"] / clean["faulted_users_per_s"], 3)
+    return result
+
+
+def _faulted(bootstrap: str, people: list[dict[str, Any]], args: argparse.Namespace, *,
+             share: float | None = None) -> dict[str, Any]:
     """The same initial sync through the fault proxy answering 10 % of requests with 429."""
+    share = args.fault_share if share is None else share
     with start_scim_target(threads=args.target_threads) as target, FaultProxy(target.base_url) as proxy:
-        proxy.fail(429, retry_after="1", probability=args.fault_share)
-        log(f"faulted: {len(people)} users, {args.fault_share:.0%} of requests answered 429 (Retry-After: 1)")
+        proxy.fail(429, retry_after="1", probability=share)
+        log(f"faulted: {len(people)} users, {share:.0%} of requests answered 429 (Retry-After: 1)")
         # One request per create, so 10 % of them meet the 429 rule (a bulk would carry them all).
         sync = _pipeline(bootstrap, proxy.url, target.token, people, args, measure_latency=False,
                          bulk="off")
@@ -400,7 +416,12 @@ def main() -> None:
                         help="groups of the reconcile phase; each user is a member of one")
     parser.add_argument("--reconcile-scan-interval", type=float, default=5.0,
                         help="full_scan_interval of the reconcile phase's file source (s)")
+    parser.add_argument("--only-faulted", action="store_true",
+                        help="run only the faulted phase and its unfaulted reference")
     args = parser.parse_args()
+    if args.only_faulted:
+        print(json.dumps(run_faulted_only(args), sort_keys=True))
+        return
     result = run_mapping(args.mapping_users)
     log(f"mapping: {result['mapping_10expr_users_per_cpu_s']} (10 expressions) and "
         f"{result['mapping_entra_default_users_per_cpu_s']} (Entra default) users per CPU-second")

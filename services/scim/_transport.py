@@ -28,6 +28,14 @@ the TransientError is raised at once with its ``retry_after``, so the writer can
 the object instead of holding its partition. Every TargetError says how many attempts were
 made (``attempts``). Credentials never appear in a message, a repr or a log line, and a
 target that echoes them back gets them redacted.
+
+Calls made within :func:`retry_after_raised` (the writer's object jobs) wait out no
+``Retry-After`` at all: the TransientError is raised at once, and the writer parks the
+object (no window slot, and not counted as work in progress). A call waiting inside the
+client is in progress: a scan's end frame waits for it, and while it waits the writer's
+consumer reads nothing, so random 429s with ``Retry-After: 1`` stalled every partition
+for a second or more at each of a scan's frames. A listing waits them out all the same:
+it has no object to park, and a cut-short listing costs a lookup per object.
 """
 
 from __future__ import annotations
@@ -36,7 +44,8 @@ import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -54,7 +63,7 @@ from services.scim.errors import describe, shown, status_error
 from services.scim.quarantine import QuarantineGate
 from services.scim.ratelimit import RateLimiter, operation_of
 
-__all__ = ["RETRY_AFTER_CAP", "SCIM_JSON", "Backoff", "Transport"]
+__all__ = ["RETRY_AFTER_CAP", "SCIM_JSON", "Backoff", "Transport", "retry_after_raised"]
 
 SCIM_JSON: Final = "application/scim+json"
 RETRY_AFTER_CAP = 30.0
@@ -68,6 +77,7 @@ _TIMEOUT_PHASES: Final[dict[type[Exception], str]] = {
     aiohttp.ServerTimeoutError: "waiting for the answer",
     httpx.TimeoutException: "waiting",
 }
+_RETRY_AFTER_RAISED: ContextVar[bool] = ContextVar("scimflow_retry_after_raised", default=False)
 _BAD_SCHEME = (httpx.UnsupportedProtocol, aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError)
 _CONNECT_FAILED = (httpx.ConnectError, aiohttp.ClientConnectorError)
 
@@ -83,6 +93,19 @@ class Backoff:
     """Longest ``Retry-After`` waited for inside one call; a longer one is raised at once
     (with ``retry_after``) for the writer to re-queue the object: a call must not hold its
     Kafka partition for minutes."""
+
+
+@contextmanager
+def retry_after_raised(raised: bool = True) -> Iterator[None]:
+    """Within: a call answered with ``Retry-After`` raises its TransientError (with
+    ``retry_after``) at once instead of waiting inside the call, for a caller that re-queues
+    its work and holds nothing meanwhile; ``raised=False`` waits again (up to the cap).
+    Tasks started within inherit it (a context variable)."""
+    token = _RETRY_AFTER_RAISED.set(raised)
+    try:
+        yield
+    finally:
+        _RETRY_AFTER_RAISED.reset(token)
 
 
 class _NoCookies(httpx.Cookies):
@@ -251,11 +274,14 @@ class Transport:
 
     def _retry_wait(self, exc: Exception) -> bool | float:
         """stamina's hook: retry only TransientError; wait what ``Retry-After`` asked, unless
-        that is longer than the cap (then give up now: the writer re-queues the object)."""
+        that is longer than the cap or the caller asked for it raised (then give up now:
+        the writer re-queues the object)."""
         if not isinstance(exc, TransientError):
             return False
         if exc.retry_after is None:
             return True  # stamina's exponential backoff with jitter
+        if _RETRY_AFTER_RAISED.get():
+            return False  # the caller parks its work for that long (see retry_after_raised)
         return exc.retry_after if exc.retry_after <= self._backoff.retry_after_cap else False
 
     # -- transport failures ----------------------------------------------------------------

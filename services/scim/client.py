@@ -38,7 +38,7 @@ from services.runtime.errors import (
 )
 from services.runtime.http import ClientCredentials
 from services.runtime.settings import Settings
-from services.scim._transport import RETRY_AFTER_CAP, SCIM_JSON, Backoff, Transport
+from services.scim._transport import RETRY_AFTER_CAP, SCIM_JSON, Backoff, Transport, retry_after_raised
 from services.scim.auth import Auth, BearerToken
 from services.scim.errors import decode_json, describe, first_bytes
 from services.scim.paths import (
@@ -60,6 +60,7 @@ __all__ = [
     "ScimResource",
     "attempts_of",
     "client_for",
+    "retry_after_raised",
 ]
 
 Kind = Literal["user", "group"]
@@ -167,8 +168,11 @@ class ScimClient:
     async def list_all(self, kind: Kind) -> tuple[builtins.list[ScimResource], bool]:
         """Every resource of ``kind`` (discovery), and whether the listing is complete: it
         reached ``totalResults`` (a target that caps results or ignores ``startIndex``
-        gives a partial listing, and absence from it proves nothing)."""
-        return await self._list_pages(kind, None)
+        gives a partial listing, and absence from it proves nothing). ``Retry-After`` is
+        waited out here even within :func:`retry_after_raised`: a listing has nothing to
+        re-queue, and one cut short costs a lookup per object."""
+        with retry_after_raised(False):
+            return await self._list_pages(kind, None)
 
     async def _list_pages(self, kind: Kind, filter: str | None) -> tuple[builtins.list[ScimResource], bool]:
         """Follow ``startIndex`` by what each page really held (targets default to 20 or 50

@@ -25,7 +25,8 @@ Two departures from botocore, because SCIM targets answer 429s that are not abou
   target's real limit when we overshot, however far.
 
 ``Retry-After`` is honoured by the request that got it (:mod:`services.scim._transport`
-waits it out before that request's next attempt); it does not pause the others.
+waits it out before that request's next attempt, or, for the writer's object jobs, raises it
+at once and the writer parks the object that long); it does not pause the others.
 
 :class:`AdaptiveRate` is the arithmetic alone (no I/O, an injected clock) so it can be
 tested in microseconds; :class:`RateLimiter` applies it to real calls. A request waits for

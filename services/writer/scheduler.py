@@ -45,6 +45,7 @@ from services.runtime import metrics
 from services.runtime.errors import TransientError
 from services.runtime.records import error_record
 from services.runtime.settings import Settings
+from services.scim.client import retry_after_raised
 from services.writer.apply import Outcome, Writer
 from services.writer.chains import InOrderAcks, Job
 from services.writer.escrow import EscrowStore
@@ -193,12 +194,15 @@ class Scheduler:
             if job.superseded or writer is None:
                 return  # superseded, or its app was removed while it waited: nothing to write
             retries = writer.app.target.retries  # each attempt under the app's current version
+            # A Retry-After parks the object (below) rather than waiting inside the call,
+            # where a scan's end frame would wait for it (and the whole consumer with it).
             async with self._turn(job, command.app):
                 if job.dropped:
                     return  # its partition was revoked while it waited for its turn
                 job.applying = True  # no await between the check and this: see ``release``
                 try:
-                    outcome = await self._apply(job.key, command, job.releasing)
+                    with retry_after_raised():
+                        outcome = await self._apply(job.key, command, job.releasing)
                 finally:
                     job.applying = False
             if job.dropped:
