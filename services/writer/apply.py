@@ -166,6 +166,10 @@ class Writer:
         self._discovering: dict[str, asyncio.Task[TargetSnapshot]] = {}
         self._cycles: deque[str] = deque(maxlen=_CYCLES_KEPT)
         """The scans discovered lately: a late command of an older scan does not list again."""
+        self._unsure: set[str] = set()
+        """Objects whose create failed without a clear answer (a timeout, a reset, a 5xx):
+        it may have landed, so until one of their commands succeeds they are looked up on
+        the target, never decided from the scan's listing (which cannot know)."""
 
     def actions_for(self, cmd: ProvisioningCommand) -> frozenset[str]:
         if cmd.object_type == "group":
@@ -205,7 +209,7 @@ class Writer:
         (mappings, actions, drift, dry run) are the new version's."""
         new = Writer(app, self.client)
         new.capabilities, new.batcher, new.snapshot = self.capabilities, self.batcher, self.snapshot
-        new._discovering, new._cycles = self._discovering, self._cycles
+        new._discovering, new._cycles, new._unsure = self._discovering, self._cycles, self._unsure
         return new
 
     async def listings_done(self) -> None:
@@ -255,6 +259,8 @@ class Writer:
             return None
         if listed_after is not None and snapshot.taken_at < listed_after:
             return None  # taken before the object's partition came here: look it up instead
+        if cmd.source_id in self._unsure:
+            return None  # a create of it may have landed after the listing: look it up
         return snapshot
 
     # -- decisions ---------------------------------------------------------------------------
@@ -312,6 +318,8 @@ class Writer:
             outcome = await self._execute(run)
         except TargetError as exc:
             return self._failure(run, exc)
+        if outcome.retry is None:
+            self._unsure.discard(cmd.source_id)
         if kept is not managed and outcome.managed is kept:
             outcome.changed_state = True  # store what scimflow owns now, even with no write
         if outcome.activity is None and cmd.on_demand:
@@ -785,6 +793,8 @@ class Writer:
             change_id=cmd.change_id, cycle_id=cmd.cycle_id, target_status=exc.status,
         )
         retry = exc if isinstance(exc, TransientError) else None
+        if retry is not None and decision.action == "create":
+            self._unsure.add(cmd.source_id)
         # A transient failure is retried (the processor logs the wait); the rest is final.
         (log.info if retry else log.warning)(
             "target call failed", app=cmd.app, source_id=cmd.source_id, action=action,

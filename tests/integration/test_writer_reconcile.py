@@ -373,3 +373,18 @@ async def test_a_user_enabled_again_in_the_target_is_disabled_again_by_the_scan(
     last = h.activity()[-1]
     assert (last.action, last.status) == ("repair", "success")
     assert [(p.name, p.old_value, p.new_value) for p in last.modified_properties] == [("active", True, False)]
+
+
+async def test_a_create_whose_answer_was_lost_in_a_scan_is_looked_up_not_sent_again(
+        scim_target: ScimTarget, proxy: FaultProxy, http: httpx.Client) -> None:
+    # The scan's listing was taken before these creates: after one whose answer was lost
+    # (it landed), only a lookup on the target can tell. scim2-server takes a second
+    # account with the same userName, so a blind retry would show here as a duplicate.
+    proxy.lose_answer(method="POST", path="/Users$", times=20)
+    h = harness(proxy.url, scim_target.token, application(retries={"escrow_after": 50}))
+    await h.scan("initial", *(user_cmd(i) for i in range(100)))
+    await h.settle(wait=120)
+    names = sorted(u["userName"] for u in all_of(http, "Users"))
+    assert names == sorted(f"u{i}@example.com" for i in range(100))  # each once
+    assert sum(e.fault == "lost answer" for e in proxy.log) == 20
+    assert h.errors() == [] and h.escrow == {}
