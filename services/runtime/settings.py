@@ -36,12 +36,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Path of the provisioning config YAML."""
     data_dir: str = str(Path.home() / ".cache" / "scimflow")
     """Where the embedded broker, faust and caches keep their files."""
-    state_store: Literal["memory", "rocksdb"] = "rocksdb"
-    """Where the workers' faust tables live (``services/runtime/state.py``): ``rocksdb`` on
-    disk under ``state_dir`` (RAM stays bounded as the directory grows; a restart that keeps
-    the disk reads only the changelog's new records), or ``memory`` (all of it in RAM,
-    rebuilt from the changelog topics at every start). The changelogs are the source of
-    truth either way: an empty ``state_dir`` is rebuilt from them."""
+    state_store: Literal["memory", "rocksdb"] = "memory"
+    """Where the workers' faust tables live (``services/runtime/state.py``): ``memory`` (all
+    of it in RAM, rebuilt from the changelog topics at every start), or ``rocksdb`` on disk
+    under ``state_dir`` (RAM stays bounded as the directory grows; a restart that keeps the
+    disk reads only the changelog's new records). The changelogs are the source of truth
+    either way: an empty ``state_dir`` is rebuilt from them. Not the default yet: a
+    ``state_dir`` kept across a change of Kafka cluster (or of a recreated changelog topic)
+    stops the writer with faust's ConsistencyError instead of being rebuilt; give each
+    cluster its own ``state_dir`` (a pod's emptyDir is)."""
     state_dir: str | None = None
     """Where the ``rocksdb`` store keeps its files; unset: ``<data_dir>/state``. A pod mounts
     a volume here (an ``emptyDir`` is enough: it outlives container restarts)."""

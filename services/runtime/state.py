@@ -5,8 +5,8 @@ from its changelog at every start and holds all of it in RAM; the RocksDB store 
 disk (RAM holds a bounded block cache) and, when the disk survives a restart, reads only
 the changelog records written after the offset it stored last.
 
-``SCIMFLOW_STATE_STORE`` picks the store (``rocksdb`` by default, ``memory`` for a worker
-without a writable disk); ``SCIMFLOW_STATE_DIR`` is where the RocksDB files go (default
+``SCIMFLOW_STATE_STORE`` picks the store (``memory`` by default, ``rocksdb`` for bounded RAM
+with a writable disk); ``SCIMFLOW_STATE_DIR`` is where the RocksDB files go (default
 ``<SCIMFLOW_DATA_DIR>/state``). Each process claims a *slot* directory under it with an
 exclusive lock (:func:`claim_state_dir`): two replicas on one machine never open the same
 RocksDB files (RocksDB allows one opener), and a restarted process takes the first free

@@ -26,7 +26,7 @@ def _table(state_dir: Path) -> Any:
 
 
 def test_rocksdb_is_the_default_and_memory_can_be_chosen() -> None:
-    assert load_settings({}).state_store == "rocksdb"
+    assert load_settings({}).state_store == "memory"
     settings = load_settings({"SCIMFLOW_STATE_STORE": "memory", "SCIMFLOW_STATE_DIR": "/var/state"})
     assert (settings.state_store, settings.state_dir) == ("memory", "/var/state")
     assert faust_store_options("memory", None) == {"store": "memory://"}
