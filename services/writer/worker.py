@@ -57,6 +57,9 @@ __all__ = ["Ack", "CommandProcessor"]
 
 log = structlog.get_logger("scimflow.writer")
 
+_STOP_WAIT = 5.0
+"""Seconds a stopping writer waits for its target calls in flight before closing clients."""
+
 _commands = decoder("provisioning.commands")
 _state = decoder("writer.managed")
 
@@ -359,6 +362,11 @@ class CommandProcessor:
             await self.publisher.control(f"{name}/capabilities".encode(), record)
 
     async def close(self) -> None:
+        # A stop (SIGTERM, a rolling restart, a scale-down) first lets the target calls in
+        # flight finish and drops the jobs not started, none acknowledged: the partitions'
+        # next owner replays them. Closing the clients under running calls would report
+        # each as a failed command, on the error topic, that was no failure at all.
+        await self.scheduler.release(lambda _key: False, wait=_STOP_WAIT)
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*(w.aclose() for w in self.writers.values()))

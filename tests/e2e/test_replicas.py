@@ -30,6 +30,7 @@ import json
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -44,8 +45,8 @@ Factory = Callable[..., Pipeline]
 USERS = 2000
 
 
-def _pipeline(factory: Factory, proxy: FaultProxy, users: int = USERS) -> Pipeline:
-    app = {**APP, "target": {"base_url": proxy.url, "token": "env:TEST_SCIM_TOKEN"}}
+def _pipeline(factory: Factory, proxy: FaultProxy, users: int = USERS, **target: Any) -> Pipeline:
+    app = {**APP, "target": {"base_url": proxy.url, "token": "env:TEST_SCIM_TOKEN", **target}}
     return factory([user(i) for i in range(users)], app=app, start=False)
 
 
@@ -155,7 +156,10 @@ def test_kill_9_of_one_writer_mid_sync_the_other_takes_over_and_the_target_ends_
 
 def test_scaling_writers_one_to_two_to_one_during_a_sync_loses_and_doubles_nothing(
         pipeline_factory: Factory, proxy: FaultProxy) -> None:
-    p = _pipeline(pipeline_factory, proxy)
+    # One user per request at 100 requests/s per writer: the sync lasts about 20 s, long
+    # enough for a second writer to join and take a share (with /Bulk and no limit, one
+    # writer on a quiet machine ends the sync before the rebalance gives the other work).
+    p = _pipeline(pipeline_factory, proxy, bulk="off", rate_limit={"max_requests_per_second": 100})
     proxy.delay(0.01, method="POST")
     since = _start(p, writers=1)
     p.wait_for("the sync under way", lambda: _share(p, "writer") > 50)
