@@ -156,18 +156,19 @@ class AppState:
         any other command supersedes a removal the object had waiting."""
         if not self.guard.guards(command.app):
             return False
+        before = self.held.get(key)
         if self.guard.drop(command.app, key):  # this command supersedes a waiting removal
             # Safe to forget now: this command's own offset is acknowledged only once it ran.
             self.held.drop(key)
         if writer.preview(command, state).action not in ("disable", "delete"):
             return False
-        before = self.held.get(key)
-        if before is not None and before.reason == "removal" and before.reported \
-                and before.command.change_id == command.change_id:
-            # Redelivered after a restart (held, then acknowledged but not committed yet):
-            # held as it was, at its first time, and not reported again.
-            self.guard.restore(Staged(key, before.command, before.held_at), held=True,
-                               now=datetime.now(UTC))
+        if before is not None and before.reason == "removal" and before.reported:
+            # A removal held and reported already: redelivered after a restart (held, then
+            # acknowledged but not committed yet; it may come before or after the held table
+            # was reloaded), or the same removal sent again. Held as it was, at its first
+            # time, with the newest command, and not reported twice.
+            self.guard.restore(Staged(key, command, before.held_at), held=True, now=datetime.now(UTC))
+            self.held.put(key, command, "removal", before.held_at, reported=True)
             return True
         staged = Staged(key, command, datetime.now(UTC))
         held = self.guard.stage(staged)
