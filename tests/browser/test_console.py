@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -33,12 +35,21 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 def _wait(browser: webdriver.Chrome, what: str, check: Callable[[webdriver.Chrome], object],
           timeout: float = 60) -> None:
-    WebDriverWait(browser, timeout, poll_frequency=0.2).until(check, message=f"waiting for {what}")
+    # htmx swaps parts of the page while a check reads them: a stale element is "not yet".
+    wait = WebDriverWait(browser, timeout, poll_frequency=0.2,
+                         ignored_exceptions=(StaleElementReferenceException,))
+    wait.until(check, message=f"waiting for {what}")
 
 
 def _text(browser: webdriver.Chrome, css: str) -> str:
-    found = browser.find_elements(By.CSS_SELECTOR, css)
-    return found[0].text if found else ""
+    # htmx may swap the element between finding it and reading it: read the new one then.
+    for _ in range(10):
+        found = browser.find_elements(By.CSS_SELECTOR, css)
+        try:
+            return found[0].text if found else ""
+        except StaleElementReferenceException:
+            time.sleep(0.1)
+    return ""
 
 
 def _shot(browser: webdriver.Chrome, folder: Path, name: str) -> None:
