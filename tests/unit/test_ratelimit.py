@@ -10,6 +10,7 @@ import time
 import pytest
 
 from services.scim.ratelimit import AdaptiveRate, CubicCurve, Limits, RateLimiter, operation_of
+from tests.support.limiter import burst_seconds
 
 pytestmark = pytest.mark.anyio
 
@@ -180,19 +181,8 @@ async def test_requests_are_paced_to_the_rate() -> None:
 
 async def test_an_operation_with_its_own_limit_is_paced_to_it_and_others_are_not() -> None:
     limiter = RateLimiter(10, 1000.0, per_operation={"delete": 10.0})  # 100 ms between deletes
-
-    async def burst(operation: str, n: int) -> float:
-        started = time.monotonic()
-
-        async def one() -> None:
-            async with limiter.slot(operation):  # type: ignore[arg-type]
-                pass
-
-        await asyncio.gather(*(one() for _ in range(n)))
-        return time.monotonic() - started
-
-    assert await burst("delete", 4) >= 0.29
-    assert await burst("read", 20) < 0.15
+    assert await burst_seconds(limiter, "delete", 4) >= 0.29
+    assert await burst_seconds(limiter, "read", 20) < 0.15
 
 
 async def test_a_cancelled_waiter_does_not_leak_a_slot_or_a_turn() -> None:

@@ -3,8 +3,6 @@ client's limiter, and mistakes in them name the file and the line."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +11,7 @@ from services.runtime.config import load_config
 from services.runtime.errors import ConfigError
 from services.runtime.settings import load_settings
 from services.scim.client import client_for
+from tests.support.limiter import burst_seconds
 
 pytestmark = pytest.mark.anyio
 
@@ -73,16 +72,5 @@ async def test_the_client_paces_each_operation_to_its_limit(tmp_path: Path,
     async with client_for(loaded.application("app1"), loaded, load_settings({})) as client:
         limiter = client.limiter
         assert limiter is not None
-
-        async def turns(operation: str, n: int) -> float:
-            started = time.monotonic()
-
-            async def one() -> None:
-                async with limiter.slot(operation):  # type: ignore[arg-type]
-                    pass
-
-            await asyncio.gather(*(one() for _ in range(n)))
-            return time.monotonic() - started
-
-        assert await turns("delete", 3) >= 0.39  # 5 deletes/s: 200 ms apart
-        assert await turns("read", 3) < 0.39  # the app's 10/s: 100 ms apart
+        assert await burst_seconds(limiter, "delete", 3) >= 0.39  # 5 deletes/s: 200 ms apart
+        assert await burst_seconds(limiter, "read", 3) < 0.39  # the app's 10/s: 100 ms apart
