@@ -86,5 +86,5 @@ class InOrderAcks:
         ticket.done = True
         async with self._lock:
             queue = self._queues.get(ticket.event.message.partition)
-            while queue is not None and queue and queue[0].done:
+            while queue and queue[0].done:  # None: the partition was revoked
                 await ack(queue.popleft().event)
