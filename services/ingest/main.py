@@ -182,7 +182,13 @@ class _Deliveries:
             self._prune_at = max(self._PRUNE_AT, 2 * len(self._pending))
 
     async def wait(self) -> None:
-        pending, self._pending = self._pending, []
-        self._prune_at = self._PRUNE_AT
-        for sent in pending:
-            await sent
+        # Two waits can overlap (a scan's end and a position from the feed): each awaits
+        # everything sent so far, so neither returns while a change it covers is in flight.
+        pending = list(self._pending)
+        try:
+            for sent in pending:
+                await sent
+        finally:  # awaited, delivered or not: a failure is raised once, by this wait
+            awaited = {id(sent) for sent in pending}
+            self._pending = [f for f in self._pending if id(f) not in awaited]
+            self._prune_at = max(self._PRUNE_AT, 2 * len(self._pending))

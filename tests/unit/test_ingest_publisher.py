@@ -130,3 +130,32 @@ def test_a_change_the_broker_refuses_mid_scan_makes_the_scan_incomplete() -> Non
     # Never "complete": the writer would take the object that did not arrive as deleted.
     assert [m.complete for m in ends] == [False, False]  # one per partition
     assert any("refused" in e.reason for e in _sent(broker, "error", ErrorRecord))
+
+
+def test_a_flush_that_overlaps_another_still_waits_for_every_change_sent_before_it() -> None:
+    # The scan's flush before its end marker and the feed's flush before a position overlap.
+    broker = Broker()
+    settings = load_settings({}, max_message_bytes=_LIMIT, partitions=2)
+
+    async def scenario() -> bool:
+        publisher = _publisher(Topic("marker", broker), Topic("error", broker), settings)
+        for c in [_user(1), _user(2)]:
+            await publisher.change(_change(c))
+        first = asyncio.create_task(publisher.flush())
+        await asyncio.sleep(0)
+        second = asyncio.create_task(publisher.flush())
+        await asyncio.sleep(0.01)
+        early = second.done()
+        broker.pending[-1][1].set_result(None)
+        broker.pending[0][1].set_result(None)
+        await asyncio.gather(first, second)
+        return early
+
+    assert asyncio.run(scenario()) is False  # the position would have been stored too soon
+
+
+def _change(obj: SourceObject) -> DirectoryChange:
+    return msgspec.json.decode(msgspec.json.encode({
+        "type": "directory.change.v1", "source": "hr", "object_type": obj.object_type,
+        "object_id": obj.object_id, "operation": "upsert", "attributes": obj.attributes,
+        "change_id": obj.object_id, "observed_at": "2026-01-01T00:00:00Z"}), type=DirectoryChange)
