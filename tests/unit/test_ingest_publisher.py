@@ -141,9 +141,9 @@ def test_a_flush_that_overlaps_another_still_waits_for_every_change_sent_before_
         publisher = _publisher(Topic("marker", broker), Topic("error", broker), settings)
         for c in [_user(1), _user(2)]:
             await publisher.change(_change(c))
-        first = asyncio.create_task(publisher.flush())
+        first = asyncio.ensure_future(publisher.flush())
         await asyncio.sleep(0)
-        second = asyncio.create_task(publisher.flush())
+        second = asyncio.ensure_future(publisher.flush())
         await asyncio.sleep(0.01)
         early = second.done()
         broker.pending[-1][1].set_result(None)
