@@ -10,7 +10,9 @@
 2. full scan: a synthetic JSON Lines file of ``--scan-objects`` objects (users ``u0000000``..
    with five attributes, plus one group per 1,000 users listing them), the worker's start-up
    full scan: seconds from the first record on the topic to the last (every object and the
-   cycle markers), and ingest's peak RSS sampled every 0.2 s.
+   cycle markers), objects per second over that time, the CPU seconds ingest used from its
+   start until the scan was on the topic (start-up included), and ingest's peak RSS sampled
+   every 0.2 s.
 
 The last line printed is one JSON object with every figure.
 """
@@ -18,6 +20,7 @@ The last line printed is one JSON object with every figure.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -114,6 +117,15 @@ class Ingest:
                 self.peak_rss_mb = max(self.peak_rss_mb, rss)
             time.sleep(0.2)
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU the ingest process has used so far."""
+        total = 0.0
+        for proc in list(self.sup.procs.values()):
+            with contextlib.suppress(psutil.Error):
+                times = psutil.Process(proc.pid).cpu_times()
+                total += times.user + times.system
+        return total
+
     def wait_for_scan(self, objects: int, timeout: float) -> float:
         """Seconds from the first record on the changes topic to the scan's last one."""
         consumer = KafkaConsumer(bootstrap_servers=self.bootstrap)
@@ -185,10 +197,12 @@ def scan(bootstrap: str, users: int) -> dict[str, float]:
     ingest.start()
     try:
         seconds = ingest.wait_for_scan(objects, 1800)
+        cpu = ingest.cpu_seconds()
         time.sleep(1)  # the RSS after the scan, too
     finally:
         ingest.stop()
     return {"objects": objects, "scan_s": round(seconds, 1),
+            "objects_per_s": round(objects / seconds) if seconds else 0, "ingest_cpu_s": round(cpu, 1),
             "ingest_peak_rss_mb": round(ingest.peak_rss_mb, 1),
             "file_mb": round(directory.stat().st_size / 2**20, 1)}
 

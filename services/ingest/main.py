@@ -111,9 +111,9 @@ _CONFIG_SETTLE = 3.0
 
 def _ingest(source: Source, loaded: LoadedConfig, positions: Positions, changes: Any, errors: Any,
             settings: Settings) -> SourceIngest:
+    publisher = _publisher(changes, errors, settings)
     if isinstance(source, FileSource):
-        return FileIngest(source, loaded.resolve_path(source.path), _publisher(changes, errors, settings))
-    publisher = _publisher(changes, errors, settings, _Deliveries())
+        return FileIngest(source, loaded.resolve_path(source.path), publisher)
     if isinstance(source, LdapSource):
         return LdapIngest(source, loaded.secret(source.password).reveal(), publisher, positions)
     return SourceIngest(_directory(source, loaded, publisher), publisher, positions)
@@ -137,9 +137,10 @@ def _error_sender(errors: Any) -> Callable[[ErrorRecord], Awaitable[None]]:
     return error
 
 
-def _publisher(changes: Any, errors: Any, settings: Settings,
-               deliveries: _Deliveries | None = None) -> Publisher:
+def _publisher(changes: Any, errors: Any, settings: Settings) -> Publisher:
     error = _error_sender(errors)
+    deliveries = _Deliveries()
+    topic = changes.get_topic_name()
 
     async def change(c: DirectoryChange) -> None:
         value = encode(c)
@@ -148,16 +149,19 @@ def _publisher(changes: Any, errors: Any, settings: Settings,
             metrics.ERRORS.labels(service="ingest", error_code="ObjectTooLarge").inc()
             await error(too_large(c, len(value), settings.max_message_bytes))
             return
-        sent = await changes.send(key=c.object_id.encode(), value=value)
-        if deliveries is not None:
-            deliveries.add(sent)
+        # Straight to the producer, not through the faust topic's per-message bookkeeping:
+        # a full scan sends a million of these. The producer queues the record (waiting only
+        # when its buffer is full) and the future completes once the broker has it.
+        producer = await changes.app.maybe_start_producer()
+        deliveries.add(await producer.send(topic, c.object_id.encode(), value, partition=None,
+                                           timestamp=None, headers=None))
 
     async def marker(m: CycleMarker) -> None:
         # Every partition gets the frame, so every mapper/writer instance sees it.
         for partition in range(settings.partitions):
             await changes.send(key=m.cycle_id.encode(), value=encode(m), partition=partition)
 
-    return Publisher(change, marker, error, None if deliveries is None else deliveries.wait)
+    return Publisher(change, marker, error, deliveries.wait)
 
 
 class _Deliveries:
@@ -178,7 +182,13 @@ class _Deliveries:
             self._prune_at = max(self._PRUNE_AT, 2 * len(self._pending))
 
     async def wait(self) -> None:
-        pending, self._pending = self._pending, []
-        self._prune_at = self._PRUNE_AT
-        for sent in pending:
-            await sent
+        # Two waits can overlap (a scan's end and a position from the feed): each awaits
+        # everything sent so far, so neither returns while a change it covers is in flight.
+        pending = list(self._pending)
+        try:
+            for sent in pending:
+                await sent
+        finally:  # awaited, delivered or not: a failure is raised once, by this wait
+            awaited = {id(sent) for sent in pending}
+            self._pending = [f for f in self._pending if id(f) not in awaited]
+            self._prune_at = max(self._PRUNE_AT, 2 * len(self._pending))

@@ -91,6 +91,9 @@ class SourceIngest:
         self._scan_sent = 0
         self._scan_wanted = asyncio.Event()
         self.started = asyncio.Event()
+        # One metric child per operation, looked up once: a scan counts a million changes.
+        self._ingested = {op: metrics.CHANGES_INGESTED.labels(source=self.name, operation=op)
+                          for op in ("upsert", "delete")}
 
     async def run(self) -> None:
         await self.start()
@@ -154,6 +157,9 @@ class SourceIngest:
             try:
                 await self.publish.marker(self._marker(cycle_id, "start", None))
                 await self._publish_scan(cycle_id)
+                # Sends are not awaited one by one: the end marker (complete, so the writer may
+                # take what is missing as deleted) goes out only once every change is on the topic.
+                await self.publish.flush()
                 await self.publish.marker(self._marker(cycle_id, "end", self._scan_sent))
             except Exception as exc:  # an interrupted scan is reported, never fatal
                 await self._scan_failed(cycle_id, started, exc)
@@ -238,7 +244,7 @@ class SourceIngest:
 
     def _change(self, obj: SourceObject, op: Operation, cycle_id: str | None, *,
                 change_id: str | None = None, on_demand: bool = False) -> DirectoryChange:
-        metrics.CHANGES_INGESTED.labels(source=self.name, operation=op).inc()
+        self._ingested[op].inc()
         return DirectoryChange(
             source=self.name,
             object_type=obj.object_type,
