@@ -7,7 +7,8 @@ group, every partition, nothing committed): a snapshot up to the end offsets
 (:func:`read_records`, :func:`read_latest`: ``scimflow status``, the admin API), a tail
 (:func:`tail_records`, :func:`consume`: ``scimflow tail``, ``up``, the test harness), or
 polls from the end (provision on demand). Inside a worker, :func:`follow_records` and
-friends (aiokafka) follow a topic from its beginning for ever.
+friends (aiokafka) follow a topic from its beginning for ever (:func:`follow_records_from`:
+from the offsets a caller stored, when they still fit the topic).
 
 Every client connects the same way: :class:`KafkaSecurity` (TLS, SASL, from the
 ``SCIMFLOW_KAFKA_*`` settings) gives the kwargs kafka-python and aiokafka share
@@ -28,7 +29,16 @@ import os
 import ssl
 import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Generator, Iterable, Iterator
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+)
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Self, TypeVar
@@ -71,6 +81,7 @@ __all__ = [
     "faust_credentials",
     "follow_from_start",
     "follow_records",
+    "follow_records_from",
     "follow_topic",
     "kafka_security",
     "partition_for",
@@ -467,6 +478,29 @@ async def follow_records(bootstrap: str, topic: str, *,
             yield record.key, record.value
 
 
+async def follow_records_from(bootstrap: str, topic: str, offsets: Mapping[int, int], *,
+                              on_reset: Callable[[], None] | None = None,
+                              on_caught_up: Callable[[], None] | None = None,
+                              ) -> AsyncIterator[Any]:
+    """Like :func:`follow_records`, resuming each partition at ``offsets[partition]`` (the
+    next offset to read; its beginning if absent), and yielding the records themselves
+    (``partition``, ``offset``, ``key``, ``value``) so the caller can store where it is.
+
+    Offsets that do not fit the topic any more (one beyond a partition's end or below its
+    start, or a partition that is gone: the topic was recreated or truncated) are all
+    dropped: ``on_reset`` is called before the first record, and every partition is read
+    from its beginning, so state resumed from them must be emptied then."""
+    async for record in _from_start(bootstrap, topic, offsets):
+        if record is CAUGHT_UP:
+            if on_caught_up is not None:
+                on_caught_up()
+        elif record is _RESET:
+            if on_reset is not None:
+                on_reset()
+        else:
+            yield record
+
+
 CAUGHT_UP = None
 """What :func:`follow_from_start` yields once, when it reached the end offsets of its start."""
 
@@ -482,20 +516,26 @@ async def follow_from_start(bootstrap: str, topic: str) -> AsyncIterator[bytes |
             yield record.value
 
 
-async def _from_start(bootstrap: str, topic: str) -> AsyncIterator[Any]:
+_RESET = object()
+"""What :func:`_from_start` yields first when the offsets it was given do not fit the topic."""
+
+
+async def _from_start(bootstrap: str, topic: str,
+                      offsets: Mapping[int, int] | None = None) -> AsyncIterator[Any]:
     """Every record of ``topic`` from the beginning, with :data:`CAUGHT_UP` once between
     the records that were there at the start and the ones that came after. A broker
     failure raises BrokerUnavailableError (callers never see aiokafka's errors)."""
     try:
         # aclosing: a caller that stops reading stops the consumer now, not at garbage collection.
-        async with contextlib.aclosing(_from_start_unwrapped(bootstrap, topic)) as records:
+        async with contextlib.aclosing(_from_start_unwrapped(bootstrap, topic, offsets)) as records:
             async for record in records:
                 yield record
     except AioKafkaError as exc:
         raise BrokerUnavailableError(f"cannot follow {topic} from {bootstrap}: {exc}") from exc
 
 
-async def _from_start_unwrapped(bootstrap: str, topic: str) -> AsyncGenerator[Any, None]:
+async def _from_start_unwrapped(bootstrap: str, topic: str,
+                                offsets: Mapping[int, int] | None) -> AsyncGenerator[Any, None]:
     # The process's security; faust_app checked access when the worker started.
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                 auto_offset_reset="earliest", **client_security(process_security()))
@@ -503,8 +543,9 @@ async def _from_start_unwrapped(bootstrap: str, topic: str) -> AsyncGenerator[An
     try:
         partitions = await _all_partitions(consumer, topic)
         consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
         ends: dict[TopicPartition, int] = await consumer.end_offsets(partitions)
+        if not await _seek(consumer, partitions, ends, offsets or {}):
+            yield _RESET
         waiting = True
         while True:
             if waiting and await _reached(consumer, ends):
@@ -517,6 +558,27 @@ async def _from_start_unwrapped(bootstrap: str, topic: str) -> AsyncGenerator[An
     finally:
         with contextlib.suppress(Exception):
             await consumer.stop()
+
+
+async def _seek(consumer: AIOKafkaConsumer, partitions: list[TopicPartition],
+                ends: dict[TopicPartition, int], offsets: Mapping[int, int]) -> bool:
+    """Put each partition at its offset of ``offsets`` (absent: its beginning); False, and
+    every partition at its beginning, if one of them does not fit the topic."""
+    await consumer.seek_to_beginning(*partitions)
+    if not offsets:
+        return True
+    starts: dict[TopicPartition, int] = await consumer.beginning_offsets(partitions)
+    by_number = {tp.partition: tp for tp in partitions}
+    for partition, offset in offsets.items():
+        tp = by_number.get(partition)
+        if tp is None or not starts[tp] <= offset <= ends[tp]:
+            log.info("stored offsets do not fit the topic; reading it from the start",
+                     topic=partitions[0].topic, partition=partition, offset=offset,
+                     start=starts.get(tp) if tp else None, end=ends.get(tp) if tp else None)
+            return False
+    for partition, offset in offsets.items():
+        consumer.seek(by_number[partition], offset)
+    return True
 
 
 async def _all_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:

@@ -10,20 +10,26 @@ the object is written now, and when the link appears the object's latest command
 again through its per-object chain. :class:`Deferrals` is the in-memory index of those
 waits; the processor also keeps the waiting command in the object's managed state
 (``ManagedObject.deferred``), so a restarted writer picks the waits up again.
-Pure: no I/O.
+
+The index keeps its links in a :class:`LinkStore`: two dicts (:class:`MemoryLinkStore`, the
+whole changelog read at each start), or the worker's local RocksDB
+(:mod:`services.writer.link_store`) with the changelog offsets read, so memory stays
+bounded and a warm start reads only the records that came after. This module is pure:
+no I/O.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import msgspec
 
 from schemas import ManagedObject, ProvisioningCommand
 
-__all__ = ["Deferrals", "LinkIndex", "Resolved", "resolve", "split_key"]
+__all__ = ["Deferrals", "LinkIndex", "LinkStore", "MemoryLinkStore", "Resolved", "resolve", "split_key"]
 
 _state = msgspec.json.Decoder(ManagedObject)
 
@@ -37,8 +43,36 @@ def split_key(key: bytes) -> AppSource | None:
     return (app, source_id) if sep and app and source_id else None
 
 
-class LinkIndex:
-    """Which target object each managed source object became, per app."""
+class LinkStore(Protocol):
+    """Where a :class:`LinkIndex` keeps its links, and which changelog offsets it read."""
+
+    def __len__(self) -> int: ...
+
+    def link(self, app: str, source_id: str) -> str | None: ...
+
+    def owner(self, app: str, target_id: str) -> str | None: ...
+
+    def write(self, app: str, source_id: str, target_id: str | None, *,
+              before: str | None, unown: bool) -> None:
+        """Link ``source_id`` to ``target_id`` (None: unlink), ``before`` being its link
+        until now; ``unown``: ``before`` no longer belongs to ``source_id`` either."""
+
+    def sources(self, app: str) -> Iterator[str]: ...
+
+    def offsets(self) -> dict[int, int]:
+        """Per partition, the next changelog offset to read (empty: read from the start)."""
+
+    def read_to(self, partition: int, offset: int) -> None:
+        """The changelog records of ``partition`` before ``offset`` are applied."""
+
+    def flush(self) -> None: ...
+
+    def clear(self) -> None: ...
+
+
+class MemoryLinkStore:
+    """Links in two dicts, rebuilt from the whole changelog at each start (offsets are not
+    kept: there is nothing to resume)."""
 
     def __init__(self) -> None:
         self._links: dict[AppSource, str] = {}
@@ -48,29 +82,80 @@ class LinkIndex:
     def __len__(self) -> int:
         return len(self._links)
 
-    def target_id(self, app: str, source_id: str) -> str | None:
+    def link(self, app: str, source_id: str) -> str | None:
         return self._links.get((app, source_id))
 
     def owner(self, app: str, target_id: str) -> str | None:
-        """The source id linked to ``target_id`` in ``app``, if any."""
         return self._owners.get((app, target_id))
+
+    def write(self, app: str, source_id: str, target_id: str | None, *,
+              before: str | None, unown: bool) -> None:
+        if unown and before is not None:
+            self._owners.pop((app, before), None)
+        if target_id is None:
+            self._links.pop((app, source_id), None)
+        else:
+            self._links[(app, source_id)] = target_id
+            self._owners[(app, target_id)] = source_id
+
+    def sources(self, app: str) -> Iterator[str]:
+        return iter([s for a, s in self._links if a == app])
+
+    def offsets(self) -> dict[int, int]:
+        return {}
+
+    def read_to(self, partition: int, offset: int) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def clear(self) -> None:
+        self._links.clear()
+        self._owners.clear()
+
+
+class LinkIndex:
+    """Which target object each managed source object became, per app.
+
+    Held in a :class:`LinkStore`: in memory until :meth:`use` gives it another (the
+    worker's on-disk one, :class:`~services.writer.link_store.RocksLinkStore`).
+    """
+
+    def __init__(self, store: LinkStore | None = None) -> None:
+        self.store: LinkStore = MemoryLinkStore() if store is None else store
+
+    def use(self, store: LinkStore) -> None:
+        """Keep the links in ``store`` from now on (before the changelog is read)."""
+        self.store = store
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def target_id(self, app: str, source_id: str) -> str | None:
+        return self.store.link(app, source_id)
+
+    def owner(self, app: str, target_id: str) -> str | None:
+        """The source id linked to ``target_id`` in ``app``, if any."""
+        return self.store.owner(app, target_id)
 
     def set(self, state: ManagedObject) -> bool:
         """Record a managed object's link; True if the link is new or moved."""
-        link = (state.app, state.source_id)
-        before = self._links.get(link)
+        before = self.store.link(state.app, state.source_id)
         if before == state.target_id:
             return False
-        if before is not None and self._owners.get((state.app, before)) == state.source_id:
-            del self._owners[(state.app, before)]
-        self._links[link] = state.target_id
-        self._owners[(state.app, state.target_id)] = state.source_id
+        self.store.write(state.app, state.source_id, state.target_id, before=before,
+                         unown=self._owns(state.app, state.source_id, before))
         return True
 
     def drop(self, app: str, source_id: str) -> None:
-        target_id = self._links.pop((app, source_id), None)
-        if target_id is not None and self._owners.get((app, target_id)) == source_id:
-            del self._owners[(app, target_id)]
+        before = self.store.link(app, source_id)
+        if before is not None:
+            self.store.write(app, source_id, None, before=before,
+                             unown=self._owns(app, source_id, before))
+
+    def _owns(self, app: str, source_id: str, target_id: str | None) -> bool:
+        return target_id is not None and self.store.owner(app, target_id) == source_id
 
     def apply(self, key: bytes | None, value: bytes | None) -> AppSource | None:
         """Apply one changelog record (a tombstone removes); the newly linked object, if any.
@@ -92,8 +177,8 @@ class LinkIndex:
         return (state.app, state.source_id) if self.set(state) else None
 
     def forget_app(self, app: str) -> None:
-        for link in [k for k in self._links if k[0] == app]:
-            self.drop(*link)
+        for source_id in self.store.sources(app):
+            self.drop(app, source_id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,7 @@ from services.runtime.settings import Settings
 from services.runtime.topics import Topics
 from services.scim.client import client_for
 from services.writer.apply import Writer
+from services.writer.link_store import follow_links, open_links
 from services.writer.worker import CommandProcessor
 
 __all__ = ["build_app", "build_writers", "follow_versions"]
@@ -131,12 +132,13 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
         await live.caught_up.wait()
         await processor.learn(loaded=loaded)
 
+    open_links(processor.links, settings, app.conf.tabledir)
+
     @app.task  # type: ignore[untyped-decorator]
     async def links() -> None:
         # Every replica needs every object's target id, not only its partitions' ones.
-        changelog = follow_records(bootstrap, topics.writer_state, on_caught_up=processor.links_restored)
-        async for key, value in changelog:
-            processor.on_changelog(key, value)
+        await follow_links(bootstrap, topics.writer_state, processor.links,
+                           on_record=processor.on_changelog, on_caught_up=processor.links_restored)
 
     report_consumer_lag(app, "writer")
 
