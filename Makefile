@@ -106,8 +106,14 @@ kafka: deps system-deps
 run: kafka
 	$(VENV)/bin/scimflow up --config examples/demo.yaml
 
+# Two pytest-xdist workers, each with its own broker (tests/conftest.py): most tests wait on
+# brokers, processes and servers rather than the CPU, so two halve the wall time even on two
+# cores. --dist loadfile keeps a file's tests (and its module-scoped servers) on one worker.
+# TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
+
 test: kafka ad-deps scimmy-deps browser-deps tools
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: deps
 	$(VENV)/bin/ruff check .

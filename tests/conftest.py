@@ -32,15 +32,40 @@ PARTITIONS = 3
 
 @pytest.fixture(scope="session")
 def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
-    capture = request.config.pluginmanager.getplugin("capturemanager")
+    """One broker per pytest process: under pytest-xdist (``make test``) each worker starts its
+    own, so workers share no topic, consumer group or offset."""
+    config = request.config
+    capture = config.pluginmanager.getplugin("capturemanager")
 
     def show(line: str) -> None:
         # CI must show which broker the suite ran on; pytest would otherwise capture the line.
+        # An xdist worker's output goes nowhere: it hands the line to the controller, which
+        # prints it in the summary (pytest_testnodedown below).
+        if (workeroutput := getattr(config, "workeroutput", None)) is not None:
+            workeroutput.setdefault(_BROKER_LINES, []).append(line)
         with capture.global_and_fixture_disabled():
             print(f"\n{line}", flush=True)
 
     with start_broker(load_settings(partitions=PARTITIONS), log=show) as b:
         yield b
+
+
+_BROKER_LINES = "scimflow_broker_lines"
+_broker_lines: list[str] = []
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """The controller of an xdist run: keep what each worker said about its broker."""
+    worker = node.gateway.id
+    _broker_lines.extend(f"[{worker}] {line}" for line in node.workeroutput.get(_BROKER_LINES, []))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _broker_lines:
+        terminalreporter.section("brokers")
+        for line in _broker_lines:
+            terminalreporter.write_line(line)
 
 
 scim_target = server_fixture(start_scim_target, doc="""A fresh scim2-server per test; a module

@@ -48,6 +48,8 @@ def _touch_every_metric() -> None:
     m.REMOVED_APP_COMMANDS.labels(app="crm").inc()
     m.CONTROL_ACTIONS.labels(action="stop", outcome="accepted").inc()
     m.ADMIN_REQUESTS.labels(route="/apps/{app}", status_class="2xx").inc()
+    m.CONFIG_VERSION.labels(service="writer", app="crm").set(1)
+    m.CONFIG_REJECTED.labels(service="writer", app="crm").inc()
 
 
 def _exposition() -> str:
