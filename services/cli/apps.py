@@ -137,10 +137,12 @@ def evaluate_object(plane: ControlPlane, app: str, definition: dict[str, Any],
     change = objects.get(("user", object_id)) or objects.get(("group", object_id))
     if change is None:
         return {"object_id": object_id, "found": False}
-    return _evaluated(compiled, change, objects)
+    return evaluate_change(compiled, change, objects)
 
 
-def _evaluated(compiled: Any, change: Any, objects: dict[Any, Any]) -> dict[str, Any]:
+def evaluate_change(compiled: Any, change: Any, objects: dict[Any, Any]) -> dict[str, Any]:
+    """What one change maps to under one compiled app (``objects``: every object the change
+    may refer to, for nested groups), as :func:`evaluate_object` answers it."""
     from services.mapper.groups import GroupGraph
     from services.mapper.planner import plan
     from services.scim.paths import build_resource, read_path

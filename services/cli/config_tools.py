@@ -145,12 +145,9 @@ def _expr_one(expression: str, attrs: str) -> None:
 def _expr_object(config: Path, app_name: str | None, object_id: str | None,
                  source_file: Path | None) -> None:
     """The Entra 'test an expression' harness: the full mapped resource of one object."""
+    from services.cli.apps import evaluate_change
     from services.ingest.sources.file import read_directory
-    from services.mapper.groups import GroupGraph
     from services.mapper.main import compile_apps
-    from services.mapper.planner import plan
-    from services.scim.paths import build_resource, read_path
-    from services.writer.decide import REDACTED, after_lookup
 
     if not app_name or not object_id:
         raise ConfigError("--config needs --app and --object")
@@ -167,24 +164,19 @@ def _expr_object(config: Path, app_name: str | None, object_id: str | None,
         raise ConfigError(f"no user with id {object_id!r} in {path}")
     source_name = files[0].name if files else loaded.config.sources[0].name
     changes = {key: _as_change(source_name, obj) for key, obj in directory.items()}
-    graph = GroupGraph()  # nested groups, as the mapper's group feed would know them
-    for change in changes.values():
-        graph.apply(change)
-    cmd = plan(compiled, changes["user", object_id], graph)
-    if cmd is None:
+    shown = evaluate_change(compiled, changes["user", object_id], changes)
+    if "error" in shown:
+        raise ConfigError(shown["error"])
+    if shown["operation"] is None:
         raise ConfigError(f"application {app_name!r} does not provision users")
-    # The writer's own decision when no target account matches: what it would POST.
-    create = after_lookup(cmd, None, frozenset({"create"}), read_path)
-    shown = dict.fromkeys(cmd.redacted, REDACTED)  # as the writer shows them
     print_json({
-        "operation": cmd.operation,
-        "scope": cmd.reason,
-        "matching": [{"attribute": m.target, "value": shown.get(m.target, m.value),
-                      "precedence": m.precedence} for m in cmd.matching],
-        "resource_on_create": build_resource({**create.changes, **shown}),
-        "only_on_create": sorted(cmd.create_only),
-        "select_unique_value": cmd.unique_candidates,
-        "references": cmd.references,
+        "operation": shown["operation"],
+        "scope": shown["reason"],
+        "matching": shown.get("matching", []),
+        "resource_on_create": shown.get("resource"),
+        "only_on_create": shown.get("only_on_create", []),
+        "select_unique_value": shown.get("unique_candidates", {}),
+        "references": shown.get("references", {}),
     })
 
 
