@@ -199,11 +199,13 @@ def read_all(bootstrap: str, topic: str, kind: Any) -> list[Any]:
 
 def launch(bootstrap: str, target: ScimTarget, folder: Path, config: dict[str, Any],
            env: Mapping[str, str] | None = None, *,
-           metrics_ports: dict[str, int] | None = None) -> tuple[Topics, Supervisor]:
+           metrics_ports: dict[str, int] | None = None,
+           prefix: str | None = None) -> tuple[Topics, Supervisor]:
     """Topics of their own on the broker, ``config`` as ``folder/scimflow.yaml``, and a
     Supervisor for the three workers on them (not started), provisioning into ``target``
-    (``${TEST_SCIM_URL}``, ``env:TEST_SCIM_TOKEN``); ``env`` adds to their environment."""
-    prefix = f"t{uuid.uuid4().hex[:8]}."
+    (``${TEST_SCIM_URL}``, ``env:TEST_SCIM_TOKEN``); ``env`` adds to their environment.
+    ``prefix`` names the topics (default: a fresh one per call)."""
+    prefix = prefix or f"t{uuid.uuid4().hex[:8]}."
     topics = Topics(prefix, PARTITIONS)
     create_topics(bootstrap, topics.specs())
     (folder / "scimflow.yaml").write_text(yaml.safe_dump(config, sort_keys=False))

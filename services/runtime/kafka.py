@@ -60,7 +60,7 @@ from services.runtime import metrics
 from services.runtime.config import Secret
 from services.runtime.errors import ConfigError, ScimflowError
 from services.runtime.settings import Settings, load_settings
-from services.runtime.state import claim_state_dir, faust_store_options
+from services.runtime.state import Provenance, claim_state_dir, faust_store_options, keep_if_same_source
 from services.runtime.topics import Topics, TopicSpec
 
 log = structlog.get_logger("scimflow.worker")
@@ -415,7 +415,7 @@ def faust_app(service: str, settings: Settings, bootstrap: str) -> Any:
         topics.app_id(service),
         broker=servers,
         broker_credentials=faust_credentials(security),
-        **faust_store_options(settings.state_store, _state_dir(service, settings)),
+        **faust_store_options(settings.state_store, _state_dir(service, settings, bootstrap, security)),
         topic_partitions=settings.partitions,
         topic_disable_leader=True,  # no leader topic: we never use app.is_leader()
         topic_allow_declare=True,
@@ -442,12 +442,35 @@ _PRODUCER_TUNING: dict[str, dict[str, Any]] = {
 }
 
 
-def _state_dir(service: str, settings: Settings) -> Path | None:
-    """This process's slot of the state dir (None for the memory store)."""
+def _state_dir(service: str, settings: Settings, bootstrap: str,
+               security: KafkaSecurity) -> Path | None:
+    """This process's slot of the state dir (None for the memory store), emptied first if
+    its files came from another cluster or from changelogs since deleted."""
     if settings.state_store == "memory":
         return None
     root = Path(settings.state_dir) if settings.state_dir else Path(settings.data_dir) / "state"
-    return claim_state_dir(root, Topics(settings.topic_prefix, settings.partitions).app_id(service))
+    app_id = Topics(settings.topic_prefix, settings.partitions).app_id(service)
+    slot = claim_state_dir(root, app_id)
+    keep_if_same_source(slot, changelog_provenance(bootstrap, app_id, security=security),
+                        log=log.warning)
+    return slot
+
+
+def changelog_provenance(bootstrap: str, app_id: str, *,
+                         security: KafkaSecurity | None = None) -> Provenance:
+    """The cluster id and the ids of the changelog topics of ``app_id`` (faust names them
+    ``<app_id>-<table>-changelog``) as the cluster at ``bootstrap`` has them now."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="scimflow-admin",
+                             **_secured(bootstrap, security))
+    try:
+        cluster_id = str(admin.describe_cluster().get("cluster_id") or "")
+        names = [t for t in admin.list_topics()
+                 if t.startswith(f"{app_id}-") and t.endswith("-changelog")]
+        described = admin.describe_topics(names) if names else []
+    finally:
+        admin.close()
+    return Provenance(cluster_id, {t["name"]: str(t.get("topic_id") or "") for t in described
+                                   if not t.get("error_code")})
 
 
 def _compression(settings: Settings) -> str | None:

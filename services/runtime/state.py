@@ -11,12 +11,26 @@ with a writable disk); ``SCIMFLOW_STATE_DIR`` is where the RocksDB files go (def
 exclusive lock (:func:`claim_state_dir`): two replicas on one machine never open the same
 RocksDB files (RocksDB allows one opener), and a restarted process takes the first free
 slot again, so it finds the files its predecessor left (a warm restart).
+
+A slot's files are only as good as the changelogs they were built from. Each slot keeps a
+marker (:data:`MARKER`): the Kafka cluster id and the topic id of each changelog it read
+(:class:`Provenance`). Before the files are opened, :func:`keep_if_same_source` compares it
+with the cluster the process talks to now and empties the slot when they differ: a new
+cluster (a dev broker started afresh, a disaster-recovery cluster) or a changelog deleted
+and created again. Without it, faust's recovery stops the worker (its stored offsets are past
+the new topic's end: ConsistencyError), or, worse, trusts old entries when the new topic has
+grown past them. The changelog stays the source of truth: an emptied slot is a cold start.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import json
 import os
+import shutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,7 +38,8 @@ import faust.stores
 from aiokafka.partitioner import murmur2
 from faust.stores import rocksdb as faust_rocksdb
 
-__all__ = ["STORE_SCHEME", "StateStore", "claim_state_dir", "faust_store_options"]
+__all__ = ["MARKER", "STORE_SCHEME", "Provenance", "StateStore", "claim_state_dir",
+           "faust_store_options", "keep_if_same_source"]
 
 StateStore = Literal["memory", "rocksdb"]
 
@@ -61,6 +76,99 @@ def claim_state_dir(root: Path, app_id: str) -> Path:
         _held_locks.append(fd)
         return slot
     raise RuntimeError(f"no free state slot under {base}")
+
+
+MARKER = "source.json"
+"""The file in a slot naming the cluster and changelog topics its files were built from."""
+
+_LOCK = ".lock"
+
+
+@dataclass(frozen=True, slots=True)
+class Provenance:
+    """Where a slot's files come from: a Kafka cluster and its changelog topics' ids.
+
+    ``topics`` maps a changelog topic's name to its topic id (KIP-516); a broker that gives
+    no ids (an all-zero or missing id) is compared by cluster id alone.
+    """
+
+    cluster_id: str
+    topics: Mapping[str, str] = field(default_factory=dict)
+
+
+def keep_if_same_source(slot: Path, now: Provenance, *,
+                        log: Callable[[str], None] = lambda _: None) -> bool:
+    """Empty ``slot`` unless its files were built from ``now``'s cluster and topics; then
+    record ``now`` in its marker. Returns whether the files were kept.
+
+    A slot with files but no marker (written before markers existed, or a marker lost in a
+    crash) is emptied too: files of unknown origin are not worth a wrong table.
+    """
+    before = _read_marker(slot)
+    why = _why_not_same(before, now) if before is not None else (
+        "its files have no record of the cluster they came from" if _has_files(slot) else None)
+    if why is not None:
+        log(f"state slot {slot} emptied ({why}); its tables are restored from their changelogs")
+        _empty(slot)
+        before = None
+    kept_topics = dict(before.topics) if before is not None else {}
+    _write_marker(slot, Provenance(now.cluster_id, {**kept_topics, **now.topics}))
+    return why is None
+
+
+def _why_not_same(before: Provenance, now: Provenance) -> str | None:
+    if before.cluster_id != now.cluster_id:
+        return f"built from Kafka cluster {before.cluster_id}, now {now.cluster_id}"
+    for name, topic_id in before.topics.items():
+        if name not in now.topics:
+            return f"changelog {name} was deleted"
+        if _known(topic_id) and _known(now.topics[name]) and topic_id != now.topics[name]:
+            return f"changelog {name} was deleted and created again"
+    return None
+
+
+def _known(topic_id: str) -> bool:
+    return bool(topic_id) and topic_id.strip("0-") != ""
+
+
+def _has_files(slot: Path) -> bool:
+    return any(entry.name not in (_LOCK, MARKER) for entry in slot.iterdir())
+
+
+def _empty(slot: Path) -> None:
+    """Remove everything in ``slot`` but its lock (held by this process)."""
+    for entry in slot.iterdir():
+        if entry.name == _LOCK:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def _read_marker(slot: Path) -> Provenance | None:
+    try:
+        raw = json.loads((slot / MARKER).read_text())
+        return Provenance(str(raw["cluster_id"]), {str(k): str(v) for k, v in raw["topics"].items()})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _write_marker(slot: Path, provenance: Provenance) -> None:
+    """Write the marker atomically (a crash leaves the old one or the new one)."""
+    tmp = slot / f".{MARKER}.tmp"
+    with tmp.open("w") as out:
+        json.dump({"cluster_id": provenance.cluster_id,
+                   "topics": dict(sorted(provenance.topics.items()))}, out, indent=1)
+        out.flush()
+        os.fsync(out.fileno())
+    tmp.replace(slot / MARKER)
+    with contextlib.suppress(OSError):  # make the rename itself durable where the FS allows
+        fd = os.open(slot, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def faust_store_options(store: StateStore, state_dir: Path | None) -> dict[str, Any]:

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import faust
+import pytest
 
 from services.runtime.kafka import partition_for
 from services.runtime.settings import load_settings
-from services.runtime.state import KeyPartitionedRocksStore, claim_state_dir, faust_store_options
+from services.runtime.state import (
+    MARKER,
+    KeyPartitionedRocksStore,
+    Provenance,
+    claim_state_dir,
+    faust_store_options,
+    keep_if_same_source,
+)
 
 PARTITIONS = 6
 
@@ -69,3 +78,54 @@ def test_two_processes_get_two_slots_and_a_dead_ones_slot_is_free_again(tmp_path
         holder.kill()  # the kernel drops a killed process's flock
         holder.wait()
     assert claim_state_dir(tmp_path, "w").name == "slot-0"
+
+
+def _slot_with_files(tmp_path: Path) -> Path:
+    slot = tmp_path / "slot-0"
+    (slot / "managed-0.db").mkdir(parents=True)
+    (slot / "managed-0.db" / "CURRENT").write_text("MANIFEST-1")
+    (slot / ".lock").write_text("")
+    return slot
+
+
+A = Provenance("cluster-a", {"w-managed-changelog": "6f1c"})
+
+
+def test_a_slot_built_from_the_same_cluster_and_changelogs_is_kept(tmp_path: Path) -> None:
+    slot = _slot_with_files(tmp_path)
+    assert keep_if_same_source(slot, A) is False  # files of unknown origin: emptied once
+    (slot / "managed-0.db").mkdir()
+    assert keep_if_same_source(slot, A) is True
+    assert (slot / "managed-0.db").is_dir()
+    assert json.loads((slot / MARKER).read_text()) == {"cluster_id": "cluster-a",
+                                                       "topics": {"w-managed-changelog": "6f1c"}}
+
+
+@pytest.mark.parametrize(("now", "why"), [
+    (Provenance("cluster-b", {"w-managed-changelog": "6f1c"}), "built from Kafka cluster cluster-a"),
+    (Provenance("cluster-a", {"w-managed-changelog": "77aa"}), "deleted and created again"),
+    (Provenance("cluster-a", {}), "was deleted"),
+])
+def test_a_slot_from_another_cluster_or_changelog_is_emptied_but_its_lock(
+        tmp_path: Path, now: Provenance, why: str) -> None:
+    slot = _slot_with_files(tmp_path)
+    keep_if_same_source(slot, A)
+    (slot / "managed-0.db").mkdir()
+    said: list[str] = []
+    assert keep_if_same_source(slot, now, log=said.append) is False
+    assert sorted(p.name for p in slot.iterdir()) == [".lock", MARKER]
+    assert len(said) == 1 and why in said[0]
+    assert json.loads((slot / MARKER).read_text())["cluster_id"] == now.cluster_id
+
+
+def test_new_changelogs_join_the_marker_and_ids_a_broker_does_not_give_are_not_compared(
+        tmp_path: Path) -> None:
+    slot = tmp_path / "slot-0"
+    slot.mkdir()
+    assert keep_if_same_source(slot, Provenance("c", {"x-changelog": ""})) is True
+    (slot / "db").mkdir()
+    grown = Provenance("c", {"x-changelog": "00000000-0000-0000-0000-000000000000", "y-changelog": "9"})
+    assert keep_if_same_source(slot, grown) is True
+    assert (slot / "db").is_dir()
+    assert json.loads((slot / MARKER).read_text())["topics"] == {
+        "x-changelog": "00000000-0000-0000-0000-000000000000", "y-changelog": "9"}
