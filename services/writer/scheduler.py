@@ -167,10 +167,12 @@ class Scheduler:
         if job.ticket is not None and job.ack is not None and not job.dropped:
             await self._acks.done(job.ticket, job.ack)
 
-    async def release(self, owns: Callable[[bytes], bool], *, wait: float = RELEASE_WAIT) -> int:
-        """Partitions were revoked (``owns`` False for their keys): drop their jobs and wait
-        up to ``wait`` seconds for the target calls already made for them. Nothing dropped
-        is acknowledged: the partition's next owner (maybe this replica again) replays it.
+    async def release(self, owns: Callable[[bytes], bool], *, wait: float = RELEASE_WAIT,
+                      why: str = "revoked partitions") -> int:
+        """Partitions were revoked, or the worker stops (``owns`` False for their keys): drop
+        their jobs and wait up to ``wait`` seconds for the target calls already made for
+        them. Nothing dropped is acknowledged: the partition's next owner (maybe this replica
+        again) replays it. ``why`` names the cause in the warning about calls still running.
         Returns how many jobs were dropped."""
         dropped = [(task, job) for task, job in self.jobs.items() if not owns(job.key)]
         for task, job in dropped:
@@ -181,7 +183,7 @@ class Scheduler:
         if writing:
             _, late = await asyncio.wait(writing, timeout=wait)
             if late:
-                log.warning("target calls of revoked partitions still running after the wait",
+                log.warning(f"target calls of {why} still running after the wait",
                             jobs=len(late), seconds=wait)
         return len(dropped)
 

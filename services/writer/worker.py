@@ -366,7 +366,7 @@ class CommandProcessor:
         # flight finish and drops the jobs not started, none acknowledged: the partitions'
         # next owner replays them. Closing the clients under running calls would report
         # each as a failed command, on the error topic, that was no failure at all.
-        await self.scheduler.release(lambda _key: False, wait=_STOP_WAIT)
+        await self.scheduler.release(lambda _key: False, wait=_STOP_WAIT, why="a stopping writer")
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*(w.aclose() for w in self.writers.values()))
