@@ -201,4 +201,7 @@ SCIMFLOW_KAFKA_SSL_CHECK_HOSTNAME: "false"
 {{- if and .Values.writer.autoscaling.enabled (gt (int .Values.writer.autoscaling.maxReplicas) (int .Values.kafka.partitions)) -}}
 {{- fail "writer.autoscaling.maxReplicas exceeds kafka.partitions: the extra writers would sit idle" -}}
 {{- end -}}
+{{- if not (has .Values.settings.stateStore (list "memory" "rocksdb")) -}}
+{{- fail "settings.stateStore must be memory or rocksdb" -}}
+{{- end -}}
 {{- end -}}
