@@ -41,10 +41,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     of it in RAM, rebuilt from the changelog topics at every start), or ``rocksdb`` on disk
     under ``state_dir`` (RAM stays bounded as the directory grows; a restart that keeps the
     disk reads only the changelog's new records). The changelogs are the source of truth
-    either way: an empty ``state_dir`` is rebuilt from them. Not the default yet: a
-    ``state_dir`` kept across a change of Kafka cluster (or of a recreated changelog topic)
-    stops the writer with faust's ConsistencyError instead of being rebuilt; give each
-    cluster its own ``state_dir`` (a pod's emptyDir is)."""
+    either way: an empty ``state_dir`` is rebuilt from them, and so is one whose files came
+    from another Kafka cluster or a recreated changelog topic. The Helm chart and the
+    kustomize base run the writer with ``rocksdb``; the code's default (``scimflow up``, the
+    tests) stays ``memory`` until the integration and e2e suites have run on ``rocksdb``."""
     state_dir: str | None = None
     """Where the ``rocksdb`` store keeps its files; unset: ``<data_dir>/state``. A pod mounts
     a volume here (an ``emptyDir`` is enough: it outlives container restarts)."""
