@@ -439,6 +439,8 @@ _PRODUCER_TUNING: dict[str, dict[str, Any]] = {
     # time in socket writes. A few ms of linger fills large batches; a single change's
     # latency grows by at most that much.
     "ingest": {"producer_linger": 0.005, "producer_max_batch_size": 512 * 1024},
+    # The mapper sends one command per change of such a scan: the same cost, the same cure.
+    "mapper": {"producer_linger": 0.005, "producer_max_batch_size": 512 * 1024},
 }
 
 

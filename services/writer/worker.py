@@ -27,6 +27,7 @@ closed once they are done.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -75,6 +76,11 @@ class _Counted(msgspec.Struct):
 
 _counted = msgspec.json.Decoder(_Counted)
 
+_COUNT_SHARE = 20.0
+"""A managed-objects count waits this many times as long as the last one took before it
+runs again: it walks the whole table without yielding (a million objects in RocksDB take
+seconds), so at most ~5% of the event loop goes to the gauge, however big the table."""
+
 _RERUN_DELAY = 0.2
 """Seconds to gather links that appear together before re-running the objects waiting for
 them (a group whose members are being created runs once per batch, not once per member)."""
@@ -120,6 +126,8 @@ class CommandProcessor:
         self._claims: dict[tuple[str, str], str] = {}
         """(app, target id) -> source id of the job that is linking it right now."""
         self._background: set[asyncio.Task[None]] = set()
+        self._next_count = 0.0
+        """When (``time.monotonic``) :meth:`count_managed` may walk the table again."""
         self._gained: dict[int, datetime] = {}
         """When each partition of the commands topic was last assigned to this replica: a
         listing taken before that does not know what the previous owner wrote since."""
@@ -460,7 +468,16 @@ class CommandProcessor:
         return message
 
     def count_managed(self) -> None:
-        """Set ``scimflow_managed_objects`` from the partitions this writer owns now."""
+        """Set ``scimflow_managed_objects`` from the partitions this writer owns now; skipped
+        until ``_COUNT_SHARE`` times the last count's duration has passed since it ended."""
+        started = time.monotonic()
+        if started < self._next_count:
+            return
+        self._count_managed()
+        ended = time.monotonic()
+        self._next_count = ended + (ended - started) * _COUNT_SHARE
+
+    def _count_managed(self) -> None:
         counts: dict[tuple[str, str], int] = dict.fromkeys(
             ((app, kind) for app in self.writers for kind in ("user", "group")), 0)
         ready: list[tuple[bytes, ProvisioningCommand]] = []
@@ -521,19 +538,31 @@ class CommandProcessor:
 
     async def _sweep(self, scan: FinishedScan) -> None:
         """Objects we manage that a complete full scan did not mention: deleted in source."""
-        prefix = f"{scan.app}/".encode()
-        states = ((k, _state.decode(v)) for k, v in list(self.managed.items()) if k.startswith(prefix))
-        gone = [
-            (key, state) for key, state in states
-            if key not in scan.seen and state.created_at < scan.started
-            and partition_for(key, self.settings.partitions) == scan.partition
-        ]
+        gone = self._absent(scan)
         log.info("full scan finished", app=scan.app, cycle_id=scan.cycle_id,
                  partition=scan.partition, seen=len(scan.seen), absent=len(gone))
         self.app_state.guard.cycle_finished(scan.app)
         # Through each object's chain, so a removal never overtakes a command still waiting.
         for key, state in gone:
             await self.scheduler.schedule(Job(key, _absent(scan, state)))
+
+
+    def _absent(self, scan: FinishedScan) -> list[tuple[bytes, ManagedObject]]:
+        """The managed objects of ``scan``'s app and partition that it did not mention.
+
+        Streamed, not copied: a list of the table's items was a million keys and values in
+        memory at once, per partition of every scan. Cheapest test first; only the few
+        absent objects are decoded. Nothing here awaits, so the table does not change under it.
+        """
+        prefix, count = f"{scan.app}/".encode(), self.settings.partitions
+        gone = []
+        for key, raw in self.managed.items():
+            if key in scan.seen or not key.startswith(prefix) or partition_for(key, count) != scan.partition:
+                continue
+            state = _state.decode(raw)
+            if state.created_at < scan.started:
+                gone.append((key, state))
+        return gone
 
 
 def _same_target(old: Application, old_loaded: LoadedConfig | None, new: Application,
