@@ -140,6 +140,7 @@ bench: kafka
 SCALE_ARGS ?=
 bench-scale: kafka
 	PYTHONPATH=. $(PY) bench/scale.py $(SCALE_ARGS)
+	PYTHONPATH=. $(PY) bench/scan_scale.py $(SCAN_ARGS)
 
 schemas: deps
 	$(PY) -m schemas.generate
