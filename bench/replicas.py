@@ -73,7 +73,7 @@ from tests.support.replicas import wait_members
 from tests.support.scim_view import all_of
 
 WRITTEN = ("create/success", "adopt/success")
-"""Outcome actions that put a user in the target (adopt: it was there, now managed)."""
+"""Outcomes (action/status) that put a user in the target (adopt: it was there, now managed)."""
 
 
 def replica_names(service: str, count: int) -> list[str]:
