@@ -35,7 +35,8 @@ What the ratio can and cannot show on this machine: it has 2 cores, shared by ev
 process of the pipeline (broker JVM, target, ingest, mapper, writers, this script) and by
 whatever else runs (note ``uptime``), so a second writer adds a process, not a core.
 ``cores_busy`` (the processes' CPU ms per user summed, times users/s) tells which case a run
-is in. Well under 2: the sync waited (on the target, on Kafka round trips, on one writer's
+is in, on an otherwise idle machine (under other load a sync starved of CPU also keeps
+few cores busy). Well under 2: the sync waited (on the target, on Kafka round trips, on one writer's
 in-flight limit) and a second writer overlaps that waiting: the ratio shows what a replica
 buys. Near 2: the sync is CPU-bound; the ratio then shows only the cost of one more process
 (1 or a little less) and nothing about a deployment where each writer has its own core.
