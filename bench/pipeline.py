@@ -45,6 +45,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -291,9 +292,13 @@ def _count_users(target: ScimTarget) -> int:
 
 def _pipeline(bootstrap: str, base_url: str, token: str, people: list[dict[str, Any]],
               args: argparse.Namespace, *, measure_latency: bool,
-              others: dict[str, int] | None = None, bulk: str = "auto") -> dict[str, Any]:
+              others: dict[str, int] | None = None, bulk: str = "auto",
+              start: Callable[[Supervisor, Topics], None] | None = None,
+              probe: Callable[[Supervisor], dict[str, Any]] | None = None) -> dict[str, Any]:
     """Initial sync of ``people`` through ingest -> mapper -> writer into ``base_url``;
-    ``others`` are more processes (broker, target) whose CPU the sync costs."""
+    ``others`` are more processes (broker, target) whose CPU the sync costs. ``start``
+    starts the workers (default: one of each; bench/replicas.py starts replicas), ``probe``
+    adds figures read from the workers after the sync, while they still run."""
     result: dict[str, Any] = {}
     work = Path(tempfile.mkdtemp(prefix="scimflow-bench-"))
     topics = Topics(f"bench{uuid.uuid4().hex[:6]}.", args.partitions)
@@ -329,7 +334,7 @@ def _pipeline(bootstrap: str, base_url: str, token: str, people: list[dict[str, 
         log(f"scimflow: initial sync of {len(people)} users (logs in {work / 'logs'})")
         outside = {**(others or {}), "bench": os.getpid()}
         cpu_before = cpu_seconds(outside)
-        sup.start()
+        (start or _start_all)(sup, topics)
 
         wait_for_records(bootstrap, topics.activity, len(people), args.timeout, sup)
         # Workers from their start (start-up included), the others from the sync's start.
@@ -351,6 +356,8 @@ def _pipeline(bootstrap: str, base_url: str, token: str, people: list[dict[str, 
         result["initial_sync_s"] = round(elapsed, 2)
         if measure_latency:
             result.update(latency(directory, people, activity, args.changes, sup))
+        if probe is not None:
+            result.update(probe(sup))
     finally:
         peak = rss.close()
         if measure_latency:
@@ -359,6 +366,10 @@ def _pipeline(bootstrap: str, base_url: str, token: str, people: list[dict[str, 
             activity.close()
         sup.stop()
     return result
+
+
+def _start_all(sup: Supervisor, _topics: Topics) -> None:
+    sup.start()
 
 
 def _first_change(bootstrap: str, topic: str) -> datetime:
