@@ -127,12 +127,19 @@ lint: deps
 # not exactly one error record or an agent restarted).
 # bench/ratelimit.py: the SCIM client against a target limited to 50 requests/s and with 10 %
 # random 429s (achieved ÷ allowed rate, share of 429s, faulted ÷ unfaulted); one JSON line too.
+# bench/replicas.py: one writer vs two in one consumer group (5,000 users, real broker and
+# scim2-server): users/s, the two / one ratio (median over --rounds), CPU ms per user per
+# process, each writer's share, exactness (exits 1 if not exact); --delay-ms adds a run
+# through a proxy that holds each request.
+REPLICAS_BENCH_ARGS ?= --rounds 3
+
 bench: kafka
 	PYTHONPATH=. $(PY) bench/pipeline.py $(BENCH_ARGS)
 	PYTHONPATH=. $(PY) bench/ldap_latency.py
 	PYTHONPATH=. $(PY) bench/poison.py
 	PYTHONPATH=. $(PY) bench/ratelimit.py
 	PYTHONPATH=. $(PY) bench/ingest_scale.py $(INGEST_BENCH_ARGS)
+	PYTHONPATH=. $(PY) bench/replicas.py $(REPLICAS_BENCH_ARGS)
 
 # The writer's RSS and recovery time (cold: empty state dir; warm: dir kept) with 100,000
 # and 1,000,000 managed objects loaded synthetically onto its changelog. Separate from
