@@ -17,7 +17,10 @@ For each size N, on a fresh topic prefix:
 4. warm restart (``rocksdb`` only): SIGTERM, then a new writer on the same state dir.
 
 RSS is the writer's resident set, sampled every 0.2 s: at readiness and the peak over the
-whole run. The last line printed is one JSON object with every figure. Goals (issue 18):
+whole run. Each start also reports, from the writer's log, how long the bulk restore of its
+tables took (``bulk_restore_s``, before faust starts) and the link index's read of the
+changelog (``link_index_s``), and the machine's load average (the bench host is shared).
+The last line printed is one JSON object with every figure. Goals (issue 18):
 RSS <= 500 MB at 1,000,000, cold recovery <= 60 s, warm restart <= 5 s.
 """
 
@@ -155,10 +158,32 @@ def run_writer(work: Path, env: dict[str, str], name: str, args: argparse.Namesp
         steady = writer.rss_mb[-1] if writer.rss_mb else 0.0
     finally:
         peak = writer.stop()
-    log(f"  {name}: ready in {seconds:.1f}s, RSS {at_ready:.0f} MB at ready, "
+    phases = phase_seconds(writer.log_path)
+    log(f"  {name}: ready in {seconds:.1f}s ({phases}), RSS {at_ready:.0f} MB at ready, "
         f"{steady:.0f} MB after {args.steady:.0f}s, peak {peak:.0f} MB")
     return {"recovery_s": round(seconds, 2), "rss_mb_at_ready": round(at_ready, 1),
-            "rss_mb_steady": round(steady, 1), "peak_rss_mb": round(peak, 1)}
+            "rss_mb_steady": round(steady, 1), "peak_rss_mb": round(peak, 1),
+            "load_avg_1m": round(os.getloadavg()[0], 1), **phases}
+
+
+_PHASES = {"tables restored from changelogs": "bulk_restore_s", "link index caught up": "link_index_s"}
+"""Log events whose ``seconds`` show where a start's time went (the bulk restore of the
+faust tables before faust starts; the link index reading the managed changelog)."""
+
+
+def phase_seconds(log_path: Path) -> dict[str, float]:
+    found: dict[str, float] = {}
+    for line in log_path.read_bytes().splitlines():
+        if not line.startswith(b"{"):
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        phase = _PHASES.get(entry.get("event", ""))
+        if phase is not None and "seconds" in entry:
+            found[phase] = entry["seconds"]
+    return found
 
 
 def run_size(bootstrap: str, n: int, store: str, target: Any, args: argparse.Namespace) -> dict[str, Any]:

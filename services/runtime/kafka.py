@@ -59,6 +59,7 @@ from kafka.structs import TopicPartition as KafkaPartition
 from services.runtime import metrics
 from services.runtime.config import Secret
 from services.runtime.errors import ConfigError, ScimflowError
+from services.runtime.restore import restore_tables
 from services.runtime.settings import Settings, load_settings
 from services.runtime.state import Provenance, claim_state_dir, faust_store_options, keep_if_same_source
 from services.runtime.topics import Topics, TopicSpec
@@ -411,11 +412,14 @@ def faust_app(service: str, settings: Settings, bootstrap: str) -> Any:
     datadir.mkdir(parents=True, exist_ok=True)
     security = kafka_security(settings)
     check_access(bootstrap, security)  # faust would retry a refused password for ever
+    state_dir = _state_dir(service, settings, bootstrap, security)
+    if state_dir is not None:
+        _restore_tables(bootstrap, topics.app_id(service), state_dir, security)
     return faust.App(
         topics.app_id(service),
         broker=servers,
         broker_credentials=faust_credentials(security),
-        **faust_store_options(settings.state_store, _state_dir(service, settings, bootstrap, security)),
+        **faust_store_options(settings.state_store, state_dir),
         topic_partitions=settings.partitions,
         topic_disable_leader=True,  # no leader topic: we never use app.is_leader()
         topic_allow_declare=True,
@@ -473,6 +477,15 @@ def changelog_provenance(bootstrap: str, app_id: str, *,
         admin.close()
     return Provenance(cluster_id, {t["name"]: str(t.get("topic_id") or "") for t in described
                                    if not t.get("error_code")})
+
+
+def _restore_tables(bootstrap: str, app_id: str, state_dir: Path, security: KafkaSecurity) -> None:
+    """Read what the slot lacks of the tables' changelogs in bulk before faust starts; its
+    own recovery then reads only the tail (:mod:`services.runtime.restore`)."""
+    try:
+        restore_tables(bootstrap, app_id, state_dir, client=client_security(security))
+    except AioKafkaError as exc:
+        raise BrokerUnavailableError(f"cannot restore {app_id}'s tables from {bootstrap}: {exc}") from exc
 
 
 def _compression(settings: Settings) -> str | None:
