@@ -25,7 +25,13 @@ jitter, or exactly the target's ``Retry-After``) for at most ``attempts`` attemp
 call waits for its next attempt it holds no slot, so other objects keep flowing. A
 ``Retry-After`` longer than ``Backoff.retry_after_cap`` is not waited for inside the call:
 the TransientError is raised at once with its ``retry_after``, so the writer can re-queue
-the object instead of holding its partition. Every TargetError says how many attempts were
+the object instead of holding its partition.
+
+A create (POST) is retried here only after a failure that proves it did not land: the
+connection could not be made (NotSentError), or 408, 429, 503 with ``Retry-After``. Any other
+failure after it was sent (read timeout, reset, another 5xx) raises OutcomeUnknownError at
+once: the writer looks the object up before any new create, since a target without a
+uniqueness constraint would otherwise get two accounts. Every TargetError says how many attempts were
 made (``attempts``). Credentials never appear in a message, a repr or a log line, and a
 target that echoes them back gets them redacted.
 
@@ -59,7 +65,7 @@ from services.runtime import metrics
 from services.runtime.errors import RejectedError, TargetError, TransientError
 from services.runtime.http import ClientCredentials
 from services.scim.auth import Auth
-from services.scim.errors import describe, shown, status_error
+from services.scim.errors import NotSentError, OutcomeUnknownError, describe, not_landed, shown, status_error
 from services.scim.quarantine import QuarantineGate
 from services.scim.ratelimit import RateLimiter, operation_of
 
@@ -80,6 +86,10 @@ _TIMEOUT_PHASES: Final[dict[type[Exception], str]] = {
 _RETRY_AFTER_RAISED: ContextVar[bool] = ContextVar("scimflow_retry_after_raised", default=False)
 _BAD_SCHEME = (httpx.UnsupportedProtocol, aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError)
 _CONNECT_FAILED = (httpx.ConnectError, aiohttp.ClientConnectorError)
+# Failures before a single byte of the request left: connecting, or waiting for a connection.
+_UNSENT = (*_CONNECT_FAILED, httpx.ConnectTimeout, httpx.PoolTimeout, aiohttp.ConnectionTimeoutError)
+# Methods whose repetition may apply twice (RFC 9110 §9.2.2): only a create is not idempotent here.
+_NOT_IDEMPOTENT = frozenset({"POST"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +219,9 @@ class Transport:
                     return await self._attempt(request)
                 except TargetError as exc:
                     exc.attempts = attempt.num
+                    if request.method in _NOT_IDEMPOTENT and isinstance(exc, TransientError) \
+                            and not not_landed(exc):
+                        raise _unknown_outcome(exc) from exc
                     raise
         raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
 
@@ -276,8 +289,8 @@ class Transport:
         """stamina's hook: retry only TransientError; wait what ``Retry-After`` asked, unless
         that is longer than the cap or the caller asked for it raised (then give up now:
         the writer re-queues the object)."""
-        if not isinstance(exc, TransientError):
-            return False
+        if not isinstance(exc, TransientError) or isinstance(exc, OutcomeUnknownError):
+            return False  # an OutcomeUnknownError may have landed: the caller looks it up
         if exc.retry_after is None:
             return True  # stamina's exponential backoff with jitter
         if _RETRY_AFTER_RAISED.get():
@@ -291,12 +304,14 @@ class Transport:
         # ConnectTimeout): judge by aiohttp's own error when there is one.
         failure: Exception = exc.__cause__ if isinstance(exc.__cause__, aiohttp.ClientError) else exc
         phase = next((p for kind, p in _TIMEOUT_PHASES.items() if isinstance(failure, kind)), None)
+        # Judged by the failure itself: httpx-aiohttp reports a reset mid-exchange as a ConnectTimeout.
+        kind = NotSentError if isinstance(failure, _UNSENT) else TransientError
         if phase is not None:
-            return TransientError(f"{where}: timed out after {self._timeout:g}s {phase}")
+            return kind(f"{where}: timed out after {self._timeout:g}s {phase}")
         if isinstance(failure, _BAD_SCHEME):
             return RejectedError(f"{where}: unsupported URL scheme; use http:// or https://")
         if isinstance(failure, _CONNECT_FAILED):
-            return TransientError(f"{where}: {self._describe_connect_error(exc)}")
+            return NotSentError(f"{where}: {self._describe_connect_error(exc)}")
         # The connection broke mid-exchange (reset, closed, garbled HTTP): worth a retry.
         return TransientError(f"{where}: {type(failure).__name__}: {self.redact(str(failure))}")
 
@@ -316,6 +331,14 @@ class Transport:
                 return (f"TLS handshake with {host}:{port} failed ({cause.reason}); "
                         "does it speak HTTPS on that port?")
         return f"cannot connect to {host}:{port}: {self.redact(str(exc))}"
+
+
+def _unknown_outcome(exc: TargetError) -> OutcomeUnknownError:
+    """``exc`` of a create that was sent and may have landed, as the error that says so."""
+    return OutcomeUnknownError(f"{exc}; the create may have been applied (outcome unknown, "
+                               "not sent again: it will be looked up first)",
+                               status=exc.status, detail=exc.detail, retry_after=exc.retry_after,
+                               attempts=exc.attempts)
 
 
 @asynccontextmanager

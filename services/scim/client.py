@@ -211,8 +211,10 @@ class ScimClient:
         return self._redact(text)
 
     async def create(self, kind: Kind, body: Mapping[str, Any]) -> ScimResource:
-        """``POST /<Kind>``. A retried POST whose first try did land answers 409: callers
-        treat ConflictError as "look it up and adopt it"."""
+        """``POST /<Kind>``, retried only when the failure proves it did not land; after a
+        failure that does not (a lost answer), OutcomeUnknownError (a TransientError): the
+        caller looks the object up before creating it again. A 409 means it exists:
+        callers treat ConflictError as "look it up and adopt it"."""
         return _resource(await self._call("POST", _ENDPOINTS[kind], body=body, ok=(200, 201)))
 
     async def delete(self, kind: Kind, id: str) -> None:

@@ -37,9 +37,40 @@ from services.runtime.errors import (
 )
 from services.runtime.http import parse_retry_after
 
-__all__ = ["decode_json", "describe", "error_class", "first_bytes", "shown", "status_error"]
+__all__ = ["NotSentError", "OutcomeUnknownError", "decode_json", "describe", "error_class", "first_bytes",
+           "not_landed", "shown", "status_error"]
 
 _DETAIL_LIMIT = 500
+
+
+class NotSentError(TransientError):
+    """The request never reached the target: the connection could not be made (refused,
+    DNS, TLS, connect timeout, no free pooled connection). Safe to send again, even a create."""
+
+
+class OutcomeUnknownError(TransientError):
+    """A create (POST) was sent but its answer was lost (read timeout, connection reset
+    after sending, a 5xx that does not say the request was refused): it may have landed.
+    Not retried inside the call, since a target without a uniqueness constraint would get
+    two accounts; the writer looks the object up before any new create (``_unsure``)."""
+
+    code = "OutcomeUnknown"
+    recommended_action = "None needed: scimflow looks the object up before creating it again."
+
+
+def not_landed(error: TargetError) -> bool:
+    """Whether ``error`` proves the request was not applied, so even a create may be sent
+    again: it never left (NotSentError), or the target refused it without handling it:
+    408 (it did not receive the whole request, RFC 9110 §15.5.9), 429 (rate limited,
+    RFC 6585 §4), or 503 *with* Retry-After (deliberate load shedding, RFC 9110 §15.6.4).
+    A bare 503 is not enough: proxies answer it when the upstream dropped the connection
+    after reading the request (Envoy's "reset before headers"). RFC 7644 §3.12 lists no
+    retry semantics of its own, so HTTP's apply."""
+    if isinstance(error, NotSentError):
+        return True
+    if error.status in (408, 429):
+        return True
+    return error.status == 503 and error.retry_after is not None
 
 
 def error_class(status: int) -> type[TargetError]:

@@ -17,9 +17,14 @@ Two departures from botocore, because SCIM targets answer 429s that are not abou
   rate drops; a random one (a share of 429s whatever the rate) does not. So when the
   answers after a cut (30 of them, or 5 s worth) are about as throttled as before (not
   much less; and not more, which means the cut was not deep enough), the cut is taken
-  back and that share becomes the *noise floor*: only 429s well beyond it (5 points, and
-  three standard deviations for the interval's size) count as a signal. The floor is a
-  moving average over about 100 answers, learnt below the last throttled rate only
+  back and that share becomes the *noise floor*. "Before" is the share over the last 30
+  or so answers, not the cutting interval's alone (picked for being high, it makes any
+  random share look lower afterwards), and "much less" must be beyond chance (two standard
+  deviations); a cut that helped teaches the floor too, from its answers below the limit.
+  Without that, random 429s could keep cuts that "helped" by luck, one after another,
+  down to a crawl. Only 429s well beyond the floor (5 points, and three standard
+  deviations for the interval's size) count as a signal. The floor is a moving average
+  over about 100 answers, learnt below the last throttled rate only
   (beyond it, a rate creeping past the limit would raise the floor with its own 429s).
   ``W_max`` is what the target let through (answers that were not 429), which is the
   target's real limit when we overshot, however far.
@@ -183,6 +188,10 @@ class AdaptiveRate:
         """(answers, 429s) since the cut on probation."""
         self._cut_excess = 0.0
         """How far above the noise floor the share of 429s was that made the last cut."""
+        self._cut_answers = 1
+        """How many answers that share was measured over."""
+        self._recent: deque[_Sample] = deque()
+        """The latest intervals, about ``_PROBATION_ANSWERS`` answers: the share a cut is judged against."""
 
     @property
     def limits(self) -> Limits:
@@ -208,14 +217,31 @@ class AdaptiveRate:
         if self._undo is not None:
             self._on_probation(sample, now)
             return
+        self._remember(sample)
         excess = sample.share - self.noise
         if excess > max(_MARGIN, _SIGMAS * math.sqrt(self.noise * (1 - self.noise) / sample.answers)):
             self._cut(sample, now)
         elif self._curve is None or self._rate <= self._curve.w_max:
             # Learn the floor from answers below the last throttled rate only: beyond it a
             # rate creeping past the target's limit would raise the floor with its 429s.
-            weight = sample.answers / (sample.answers + _NOISE_ANSWERS)
-            self.noise = min(_MAX_NOISE, self.noise + weight * (sample.share - self.noise))
+            self._learn_noise(sample.share, sample.answers)
+
+    def _learn_noise(self, share: float, answers: int) -> None:
+        weight = answers / (answers + _NOISE_ANSWERS)
+        self.noise = min(_MAX_NOISE, self.noise + weight * (share - self.noise))
+
+    def _remember(self, sample: _Sample) -> None:
+        """Keep the latest intervals, about ``_PROBATION_ANSWERS`` answers (the newest always)."""
+        self._recent.append(sample)
+        while sum(s.answers for s in self._recent) - self._recent[0].answers >= _PROBATION_ANSWERS:
+            self._recent.popleft()
+
+    def _recent_share(self) -> float:
+        """The share of 429s over the latest intervals. Not the cutting interval's alone: it
+        was picked for being high, and a random share looks lower after any cut (regression
+        to the mean), which kept cuts that did not help, one after another."""
+        answers = sum(s.answers for s in self._recent)
+        return sum(s.share * s.answers for s in self._recent) / answers
 
     def _on_probation(self, sample: _Sample, now: float) -> None:
         """After a cut: gather enough answers at the lower rate, then keep it or take it back."""
@@ -229,17 +255,31 @@ class AdaptiveRate:
         excess = share - self.noise
         spread = 2 * math.sqrt(share * (1 - share) / answers)  # a random share varies this much
         rose = excess > _ROSE * self._cut_excess + spread
-        if _UNHELPED * self._cut_excess <= excess and not rose and share <= _MAX_NOISE:
+        if (_UNHELPED * self._cut_excess <= excess or not self._dropped(share, answers)) \
+                and not rose and share <= _MAX_NOISE:
             self._take_back(share)  # as throttled at the lower rate: not our rate
             return
         self._undo = None  # the cut helped: it stands, and the rate grows from now on
+        # These answers came at a rate below the target's limit: their 429s are noise. Not
+        # learnt, a random share kept cutting (each cut "helped" by chance) down to a crawl.
+        self._learn_noise(share, answers)
         self._curve = CubicCurve(self._curve.w_max, now, beta=self._beta, scale=self._scale)
+
+    def _dropped(self, share: float, answers: int) -> bool:
+        """Whether the share of 429s after the cut is below the one before by more than
+        chance (two standard deviations of the difference of two shares)."""
+        before, counted = self._cut_excess + self.noise, self._cut_answers
+        pooled = (before * counted + share * answers) / (counted + answers)
+        spread = 2 * math.sqrt(pooled * (1 - pooled) * (1 / counted + 1 / answers))
+        return before - share > spread
 
     def _cut(self, sample: _Sample, now: float) -> None:
         """The target throttled us: W_max is what it let through, the rate ``beta`` of it."""
         self._undo = (self._rate, self._concurrency, self._curve)
         self._probation = (0, 0)
-        self._cut_excess = sample.share - self.noise
+        self._cut_excess = self._recent_share() - self.noise
+        self._cut_answers = sum(s.answers for s in self._recent)
+        self._recent.clear()
         w_max = max(self.min_requests_per_second, min(sample.passed, self._rate))
         self._curve = CubicCurve(w_max, now, beta=self._beta, scale=self._scale)
         self._concurrency = max(1.0, self._concurrency * self._beta)

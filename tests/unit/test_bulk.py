@@ -31,7 +31,7 @@ from services.runtime.errors import (
 from services.scim import client as scim_client
 from services.scim.capabilities import capabilities_from
 from services.scim.client import Backoff, ScimClient
-from services.scim.errors import error_class
+from services.scim.errors import NotSentError, OutcomeUnknownError, error_class
 from services.writer.bulk import (
     BULK_REQUEST,
     BULK_RESPONSE,
@@ -486,13 +486,13 @@ def scim(status: int, body: object) -> httpx.Response:
 @pytest.mark.parametrize(("answer", "expected", "status"), [
     (scim(413, {"schemas": [ERROR], "status": "413", "detail": "The payload exceeds the "
                 "maxPayloadSize (1048576 bytes)"}), RejectedError, 413),
-    (scim(500, {"detail": "boom"}), TransientError, 500),
+    (scim(500, {"detail": "boom"}), OutcomeUnknownError, 500),  # a POST that may have landed
     (scim(501, {"detail": "Bulk is not supported"}), RejectedError, 501),
     (scim(404, b"Cannot POST /Bulk"), NotFoundError, 404),
     (scim(401, {"detail": "who?"}), CredentialsError, 401),
     (scim(200, {"schemas": [ERROR], "detail": "odd"}), RejectedError, 200),
     (scim(200, b"<html>proxy</html>"), TransientError, 200),
-    (httpx.ConnectError("refused"), TransientError, None),
+    (httpx.ConnectError("refused"), NotSentError, None),
 ])
 async def test_a_failed_request_fails_its_operations_and_stops_the_bulk(
         answer: httpx.Response | Exception, expected: type[TargetError], status: int | None) -> None:
