@@ -43,6 +43,7 @@ import structlog
 
 from services.runtime.errors import NotFoundError, RejectedError, TargetError, TransientError
 from services.scim.client import Kind, ScimClient, ScimResource
+from services.scim.errors import OutcomeUnknownError
 from services.scim.paths import PATCH_OP, apply_changes, member_operations, patch_operations
 from services.writer.bulk import BulkLimits, BulkOperation, BulkResult, send_bulk
 
@@ -342,6 +343,12 @@ class BulkBatcher:
                 pending.done.set_exception(exc)
             return None
         error = result.error if result is not None else None
+        if isinstance(error, OutcomeUnknownError) and pending.operation.method == "POST":
+            # The bulk may have landed with this create in it: sent again singly, a target
+            # without a uniqueness constraint would hold two accounts. Failed instead, the
+            # writer looks the object up before any new create (apply.py, ``_unsure``).
+            pending.done.set_exception(error)
+            return None
         if result is not None and result.status is not None and error is not None \
                 and not pending.again(error):
             pending.done.set_exception(error)  # this operation failed: as its single call would

@@ -52,7 +52,7 @@ import structlog
 
 from services.runtime.errors import RejectedError, TargetError, TransientError
 from services.scim.capabilities import Capabilities
-from services.scim.errors import error_class
+from services.scim.errors import OutcomeUnknownError, error_class
 
 __all__ = [
     "BULK_REQUEST",
@@ -327,7 +327,7 @@ class _Bulk:
         common = {"method": method, "path": path, "bulk_id": operation.get("bulkId"),
                   "status": status, "location": location}
         if status is None:
-            return BulkResult(**common, error=TransientError(
+            return BulkResult(**common, error=OutcomeUnknownError(
                 f"{_where(operation)}: the BulkResponse gives no readable status "
                 f"({entry.get('status')!r}), so its outcome is unknown"))
         if not 200 <= status < 300:

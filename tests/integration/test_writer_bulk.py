@@ -86,6 +86,22 @@ async def test_a_bulk_endpoint_that_fails_falls_back_to_single_creates(
     assert not h.processor.writers["app"].batcher.enabled
 
 
+async def test_a_bulk_whose_answer_is_lost_creates_each_user_once(
+        scim_target: ScimTarget, proxy: FaultProxy, http: httpx.Client) -> None:
+    """The bulk landed but its answer did not come back: its creates are not sent again one
+    by one (a target without uniqueness would hold two accounts); the writer looks each user
+    up on its next attempt and adopts what the bulk created."""
+    proxy.lose_answer(method="POST", path="/Bulk$", times=1)
+    h = harness(proxy.url, scim_target.token, application())
+    await h.processor.learn()
+    await h.scan("initial", *(user_cmd(i) for i in range(10)))
+    await h.settle(wait=60)
+    names = [u["userName"] for u in all_of(http, "Users")]
+    assert sorted(names) == sorted(f"u{i}@example.com" for i in range(10))  # each once
+    assert proxy.requests("POST", "/Users$") == []  # no create sent again
+    assert h.errors() == []
+
+
 async def test_bulk_off_in_the_config_sends_single_creates(scim_target: ScimTarget,
                                                            proxy: FaultProxy) -> None:
     h = harness(proxy.url, scim_target.token, application(target_extra={"bulk": "off"}))
