@@ -48,6 +48,10 @@ _FETCH_MAX_BYTES = 64 * 2**20
 _PARTITION_FETCH_BYTES = 16 * 2**20
 """Large fetches: the broker answers with whole segments' worth of batches at once."""
 
+_MAX_RECORDS = 10_000
+"""Records taken from the fetched data at once: a fetch of compressed batches (zstd: about
+eight times smaller) would otherwise become hundreds of MB of record objects in one go."""
+
 _WRITE_BUFFER_BYTES = 16 * 2**20
 """Memtable per partition database while restoring: twice faust's open of ours, for fewer
 flushes; every partition of every table is open at once, so it counts against RSS."""
@@ -173,7 +177,7 @@ async def _read_all(consumer: AIOKafkaConsumer, dbs: Mapping[TopicPartition, Rdi
     lasts: dict[TopicPartition, int | None] = {tp: persisted_offset(db) for tp, db in dbs.items()}
     consumer.pause(*(tp for tp in tps if tp not in todo))
     while todo:
-        chunks = await consumer.getmany(*todo, timeout_ms=1000)
+        chunks = await consumer.getmany(*todo, timeout_ms=1000, max_records=_MAX_RECORDS)
         for tp, records in chunks.items():
             wanted = [r for r in records if r.offset < todo[tp]]
             last = write_chunk(dbs[tp], wanted)
