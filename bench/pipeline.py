@@ -218,7 +218,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["broker"] = broker.kind
         with start_scim_target(threads=args.target_threads) as target:
             others = {"target": target.pid, **({"broker": broker.pid} if broker.pid else {})}
-            result.update(_pipeline(broker.bootstrap, target.base_url, target.token, people, args,
+            result.update(run_pipeline(broker.bootstrap, target.base_url, target.token, people, args,
                                     measure_latency=True, others=others))
         result["ratio_scimflow_to_baseline"] = round(
             result["scimflow_users_per_s"] / result["baseline_users_per_s"], 3)
@@ -228,7 +228,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             result["scimflow_users_per_s"] / result["baseline_aiohttp_users_per_s"], 3)
         with start_scim_target(threads=args.target_threads) as target:
             log("scimflow again with target.bulk: off (one request per create)")
-            single = _pipeline(broker.bootstrap, target.base_url, target.token, people, args,
+            single = run_pipeline(broker.bootstrap, target.base_url, target.token, people, args,
                                measure_latency=False, bulk="off")
         result["scimflow_users_per_s_no_bulk"] = single["scimflow_users_per_s"]
         result["ratio_initial_sync_to_naive_loop_no_bulk"] = round(
@@ -272,17 +272,17 @@ def _faulted(bootstrap: str, people: list[dict[str, Any]], args: argparse.Namesp
         proxy.fail(429, retry_after="1", probability=share)
         log(f"faulted: {len(people)} users, {share:.0%} of requests answered 429 (Retry-After: 1)")
         # One request per create, so 10 % of them meet the 429 rule (a bulk would carry them all).
-        sync = _pipeline(bootstrap, proxy.url, target.token, people, args, measure_latency=False,
+        sync = run_pipeline(bootstrap, proxy.url, target.token, people, args, measure_latency=False,
                          bulk="off")
         throttled = sum(1 for entry in proxy.log if entry.status == 429)
-        landed = _count_users(target)
+        landed = count_users(target)
     if landed != len(people):
         raise SystemExit(f"faulted run: the target holds {landed} users, expected {len(people)}")
     return {"faulted_users": len(people), "faulted_users_per_s": sync["scimflow_users_per_s"],
             "faulted_sync_s": sync["initial_sync_s"], "faulted_429s": throttled}
 
 
-def _count_users(target: ScimTarget) -> int:
+def count_users(target: ScimTarget) -> int:
     r = httpx.get(f"{target.base_url}/Users", params={"count": 1},
                   headers={"Authorization": f"Bearer {target.token}"})
     r.raise_for_status()
@@ -290,7 +290,7 @@ def _count_users(target: ScimTarget) -> int:
     return total
 
 
-def _pipeline(bootstrap: str, base_url: str, token: str, people: list[dict[str, Any]],
+def run_pipeline(bootstrap: str, base_url: str, token: str, people: list[dict[str, Any]],
               args: argparse.Namespace, *, measure_latency: bool,
               others: dict[str, int] | None = None, bulk: str = "auto",
               start: Callable[[Supervisor, Topics], None] | None = None,

@@ -3,7 +3,7 @@
     python bench/replicas.py [--users 5000] [--mappers 1] [--delay-ms 0] [--partitions 6]
 
 Issue 18: what a second writer replica buys. Each run is bench/pipeline.py's initial sync
-(its ``_pipeline``: the demo-like directory file -> ingest -> mapper -> writer -> a fresh
+(its ``run_pipeline``: the demo-like directory file -> ingest -> mapper -> writer -> a fresh
 scim2-server, fresh topics and data dirs), the same in every way but the number of writers:
 
 1. ``one``: one writer; ``two``: two writers in the same consumer group, each owning half of
@@ -59,7 +59,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
-from pipeline import _count_users, _pipeline, cpu_seconds, log, users
+from pipeline import count_users, cpu_seconds, log, run_pipeline, users
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.devstack.broker import start_broker
@@ -157,10 +157,10 @@ def one_run(bootstrap: str, broker_pid: int | None, writers: int, args: argparse
     with start_scim_target(threads=args.target_threads) as target, target_url(target, delay_ms) as url:
         others = {"target": target.pid, **({"broker": broker_pid} if broker_pid else {})}
         log(f"{writers} writer(s), {args.mappers} mapper(s), {args.users} users, delay {delay_ms:g} ms")
-        sync = _pipeline(bootstrap, url, target.token, people, args, measure_latency=False,
+        sync = run_pipeline(bootstrap, url, target.token, people, args, measure_latency=False,
                          others=others, start=replicas.start, probe=replicas.probe)
         names = user_names(target)
-        total = _count_users(target)
+        total = count_users(target)
     assert replicas.topics is not None
     return summarize(sync, names, total, len(people),
                      error_records(bootstrap, replicas.topics.errors))
