@@ -145,7 +145,9 @@ def test_kill_9_of_one_writer_mid_sync_the_other_takes_over_and_the_target_ends_
     proxy.delay(0.01, method="POST")  # a sync long enough to kill a writer in the middle
     since = _start(p, writers=2)
     p.wait_for("both writers creating", lambda: _share(p, "writer") > 50 and _share(p, "writer-2") > 50)
-    assert p.scim.count() < USERS // 2, "the sync was not in its middle: nothing to prove"
+    # Users still to create when the kill comes (the target's count runs ahead of the activity
+    # topic's shares: on a quiet machine half the users may be in already).
+    assert p.scim.count() < USERS * 3 // 4, "the sync was nearly over: nothing to prove"
     p.sup.kill("writer-2")
     del p.sup.procs["writer-2"]
     _assert_exact(p, proxy, since, killed=True)
