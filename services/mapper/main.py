@@ -32,7 +32,7 @@ from services.mapper.planner import CompiledApp, MatchingValueMissingError, comm
 from services.mapper.scoping_filters import Clause, CompiledFilters, ScopingError, compile_filters
 from services.runtime import metrics
 from services.runtime.config import Application, LoadedConfig, ObjectMapping
-from services.runtime.kafka import faust_app, raw_topic, report_consumer_lag
+from services.runtime.kafka import faust_app, raw_topic, report_consumer_lag, watch_delivery
 from services.runtime.live_config import LiveApp, LiveConfig
 from services.runtime.records import (
     MalformedError,
@@ -170,9 +170,11 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
             for target in range(settings.partitions):
                 await commands.send(key=marker.cycle_id.encode(), partition=target, value=value)
 
+    delivery = watch_delivery(app, "mapper", topics.changes)
+
     @app.agent(changes, name="map")  # type: ignore[untyped-decorator]
     async def map_changes(stream: Any) -> None:
-        async for event in stream.events():
+        async for event in delivery.through(stream.events()):
             if not live.caught_up.is_set():
                 log.info("waiting for the config topic to be read before planning")
                 await live.caught_up.wait()

@@ -97,6 +97,7 @@ __all__ = [
     "tail_records",
     "upsert_scram_user",
     "wait_until_ready",
+    "watch_delivery",
 ]
 
 
@@ -634,6 +635,13 @@ async def _reached(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) 
     return True
 
 
+STALL_IDLE = 10.0
+"""Seconds an agent waits for its next record before a partition with records left is
+taken for stalled (:meth:`SkippedRecords.unstall`)."""
+_UNSTALL_MAX = 300.0
+"""At most this many seconds between two seeks of a partition stuck at the same offset."""
+
+
 class SkippedRecords:
     """Notices records faust dropped before they reached an agent, and reads them again.
 
@@ -645,6 +653,16 @@ class SkippedRecords:
     the tests verify) and seeks the partition back to the first one missing. In the one
     case seen under load, after the worker's stream had not been read for seconds, the
     seek did not bring the records back: the worker must not stop reading its stream.
+
+    A partition can also go silent: every record after some offset dropped (or never
+    fetched) with no later record to show the jump, so ``check`` never sees it. That
+    stalls the partition until the next restart (a kill -9 of a writer mid-sync under load
+    once left a third of a sync unwritten, with no error). :meth:`unstall`, on a timer
+    (:func:`watch_delivery`), catches it: the agent has waited ``idle`` seconds for its
+    next record while a partition of its topic ends past the next offset expected there;
+    the partition is sought back (and resumed if faust left it paused), with a warning and
+    ``scimflow_stalled_partitions_total``. The agent reads its stream :meth:`through` this
+    watch, so a busy agent is never taken for a stalled consumer.
     """
 
     def __init__(self, app: Any, service: str) -> None:
@@ -653,8 +671,22 @@ class SkippedRecords:
         self._next: dict[tuple[Any, int | None], int] = {}
         self._seeking: dict[tuple[Any, int | None], int] = {}
         """Partitions sought back: the offset awaited; records after it pass meanwhile."""
+        self._idle_since: float | None = time.monotonic()
+        """When the agent last finished an event and waited for the next (None: busy)."""
+        self._unstalled: dict[Any, tuple[int, float, float]] = {}
+        """Partitions sought back by :meth:`unstall`: (offset, when another seek to it is
+        due, seconds until then); the wait doubles while the same offset stays stuck."""
+
+    async def through(self, events: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        """``events`` of the agent's stream, each checked; asking for the next one tells
+        that the agent is done with the last and waits."""
+        async for event in events:
+            await self.check(event)
+            yield event
+            self._idle_since = time.monotonic()
 
     async def check(self, event: Any) -> None:
+        self._idle_since = None
         message = event.message
         tp, offset = message.tp, message.offset
         key = (tp, getattr(message, "generation_id", None))
@@ -677,6 +709,54 @@ class SkippedRecords:
         # faust keeps the group's committed offsets of its assignment here; no public accessor.
         committed = getattr(self._app.consumer, "_committed_offset", {}).get(tp)
         return committed if isinstance(committed, int) else None
+
+    async def unstall(self, topic: str, *, idle: float = STALL_IDLE) -> list[int]:
+        """Seek back each partition of ``topic`` that holds records the consumer does not
+        deliver: the agent has waited ``idle`` seconds and the partition ends past the next
+        offset expected there. Returns the partitions sought back."""
+        since, app = self._idle_since, self._app
+        if since is None or time.monotonic() - since < idle or getattr(app, "rebalancing", False):
+            return []
+        consumer = app.consumer
+        tps = [tp for tp in consumer.assignment() if tp.topic == topic]
+        if not tps:
+            return []
+        ends = await consumer.highwaters(*tps)
+        generation, now, sought = getattr(app, "consumer_generation_id", None), time.monotonic(), []
+        for tp in tps:
+            expected = self._next.get((tp, generation), self._committed(tp))
+            end = ends.get(tp)
+            if expected is None or end is None or end <= expected:
+                continue
+            tried = self._unstalled.get(tp)
+            again = tried is not None and tried[0] == expected
+            if tried is not None and again and now < tried[1]:
+                continue  # sought there already and nothing came yet: try again later
+            gap = min(2 * tried[2], _UNSTALL_MAX) if tried is not None and again else idle
+            self._unstalled[tp] = (expected, now + gap, gap)
+            log.warning("a partition's records are not delivered; reading them again", service=self._service,
+                        topic=tp.topic, partition=tp.partition, first=expected, end=end,
+                        idle_seconds=round(now - since, 1))
+            metrics.STALLED_PARTITIONS.labels(service=self._service).inc()
+            paused: set[Any] = getattr(consumer, "_paused_partitions", set())
+            if tp in paused:
+                consumer.resume_partitions({tp})
+            self._seeking.pop((tp, generation), None)
+            await consumer.seek(tp, expected)
+            sought.append(tp.partition)
+        return sought
+
+
+def watch_delivery(app: Any, service: str, topic: str, *, idle: float = STALL_IDLE) -> SkippedRecords:
+    """A :class:`SkippedRecords` for the agent of ``topic``, with a timer that unstalls its
+    partitions (after ``idle`` seconds). The agent reads its stream through it."""
+    watch = SkippedRecords(app, service)
+
+    @app.timer(idle / 2)  # type: ignore[untyped-decorator]
+    async def unstall() -> None:
+        await watch.unstall(topic, idle=idle)
+
+    return watch
 
 
 def report_consumer_lag(app: Any, service: str, every: float = 5.0) -> None:

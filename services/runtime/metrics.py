@@ -60,6 +60,7 @@ __all__ = [
     "RETRIES_WAITING",
     "SKIPPED_RECORDS",
     "STAGED_DELETES",
+    "STALLED_PARTITIONS",
     "TARGET_RATE_LIMIT",
     "TARGET_REQUESTS",
     "TARGET_REQUEST_DURATION",
@@ -248,6 +249,10 @@ ERRORS = _counter(
 SKIPPED_RECORDS = _counter(
     "scimflow_skipped_records_total",
     "Records the consumer skipped around a rebalance and the worker read again.",
+    ("service",))
+STALLED_PARTITIONS = _counter(
+    "scimflow_stalled_partitions_total",
+    "Partitions whose records the consumer stopped delivering and the worker read again.",
     ("service",))
 MALFORMED_MESSAGES = _counter(
     "scimflow_malformed_messages_total",

@@ -34,12 +34,12 @@ from schemas.control import (
 )
 from services.runtime.config import LoadedConfig
 from services.runtime.kafka import (
-    SkippedRecords,
     faust_app,
     follow_records,
     partition_for,
     raw_topic,
     report_consumer_lag,
+    watch_delivery,
 )
 from services.runtime.live_config import AppCallback, LiveApp, LiveConfig
 from services.runtime.settings import Settings
@@ -82,15 +82,15 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
         await live.caught_up.wait()
         processor.config_read()
 
+    delivery = watch_delivery(app, "writer", topics.commands)
+
     @app.agent(raw_topic(app, topics.commands), name="write")  # type: ignore[untyped-decorator]
     async def write(stream: Any) -> None:
         # The consume loop never waits for the writer's state: faust drops the records it
         # fetched while a stream does not take them around a rebalance. Each object's job
         # waits for the state instead (Scheduler._run).
-        skipped = SkippedRecords(app, "writer")
         manual = stream.noack()
-        async for event in manual.events():
-            await skipped.check(event)
+        async for event in delivery.through(manual.events()):
             await processor.submit(event, manual.ack)
 
     @app.timer(5.0)  # type: ignore[untyped-decorator]
@@ -161,13 +161,14 @@ def _follow_rebalances(app: Any, processor: CommandProcessor, commands: str) -> 
         # both running them would write the same objects at once (created twice on a target
         # that takes a duplicate). Target calls in flight finish first, within a bound.
         moved = {tp.partition for tp in revoked if tp.topic == commands}
-        await processor.partitions_revoked(moved)
+        await processor.partitions_revoked(moved, app.consumer_generation_id)
 
     @app.on_partitions_assigned.connect  # type: ignore[untyped-decorator]
     async def note_assigned(app: Any, assigned: Any, **_: Any) -> None:
         # Objects of a partition gained from another replica are looked up on the target
         # before a create: a listing taken earlier does not hold what that replica wrote.
-        processor.partitions_assigned({tp.partition for tp in assigned if tp.topic == commands})
+        processor.partitions_assigned({tp.partition for tp in assigned if tp.topic == commands},
+                                      app.consumer_generation_id)
 
 
 def follow_versions(processor: CommandProcessor) -> AppCallback:

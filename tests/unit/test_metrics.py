@@ -39,6 +39,7 @@ def _touch_every_metric() -> None:
     m.ERRORS.labels(service="writer", error_code="RequestRejected").inc()
     m.MALFORMED_MESSAGES.labels(service="mapper", topic="scimflow.directory.changes").inc()
     m.SKIPPED_RECORDS.labels(service="writer").inc()
+    m.STALLED_PARTITIONS.labels(service="writer").inc()
     m.CONSUMER_LAG.labels(service="writer", topic="scimflow.provisioning.commands").set(3)
     m.TARGET_RATE_LIMIT.labels(app="crm", limit="concurrency").set(16)
     m.TARGET_THROTTLED.labels(app="crm").inc()
