@@ -38,6 +38,8 @@ class Job:
     """None: run the object's latest deferred command again (a link it waited for appeared)."""
     ticket: Ticket | None = None
     ack: Ack | None = None
+    generation: int | None = None
+    """The consumer-group generation its event was fetched in (None: not from an event)."""
     releasing: bool = False
     escrowed: int = 0
     """> 0: a retry of an escrowed command that has failed this many times already."""

@@ -116,6 +116,8 @@ class Scheduler:
         """Jobs waiting for their app's turn without a window slot."""
         self.owns: Callable[[bytes], bool] | None = None
         """Whether a key's partition is this replica's now (None: not known yet, all are)."""
+        self.owns_generation: int | None = None
+        """The consumer-group generation ``owns`` was worked out in."""
 
     def busy(self, key: bytes) -> bool:
         """Whether a job for the object is scheduled or running."""
@@ -124,7 +126,7 @@ class Scheduler:
     async def schedule(self, job: Job) -> None:
         """Run ``job`` after every earlier job for the same object."""
         await self.window.acquire()
-        if self.owns is not None and not self.owns(job.key):
+        if self._elsewhere(job):
             self.window.release()  # revoked while it waited for a slot: the new owner has it
             return
         if job.command is not None and not job.escrowed:
@@ -135,6 +137,17 @@ class Scheduler:
         self.tails[job.key] = task
         self.jobs[task] = job
         task.add_done_callback(self._finished)
+
+    def _elsewhere(self, job: Job) -> bool:
+        """Whether ``job``'s partition was revoked from this replica. An event fetched in a
+        later generation than ``owns`` knows is this replica's: the group gave it the
+        partition since, and faust can deliver its events before the signal that updates
+        ``owns`` (dropped here, they would be lost: faust replays a partition only when it
+        is assigned again)."""
+        if self.owns is None or self.owns(job.key):
+            return False
+        known = self.owns_generation
+        return job.generation is None or known is None or job.generation <= known
 
     def _supersede(self, key: bytes) -> None:
         """A newer command for an object replaces its parked one (it holds the whole state)."""

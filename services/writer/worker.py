@@ -172,7 +172,8 @@ class CommandProcessor:
         if isinstance(message, ProvisioningCommand):
             key = event.key or b""
             self.cycles.saw(partition, message.app, message.cycle_id, key)
-            await self.scheduler.schedule(Job(key, message, ticket, ack))
+            generation = getattr(event.message, "generation_id", None)
+            await self.scheduler.schedule(Job(key, message, ticket, ack, generation=generation))
             return
         if isinstance(message, CycleMarker):
             # A frame waits for every command before it, so a scan's end means its commands ran
@@ -184,7 +185,7 @@ class CommandProcessor:
 
     # -- rebalances ------------------------------------------------------------------------
 
-    async def partitions_revoked(self, partitions: set[int]) -> int:
+    async def partitions_revoked(self, partitions: set[int], generation: int | None = None) -> int:
         """Partitions of the commands topic leave this replica (for now): their jobs stop
         and nothing more of them is acknowledged here; the target calls in flight finish
         first (bounded), so the next owner never writes an object at the same time as this
@@ -195,7 +196,7 @@ class CommandProcessor:
         def owns(key: bytes) -> bool:
             return partition_for(key, count) not in partitions and (kept is None or kept(key))
 
-        self.scheduler.owns = owns
+        self.scheduler.owns, self.scheduler.owns_generation = owns, generation
         self.acks.forget(partitions)
         dropped = await self.scheduler.release(owns)
         self.app_state.forget_partitions(partitions, count)
@@ -204,8 +205,9 @@ class CommandProcessor:
                      partitions=sorted(partitions), dropped=dropped)
         return dropped
 
-    def partitions_assigned(self, partitions: set[int]) -> None:
-        """The partitions of the commands topic this replica owns from now on."""
+    def partitions_assigned(self, partitions: set[int], generation: int | None = None) -> None:
+        """The partitions of the commands topic this replica owns from now on (from the
+        consumer-group ``generation``)."""
         count, now = self.settings.partitions, datetime.now(UTC)
         for partition in partitions:
             self._gained.setdefault(partition, now)
@@ -213,6 +215,7 @@ class CommandProcessor:
             del self._gained[partition]  # gained again later: a new time then
         owned = frozenset(partitions)
         self.scheduler.owns = lambda key: partition_for(key, count) in owned
+        self.scheduler.owns_generation = generation
 
     def listed_after(self, key: bytes) -> datetime | None:
         """A listing of the target must be newer than this to tell whether the object

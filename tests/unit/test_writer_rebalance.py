@@ -67,9 +67,9 @@ class _Harness:
     async def _ack(self, event: Any) -> None:
         self.acked.append((event.message.partition, event.message.offset))
 
-    async def submit(self, key: bytes, offset: int) -> None:
+    async def submit(self, key: bytes, offset: int, generation: int | None = None) -> None:
         ticket = self.acks.track(_event(partition_for(key, PARTITIONS), offset))
-        await self.scheduler.schedule(Job(key, _command(key), ticket, self._ack))
+        await self.scheduler.schedule(Job(key, _command(key), ticket, self._ack, generation=generation))
 
 
 def test_a_revoke_drops_queued_jobs_waits_for_the_call_in_flight_and_acks_none_of_them() -> None:
@@ -121,6 +121,23 @@ def test_a_command_scheduled_for_a_partition_not_owned_any_more_is_not_run() -> 
 
     h = asyncio.run(run())
     assert h.applied == [_key(1)] and h.acked == [(1, 0)]
+
+
+def test_an_event_of_a_later_generation_runs_before_the_assignment_signal_arrives() -> None:
+    # A revoke in generation 4 took partition 2; the group gave it back in generation 5 and
+    # faust delivered its events before the signal that updates ``owns``. Dropped, they
+    # would never come again (faust replays a partition only when it is assigned anew).
+    async def run() -> _Harness:
+        h = _Harness(blocking=set())
+        h.scheduler.owns = lambda k: partition_for(k, PARTITIONS) != 2
+        h.scheduler.owns_generation = 4
+        await h.submit(_key(2, 0), 7, generation=4)  # fetched before the revoke: the new owner replays it
+        await h.submit(_key(2, 1), 7, generation=5)
+        await asyncio.sleep(0.01)
+        return h
+
+    h = asyncio.run(run())
+    assert h.applied == [_key(2, 1)]
 
 
 def test_forgotten_tickets_of_a_revoked_partition_do_not_hold_back_its_acks_when_it_returns() -> None:
