@@ -28,6 +28,7 @@ from services.runtime import metrics
 from services.runtime.kafka import partition_for
 from services.runtime.records import error_record
 from services.runtime.settings import Settings
+from services.runtime.state import read
 from services.scim.quarantine import QuarantineEvent
 from services.writer.apply import Writer
 from services.writer.chains import Job
@@ -308,7 +309,7 @@ class AppState:
             self.held.reported(staged.key)
 
     async def _report_staged(self, writer: Writer, staged: Staged, reason: str) -> None:
-        raw = self.managed.get(staged.key)
+        raw = read(self.managed, staged.key)
         record = writer.staged(staged.command, _state.decode(raw) if raw else None, reason)
         await self._publisher.activity(staged.key, record, staged.command)
 

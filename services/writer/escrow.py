@@ -26,6 +26,7 @@ from schemas import ProvisioningCommand
 from schemas.codecs import decoder, encode
 from schemas.messages import EscrowedCommand
 from services.runtime.errors import TargetError
+from services.runtime.state import read
 
 __all__ = ["EscrowStore"]
 
@@ -42,7 +43,7 @@ class EscrowStore:
         rebalance); standby copies of the others' partitions are neither run nor counted."""
 
     def get(self, key: bytes) -> EscrowedCommand | None:
-        raw = self.table.get(key)
+        raw = read(self.table, key)
         if raw is None:
             return None
         try:

@@ -20,6 +20,7 @@ import msgspec
 
 from schemas import HeldCommand, ProvisioningCommand
 from schemas.codecs import decoder, encode
+from services.runtime.state import read
 
 __all__ = ["HeldStore"]
 
@@ -33,7 +34,7 @@ class HeldStore:
         self.table: MutableMapping[bytes, bytes] = {} if table is None else table
 
     def get(self, key: bytes) -> HeldCommand | None:
-        raw = self.table.get(key)
+        raw = read(self.table, key)
         if raw is None:
             return None
         try:

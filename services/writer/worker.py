@@ -44,6 +44,7 @@ from services.runtime.config import Application, LoadedConfig
 from services.runtime.kafka import partition_for
 from services.runtime.records import MalformedError, decode_message, malformed_message
 from services.runtime.settings import Settings
+from services.runtime.state import read
 from services.scim.capabilities import Capabilities, check_mappings
 from services.scim.client import client_for
 from services.writer.app_state import AppState
@@ -270,7 +271,7 @@ class CommandProcessor:
 
     async def _apply_with(self, writer: Writer, key: bytes, command: ProvisioningCommand,
                           releasing: bool) -> Outcome | None:
-        raw = self.managed.get(key)
+        raw = read(self.managed, key)
         state = _state.decode(raw) if raw else None
         if not releasing and await self.app_state.stage_removal(key, command, state, writer):
             return None

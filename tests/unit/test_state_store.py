@@ -20,6 +20,7 @@ from services.runtime.state import (
     claim_state_dir,
     faust_store_options,
     keep_if_same_source,
+    read,
 )
 
 PARTITIONS = 6
@@ -50,6 +51,24 @@ def test_a_write_outside_any_event_lands_on_its_keys_changelog_partition(tmp_pat
     assert store[key] == b"state" and key in store
     del store[key]
     assert store.get(key) is None and key not in store
+
+
+def test_read_asks_the_rocksdb_store_once_and_gets_what_table_get_gets(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    table = _table(tmp_path)
+    table.data[b"app/u1"] = b"state"
+    lookups: list[bytes] = []
+    real = KeyPartitionedRocksStore._get
+
+    def counted(store: KeyPartitionedRocksStore, key: bytes) -> bytes | None:
+        lookups.append(key)
+        return real(store, key)
+    monkeypatch.setattr(KeyPartitionedRocksStore, "_get", counted)
+    assert table.get(b"app/u1") == b"state" and len(lookups) == 2  # faust: ``in``, then ``[]``
+    lookups.clear()
+    assert read(table, b"app/u1") == b"state" and lookups == [b"app/u1"]
+    assert read(table, b"app/nobody") is None and table.get(b"app/nobody") is None
+    assert read({b"k": b"v"}, b"k") == b"v" and read({}, b"k") is None
 
 
 def test_what_was_stored_is_there_after_a_restart_on_the_same_dir(tmp_path: Path) -> None:
