@@ -229,27 +229,29 @@ class Transport:
         """One attempt: gate, slot, send (and resend once after a token refresh on 401)."""
         if not request.direct:
             await self._gate.wait()
+        sent_at: float | None = None
         try:
-            response = await self._exchange(request)
+            response, sent_at = await self._exchange(request)
             if response.status_code == 401 and await self._auth.refresh(
                     response.request.headers.get("Authorization", "")):
-                response = await self._exchange(request)
+                response, sent_at = await self._exchange(request)
             if response.status_code not in request.ok:
                 raise status_error(describe(response.request), response, redact=self.redact,
                                    oauth2=isinstance(self._auth, ClientCredentials))
         except TargetError as exc:
-            self._observe(exc, request)
+            self._observe(exc, request, sent_at)
             raise
-        self._observe(None, request)
+        self._observe(None, request, sent_at)
         return response
 
-    async def _exchange(self, request: _Request) -> httpx.Response:
-        """Send one HTTP request within a rate-limit slot; transport failures become TargetErrors."""
+    async def _exchange(self, request: _Request) -> tuple[httpx.Response, float]:
+        """Send one HTTP request within a rate-limit slot; transport failures become
+        TargetErrors. Returns the answer and when (``time.monotonic``) it was sent."""
         headers = {**request.headers, "Authorization": await self._auth.authorization()}
         built = self._http.build_request(request.method, self._url(request.path), params=request.params,
                                          headers=headers, content=request.content)
         async with self._slot(request.method):
-            started = time.perf_counter()
+            sent_at, started = time.monotonic(), time.perf_counter()
             try:
                 response = await self._http.send(built)
             except httpx.HTTPError as exc:
@@ -257,7 +259,7 @@ class Transport:
                 raise self._transport_error(describe(built), exc) from exc
         metrics.observe_target_request(self._app, built.method, response.status_code,
                                        time.perf_counter() - started)
-        return response
+        return response, sent_at
 
     def _url(self, path: str) -> httpx.URL | str:
         """The absolute URL of a collection (``Users``, ``Groups``), parsed once: httpx
@@ -273,11 +275,12 @@ class Transport:
     def _slot(self, method: str) -> AbstractAsyncContextManager[None]:
         return self._limiter.slot(operation_of(method)) if self._limiter is not None else _no_slot()
 
-    def _observe(self, exc: TargetError | None, request: _Request) -> None:
-        """Feed one outcome to the adaptive rate (any answer of the target; a failure
-        without one, such as a timeout, says nothing about its rate) and the quarantine window."""
+    def _observe(self, exc: TargetError | None, request: _Request, sent_at: float | None) -> None:
+        """Feed one outcome to the adaptive rate (any answer of the target, to a request sent
+        at ``sent_at``; a failure without one, such as a timeout, says nothing about its rate)
+        and the quarantine window."""
         if self._limiter is not None and (exc is None or exc.status is not None):
-            self._limiter.answered(throttled=exc is not None and exc.status == 429)
+            self._limiter.answered(throttled=exc is not None and exc.status == 429, sent_at=sent_at)
         if request.direct or not self._quarantining:
             return
         if exc is None:

@@ -202,11 +202,20 @@ class AdaptiveRate:
         """The rate that was last throttled (None: never throttled)."""
         return self._curve.w_max if self._curve is not None else None
 
-    def observe(self, throttled: bool) -> None:
-        """One answer from the target: measure, decide once per interval, follow the curve."""
+    def observe(self, throttled: bool, sent_at: float | None = None) -> None:
+        """One answer from the target (to a request sent at ``sent_at``, on the same clock;
+        None: not known): measure, decide once per interval, follow the curve."""
         now = self._clock()
         if not throttled:
             self._concurrency = min(float(self.max_concurrency), self._concurrency + 1 / self._concurrency)
+        curve = self._curve
+        if self._undo is not None and curve is not None and (sent_at is None or sent_at >= curve.cut_at):
+            # Only requests sent at the cut rate tell whether the cut helped: those in flight
+            # at the cut were sent at the old rate, and judged with them the cut "did not
+            # help", was taken back and their 429s became the noise floor (0.4 against a
+            # 50 requests/s bucket, with 16 in flight and 0.2 s answers).
+            answers, hits = self._probation
+            self._probation = (answers + 1, hits + throttled)
         sample = self._meter.record(throttled, now)
         if sample is not None:
             self._measured = _SMOOTHING * sample.sent + (1 - _SMOOTHING) * self._measured
@@ -215,7 +224,7 @@ class AdaptiveRate:
 
     def _decide(self, sample: _Sample, now: float) -> None:
         if self._undo is not None:
-            self._on_probation(sample, now)
+            self._on_probation(now)
             return
         self._remember(sample)
         excess = sample.share - self.noise
@@ -243,14 +252,14 @@ class AdaptiveRate:
         answers = sum(s.answers for s in self._recent)
         return sum(s.share * s.answers for s in self._recent) / answers
 
-    def _on_probation(self, sample: _Sample, now: float) -> None:
+    def _on_probation(self, now: float) -> None:
         """After a cut: gather enough answers at the lower rate, then keep it or take it back."""
         answers, throttled = self._probation
-        answers, throttled = answers + sample.answers, throttled + round(sample.share * sample.answers)
         assert self._curve is not None
         if answers < _PROBATION_ANSWERS and now - self._curve.cut_at < _MAX_PROBATION:
-            self._probation = (answers, throttled)
             return
+        if not answers:
+            return  # nothing sent since the cut has been answered yet: keep waiting
         share = throttled / answers
         excess = share - self.noise
         spread = 2 * math.sqrt(share * (1 - share) / answers)  # a random share varies this much
@@ -396,12 +405,13 @@ class RateLimiter:
         finally:
             self._release()
 
-    def answered(self, *, throttled: bool) -> None:
-        """The target answered (``throttled``: with 429): adapt the limits."""
+    def answered(self, *, throttled: bool, sent_at: float | None = None) -> None:
+        """The target answered (``throttled``: with 429) a request sent at ``sent_at``
+        (``time.monotonic``; None: not known): adapt the limits."""
         if throttled and self._app:
             metrics.TARGET_THROTTLED.labels(app=self._app).inc()
         before = self.adaptive.w_max
-        self.adaptive.observe(throttled)
+        self.adaptive.observe(throttled, sent_at)
         if self.adaptive.w_max != before:
             self._log_change()
         self._pacer.rate = self.adaptive.limits.requests_per_second
