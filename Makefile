@@ -131,7 +131,7 @@ lint: deps
 # scim2-server): users/s, the two / one ratio (median over --rounds), CPU ms per user per
 # process, each writer's share, exactness (exits 1 if not exact); --delay-ms adds a run
 # through a proxy that holds each request.
-REPLICAS_BENCH_ARGS ?= --rounds 3
+REPLICAS_BENCH_ARGS ?= --rounds 3 --delay-ms 100
 
 bench: kafka
 	PYTHONPATH=. $(PY) bench/pipeline.py $(BENCH_ARGS)
