@@ -392,8 +392,10 @@ def consume(bootstrap: str, topic: str, *, from_beginning: bool = True,
         yield record
 
 
+@functools.lru_cache(maxsize=8192)
 def partition_for(key: bytes, partitions: int) -> int:
-    """The partition Kafka's default partitioner gives ``key`` (murmur2, as in Java)."""
+    """The partition Kafka's default partitioner gives ``key`` (murmur2, as in Java). Recent
+    keys are kept: the writer asks for the same key several times per command."""
     hashed: int = murmur2(key)
     return (hashed & 0x7FFFFFFF) % partitions
 
