@@ -30,7 +30,7 @@ import functools
 import json
 import os
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -40,7 +40,7 @@ from aiokafka.partitioner import murmur2
 from faust.stores import rocksdb as faust_rocksdb
 
 __all__ = ["MARKER", "STORE_SCHEME", "Provenance", "StateStore", "claim_state_dir",
-           "faust_store_options", "keep_if_same_source", "read"]
+           "faust_store_options", "keep_if_same_source", "partition_items", "read"]
 
 StateStore = Literal["memory", "rocksdb"]
 
@@ -218,6 +218,11 @@ class KeyPartitionedRocksStore(faust_rocksdb.Store):
     def _contains(self, key: bytes) -> bool:
         return self._get(key) is not None if self.table.use_partitioner else bool(super()._contains(key))
 
+    def partition_items(self, partition: int) -> Iterator[tuple[bytes, bytes]]:
+        """The entries filed under ``partition``: its database alone is read."""
+        db = self._dbs.get(partition)
+        return iter(()) if db is None else self._visible_items(db)
+
     def _del(self, key: bytes) -> None:
         if not self.table.use_partitioner:
             super()._del(key)
@@ -232,6 +237,20 @@ def _partition(key: bytes, partitions: int) -> int:
     """Kafka's default partitioner (murmur2, 2.5 us in Python): the writer asks it for the
     same key several times per command (its tables, its ownership), so recent keys are kept."""
     return int((murmur2(key) & 0x7FFFFFFF) % partitions)
+
+
+def partition_items(table: Mapping[bytes, bytes], partition: int,
+                    partitions: int) -> Iterator[tuple[bytes, bytes]]:
+    """The entries of ``table`` whose key is on ``partition`` (of ``partitions``). On RocksDB
+    only that partition's database is read: a scan's sweep per partition read (and hashed)
+    every key of every partition, six million per scan of a million objects on six."""
+    store = table.data if isinstance(table, faust.Table) else table
+    if isinstance(store, KeyPartitionedRocksStore) and store.table.use_partitioner:
+        yield from store.partition_items(partition)
+        return
+    for key, value in store.items():
+        if _partition(key, partitions) == partition:
+            yield key, value
 
 
 def read(table: Mapping[bytes, bytes], key: bytes) -> bytes | None:

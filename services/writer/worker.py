@@ -44,7 +44,7 @@ from services.runtime.config import Application, LoadedConfig
 from services.runtime.kafka import partition_for
 from services.runtime.records import MalformedError, decode_message, malformed_message
 from services.runtime.settings import Settings
-from services.runtime.state import read
+from services.runtime.state import partition_items, read
 from services.scim.capabilities import Capabilities, check_mappings
 from services.scim.client import client_for
 from services.writer.app_state import AppState
@@ -558,10 +558,9 @@ class CommandProcessor:
         memory at once, per partition of every scan. Cheapest test first; only the few
         absent objects are decoded. Nothing here awaits, so the table does not change under it.
         """
-        prefix, count = f"{scan.app}/".encode(), self.settings.partitions
-        gone = []
-        for key, raw in self.managed.items():
-            if key in scan.seen or not key.startswith(prefix) or partition_for(key, count) != scan.partition:
+        prefix, seen, gone = f"{scan.app}/".encode(), scan.seen, []
+        for key, raw in partition_items(self.managed, scan.partition, self.settings.partitions):
+            if key in seen or not key.startswith(prefix):
                 continue
             state = _state.decode(raw)
             if state.created_at < scan.started:

@@ -20,6 +20,7 @@ from services.runtime.state import (
     claim_state_dir,
     faust_store_options,
     keep_if_same_source,
+    partition_items,
     read,
 )
 
@@ -69,6 +70,18 @@ def test_read_asks_the_rocksdb_store_once_and_gets_what_table_get_gets(
     assert read(table, b"app/u1") == b"state" and lookups == [b"app/u1"]
     assert read(table, b"app/nobody") is None and table.get(b"app/nobody") is None
     assert read({b"k": b"v"}, b"k") == b"v" and read({}, b"k") is None
+
+
+def test_partition_items_reads_one_partitions_entries(tmp_path: Path) -> None:
+    table = _table(tmp_path)
+    entries = {f"app/u{i}".encode(): f"v{i}".encode() for i in range(60)}
+    for key, value in entries.items():
+        table.data[key] = value
+    for partition in range(PARTITIONS):
+        expected = {k: v for k, v in entries.items() if partition_for(k, PARTITIONS) == partition}
+        assert expected  # 60 keys reach every one of 6 partitions
+        assert dict(partition_items(table, partition, PARTITIONS)) == expected
+        assert dict(partition_items(dict(entries), partition, PARTITIONS)) == expected  # any mapping
 
 
 def test_what_was_stored_is_there_after_a_restart_on_the_same_dir(tmp_path: Path) -> None:
