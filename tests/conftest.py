@@ -225,12 +225,13 @@ def pipeline_factory(broker: Broker, scim_target: ScimTarget,
 
     def make(users: list[dict[str, Any]], *, app: dict[str, Any] | None = None,
              groups: list[dict[str, Any]] | None = None, start: bool = True,
-             metrics: bool = False, more_apps: list[dict[str, Any]] | None = None) -> Pipeline:
+             metrics: bool = False, more_apps: list[dict[str, Any]] | None = None,
+             env: Mapping[str, str] | None = None) -> Pipeline:
         config = {"sources": [{"name": "hr", "type": "file", "path": "directory.yaml",
                                "poll_interval": 0.1}],
                   "applications": [app or APP, *(more_apps or [])]}
         ports = dict(zip(("ingest", "mapper", "writer"), free_ports(3), strict=True)) if metrics else {}
-        topics, sup = launch(broker.bootstrap, scim_target, tmp_path, config, metrics_ports=ports)
+        topics, sup = launch(broker.bootstrap, scim_target, tmp_path, config, env, metrics_ports=ports)
         p = Pipeline(tmp_path, topics, broker.bootstrap, Scim(scim_target), sup, tmp_path / "directory.yaml")
         p.write_directory(users, groups)
         started.append(p)
