@@ -161,6 +161,9 @@ class AppState:
         if self.guard.drop(command.app, key):  # this command supersedes a waiting removal
             # Safe to forget now: this command's own offset is acknowledged only once it ran.
             self.held.drop(key)
+        # An upsert never decides a removal (decide._upsert): not decided twice per command.
+        if command.operation == "upsert":
+            return False
         if writer.preview(command, state).action not in ("disable", "delete"):
             return False
         if before is not None and before.reason == "removal" and before.reported:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from schemas import ManagedObject, ProvisioningCommand
-from services.writer.decide import ABSENT, after_lookup, case_exact_default, decide, same_value
+from services.writer.decide import ABSENT, UNKNOWN, after_lookup, case_exact_default, decide, same_value
 from services.writer.groups import member_delta
 
 ALL = frozenset({"create", "update", "delete"})
@@ -177,3 +177,19 @@ def test_a_disabled_user_enabled_again_in_the_target_is_disabled_again() -> None
     still_off = decide(gone, managed(active=False, userName="x"), ALL, target={"active": False},
                        drift="repair", read=read)
     assert still_off.action == "noop"
+
+
+def test_an_upsert_never_decides_a_removal() -> None:
+    # The writer's deletion guard skips deciding upserts on that ground (AppState.stage_removal).
+    targets: list[Any] = [UNKNOWN, ABSENT, {"userName": "x", "active": True},
+                          {"userName": "x", "active": False}, {"userName": "y", "title": "Edited"}]
+    states = [None, managed(userName="x"), managed(active=False, userName="x"),
+              managed(userName="x", title="T")]
+    for actions in (ALL, frozenset({"create", "update"}), frozenset()):
+        for state in states:
+            for target in targets:
+                for drift in ("ignore", "report", "repair"):
+                    for skip in (False, True):
+                        d = decide(cmd(userName="x", title="T"), state, actions, target=target, drift=drift,
+                                   read=read, skip_out_of_scope_deletions=skip)
+                        assert d.action not in ("disable", "delete"), (state, target, drift, actions, d)
