@@ -446,8 +446,11 @@ _PRODUCER_TUNING: dict[str, dict[str, Any]] = {
     # time in socket writes. A few ms of linger fills large batches; a single change's
     # latency grows by at most that much.
     "ingest": {"producer_linger": 0.005, "producer_max_batch_size": 512 * 1024},
-    # The mapper sends one command per change of such a scan: the same cost, the same cure.
-    "mapper": {"producer_linger": 0.005, "producer_max_batch_size": 512 * 1024},
+    # The mapper sends one command per change of such a scan: the same cost, the same cure,
+    # with more linger: at 5 ms its produce requests (socket writes, futures) were a fifth of
+    # its CPU in an unchanged scan; 20 ms takes 21 % off its CPU and 15 % off the scan's
+    # time (100k: 35.9 -> 30.3 s) and adds 15 ms to one change's way (p50 75 -> 90 ms).
+    "mapper": {"producer_linger": 0.02, "producer_max_batch_size": 512 * 1024},
 }
 
 
