@@ -49,7 +49,6 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.conn import create_conn
 from aiokafka.errors import KafkaError as AioKafkaError
 from aiokafka.errors import SaslAuthenticationFailed, UnsupportedSaslMechanismError
-from aiokafka.partitioner import murmur2
 from faust.auth import SASLCredentials, SSLCredentials
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic, UserScramCredentialUpsertion
@@ -61,7 +60,13 @@ from services.runtime.config import Secret
 from services.runtime.errors import ConfigError, ScimflowError
 from services.runtime.restore import restore_tables
 from services.runtime.settings import Settings, load_settings
-from services.runtime.state import Provenance, claim_state_dir, faust_store_options, keep_if_same_source
+from services.runtime.state import (
+    Provenance,
+    claim_state_dir,
+    faust_store_options,
+    keep_if_same_source,
+    partition_for,
+)
 from services.runtime.topics import Topics, TopicSpec
 
 log = structlog.get_logger("scimflow.worker")
@@ -390,14 +395,6 @@ def consume(bootstrap: str, topic: str, *, from_beginning: bool = True,
         if record is IDLE:
             return
         yield record
-
-
-@functools.lru_cache(maxsize=8192)
-def partition_for(key: bytes, partitions: int) -> int:
-    """The partition Kafka's default partitioner gives ``key`` (murmur2, as in Java). Recent
-    keys are kept: the writer asks for the same key several times per command."""
-    hashed: int = murmur2(key)
-    return (hashed & 0x7FFFFFFF) % partitions
 
 
 def faust_app(service: str, settings: Settings, bootstrap: str) -> Any:
