@@ -33,6 +33,7 @@ import contextlib
 import json
 import os
 import re
+import subprocess
 import sys
 import tempfile
 import threading
@@ -154,6 +155,17 @@ def wait_log(path: Path, text: bytes, count: int, sup: Supervisor, timeout: floa
         time.sleep(0.2)
 
 
+def _profile(sup: Supervisor, names: list[str], out: str | None, n: int) -> list[subprocess.Popen[bytes]]:
+    """py-spy samples of each named worker (raw folded stacks, 50/s) into ``out``, if given."""
+    if not out:
+        return []
+    Path(out).mkdir(parents=True, exist_ok=True)
+    spy = str(Path(sys.executable).with_name("py-spy"))
+    return [subprocess.Popen([spy, "record", "--format", "raw", "-r", "50", "-p", str(sup.procs[name].pid),
+                              "-o", f"{out}/{name}-{n}.txt"], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL) for name in names]
+
+
 def run_size(bootstrap: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix=f"scimflow-scan-{n}-"))
     topics = Topics(f"scan{uuid.uuid4().hex[:6]}.", args.partitions)
@@ -173,13 +185,15 @@ def run_size(bootstrap: str, n: int, args: argparse.Namespace) -> dict[str, Any]
     env = {"SCIMFLOW_KAFKA_BOOTSTRAP": bootstrap, "SCIMFLOW_TOPIC_PREFIX": topics.prefix,
            "SCIMFLOW_PARTITIONS": str(args.partitions), "SCIMFLOW_DATA_DIR": str(work / "data"),
            "SCIMFLOW_STATE_STORE": args.store, "SCIMFLOW_STATE_DIR": str(work / "state"),
-           "SCIMFLOW_LOG_FORMAT": "json", "SCIMFLOW_LOG_LEVEL": "info", "BENCH_TOKEN": target.token}
+           "SCIMFLOW_LOG_FORMAT": "json", "SCIMFLOW_LOG_LEVEL": "info", "BENCH_TOKEN": target.token,
+           "SCIMFLOW_EVENT_LOOP": args.event_loop}
     sup = Supervisor(config=work / "bench.yaml", env=env, log_dir=work / "logs")
     sampler = Sampler(sup)
     writer_log = work / "logs" / "writer.log"
     try:
         started = time.monotonic()
         sup.start(["mapper", "writer"])
+        spies = _profile(sup, ["mapper", "writer"], args.profile, n)
         wait_log(writer_log, b"writer state restored", 1, sup, args.timeout)
         restore_s = time.monotonic() - started
         log(f"{n}: writer restored in {restore_s:.1f}s; starting ingest (the full scan)")
@@ -190,6 +204,10 @@ def run_size(bootstrap: str, n: int, args: argparse.Namespace) -> dict[str, Any]
         time.sleep(2)  # a write the scan's end let through would show in the log by now
     finally:
         sampler.stop()
+        for spy in spies if "spies" in locals() else []:
+            spy.send_signal(2)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                spy.wait(20)
         sup.stop()
         writes = len(_WRITE.findall((work / "target.log").read_bytes()))
         target.stop()
@@ -208,12 +226,16 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--store", default="rocksdb", choices=["rocksdb", "memory"])
     parser.add_argument("--timeout", type=float, default=1200.0)
+    parser.add_argument("--event-loop", default="uvloop", choices=["uvloop", "asyncio"])
+    parser.add_argument("--profile", metavar="DIR",
+                        help="py-spy the mapper and the writer into DIR (needs py-spy installed)")
     args = parser.parse_args()
     result: dict[str, Any] = {
         "load": "synthetic: the writer's managed changelog preloaded with one writer.managed.v1 "
                 "record per user (the mapping's attributes), app drift=ignore, empty scim2-server "
                 "target; ingest reads a JSON Lines file of the same users",
-        "partitions": args.partitions, "store": args.store, "goals": GOALS}
+        "partitions": args.partitions, "store": args.store, "event_loop": args.event_loop,
+        "goals": GOALS}
     with start_broker(load_settings(partitions=args.partitions)) as broker:
         for n in (int(s) for s in args.sizes.split(",") if s):
             result[f"scan_{n}"] = run_size(broker.bootstrap, n, args)
