@@ -53,7 +53,9 @@ def _worker(service: Literal["ingest", "mapper", "writer"], config: Path) -> Non
     except ScimflowError as exc:
         raise fail(exc) from None
     _apply_file(settings, settings.kafka_bootstrap, loaded, service)
-    from services.runtime.kafka import run_worker
+    from services.runtime.kafka import run_worker, use_event_loop
+
+    use_event_loop(settings.event_loop)  # before the app exists: it takes the policy's loop
     from services.runtime.probes import Probes
 
     if service == "ingest":

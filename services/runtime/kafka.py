@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, Literal, Self, TypeVar
 
 import faust
+import mode.loop
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.conn import create_conn
@@ -101,6 +102,7 @@ __all__ = [
     "run_worker",
     "tail_records",
     "upsert_scram_user",
+    "use_event_loop",
     "wait_until_ready",
     "watch_delivery",
 ]
@@ -828,6 +830,13 @@ def _shutdown_timed_out(seconds: float) -> None:
 
 
 _SHUTDOWN_TIMED_OUT = 75  # EX_TEMPFAIL: stopped, not cleanly
+
+
+def use_event_loop(name: Literal["uvloop", "asyncio"]) -> None:
+    """Run the worker on ``name``'s event loop (``SCIMFLOW_EVENT_LOOP``); call it before the
+    faust app is built."""
+    if name == "uvloop":
+        mode.loop.use("uvloop")
 
 
 def run_worker(app: Any, *, loglevel: str = "info", shutdown_timeout: float = 30.0) -> None:
