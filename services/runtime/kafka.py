@@ -707,8 +707,6 @@ class SkippedRecords:
         awaited = self._seeking.get(key)
         if awaited is not None:
             if offset > awaited:
-                if key not in self._next:
-                    return True  # see below: ahead of the first record, they pass
                 # Fetched before the seek, or the read again dropped as well: faust's batch
                 # in hand when it was sought moved its read offset past the seek (records
                 # below it are dropped as read). Seek again, at most every _RESEEK seconds.
@@ -716,18 +714,13 @@ class SkippedRecords:
                     await self._seek(key, tp, awaited)
                 return False
             del self._seeking[key]
-        delivered = self._next.get(key)
-        expected = delivered if delivered is not None else self._committed(tp)
+        expected = self._next.get(key, self._committed(tp))
         if expected is not None and offset > expected:
             log.warning("records were skipped by the consumer; reading them again", service=self._service,
                         topic=tp.topic, partition=tp.partition, first=expected, got=offset)
             metrics.SKIPPED_RECORDS.labels(service=self._service).inc(offset - expected)
             await self._seek(key, tp, expected)
-            # A gap after records delivered in this generation: what follows waits for it.
-            # Before the first one, the committed offset faust holds may be older than the
-            # group's (the partition's last owner committed since): they pass, not to wait
-            # on a read faust may never give back.
-            return delivered is None
+            return False
         if expected is not None and offset < expected and key in self._next:
             return False  # delivered already in this generation
         self._next[key] = offset + 1
