@@ -642,8 +642,6 @@ async def _reached(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) 
 STALL_IDLE = 10.0
 """Seconds an agent waits for its next record before a partition with records left is
 taken for stalled (:meth:`SkippedRecords.unstall`)."""
-_RESEEK = 1.0
-"""Seconds before a partition whose sought-back records have not come is sought again."""
 _UNSTALL_MAX = 300.0
 """At most this many seconds between two seeks of a partition stuck at the same offset."""
 
@@ -656,12 +654,9 @@ class SkippedRecords:
     position past them (faust-streaming#527, #216). With manual acks the partition's commits
     then stop at the gap, and the skipped records wait for the next restart. ``check``
     sees the offsets jump, logs and counts it (``scimflow_skipped_records_total``, the part
-    the tests verify) and seeks the partition back to the first one missing. Records after
-    the gap wait for it (held back, delivered again after it: an object's commands keep
-    their order). A seek can come to nothing: the rest of the batch faust had in hand
-    moves its read offset past the seek, and it drops the records read again as already
-    read; held-back records that keep coming then seek again (every ``_RESEEK`` seconds),
-    and the records that a second read brings twice are delivered once.
+    the tests verify) and seeks the partition back to the first one missing. In the one
+    case seen under load, after the worker's stream had not been read for seconds, the
+    seek did not bring the records back: the worker must not stop reading its stream.
 
     A partition can also go silent: every record after some offset dropped (or never
     fetched) with no later record to show the jump, so ``check`` never sees it. That
@@ -679,9 +674,7 @@ class SkippedRecords:
         self._service = service
         self._next: dict[tuple[Any, int | None], int] = {}
         self._seeking: dict[tuple[Any, int | None], int] = {}
-        """Partitions sought back: the offset awaited; records after it wait for it."""
-        self._sought_at: dict[tuple[Any, int | None], float] = {}
-        """When each partition was last sought back (``time.monotonic``)."""
+        """Partitions sought back: the offset awaited; records after it pass meanwhile."""
         self._idle_since: float | None = time.monotonic()
         """When the agent last finished an event and waited for the next (None: busy)."""
         self._unstalled: dict[Any, tuple[int, float, float]] = {}
@@ -689,17 +682,14 @@ class SkippedRecords:
         due, seconds until then); the wait doubles while the same offset stays stuck."""
 
     async def through(self, events: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        """``events`` of the agent's stream, each checked, in offset order per partition;
-        asking for the next one tells that the agent is done with the last and waits."""
+        """``events`` of the agent's stream, each checked; asking for the next one tells
+        that the agent is done with the last and waits."""
         async for event in events:
-            if await self.check(event):
-                yield event
+            await self.check(event)
+            yield event
             self._idle_since = time.monotonic()
 
-    async def check(self, event: Any) -> bool:
-        """Whether the agent gets ``event``: not if records before it were skipped (they
-        are sought back; it comes again after them, so an object's commands keep their
-        order), nor if it was delivered already (a second read of a sought-back range)."""
+    async def check(self, event: Any) -> None:
         self._idle_since = None
         message = event.message
         tp, offset = message.tp, message.offset
@@ -707,29 +697,17 @@ class SkippedRecords:
         awaited = self._seeking.get(key)
         if awaited is not None:
             if offset > awaited:
-                # Fetched before the seek, or the read again dropped as well: faust's batch
-                # in hand when it was sought moved its read offset past the seek (records
-                # below it are dropped as read). Seek again, at most every _RESEEK seconds.
-                if time.monotonic() - self._sought_at.get(key, 0.0) >= _RESEEK:
-                    await self._seek(key, tp, awaited)
-                return False
+                return  # fetched before the seek; the missing ones follow
             del self._seeking[key]
         expected = self._next.get(key, self._committed(tp))
-        if expected is not None and offset > expected:
+        if awaited is None and expected is not None and offset > expected:
             log.warning("records were skipped by the consumer; reading them again", service=self._service,
                         topic=tp.topic, partition=tp.partition, first=expected, got=offset)
             metrics.SKIPPED_RECORDS.labels(service=self._service).inc(offset - expected)
-            await self._seek(key, tp, expected)
-            return False
-        if expected is not None and offset < expected and key in self._next:
-            return False  # delivered already in this generation
+            self._seeking[key] = expected
+            await self._app.consumer.seek(tp, expected)
+            return
         self._next[key] = offset + 1
-        return True
-
-    async def _seek(self, key: tuple[Any, int | None], tp: Any, offset: int) -> None:
-        self._seeking[key] = offset
-        self._sought_at[key] = time.monotonic()
-        await self._app.consumer.seek(tp, offset)
 
     def _committed(self, tp: Any) -> int | None:
         # faust keeps the group's committed offsets of its assignment here; no public accessor.

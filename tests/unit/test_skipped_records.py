@@ -94,40 +94,6 @@ class Clock:
         return self.now
 
 
-def _delivered(monkeypatch: Any, offsets: list[int | float], *,
-               committed: int | None = None) -> tuple[list[int], Consumer]:
-    """Offsets the agent gets from ``offsets`` (a float: that many seconds pass first)."""
-    tp = TP("commands", 0)
-    consumer = Consumer({tp: committed} if committed is not None else {})
-    clock = Clock()
-    monkeypatch.setattr("services.runtime.kafka.time.monotonic", clock)
-    guard = SkippedRecords(App(consumer), "writer")
-    got: list[int] = []
-
-    async def feed() -> None:
-        for offset in offsets:
-            if isinstance(offset, float):
-                clock.now += offset
-            elif await guard.check(Event(Message(tp, offset))):
-                got.append(offset)
-    asyncio.run(feed())
-    return got, consumer
-
-
-def test_records_after_a_gap_wait_for_it_and_come_in_order(monkeypatch: Any) -> None:
-    got, consumer = _delivered(monkeypatch, [3, 4, 7, 8, 5, 6, 7, 8, 9])
-    assert got == [3, 4, 5, 6, 7, 8, 9]
-    assert consumer.seeks == [(TP("commands", 0), 5)]
-
-
-def test_a_read_again_that_faust_dropped_is_sought_again_and_doubles_nothing(monkeypatch: Any) -> None:
-    # 4 and 5 skipped; the first read again is dropped too (6, 7 keep coming); a second
-    # seek a second later brings 4..; the first read's late copies come once only.
-    got, consumer = _delivered(monkeypatch, [3, 6, 7, 1.5, 7, 4, 5, 6, 7, 4, 5, 6, 7, 8], committed=3)
-    assert got == [3, 4, 5, 6, 7, 8]
-    assert consumer.seeks == [(TP("commands", 0), 4), (TP("commands", 0), 4)]
-
-
 def _stalled(monkeypatch: Any, ends: dict[TP, int], delivered: dict[TP, list[int]], *,
              committed: dict[Any, int] | None = None) -> tuple[App, SkippedRecords, Clock]:
     """A watch whose agent took ``delivered`` and now waits; the partitions end at ``ends``."""
