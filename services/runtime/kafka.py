@@ -29,6 +29,7 @@ import os
 import ssl
 import threading
 import time
+from collections import defaultdict
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -644,6 +645,33 @@ STALL_IDLE = 10.0
 taken for stalled (:meth:`SkippedRecords.unstall`)."""
 _UNSTALL_MAX = 300.0
 """At most this many seconds between two seeks of a partition stuck at the same offset."""
+_FENCE_MAX = 30.0
+"""Seconds a partition sought back waits for the record sought before it delivers again
+what comes (the check then sees the gap again and seeks once more)."""
+_SEEK_TRIES = 3
+"""Seeks back to the same offset before a gap is taken for records the log no longer has."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Fence:
+    offset: int
+    generation: int | None
+    since: float
+
+
+class _ReadOffsets(defaultdict[Any, int | None]):
+    """faust's read offsets (its consumer's ``_read_offset``), none while a partition is
+    fenced: faust then hands every record of it to :meth:`SkippedRecords.admit`, which
+    decides, instead of dropping the records read again as already read."""
+
+    def __init__(self, fences: Mapping[Any, _Fence], offsets: Mapping[Any, int | None]) -> None:
+        super().__init__(lambda: None, offsets)
+        self._fences = fences
+
+    def __getitem__(self, tp: Any) -> int | None:
+        if tp in self._fences:
+            return None
+        return super().__getitem__(tp)
 
 
 class SkippedRecords:
@@ -652,11 +680,18 @@ class SkippedRecords:
     faust skips (and does not deliver) records it fetched while flow control was off or in
     an older consumer-group generation, i.e. around a rebalance, but keeps its fetch
     position past them (faust-streaming#527, #216). With manual acks the partition's commits
-    then stop at the gap, and the skipped records wait for the next restart. ``check``
-    sees the offsets jump, logs and counts it (``scimflow_skipped_records_total``, the part
-    the tests verify) and seeks the partition back to the first one missing. In the one
-    case seen under load, after the worker's stream had not been read for seconds, the
-    seek did not bring the records back: the worker must not stop reading its stream.
+    then stop at the gap, and the skipped records wait for the next restart. :meth:`check`
+    sees the offsets jump, logs and counts it (``scimflow_skipped_records_total``) and seeks
+    the partition back to the first one missing.
+
+    A seek alone does not bring them back: faust's fetch loop finishes the batch it holds
+    (the records after the gap), moves its read offset past them, and then drops the
+    records fetched again from the seek as already read. So a seek here *fences* the
+    partition (:meth:`install`): until the record sought arrives, faust's read offset for
+    it is hidden and :meth:`admit` drops, below faust, every record after it that was
+    fetched before the seek; the agent drops those already in its stream buffer. The
+    records after a gap thus wait for it: an object's commands keep their order, no ack
+    moves past the gap, and each record reaches the agent once per read.
 
     A partition can also go silent: every record after some offset dropped (or never
     fetched) with no later record to show the jump, so ``check`` never sees it. That
@@ -674,40 +709,94 @@ class SkippedRecords:
         self._service = service
         self._next: dict[tuple[Any, int | None], int] = {}
         self._seeking: dict[tuple[Any, int | None], int] = {}
-        """Partitions sought back: the offset awaited; records after it pass meanwhile."""
+        """Partitions sought back: the offset the agent awaits; records after it are dropped."""
+        self._fences: dict[Any, _Fence] = {}
+        """The same, below faust (:meth:`admit`), until the record sought is fetched."""
+        self._tries: dict[tuple[Any, int], int] = {}
+        """Seeks back to a partition's offset so far."""
         self._idle_since: float | None = time.monotonic()
         """When the agent last finished an event and waited for the next (None: busy)."""
         self._unstalled: dict[Any, tuple[int, float, float]] = {}
         """Partitions sought back by :meth:`unstall`: (offset, when another seek to it is
         due, seconds until then); the wait doubles while the same offset stays stuck."""
 
-    async def through(self, events: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        """``events`` of the agent's stream, each checked; asking for the next one tells
-        that the agent is done with the last and waits."""
+    def install(self, consumer: Any) -> None:
+        """Put the fence under ``consumer`` (faust's): its read offsets and its callback.
+        Before the consumer's fetch loop starts, which takes both once."""
+        consumer._read_offset = _ReadOffsets(self._fences, consumer._read_offset)
+        deliver = consumer.callback
+
+        async def on_message(message: Any) -> None:
+            if self.admit(message):
+                await deliver(message)
+
+        consumer.callback = on_message
+
+    def admit(self, message: Any) -> bool:
+        """Whether faust may hand ``message`` on: not while its partition waits for an
+        earlier record it was sought back to (this one was fetched before the seek)."""
+        fence = self._fences.get(message.tp)
+        if fence is None:
+            return True
+        if message.offset > fence.offset:
+            generation = getattr(message, "generation_id", fence.generation)
+            if generation == fence.generation and time.monotonic() - fence.since < _FENCE_MAX:
+                return False
+            if generation == fence.generation:  # the agent stops waiting too: check sees the gap again
+                log.warning("the record a partition was sought back to did not come", service=self._service,
+                            topic=message.tp.topic, partition=message.tp.partition,
+                            awaited=fence.offset, got=message.offset)
+                self._seeking.pop((message.tp, generation), None)
+        del self._fences[message.tp]  # the record sought, or a rebalance's seek to the committed offset
+        return True
+
+    async def through(self, events: AsyncIterator[Any], ack: Callable[[Any], Any] | None = None,
+                      ) -> AsyncIterator[Any]:
+        """``events`` of the agent's stream that it should handle, in order; asking for the
+        next one tells that the agent is done with the last and waits. With ``ack`` (a
+        stream read with ``noack``), each event handled is acknowledged when the agent asks
+        for the next, and an event dropped here is not: it is read again."""
         async for event in events:
-            await self.check(event)
+            if not await self.check(event):
+                continue
             yield event
+            if ack is not None:
+                ack(event)
             self._idle_since = time.monotonic()
 
-    async def check(self, event: Any) -> None:
+    async def check(self, event: Any) -> bool:
+        """Whether the agent should handle ``event``; False for a record after a gap (the
+        partition is sought back to the gap) or fetched before such a seek."""
         self._idle_since = None
         message = event.message
         tp, offset = message.tp, message.offset
-        key = (tp, getattr(message, "generation_id", None))
+        generation = getattr(message, "generation_id", None)
+        key = (tp, generation)
         awaited = self._seeking.get(key)
         if awaited is not None:
             if offset > awaited:
-                return  # fetched before the seek; the missing ones follow
+                return False  # fetched before the seek: read again after the records sought
             del self._seeking[key]
         expected = self._next.get(key, self._committed(tp))
         if awaited is None and expected is not None and offset > expected:
-            log.warning("records were skipped by the consumer; reading them again", service=self._service,
-                        topic=tp.topic, partition=tp.partition, first=expected, got=offset)
-            metrics.SKIPPED_RECORDS.labels(service=self._service).inc(offset - expected)
-            self._seeking[key] = expected
-            await self._app.consumer.seek(tp, expected)
-            return
+            tries = self._tries.get((tp, expected), 0)
+            if tries < _SEEK_TRIES:
+                self._tries[(tp, expected)] = tries + 1
+                log.warning("records were skipped by the consumer; reading them again", service=self._service,
+                            topic=tp.topic, partition=tp.partition, first=expected, got=offset)
+                metrics.SKIPPED_RECORDS.labels(service=self._service).inc(offset - expected)
+                await self._seek_back(tp, expected, generation)
+                return False
+            log.error("records could not be read again; going on after them", service=self._service,
+                      topic=tp.topic, partition=tp.partition, first=expected, got=offset, seeks=tries)
+        self._tries.pop((tp, offset), None)
         self._next[key] = offset + 1
+        return True
+
+    async def _seek_back(self, tp: Any, offset: int, generation: int | None) -> None:
+        self._seeking[(tp, generation)] = offset
+        self._fences[tp] = _Fence(offset, generation, time.monotonic())
+        await self._app.consumer.seek(tp, offset)
 
     def _committed(self, tp: Any) -> int | None:
         # faust keeps the group's committed offsets of its assignment here; no public accessor.
@@ -745,8 +834,7 @@ class SkippedRecords:
             paused: set[Any] = getattr(consumer, "_paused_partitions", set())
             if tp in paused:
                 consumer.resume_partitions({tp})
-            self._seeking.pop((tp, generation), None)
-            await consumer.seek(tp, expected)
+            await self._seek_back(tp, expected, generation)
             sought.append(tp.partition)
         return sought
 
@@ -755,6 +843,7 @@ def watch_delivery(app: Any, service: str, topic: str, *, idle: float = STALL_ID
     """A :class:`SkippedRecords` for the agent of ``topic``, with a timer that unstalls its
     partitions (after ``idle`` seconds). The agent reads its stream through it."""
     watch = SkippedRecords(app, service)
+    watch.install(app.consumer)
 
     @app.timer(idle / 2)  # type: ignore[untyped-decorator]
     async def unstall() -> None:

@@ -6,6 +6,10 @@ writer restarted by kill -9 once left a third of a sync unwritten, with no error
 activity. The worker here is a real faust worker on the real broker whose consumer is made
 to do exactly that (tests.support.stall_worker); the watch must bring the records back while
 the other partition goes on.
+
+Records faust skips (fetched in an older generation) are sought back; the records after
+them, which faust has already fetched, must wait for them, not be handled first, and each
+record must reach the agent once.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from services.devstack.broker import Broker
@@ -33,49 +38,95 @@ def _lines(stream: object, into: queue.Queue[str]) -> None:
         into.put(line.rstrip("\n"))
 
 
-def test_a_partition_the_consumer_stopped_delivering_is_read_again(broker: Broker, tmp_path: Path) -> None:
-    prefix = f"st{uuid.uuid4().hex[:6]}."
-    name = topic_name(prefix)
-    create_topics(broker.bootstrap, [TopicSpec(name, 2)])
-    env = {**os.environ, "SCIMFLOW_KAFKA_BOOTSTRAP": broker.bootstrap, "SCIMFLOW_TOPIC_PREFIX": prefix,
-           "SCIMFLOW_PARTITIONS": "2", "SCIMFLOW_DATA_DIR": str(tmp_path / "data"),
-           "SCIMFLOW_LOG_FORMAT": "console"}
-    worker = subprocess.Popen([sys.executable, "-m", "tests.support.stall_worker"], env=env, cwd=ROOT,
-                              text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=_lines, args=(worker.stdout, lines), daemon=True).start()
-    seen: list[str] = []
+class Worker:
+    """tests.support.stall_worker on a fresh topic, and what it printed."""
 
-    def wait_for(done: object, timeout: float) -> None:
+    def __init__(self, broker: Broker, tmp_path: Path) -> None:
+        prefix = f"st{uuid.uuid4().hex[:6]}."
+        self.topic = topic_name(prefix)
+        create_topics(broker.bootstrap, [TopicSpec(self.topic, 2)])
+        env = {**os.environ, "SCIMFLOW_KAFKA_BOOTSTRAP": broker.bootstrap, "SCIMFLOW_TOPIC_PREFIX": prefix,
+               "SCIMFLOW_PARTITIONS": "2", "SCIMFLOW_DATA_DIR": str(tmp_path / "data"),
+               "SCIMFLOW_LOG_FORMAT": "console"}
+        self.process = subprocess.Popen([sys.executable, "-m", "tests.support.stall_worker"], env=env,
+                                        cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self._lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=_lines, args=(self.process.stdout, self._lines), daemon=True).start()
+        self.seen: list[str] = []
+
+    def wait_for(self, done: Callable[[], bool], timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while not done():  # type: ignore[operator]
+        while not done():
             remaining = deadline - time.monotonic()
-            assert remaining > 0, "timed out; the worker printed:\n" + "\n".join(seen[-40:])
+            assert remaining > 0, "timed out; the worker printed:\n" + "\n".join(self.seen[-40:])
             with contextlib.suppress(queue.Empty):
-                seen.append(lines.get(timeout=min(remaining, 1.0)))
+                self.seen.append(self._lines.get(timeout=min(remaining, 1.0)))
 
-    def got(partition: int) -> list[str]:
-        return [line.split()[3] for line in seen if line.startswith(f"got {partition} ")]
+    def read_for(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            with contextlib.suppress(queue.Empty):
+                self.seen.append(self._lines.get(timeout=remaining))
 
-    producer = plain_producer(broker.bootstrap)
-    try:
-        producer.send(name, value=b"stall", partition=1).get(timeout=30)
-        wait_for(lambda: "stalled" in seen, timeout=90)
-        for i in range(20):
-            producer.send(name, value=f"late-{i}".encode(), partition=1)
-        for i in range(5):
-            producer.send(name, value=f"other-{i}".encode(), partition=0)
-        producer.flush()
-        wait_for(lambda: len(got(1)) == 21 and len(got(0)) == 5, timeout=60)
-    finally:
-        producer.close()
-        worker.terminate()
+    def got(self, partition: int) -> list[str]:
+        return [line.split()[3] for line in self.seen if line.startswith(f"got {partition} ")]
+
+    def stop(self) -> None:
+        self.process.terminate()
         try:
-            worker.wait(timeout=30)
+            self.process.wait(timeout=30)
         finally:
-            worker.kill()
-    assert got(1) == ["stall", *(f"late-{i}" for i in range(20))]  # each once, in order
-    assert got(0) == [f"other-{i}" for i in range(5)]
-    warnings = [line for line in seen if "records are not delivered" in line]
+            self.process.kill()
+
+
+@contextlib.contextmanager
+def _worker(broker: Broker, tmp_path: Path) -> Iterator[Worker]:
+    worker = Worker(broker, tmp_path)
+    try:
+        yield worker
+    finally:
+        worker.stop()
+
+
+def test_a_partition_the_consumer_stopped_delivering_is_read_again(broker: Broker, tmp_path: Path) -> None:
+    producer = plain_producer(broker.bootstrap)
+    with _worker(broker, tmp_path) as worker:
+        try:
+            producer.send(worker.topic, value=b"stall", partition=1).get(timeout=30)
+            worker.wait_for(lambda: "stalled" in worker.seen, timeout=90)
+            for i in range(20):
+                producer.send(worker.topic, value=f"late-{i}".encode(), partition=1)
+            for i in range(5):
+                producer.send(worker.topic, value=f"other-{i}".encode(), partition=0)
+            producer.flush()
+            worker.wait_for(lambda: len(worker.got(1)) == 21 and len(worker.got(0)) == 5, timeout=60)
+        finally:
+            producer.close()
+    assert worker.got(1) == ["stall", *(f"late-{i}" for i in range(20))]  # each once, in order
+    assert worker.got(0) == [f"other-{i}" for i in range(5)]
+    warnings = [line for line in worker.seen if "records are not delivered" in line]
     assert warnings, "the records came back without the watch: the test provoked nothing"
     assert all("partition=1 " in line and "first=1 " in line for line in warnings), warnings
+
+
+def test_records_after_skipped_ones_wait_for_them_and_each_comes_once(broker: Broker, tmp_path: Path) -> None:
+    # One batch: 10 records, 10 that faust skips the first time, 180 after them. When the
+    # watch sees the gap, faust holds the rest of the batch; it must not reach the agent
+    # before the skipped records, and the records fetched again must not be dropped.
+    values = [f"a-{i}" for i in range(10)] + [f"skip-{i}" for i in range(10)] + [f"b-{i}" for i in range(180)]
+    producer = plain_producer(broker.bootstrap)
+    with _worker(broker, tmp_path) as worker:
+        try:
+            producer.send(worker.topic, value=b"ready", partition=0).get(timeout=30)
+            worker.wait_for(lambda: worker.got(0) == ["ready"], timeout=90)
+            for value in values:
+                producer.send(worker.topic, value=value.encode(), partition=0)
+            producer.flush()
+            worker.wait_for(lambda: len(worker.got(0)) >= 1 + len(values), timeout=60)
+            worker.read_for(2.0)  # a record delivered twice would come now
+        finally:
+            producer.close()
+    assert worker.got(0) == ["ready", *values]
+    skipped = [line for line in worker.seen if "records were skipped" in line]
+    assert skipped and all("first=11 " in line for line in skipped), skipped
+    assert not [line for line in worker.seen if "records are not delivered" in line]

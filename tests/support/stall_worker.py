@@ -6,12 +6,18 @@ the record ``stall`` it does what faust does to a partition after some rebalance
 the partition's read offset far ahead, so faust fetches every later record and drops it
 (its ``DROPPED MESSAGE ROFF``) without a sign. Only the watch can bring them back.
 
+On partition 0, it also does what faust does to records it fetched in an older
+consumer-group generation: the first time a record ``skip-*`` comes, it is dropped before
+the watch sees it (not handled, not acknowledged). The watch must see the gap, seek back,
+and deliver the records after the gap only after it, each once.
+
 Run as ``python -m tests.support.stall_worker``, configured by ``SCIMFLOW_*`` like a worker.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 from services.runtime.kafka import faust_app, raw_topic, run_worker, watch_delivery
@@ -32,9 +38,19 @@ def build() -> Any:
     name = topic_name(settings.topic_prefix)
     delivery = watch_delivery(app, "stall", name, idle=IDLE)
 
+    async def faust_skips(events: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        skipped: set[int] = set()
+        async for event in events:
+            message = event.message
+            if message.partition == 0 and event.value.startswith(b"skip-") and message.offset not in skipped:
+                skipped.add(message.offset)
+                continue
+            yield event
+
     @app.agent(raw_topic(app, name))  # type: ignore[untyped-decorator]
     async def read(stream: Any) -> None:
-        async for event in delivery.through(stream.events()):
+        manual = stream.noack()
+        async for event in delivery.through(faust_skips(manual.events()), manual.ack):
             message = event.message
             print(f"got {message.partition} {message.offset} {event.value.decode()}", flush=True)
             if event.value == b"stall":

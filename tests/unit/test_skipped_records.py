@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -164,3 +165,110 @@ def test_a_seek_that_brought_nothing_is_tried_again_less_and_less_often(monkeypa
     gaps = [b - a for a, b in itertools.pairwise(tried_at)]
     assert gaps == sorted(gaps) and max(gaps) <= 300
     assert set(app.consumer.seeks) == {(c, 2)}
+
+
+def _delivered(offsets: list[int], *, committed: int = 0) -> tuple[list[int], list[int], Consumer]:
+    """What the agent handles of ``offsets`` (a noack stream) and what is acknowledged."""
+    tp = TP("commands", 0)
+    consumer = Consumer({tp: committed})
+    watch = SkippedRecords(App(consumer), "writer")
+    handled: list[int] = []
+    acked: list[int] = []
+
+    async def feed() -> None:
+        async def events() -> Any:
+            for offset in offsets:
+                yield Event(Message(tp, offset))
+        async for event in watch.through(events(), lambda e: acked.append(e.message.offset)):
+            handled.append(event.message.offset)
+    asyncio.run(feed())
+    return handled, acked, consumer
+
+
+def test_records_after_a_gap_wait_for_it_and_are_neither_handled_nor_acked_before() -> None:
+    # 2 and 3 were skipped by faust; 4..6 were already fetched when the watch sought back.
+    handled, acked, consumer = _delivered([0, 1, 4, 5, 6, 2, 3, 4, 5, 6, 7])
+    assert consumer.seeks == [(TP("commands", 0), 2)]
+    assert handled == [0, 1, 2, 3, 4, 5, 6, 7]  # in order, each once
+    assert acked == handled
+
+
+def test_a_gap_the_log_no_longer_has_is_given_up_after_a_few_seeks(monkeypatch: Any) -> None:
+    # Records 2..3 are gone (retention): every read again starts at 4.
+    clock = Clock()
+    monkeypatch.setattr("services.runtime.kafka.time.monotonic", clock)
+    tp = TP("commands", 0)
+    consumer = Consumer({tp: 0})
+    watch = SkippedRecords(App(consumer), "writer")
+
+    async def run() -> None:
+        for offset in (0, 1):
+            assert await watch.check(Event(Message(tp, offset)))
+        for _ in range(3):
+            assert not await watch.check(Event(Message(tp, 4)))  # sought back to 2
+            assert not watch.admit(Message(tp, 4))
+            clock.now += 31
+            assert watch.admit(Message(tp, 4))  # 2 never came: the fence ends
+        assert await watch.check(Event(Message(tp, 4)))  # given up: on after the gap
+        assert await watch.check(Event(Message(tp, 5)))
+    asyncio.run(run())
+    assert consumer.seeks == [(tp, 2)] * 3
+
+
+class FaustConsumer:
+    """The two attributes of faust's consumer the fence replaces."""
+
+    def __init__(self) -> None:
+        self._read_offset: defaultdict[TP, int | None] = defaultdict(lambda: None)
+        self.delivered: list[int] = []
+
+        async def callback(message: Message) -> None:
+            self.delivered.append(message.offset)
+        self.callback = callback
+
+    async def seek(self, tp: TP, offset: int) -> None:
+        self._read_offset[tp] = offset  # what faust's seek does
+
+
+def _drain(consumer: FaustConsumer, messages: list[Message]) -> None:
+    """faust's fetch loop (Consumer._drain_messages), as far as read offsets go."""
+    get, put = consumer._read_offset.__getitem__, consumer._read_offset.__setitem__
+
+    async def run() -> None:
+        for message in messages:
+            read = get(message.tp)
+            if read is None or message.offset >= read:
+                await consumer.callback(message)
+                put(message.tp, message.offset)
+    asyncio.run(run())
+
+
+def test_a_seek_back_delivers_the_records_sought_not_the_rest_of_the_batch_in_hand() -> None:
+    tp, other = TP("commands", 0), TP("commands", 1)
+    consumer = FaustConsumer()
+    watch = SkippedRecords(App(consumer), "writer")  # type: ignore[arg-type]
+    watch.install(consumer)
+    _drain(consumer, [Message(tp, 0), Message(tp, 1), Message(other, 0)])
+    asyncio.run(watch._seek_back(tp, 1, 1))
+    # The batch in hand goes on (2, 3), then the fetch from the seek (1..4).
+    _drain(consumer, [Message(tp, 2), Message(other, 1), Message(tp, 3),
+                      Message(tp, 1), Message(tp, 2), Message(tp, 3), Message(tp, 4)])
+    assert consumer.delivered == [0, 1, 0, 1, 1, 2, 3, 4]
+    # faust's own read offsets again: a record fetched twice now is dropped as already read
+    _drain(consumer, [Message(tp, 4), Message(tp, 5)])
+    assert consumer.delivered[-1:] == [5]
+
+
+def test_a_fence_ends_with_a_rebalance_or_after_a_while(monkeypatch: Any) -> None:
+    clock = Clock()
+    monkeypatch.setattr("services.runtime.kafka.time.monotonic", clock)
+    tp = TP("commands", 0)
+    consumer = FaustConsumer()
+    watch = SkippedRecords(App(consumer), "writer")  # type: ignore[arg-type]
+    watch.install(consumer)
+    asyncio.run(watch._seek_back(tp, 10, 1))
+    assert not watch.admit(Message(tp, 12, 1))
+    assert watch.admit(Message(tp, 14, 2))  # a rebalance sought to the committed offset
+    asyncio.run(watch._seek_back(tp, 10, 1))
+    clock.now += 31
+    assert watch.admit(Message(tp, 12, 1))  # the record sought never came: deliver again
