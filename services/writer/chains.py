@@ -9,6 +9,7 @@ on its partition are done, so a crash replays whatever was not finished.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -89,4 +90,18 @@ class InOrderAcks:
         async with self._lock:
             queue = self._queues.get(ticket.event.message.partition)
             while queue and queue[0].done:  # None: the partition was revoked
+                await ack(queue.popleft().event)
+
+    async def drop(self, ticket: Ticket, ack: Ack) -> None:
+        """``ticket``'s event is not this replica's to acknowledge (fetched before its
+        partition went to another replica, delivered after the revoke): out of the line,
+        unacknowledged, so that the partition's events after it, once it comes back here,
+        are not held back behind it for good."""
+        async with self._lock:
+            queue = self._queues.get(ticket.event.message.partition)
+            if queue is None:
+                return
+            with contextlib.suppress(ValueError):
+                queue.remove(ticket)
+            while queue and queue[0].done:
                 await ack(queue.popleft().event)

@@ -128,6 +128,8 @@ class Scheduler:
         await self.window.acquire()
         if self._elsewhere(job):
             self.window.release()  # revoked while it waited for a slot: the new owner has it
+            if job.ticket is not None and job.ack is not None:
+                await self._acks.drop(job.ticket, job.ack)
             return
         if job.command is not None and not job.escrowed:
             self._supersede(job.key)

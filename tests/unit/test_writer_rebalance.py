@@ -157,6 +157,29 @@ def test_forgotten_tickets_of_a_revoked_partition_do_not_hold_back_its_acks_when
     assert acked == [5]
 
 
+def test_an_event_delivered_after_its_partitions_revoke_does_not_hold_back_its_acks_when_it_returns() -> None:
+    # Partition 2 was revoked (generation 4) and its queue forgotten; faust then delivered an
+    # event it had fetched before (generation 4), dropped as the new owner's. The partition
+    # came back in generation 5: its events there must be acknowledged, not wait forever
+    # behind the dropped one (the consumer group's commits stopped at it).
+    async def run() -> _Harness:
+        h = _Harness(blocking=set())
+        h.scheduler.owns = lambda k: partition_for(k, PARTITIONS) != 2
+        h.scheduler.owns_generation = 4
+        h.acks.forget({2})
+        await h.submit(_key(2, 0), 7, generation=4)
+        h.scheduler.owns = lambda k: True
+        h.scheduler.owns_generation = 5
+        await h.submit(_key(2, 1), 7, generation=5)
+        await h.submit(_key(2, 2), 8, generation=5)
+        await asyncio.sleep(0.01)
+        return h
+
+    h = asyncio.run(run())
+    assert h.applied == [_key(2, 1), _key(2, 2)]
+    assert h.acked == [(2, 7), (2, 8)]
+
+
 def test_a_listing_older_than_the_objects_partition_here_is_not_used() -> None:
     async def run() -> None:
         async with ScimClient(APP.target.base_url, "token") as client:
