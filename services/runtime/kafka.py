@@ -33,6 +33,7 @@ from collections import defaultdict
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
+    Awaitable,
     Callable,
     Coroutine,
     Generator,
@@ -750,8 +751,8 @@ class SkippedRecords:
         del self._fences[message.tp]  # the record sought, or a rebalance's seek to the committed offset
         return True
 
-    async def through(self, events: AsyncIterator[Any], ack: Callable[[Any], Any] | None = None,
-                      ) -> AsyncIterator[Any]:
+    async def through(self, events: AsyncIterator[Any],
+                      ack: Callable[[Any], Awaitable[Any]] | None = None) -> AsyncIterator[Any]:
         """``events`` of the agent's stream that it should handle, in order; asking for the
         next one tells that the agent is done with the last and waits. With ``ack`` (a
         stream read with ``noack``), each event handled is acknowledged when the agent asks
@@ -761,7 +762,7 @@ class SkippedRecords:
                 continue
             yield event
             if ack is not None:
-                ack(event)
+                await ack(event)
             self._idle_since = time.monotonic()
 
     async def check(self, event: Any) -> bool:

@@ -25,6 +25,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from kafka import KafkaAdminClient, TopicPartition
+
 from services.devstack.broker import Broker
 from services.runtime.kafka import create_topics, plain_producer
 from services.runtime.topics import TopicSpec
@@ -43,7 +45,7 @@ class Worker:
 
     def __init__(self, broker: Broker, tmp_path: Path) -> None:
         prefix = f"st{uuid.uuid4().hex[:6]}."
-        self.topic = topic_name(prefix)
+        self.topic, self.group = topic_name(prefix), f"{prefix}stall"
         create_topics(broker.bootstrap, [TopicSpec(self.topic, 2)])
         env = {**os.environ, "SCIMFLOW_KAFKA_BOOTSTRAP": broker.bootstrap, "SCIMFLOW_TOPIC_PREFIX": prefix,
                "SCIMFLOW_PARTITIONS": "2", "SCIMFLOW_DATA_DIR": str(tmp_path / "data"),
@@ -77,6 +79,22 @@ class Worker:
             self.process.wait(timeout=30)
         finally:
             self.process.kill()
+
+
+def _committed(broker: Broker, group: str, topic: str, partition: int, *, until: int) -> int | None:
+    """The group's committed offset of the partition, once it is ``until`` (or after 30 s)."""
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    try:
+        deadline, offset = time.monotonic() + 30, None
+        while time.monotonic() < deadline:
+            found = admin.list_group_offsets(group).get(group, {}).get(TopicPartition(topic, partition))
+            offset = found.offset if found is not None else None
+            if offset == until:
+                break
+            time.sleep(0.5)
+        return offset
+    finally:
+        admin.close()
 
 
 @contextlib.contextmanager
@@ -124,9 +142,11 @@ def test_records_after_skipped_ones_wait_for_them_and_each_comes_once(broker: Br
             producer.flush()
             worker.wait_for(lambda: len(worker.got(0)) >= 1 + len(values), timeout=60)
             worker.read_for(2.0)  # a record delivered twice would come now
+            committed = _committed(broker, worker.group, worker.topic, 0, until=1 + len(values))
         finally:
             producer.close()
     assert worker.got(0) == ["ready", *values]
+    assert committed == 1 + len(values)  # the records dropped and read again were acknowledged
     skipped = [line for line in worker.seen if "records were skipped" in line]
     assert skipped and all("first=11 " in line for line in skipped), skipped
     assert not [line for line in worker.seen if "records are not delivered" in line]

@@ -179,7 +179,9 @@ def _delivered(offsets: list[int], *, committed: int = 0) -> tuple[list[int], li
         async def events() -> Any:
             for offset in offsets:
                 yield Event(Message(tp, offset))
-        async for event in watch.through(events(), lambda e: acked.append(e.message.offset)):
+        async def ack(event: Event) -> None:
+            acked.append(event.message.offset)
+        async for event in watch.through(events(), ack):
             handled.append(event.message.offset)
     asyncio.run(feed())
     return handled, acked, consumer
