@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ class Ticket:
 
     event: Any
     done: bool = False
+    since: float = field(default_factory=time.monotonic)
+    reported: bool = False
 
 
 @dataclass(eq=False)
@@ -84,6 +87,13 @@ class InOrderAcks:
         (a ticket left here would block the partition's acks if it came back)."""
         for partition in partitions:
             self._queues.pop(partition, None)
+
+    def blocking(self, older_than: float) -> list[Ticket]:
+        """The first unfinished ticket of each partition, when it has waited ``older_than``
+        seconds: the partition's acknowledgements (and commits) wait behind it."""
+        now = time.monotonic()
+        return [queue[0] for queue in self._queues.values()
+                if queue and not queue[0].done and now - queue[0].since >= older_than]
 
     async def done(self, ticket: Ticket, ack: Ack) -> None:
         ticket.done = True

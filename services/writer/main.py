@@ -96,6 +96,7 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
     @app.timer(5.0)  # type: ignore[untyped-decorator]
     async def gauges() -> None:
         processor.count_managed()
+        processor.report_blocked_acks()
 
     @app.timer(0.5)  # type: ignore[untyped-decorator]
     async def guard() -> None:

@@ -59,6 +59,9 @@ __all__ = ["Ack", "CommandProcessor"]
 
 log = structlog.get_logger("scimflow.writer")
 
+_BLOCKED_ACKS = 30.0
+"""Seconds a partition's acknowledgements wait behind one event before it is reported."""
+
 _STOP_WAIT = 5.0
 """Seconds a stopping writer waits for its target calls in flight before closing clients."""
 
@@ -470,6 +473,26 @@ class CommandProcessor:
             await self.publisher.error(key, malformed_message("writer", event, reason))
             return None
         return message
+
+    def report_blocked_acks(self, older_than: float = _BLOCKED_ACKS) -> None:
+        """Warn, once per event, about a partition whose acknowledgements (and so its
+        commits) have waited ``older_than`` seconds behind one unfinished event, with what
+        its object's jobs are doing: the sign of a command stuck, or lost by the writer."""
+        for ticket in self.acks.blocking(older_than):
+            if ticket.reported:
+                continue
+            ticket.reported = True
+            message, key = ticket.event.message, ticket.event.key or b""
+            jobs = [job for job in self.scheduler.jobs.values() if job.key == key]
+            running = any(job.ticket is ticket and not job.dropped for job in jobs)
+            report = log.info if running else log.warning  # a parked job may wait minutes
+            report("a partition's commits wait behind one event", partition=message.partition,
+                        offset=message.offset, key=key.decode(errors="replace"),
+                        generation=getattr(message, "generation_id", None),
+                        seconds=round(time.monotonic() - ticket.since),
+                        jobs=[{"own": job.ticket is ticket, "parked": job.parked, "applying": job.applying,
+                               "dropped": job.dropped, "done": job.done} for job in jobs],
+                        parked=key in self.scheduler.parked)
 
     def count_managed(self) -> None:
         """Set ``scimflow_managed_objects`` from the partitions this writer owns now; skipped
