@@ -844,7 +844,17 @@ def watch_delivery(app: Any, service: str, topic: str, *, idle: float = STALL_ID
     """A :class:`SkippedRecords` for the agent of ``topic``, with a timer that unstalls its
     partitions (after ``idle`` seconds). The agent reads its stream through it."""
     watch = SkippedRecords(app, service)
-    watch.install(app.consumer)
+    if app._consumer is not None:
+        watch.install(app.consumer)
+    else:  # when faust creates its consumer, as the worker starts: not earlier, not twice
+        new_consumer = app._new_consumer
+
+        def create_consumer() -> Any:
+            consumer = new_consumer()
+            watch.install(consumer)
+            return consumer
+
+        app._new_consumer = create_consumer
 
     @app.timer(idle / 2)  # type: ignore[untyped-decorator]
     async def unstall() -> None:
