@@ -31,6 +31,7 @@ class Ticket:
     done: bool = False
     since: float = field(default_factory=time.monotonic)
     reported: bool = False
+    ack: Ack | None = None
 
 
 @dataclass(eq=False)
@@ -70,6 +71,11 @@ class Job:
         return False
 
 
+def _generation(ticket: Ticket) -> int | None:
+    generation = getattr(ticket.event.message, "generation_id", None)
+    return generation if isinstance(generation, int) else None
+
+
 class InOrderAcks:
     """Acknowledges events per partition strictly in offset order."""
 
@@ -77,10 +83,30 @@ class InOrderAcks:
         self._queues: dict[int, deque[Ticket]] = defaultdict(deque)
         self._lock = asyncio.Lock()
 
-    def track(self, event: Any) -> Ticket:
-        ticket = Ticket(event)
+    def track(self, event: Any, ack: Ack | None = None) -> Ticket:
+        ticket = Ticket(event, ack=ack)
         self._queues[event.message.partition].append(ticket)
         return ticket
+
+    async def purge(self, generation: int) -> int:
+        """The consumer group's assignment of ``generation`` is in force: events fetched in
+        an earlier generation (delivered after their partition was revoked, and tracked in a
+        queue a revoke had already forgotten) are the group's to replay, not this replica's
+        to acknowledge. Out of every line, so that none holds back the acks of a partition
+        this replica owns now (a kill -9 replica test's survivor kept its commits of a
+        partition it took over at the first offset for good). Returns how many were purged."""
+        purged = 0
+        async with self._lock:
+            for queue in self._queues.values():
+                stale = [t for t in queue if (g := _generation(t)) is not None and g < generation]
+                for ticket in stale:
+                    queue.remove(ticket)
+                purged += len(stale)
+                while queue and queue[0].done and queue[0].ack is not None:
+                    ticket = queue.popleft()
+                    assert ticket.ack is not None
+                    await ticket.ack(ticket.event)
+        return purged
 
     def forget(self, partitions: set[int]) -> None:
         """Partitions revoked: their unacknowledged events are the next owner's to replay

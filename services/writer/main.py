@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
+import structlog
 
 from schemas.control import (
     AllowDeletes,
@@ -52,6 +53,8 @@ from services.writer.worker import CommandProcessor
 __all__ = ["build_app", "build_writers", "follow_versions"]
 
 _control = msgspec.json.Decoder(ControlMessage)
+
+log = structlog.get_logger("scimflow.writer")
 
 
 def build_writers(settings: Settings, loaded: LoadedConfig) -> dict[str, Writer]:
@@ -168,8 +171,13 @@ def _follow_rebalances(app: Any, processor: CommandProcessor, commands: str) -> 
     async def note_assigned(app: Any, assigned: Any, **_: Any) -> None:
         # Objects of a partition gained from another replica are looked up on the target
         # before a create: a listing taken earlier does not hold what that replica wrote.
-        processor.partitions_assigned({tp.partition for tp in assigned if tp.topic == commands},
-                                      app.consumer_generation_id)
+        generation = app.consumer_generation_id
+        processor.partitions_assigned({tp.partition for tp in assigned if tp.topic == commands}, generation)
+        if isinstance(generation, int):
+            purged = await processor.acks.purge(generation)
+            if purged:
+                log.info("events of an earlier generation left the ack line", purged=purged,
+                         generation=generation)
 
 
 def follow_versions(processor: CommandProcessor) -> AppCallback:

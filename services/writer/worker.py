@@ -168,7 +168,7 @@ class CommandProcessor:
     async def submit(self, event: Any, ack: Ack) -> None:
         """Take one event; returns once it is scheduled (or handled, for frames). No job
         runs before the writer's state is restored (:meth:`links_restored`, :meth:`learn`)."""
-        ticket = self.acks.track(event)
+        ticket = self.acks.track(event, ack)
         message = await self._decode(event)
         partition = event.message.partition
         if isinstance(message, CycleMarker) and message.app is not None and message.app not in self.writers:

@@ -33,3 +33,31 @@ def test_the_first_unfinished_ticket_of_a_partition_is_blocking_once_it_has_wait
     asyncio.run(finish())
     assert acks.blocking(older_than=0.0) == []
     assert acked == [5, 6, 9]
+
+
+def _gen_event(partition: int, offset: int, generation: int) -> Any:
+    message = SimpleNamespace(partition=partition, offset=offset, generation_id=generation)
+    return SimpleNamespace(message=message, key=b"a/u1")
+
+
+def test_events_of_an_earlier_generation_leave_the_line_when_a_new_assignment_is_in_force() -> None:
+    # Generation 1's event of partition 2 came after the revoke forgot the queue: tracked
+    # anew, its job never ran here. Partition 2 came back in generation 3: its events there
+    # must be acknowledged, not wait behind it.
+    acked: list[int] = []
+
+    async def ack(event: Any) -> None:
+        acked.append(event.message.offset)
+
+    async def run() -> int:
+        acks = InOrderAcks()
+        acks.track(_gen_event(2, 40, 1), ack)  # stale: never done
+        fresh = [acks.track(_gen_event(2, offset, 3), ack) for offset in (64, 65)]
+        await acks.done(fresh[0], ack)  # done before the assignment's signal ran
+        assert acked == []  # held back behind the stale one
+        purged = await acks.purge(3)
+        await acks.done(fresh[1], ack)
+        return purged
+
+    assert asyncio.run(run()) == 1
+    assert acked == [64, 65]
