@@ -45,6 +45,8 @@ class Job:
     ack: Ack | None = None
     generation: int | None = None
     """The consumer-group generation its event was fetched in (None: not from an event)."""
+    partition: int | None = None
+    """The commands partition its event came from (None: not from an event)."""
     releasing: bool = False
     escrowed: int = 0
     """> 0: a retry of an escrowed command that has failed this many times already."""

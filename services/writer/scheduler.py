@@ -118,6 +118,9 @@ class Scheduler:
         """Whether a key's partition is this replica's now (None: not known yet, all are)."""
         self.owns_generation: int | None = None
         """The consumer-group generation ``owns`` was worked out in."""
+        self.owned: frozenset[int] | None = None
+        """The partitions ``owns`` says are this replica's, when known (a job from an event
+        is checked by its partition: no hash of its key per command)."""
 
     def busy(self, key: bytes) -> bool:
         """Whether a job for the object is scheduled or running."""
@@ -146,7 +149,12 @@ class Scheduler:
         partition since, and faust can deliver its events before the signal that updates
         ``owns`` (dropped here, they would be lost: faust replays a partition only when it
         is assigned again)."""
-        if self.owns is None or self.owns(job.key):
+        if self.owns is None:
+            return False
+        if job.partition is not None and self.owned is not None:
+            if job.partition in self.owned:
+                return False
+        elif self.owns(job.key):
             return False
         known = self.owns_generation
         return job.generation is None or known is None or job.generation <= known

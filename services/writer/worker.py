@@ -177,7 +177,8 @@ class CommandProcessor:
             key = event.key or b""
             self.cycles.saw(partition, message.app, message.cycle_id, key)
             generation = getattr(event.message, "generation_id", None)
-            await self.scheduler.schedule(Job(key, message, ticket, ack, generation=generation))
+            await self.scheduler.schedule(Job(key, message, ticket, ack, generation=generation,
+                                              partition=partition))
             return
         if isinstance(message, CycleMarker):
             # A frame waits for every command before it, so a scan's end means its commands ran
@@ -201,6 +202,8 @@ class CommandProcessor:
             return partition_for(key, count) not in partitions and (kept is None or kept(key))
 
         self.scheduler.owns, self.scheduler.owns_generation = owns, generation
+        if self.scheduler.owned is not None:
+            self.scheduler.owned -= partitions
         self.acks.forget(partitions)
         dropped = await self.scheduler.release(owns)
         self.app_state.forget_partitions(partitions, count)
@@ -219,6 +222,7 @@ class CommandProcessor:
             del self._gained[partition]  # gained again later: a new time then
         owned = frozenset(partitions)
         self.scheduler.owns = lambda key: partition_for(key, count) in owned
+        self.scheduler.owned = owned
         self.scheduler.owns_generation = generation
 
     def listed_after(self, key: bytes) -> datetime | None:

@@ -67,9 +67,12 @@ class _Harness:
     async def _ack(self, event: Any) -> None:
         self.acked.append((event.message.partition, event.message.offset))
 
-    async def submit(self, key: bytes, offset: int, generation: int | None = None) -> None:
-        ticket = self.acks.track(_event(partition_for(key, PARTITIONS), offset))
-        await self.scheduler.schedule(Job(key, _command(key), ticket, self._ack, generation=generation))
+    async def submit(self, key: bytes, offset: int, generation: int | None = None, *,
+                     by_partition: bool = False) -> None:
+        partition = partition_for(key, PARTITIONS)
+        ticket = self.acks.track(_event(partition, offset))
+        await self.scheduler.schedule(Job(key, _command(key), ticket, self._ack, generation=generation,
+                                          partition=partition if by_partition else None))
 
 
 def test_a_revoke_drops_queued_jobs_waits_for_the_call_in_flight_and_acks_none_of_them() -> None:
@@ -116,6 +119,22 @@ def test_a_command_scheduled_for_a_partition_not_owned_any_more_is_not_run() -> 
         h.scheduler.owns = lambda k: partition_for(k, PARTITIONS) != 2
         await h.submit(_key(2), 0)
         await h.submit(_key(1), 0)
+        await asyncio.sleep(0.01)
+        return h
+
+    h = asyncio.run(run())
+    assert h.applied == [_key(1)] and h.acked == [(1, 0)]
+
+
+def test_a_command_from_an_event_is_judged_by_the_events_partition_not_a_hash_of_its_key() -> None:
+    def unhashed(key: bytes) -> bool:
+        raise AssertionError(f"hashed {key!r}: its event told the partition")
+
+    async def run() -> _Harness:
+        h = _Harness(blocking=set())
+        h.scheduler.owns, h.scheduler.owned = unhashed, frozenset({0, 1})
+        await h.submit(_key(2), 0, by_partition=True)
+        await h.submit(_key(1), 0, by_partition=True)
         await asyncio.sleep(0.01)
         return h
 
