@@ -178,8 +178,7 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
     async def map_changes(stream: Any) -> None:
         # Acknowledged by the watch once planned: a record it drops (fetched before it
         # sought the partition back to a gap) is not, and is read again.
-        manual = stream.noack()
-        async for event in delivery.through(manual.events(), manual.ack):
+        async for event in delivery.through((manual := stream.noack()).events(), manual.ack):
             if not live.caught_up.is_set():
                 log.info("waiting for the config topic to be read before planning")
                 await live.caught_up.wait()
