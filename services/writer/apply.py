@@ -292,14 +292,27 @@ class Writer:
     def _observed(run: _Run) -> Observed:
         """The target's resource for a managed object, when this scan's listing knows it;
         the listed resource is kept in ``run.listed`` for the write (read once)."""
-        managed, snapshot = run.managed, run.snapshot
-        if snapshot is None or managed is None or managed.updated_at >= snapshot.taken_at:
-            return UNKNOWN  # no listing, or written after it (here or by another replica)
-        kind = run.kind
-        run.listed = snapshot.resource(kind, managed.target_id)
-        if not snapshot.knows(kind, managed.target_id):
-            return UNKNOWN
-        return run.listed.body if run.listed is not None else ABSENT
+        observed, run.listed = _observe(run.managed, run.snapshot, run.kind)
+        return observed
+
+    def settled(self, cmd: ProvisioningCommand, managed: ManagedObject | None, *,
+                listed_after: datetime | None = None) -> bool:
+        """Whether :meth:`handle` would do nothing at all for ``cmd``: a user this app
+        manages whose target holds what the command wants, known without a target call,
+        with nothing to store and nothing to report (an unchanged object in a full scan).
+        Pure; False whenever :meth:`handle` could do anything, so the caller goes there."""
+        if (cmd.object_type != "user" or cmd.on_demand or self.app.dry_run or managed is None
+                or cmd.source_id in self._unsure or owned(cmd, managed) is not managed
+                or (cmd.cycle_id is not None and not self._listed(cmd.cycle_id))):
+            return False
+        observed, _ = _observe(managed, self._snapshot_for(cmd, listed_after), "user")
+        return self.preview(cmd, managed, observed).action == "noop"
+
+    def _listed(self, cycle_id: str) -> bool:
+        """Whether :meth:`discover` of ``cycle_id`` is over (it would return at once)."""
+        if self.snapshot is not None and self.snapshot.cycle_id == cycle_id:
+            return True
+        return cycle_id in self._cycles and cycle_id not in self._discovering
 
     async def handle(self, cmd: ProvisioningCommand, managed: ManagedObject | None,
                      members: list[str] | None = None, *, owner: Owner | None = None,
@@ -814,6 +827,17 @@ def _unstored(sent: Mapping[str, Any], answer: Mapping[str, Any]) -> list[str]:
     """Paths the target's answer shows it did not keep as sent (left out or changed)."""
     return sorted(p for p, v in sent.items() if v is not None and p != MEMBERS
                   and not same_value(read_path(answer, p), v, case_exact=False))
+
+
+def _observe(managed: ManagedObject | None, snapshot: TargetSnapshot | None,
+             kind: Kind) -> tuple[Observed, ScimResource | None]:
+    """What a scan's listing tells of a managed object's resource, and the listed resource."""
+    if snapshot is None or managed is None or managed.updated_at >= snapshot.taken_at:
+        return UNKNOWN, None  # no listing, or written after it (here or by another replica)
+    listed = snapshot.resource(kind, managed.target_id)
+    if not snapshot.knows(kind, managed.target_id):
+        return UNKNOWN, listed
+    return (listed.body if listed is not None else ABSENT), listed
 
 
 def owned(cmd: ProvisioningCommand, managed: ManagedObject | None) -> ManagedObject | None:

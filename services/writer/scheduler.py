@@ -129,7 +129,7 @@ class Scheduler:
     async def schedule(self, job: Job) -> None:
         """Run ``job`` after every earlier job for the same object."""
         await self.window.acquire()
-        if self._elsewhere(job):
+        if self.elsewhere(job):
             self.window.release()  # revoked while it waited for a slot: the new owner has it
             if job.ticket is not None and job.ack is not None:
                 await self._acks.drop(job.ticket, job.ack)
@@ -143,7 +143,7 @@ class Scheduler:
         self.jobs[task] = job
         task.add_done_callback(self._finished)
 
-    def _elsewhere(self, job: Job) -> bool:
+    def elsewhere(self, job: Job) -> bool:
         """Whether ``job``'s partition was revoked from this replica. An event fetched in a
         later generation than ``owns`` knows is this replica's: the group gave it the
         partition since, and faust can deliver its events before the signal that updates

@@ -177,8 +177,11 @@ class CommandProcessor:
             key = event.key or b""
             self.cycles.saw(partition, message.app, message.cycle_id, key)
             generation = getattr(event.message, "generation_id", None)
-            await self.scheduler.schedule(Job(key, message, ticket, ack, generation=generation,
-                                              partition=partition))
+            job = Job(key, message, ticket, ack, generation=generation, partition=partition)
+            if self._settled(job, message):
+                await self.acks.done(ticket, ack)  # nothing to do, nothing waits for it
+                return
+            await self.scheduler.schedule(job)
             return
         if isinstance(message, CycleMarker):
             # A frame waits for every command before it, so a scan's end means its commands ran
@@ -187,6 +190,30 @@ class CommandProcessor:
             await self._on_marker(partition, message)
             await self._discover(message)
         await self.acks.done(ticket, ack)
+
+    def _settled(self, job: Job, command: ProvisioningCommand) -> bool:
+        """Whether ``command`` would change nothing (:meth:`Writer.settled`) and nothing of
+        its object waits here: then it is done without a job (task, window slot, turn), as
+        the million unchanged objects of a full scan are. Any doubt: False, and it runs as a
+        job, where everything below is decided the same way."""
+        writer = self.writers.get(command.app)
+        key = job.key
+        if (writer is None or not self.restored.is_set() or self.scheduler.busy(key)
+                or self.scheduler.elsewhere(job) or self._is_off(command.app)
+                or writer.client.quarantine.active or self.deferrals.command(key) is not None
+                or self.app_state.guard.staged(command.app, key)
+                or self.app_state.held.get(key) is not None
+                or self.scheduler.escrow.get(key) is not None):
+            return False
+        raw = read(self.managed, key)
+        if not raw:
+            return False
+        state = _state.decode(raw)
+        if state.deferred is not None:
+            return False
+        resolved = resolve(command, self.links)
+        return not resolved.missing and writer.settled(resolved.command, state,
+                                                       listed_after=self.listed_after(key))
 
     # -- rebalances ------------------------------------------------------------------------
 
