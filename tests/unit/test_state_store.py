@@ -72,6 +72,18 @@ def test_read_asks_the_rocksdb_store_once_and_gets_what_table_get_gets(
     assert read({b"k": b"v"}, b"k") == b"v" and read({}, b"k") is None
 
 
+def test_get_answers_without_the_keyerror_path_of_mapping_get(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = _table(tmp_path).data
+    store[b"app/u1"] = b"state"
+
+    def no_getitem(*_: Any) -> Any:
+        raise AssertionError("Mapping.get went through [] and its KeyError")
+    monkeypatch.setattr(KeyPartitionedRocksStore, "__getitem__", no_getitem)
+    assert store.get(b"app/u1") == b"state"
+    assert store.get(b"app/nobody") is None and store.get(b"app/nobody", b"-") == b"-"
+
+
 def test_partition_items_reads_one_partitions_entries(tmp_path: Path) -> None:
     table = _table(tmp_path)
     entries = {f"app/u{i}".encode(): f"v{i}".encode() for i in range(60)}
