@@ -160,7 +160,7 @@ def test_required_alerts_exist_with_severity_and_runbook() -> None:
     alerts = {rule["alert"]: rule for rule in _alerts()}
     assert {"ScimflowAppQuarantined", "ScimflowErrorRateHigh", "ScimflowEscrowGrowing",
             "ScimflowStagedDeletesWaiting", "ScimflowNoSuccessfulCycle", "ScimflowConsumerLagGrowing",
-            "ScimflowTargetLatencyHigh"} <= set(alerts)
+            "ScimflowTargetLatencyHigh", "ScimflowPartitionStalled"} <= set(alerts)
     for name, rule in alerts.items():
         assert rule["labels"]["severity"] in {"critical", "warning"}, name
         assert rule["annotations"]["summary"], name
