@@ -713,6 +713,10 @@ class SkippedRecords:
         """Partitions sought back: the offset the agent awaits; records after it are dropped."""
         self._fences: dict[Any, _Fence] = {}
         """The same, below faust (:meth:`admit`), until the record sought is fetched."""
+        self._first: dict[tuple[Any, int | None], int] = {}
+        """The first offset the agent got of each partition in each generation."""
+        self._head_gaps: dict[tuple[Any, int | None], int] = {}
+        """Partitions whose first offset was past the committed one at the last look."""
         self._tries: dict[tuple[Any, int], int] = {}
         """Seeks back to a partition's offset so far."""
         self._idle_since: float | None = time.monotonic()
@@ -792,6 +796,7 @@ class SkippedRecords:
                       topic=tp.topic, partition=tp.partition, first=expected, got=offset, seeks=tries)
         self._tries.pop((tp, offset), None)
         self._next[key] = offset + 1
+        self._first.setdefault(key, offset)
         return True
 
     async def _seek_back(self, tp: Any, offset: int, generation: int | None) -> None:
@@ -803,6 +808,39 @@ class SkippedRecords:
         # faust keeps the group's committed offsets of its assignment here; no public accessor.
         committed = getattr(self._app.consumer, "_committed_offset", {}).get(tp)
         return committed if isinstance(committed, int) else None
+
+    async def reread_head(self, topic: str) -> list[int]:
+        """Seek back each partition of ``topic`` whose first record delivered in this
+        generation came after the group's committed offset, two looks in a row: the records
+        between were never delivered (faust skipped them before the agent's first record
+        there, so :meth:`check` had nothing to compare with) and the partition's commits
+        wait at that offset for good. Seen when writers scaled 1 -> 2 -> 1: the remaining
+        writer wrote every command it was given of a partition it took back, and its
+        commits stayed at the first offset. Returns the partitions sought back."""
+        app = self._app
+        if getattr(app, "rebalancing", False):
+            return []
+        generation, sought = getattr(app, "consumer_generation_id", None), []
+        for tp in app.consumer.assignment():
+            if tp.topic != topic:
+                continue
+            key = (tp, generation)
+            first, committed = self._first.get(key), self._committed(tp)
+            if first is None or committed is None or first <= committed:
+                self._head_gaps.pop(key, None)
+                continue
+            if self._head_gaps.get(key) != committed:
+                self._head_gaps[key] = committed  # look again before seeking
+                continue
+            del self._head_gaps[key]
+            log.warning("records before the first one delivered were skipped; reading them again",
+                        service=self._service, topic=tp.topic, partition=tp.partition,
+                        first=committed, got=first)
+            metrics.SKIPPED_RECORDS.labels(service=self._service).inc(first - committed)
+            self._first[key] = committed
+            await self._seek_back(tp, committed, generation)
+            sought.append(tp.partition)
+        return sought
 
     async def unstall(self, topic: str, *, idle: float = STALL_IDLE) -> list[int]:
         """Seek back each partition of ``topic`` that holds records the consumer does not
@@ -858,6 +896,7 @@ def watch_delivery(app: Any, service: str, topic: str, *, idle: float = STALL_ID
 
     @app.timer(idle / 2)  # type: ignore[untyped-decorator]
     async def unstall() -> None:
+        await watch.reread_head(topic)
         await watch.unstall(topic, idle=idle)
 
     return watch

@@ -274,3 +274,42 @@ def test_a_fence_ends_with_a_rebalance_or_after_a_while(monkeypatch: Any) -> Non
     asyncio.run(watch._seek_back(tp, 10, 1))
     clock.now += 31
     assert watch.admit(Message(tp, 12, 1))  # the record sought never came: deliver again
+
+
+def test_records_skipped_before_the_first_one_delivered_are_read_again_once_known() -> None:
+    # The agent's first record of partition 0 in this generation was 20 while faust did not
+    # know the committed offset yet; the group's committed offset is 5: 5..19 never came.
+    tp = TP("commands", 0)
+    consumer = Consumer(ends={tp: 30})
+    watch = SkippedRecords(App(consumer), "writer")
+    handled: list[int] = []
+
+    async def run() -> None:
+        async def deliver(*offsets: int) -> None:
+            for offset in offsets:
+                if await watch.check(Event(Message(tp, offset))):
+                    handled.append(offset)
+        await deliver(20, 21)
+        assert await watch.reread_head("commands") == []  # committed not known yet
+        consumer._committed_offset[tp] = 5
+        assert await watch.reread_head("commands") == []  # a first look
+        assert await watch.reread_head("commands") == [0]  # still so: sought back
+        assert await watch.reread_head("commands") == []  # once
+        await deliver(22, 23, *range(5, 24))  # the batch in hand, then the records sought
+    asyncio.run(run())
+    assert consumer.seeks == [(tp, 5)]
+    assert handled == [20, 21, *range(5, 24)]
+
+
+def test_a_first_record_at_the_committed_offset_is_no_gap() -> None:
+    tp = TP("commands", 0)
+    consumer = Consumer({tp: 5}, ends={tp: 30})
+    watch = SkippedRecords(App(consumer), "writer")
+
+    async def run() -> None:
+        for offset in (5, 6, 7):
+            assert await watch.check(Event(Message(tp, offset)))
+        for _ in range(3):
+            assert await watch.reread_head("commands") == []
+    asyncio.run(run())
+    assert consumer.seeks == []
