@@ -646,6 +646,9 @@ STALL_IDLE = 10.0
 taken for stalled (:meth:`SkippedRecords.unstall`)."""
 _UNSTALL_MAX = 300.0
 """At most this many seconds between two seeks of a partition stuck at the same offset."""
+_COMMIT_STALL = 30.0
+"""Seconds a partition's committed offset may stay put, with later records acknowledged,
+before the watch reports it."""
 _FENCE_MAX = 30.0
 """Seconds a partition sought back waits for the record sought before it delivers again
 what comes (the check then sees the gap again and seeks once more)."""
@@ -717,6 +720,8 @@ class SkippedRecords:
         """The first offset the agent got of each partition in each generation."""
         self._head_gaps: dict[tuple[Any, int | None], int] = {}
         """Partitions whose first offset was past the committed one at the last look."""
+        self._commits: dict[Any, tuple[int | None, float, bool]] = {}
+        """Per partition: the committed offset last seen, since when, and whether reported."""
         self._tries: dict[tuple[Any, int], int] = {}
         """Seeks back to a partition's offset so far."""
         self._idle_since: float | None = time.monotonic()
@@ -842,6 +847,37 @@ class SkippedRecords:
             sought.append(tp.partition)
         return sought
 
+    def report_commit_stall(self, topic: str, *, after: float = _COMMIT_STALL) -> list[int]:
+        """Warn, once per offset, about a partition of ``topic`` whose committed offset has
+        not moved for ``after`` seconds while faust holds acknowledgements past it: its
+        commits wait at that offset (faust commits only an unbroken run from it). With what
+        faust and this watch know of the partition, so that the cause can be told. Returns
+        the partitions reported."""
+        consumer, now, reported = self._app.consumer, time.monotonic(), []
+        generation = getattr(self._app, "consumer_generation_id", None)
+        acked_by_tp: Mapping[Any, list[int]] = getattr(consumer, "_acked", {})
+        for tp in consumer.assignment():
+            if tp.topic != topic:
+                continue
+            committed = self._committed(tp)
+            seen = self._commits.get(tp)
+            if seen is None or seen[0] != committed:
+                self._commits[tp] = (committed, now, False)
+                continue
+            acked = acked_by_tp.get(tp) or []
+            if seen[2] or not acked or now - seen[1] < after:
+                continue
+            self._commits[tp] = (committed, seen[1], True)
+            key = (tp, generation)
+            log.warning("a partition's commits do not move while later records are acknowledged",
+                        service=self._service, topic=tp.topic, partition=tp.partition,
+                        committed=committed, acked_first=min(acked), acked_last=max(acked),
+                        acked=len(acked), first_delivered=self._first.get(key),
+                        next_expected=self._next.get(key), seeking=self._seeking.get(key),
+                        seconds=round(now - seen[1]))
+            reported.append(tp.partition)
+        return reported
+
     async def unstall(self, topic: str, *, idle: float = STALL_IDLE) -> list[int]:
         """Seek back each partition of ``topic`` that holds records the consumer does not
         deliver: the agent has waited ``idle`` seconds and the partition ends past the next
@@ -897,6 +933,7 @@ def watch_delivery(app: Any, service: str, topic: str, *, idle: float = STALL_ID
     @app.timer(idle / 2)  # type: ignore[untyped-decorator]
     async def unstall() -> None:
         await watch.reread_head(topic)
+        watch.report_commit_stall(topic)
         await watch.unstall(topic, idle=idle)
 
     return watch

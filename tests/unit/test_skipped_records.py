@@ -313,3 +313,20 @@ def test_a_first_record_at_the_committed_offset_is_no_gap() -> None:
             assert await watch.reread_head("commands") == []
     asyncio.run(run())
     assert consumer.seeks == []
+
+
+def test_a_commit_that_stays_put_behind_later_acks_is_reported_once(monkeypatch: Any) -> None:
+    clock = Clock()
+    monkeypatch.setattr("services.runtime.kafka.time.monotonic", clock)
+    tp, other = TP("commands", 1), TP("commands", 2)
+    consumer = Consumer({tp: 410, other: 7}, ends={tp: 688, other: 7})
+    consumer._acked = {tp: [412, 413, 414]}  # type: ignore[attr-defined]
+    watch = SkippedRecords(App(consumer), "writer")
+    assert watch.report_commit_stall("commands") == []  # first look
+    clock.now += 31
+    assert watch.report_commit_stall("commands") == [1]  # nothing acknowledged on 2
+    clock.now += 31
+    assert watch.report_commit_stall("commands") == []  # once per offset
+    consumer._committed_offset[tp] = 415
+    clock.now += 31
+    assert watch.report_commit_stall("commands") == []  # it moved
