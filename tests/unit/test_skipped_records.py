@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.runtime.kafka import SkippedRecords
+from faust.transport import consumer as faust_consumer
+from intervaltree import IntervalTree  # type: ignore[import-untyped]
+
+from services.runtime.kafka import SkippedRecords, _new_offset
 
 
 @dataclass(frozen=True)
@@ -330,3 +334,36 @@ def test_a_commit_that_stays_put_behind_later_acks_is_reported_once(monkeypatch:
     consumer._committed_offset[tp] = 415
     clock.now += 31
     assert watch.report_commit_stall("commands") == []  # it moved
+
+
+class Acks:
+    """The attributes of faust's consumer its ``_new_offset`` reads."""
+
+    def __init__(self, acked: list[int], committed: int | None,
+                 gaps: tuple[tuple[int, int], ...] = ()) -> None:
+        tp = TP("commands", 0)
+        self._acked: defaultdict[TP, list[int]] = defaultdict(list, {tp: list(acked)})
+        self._acked_index: defaultdict[TP, set[int]] = defaultdict(set, {tp: set(acked)})
+        self._gap: defaultdict[TP, IntervalTree] = defaultdict(IntervalTree)
+        for begin, end in gaps:
+            self._gap[tp].addi(begin, end)
+        self._committed_offset: defaultdict[TP, int | None] = defaultdict(lambda: None, {tp: committed})
+
+
+def test_the_commit_offset_ignores_an_offset_acknowledged_twice() -> None:
+    tp, acked = TP("commands", 0), [256, 256, 257, 258, 258, 259, 261]
+    assert faust_consumer.Consumer._new_offset(Acks(acked, 256), tp) == 257  # type: ignore[arg-type]
+    acks = Acks(acked, 256)
+    assert _new_offset(acks, tp) == 260  # the whole run, not up to the first duplicate
+    assert acks._acked[tp] == [261]
+
+
+def test_the_commit_offset_is_fausts_when_nothing_is_acknowledged_twice() -> None:
+    tp, rng = TP("commands", 0), random.Random(7)
+    for _ in range(200):
+        committed = rng.choice([None, 0, 10, 50])
+        gaps = ((40, 45),) if rng.random() < 0.3 else ()
+        acked = sorted(o for o in rng.sample(range(80), rng.randint(0, 40)) if not (gaps and 40 <= o < 45))
+        theirs, ours = Acks(acked, committed, gaps), Acks(acked, committed, gaps)
+        assert _new_offset(ours, tp) == faust_consumer.Consumer._new_offset(theirs, tp)  # type: ignore[arg-type]
+        assert ours._acked[tp] == theirs._acked[tp]
