@@ -226,7 +226,7 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--store", default="rocksdb", choices=["rocksdb", "memory"])
     parser.add_argument("--timeout", type=float, default=1200.0)
-    parser.add_argument("--event-loop", default="asyncio", choices=["asyncio", "uvloop"])
+    parser.add_argument("--event-loop", default="uvloop", choices=["asyncio", "uvloop"])
     parser.add_argument("--profile", metavar="DIR",
                         help="py-spy the mapper and the writer into DIR (needs py-spy installed)")
     args = parser.parse_args()

@@ -1,4 +1,4 @@
-"""SCIMFLOW_EVENT_LOOP: the workers run on asyncio's loop unless told to use uvloop."""
+"""SCIMFLOW_EVENT_LOOP: the workers run on uvloop unless told to use asyncio's own loop."""
 
 from __future__ import annotations
 
@@ -26,12 +26,12 @@ def _loop_module(name: str) -> str:
     return done.stdout.strip()
 
 
-def test_uvloop_runs_the_workers_on_uvloop() -> None:
+def test_uvloop_is_the_default_and_runs_the_workers_on_uvloop() -> None:
+    assert load_settings().event_loop == "uvloop"
     assert _loop_module("uvloop") == "uvloop"
 
 
-def test_asyncio_is_the_default_and_keeps_the_standard_loop() -> None:
-    assert load_settings().event_loop == "asyncio"
+def test_asyncio_keeps_the_standard_loop() -> None:
     assert _loop_module("asyncio").startswith("asyncio")
 
 
