@@ -17,17 +17,20 @@ Two departures from botocore, because SCIM targets answer 429s that are not abou
   rate drops; a random one (a share of 429s whatever the rate) does not. So when the
   answers after a cut (30 of them, or 5 s worth) are about as throttled as before (not
   much less; and not more, which means the cut was not deep enough), the cut is taken
-  back and that share becomes the *noise floor*. "Before" is the share over the last 30
-  or so answers, not the cutting interval's alone (picked for being high, it makes any
-  random share look lower afterwards), and "much less" must be beyond chance (two standard
-  deviations); a cut that helped teaches the floor too, from its answers below the limit.
-  Without that, random 429s could keep cuts that "helped" by luck, one after another,
-  down to a crawl. Only 429s well beyond the floor (5 points, and three standard
-  deviations for the interval's size) count as a signal. The floor is a moving average
-  over about 100 answers, learnt below the last throttled rate only
-  (beyond it, a rate creeping past the limit would raise the floor with its own 429s).
-  ``W_max`` is what the target let through (answers that were not 429), which is the
-  target's real limit when we overshot, however far.
+  back and that share is learnt into the *noise floor* (a moving average: a cut that was
+  not deep enough looks the same, and must not set the floor at once). Fewer 429s, but
+  not beyond chance, extend the probation (to 120 answers) rather than decide. "Before"
+  is the share over the last 30 or so answers, not the cutting interval's alone (picked
+  for being high, it makes any random share look lower afterwards), and "much less" must
+  be beyond chance (two standard deviations); a cut that helped teaches the floor too,
+  from its answers below the limit. Without that, random 429s could keep cuts that
+  "helped" by luck, one after another, down to a crawl. Only 429s well beyond the floor
+  (5 points, and three standard deviations of the difference between the interval's
+  share and the floor, itself an estimate) count as a signal. The floor is a moving
+  average over about 100 answers, learnt below the last throttled rate only (beyond it, a
+  rate creeping past the limit would raise the floor with its own 429s). ``W_max`` is
+  what the target let through (answers that were not 429), which is the target's real
+  limit when we overshot, however far.
 
 ``Retry-After`` is honoured by the request that got it (:mod:`services.scim._transport`
 waits it out before that request's next attempt, or, for the writer's object jobs, raises it
@@ -63,8 +66,12 @@ __all__ = ["AdaptiveRate", "CubicCurve", "Limits", "Operation", "RateLimiter", "
 
 BETA: Final = 0.7
 """Multiplicative decrease on a throttle (botocore's and CUBIC's)."""
-SCALE: Final = 0.4
-"""CUBIC's C: how fast the rate grows back (requests/s per s**3)."""
+SCALE: Final = 0.1
+"""CUBIC's C: how fast the rate grows back (requests/s per s**3). A quarter of botocore's
+0.4: the curve stays near W_max longer and probes beyond it more slowly, so a target with
+a burst allowance (which hides the limit until it is spent) is overrun by less each time;
+against a 50 requests/s bucket with a second of burst, 2 % of requests were 429s instead
+of 4.5 %, at the same throughput."""
 _MIN_RATE: Final = 0.5
 _INTERVAL: Final = 0.5
 """Shortest measurement interval (seconds)..."""
@@ -93,6 +100,8 @@ _PROBATION_ANSWERS: Final = 30
 """Answers after a cut (at the lower rate) that tell whether it helped..."""
 _MAX_PROBATION: Final = 5.0
 """...or seconds, for a slow app."""
+_LONG_PROBATION_ANSWERS: Final = 120
+"""Answers after a cut that fewer 429s but not clearly fewer (within chance) extend the probation to."""
 _SMOOTHING: Final = 0.8
 """Weight of the newest interval in the measured sending rate (botocore's)."""
 
@@ -228,7 +237,9 @@ class AdaptiveRate:
             return
         self._remember(sample)
         excess = sample.share - self.noise
-        if excess > max(_MARGIN, _SIGMAS * math.sqrt(self.noise * (1 - self.noise) / sample.answers)):
+        # The floor is an estimate too (over about _NOISE_ANSWERS answers): both vary by chance.
+        spread = math.sqrt(self.noise * (1 - self.noise) * (1 / sample.answers + 1 / _NOISE_ANSWERS))
+        if excess > max(_MARGIN, _SIGMAS * spread):
             self._cut(sample, now)
         elif self._curve is None or self._rate <= self._curve.w_max:
             # Learn the floor from answers below the last throttled rate only: beyond it a
@@ -264,15 +275,19 @@ class AdaptiveRate:
         excess = share - self.noise
         spread = 2 * math.sqrt(share * (1 - share) / answers)  # a random share varies this much
         rose = excess > _ROSE * self._cut_excess + spread
-        if (_UNHELPED * self._cut_excess <= excess or not self._dropped(share, answers)) \
-                and not rose and share <= _MAX_NOISE:
-            self._take_back(share)  # as throttled at the lower rate: not our rate
+        unhelped = _UNHELPED * self._cut_excess <= excess
+        if not unhelped and not rose and not self._dropped(share, answers) \
+                and answers < _LONG_PROBATION_ANSWERS and now - self._curve.cut_at < _MAX_PROBATION:
+            return  # fewer 429s, but not clearly: hear more before deciding
+        if (unhelped or not self._dropped(share, answers)) and not rose and share <= _MAX_NOISE:
+            self._take_back(share, answers)  # as throttled at the lower rate: not our rate
             return
         self._undo = None  # the cut helped: it stands, and the rate grows from now on
         # These answers came at a rate below the target's limit: their 429s are noise. Not
         # learnt, a random share kept cutting (each cut "helped" by chance) down to a crawl.
         self._learn_noise(share, answers)
-        self._curve = CubicCurve(self._curve.w_max, now, beta=self._beta, scale=self._scale)
+        # The curve runs on from the cut, not from now: a long probation (held at the cut
+        # rate) would otherwise cost a whole climb back more.
 
     def _dropped(self, share: float, answers: int) -> bool:
         """Whether the share of 429s after the cut is below the one before by more than
@@ -293,11 +308,14 @@ class AdaptiveRate:
         self._curve = CubicCurve(w_max, now, beta=self._beta, scale=self._scale)
         self._concurrency = max(1.0, self._concurrency * self._beta)
 
-    def _take_back(self, share: float) -> None:
+    def _take_back(self, share: float, answers: int) -> None:
         assert self._undo is not None
         self._rate, self._concurrency, self._curve = self._undo
         self._undo = None
-        self.noise = share
+        # Learnt, not set: a cut that was not deep enough looks the same (its 429s as many
+        # as before), and set outright its share (0.47 against a bucket with a second of
+        # burst) was a floor that let the rate run over the limit until it decayed.
+        self._learn_noise(share, answers + self._cut_answers)
 
     def _follow(self, now: float) -> None:
         """The rate on the curve, never above the configured maximum, nor above twice the

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from services.scim.ratelimit import AdaptiveRate, CubicCurve, Limits, RateLimiter, operation_of
+from services.scim.ratelimit import SCALE, AdaptiveRate, CubicCurve, Limits, RateLimiter, operation_of
 from tests.support.limiter import burst_seconds
 
 pytestmark = pytest.mark.anyio
@@ -54,10 +54,11 @@ def simulate(rate: AdaptiveRate, clock: Clock, seconds: float, throttles: object
 
 
 def simulate_in_flight(rate: AdaptiveRate, clock: Clock, seconds: float, throttles: object,
-                       latency: float) -> list[tuple[float, bool]]:
+                       latency: float, jitter: random.Random | None = None) -> list[tuple[float, bool]]:
     """Send as fast as the rate and the concurrency allow, each answer ``latency`` seconds
-    after its request (which the target judges when it arrives): (sent, throttled) of
-    every answer. Requests are in flight at every cut, sent at the rate before it."""
+    (times 0.5 to 1.5 drawn from ``jitter``) after its request (which the target judges when
+    it arrives): (sent, throttled) of every answer. Requests are in flight at every cut, sent
+    at the rate before it."""
     answers: list[tuple[float, bool]] = []
     flight: list[tuple[float, float, bool]] = []
     end, next_send = clock.now + seconds, clock.now
@@ -65,7 +66,8 @@ def simulate_in_flight(rate: AdaptiveRate, clock: Clock, seconds: float, throttl
         limits = rate.limits
         if len(flight) < limits.concurrency and (not flight or next_send <= flight[0][0]):
             clock.now = max(clock.now, next_send)
-            heapq.heappush(flight, (clock.now + latency, clock.now, throttles(clock.now)))  # type: ignore[operator]
+            took = latency * (jitter.uniform(0.5, 1.5) if jitter else 1)
+            heapq.heappush(flight, (clock.now + took, clock.now, throttles(clock.now)))  # type: ignore[operator]
             next_send = clock.now + 1 / limits.requests_per_second
             continue
         clock.now, sent, throttled = heapq.heappop(flight)
@@ -80,7 +82,7 @@ def test_starts_at_the_configured_maxima() -> None:
 
 def test_the_cubic_curve_cuts_to_beta_and_is_back_at_w_max_after_k_seconds() -> None:
     curve = CubicCurve(100.0, 10.0)
-    k = (100 * 0.3 / 0.4) ** (1 / 3)
+    k = (100 * 0.3 / SCALE) ** (1 / 3)
     assert curve.rate(10.0) == pytest.approx(70.0)
     assert curve.rate(10.0 + k) == pytest.approx(100.0)
     assert curve.rate(10.0 + k / 2) > 95  # concave: most of the way back in half the time
@@ -156,6 +158,28 @@ def test_holds_a_token_bucket_limit_with_requests_in_flight_at_each_cut(latency:
     assert steady.count(False) / 100 >= 0.9 * 50
     assert steady.count(True) / len(steady) <= 0.06
     assert rate.noise < 0.02
+
+
+def test_holds_a_bucket_with_a_second_of_burst_over_many_seeds() -> None:
+    # bench/ratelimit.py's target: 50 requests/s and a bucket holding a second's worth, so
+    # the rate runs past the limit for seconds before the first 429, and the interval that
+    # cuts measures more let through than the limit. Before: 4.5 % of requests were 429s on
+    # average, up to 6.6 % (cuts whose drop was within chance were taken back, their share
+    # set as the floor, and the cubic curve probed beyond W_max four times faster).
+    shares = []
+    for seed in range(30):
+        clock, draw = Clock(), random.Random(seed)
+        clock.now = draw.random()
+        target = TokenBucket(50, burst=50)
+        target.at = clock.now
+        rate = AdaptiveRate(16, 500.0, clock=clock)
+        start = clock.now
+        answers = simulate_in_flight(rate, clock, 35, target.throttles, 0.05, jitter=draw)
+        steady = [throttled for sent, throttled in answers if sent >= start + 10]
+        assert steady.count(False) / 25 >= 0.9 * 50, seed
+        shares.append(steady.count(True) / len(steady))
+    assert max(shares) <= 0.05, max(shares)
+    assert sum(shares) / len(shares) <= 0.03, sum(shares) / len(shares)
 
 
 def test_random_429s_with_requests_in_flight_are_learnt_as_noise_not_cut_for() -> None:
