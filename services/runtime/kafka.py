@@ -63,6 +63,7 @@ from services.runtime import metrics
 from services.runtime.config import Secret
 from services.runtime.errors import ConfigError, ScimflowError
 from services.runtime.restore import restore_tables
+from services.runtime.sensors import LeanMonitor
 from services.runtime.settings import Settings, load_settings
 from services.runtime.state import (
     Provenance,
@@ -439,6 +440,7 @@ def faust_app(service: str, settings: Settings, bootstrap: str) -> Any:
         broker_heartbeat_interval=3.0,
         consumer_auto_offset_reset="earliest",
         stream_wait_empty=False,
+        Monitor=LeanMonitor,
     )
 
 
