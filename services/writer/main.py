@@ -98,7 +98,10 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
 
     @app.timer(5.0)  # type: ignore[untyped-decorator]
     async def gauges() -> None:
-        processor.count_managed()
+        # What else changes the table under the count: the partitions it holds, their recovery.
+        recovery = app.tables.recovery
+        processor.count_managed(epoch=(app.consumer_generation_id, recovery.completed.is_set(),
+                                       bool(recovery.in_recovery)))
         processor.report_blocked_acks()
 
     @app.timer(0.5)  # type: ignore[untyped-decorator]

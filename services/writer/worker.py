@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -132,6 +132,10 @@ class CommandProcessor:
         self._background: set[asyncio.Task[None]] = set()
         self._next_count = 0.0
         """When (``time.monotonic``) :meth:`count_managed` may walk the table again."""
+        self._changes = 0
+        """Records of the managed changelog seen (:meth:`on_changelog`): what a count is of."""
+        self._counted: Hashable = None
+        """What the last count was of: the changes seen, the apps, the caller's ``epoch``."""
         self._gained: dict[int, datetime] = {}
         """When each partition of the commands topic was last assigned to this replica: a
         listing taken before that does not know what the previous owner wrote since."""
@@ -261,6 +265,7 @@ class CommandProcessor:
 
     def on_changelog(self, key: bytes | None, value: bytes | None) -> None:
         """One record of the managed-state changelog (any partition): keep the links."""
+        self._changes += 1
         linked = self.links.apply(key, value)
         if linked is not None:
             self._linked(*linked)
@@ -525,13 +530,23 @@ class CommandProcessor:
                                "dropped": job.dropped, "done": job.done} for job in jobs],
                         parked=key in self.scheduler.parked)
 
-    def count_managed(self) -> None:
+    def count_managed(self, epoch: Hashable = None) -> None:
         """Set ``scimflow_managed_objects`` from the partitions this writer owns now; skipped
-        until ``_COUNT_SHARE`` times the last count's duration has passed since it ended."""
+        until ``_COUNT_SHARE`` times the last count's duration has passed since it ended,
+        and while nothing it counts can have changed: no record of the managed changelog
+        (every write of the table is one), no app added or removed, and the same ``epoch``
+        (the caller's word for what else changes the table under it: the partitions owned,
+        their recovery). A full scan that changes nothing walks a million objects once,
+        not every few seconds."""
+        counted = (self._changes, tuple(self.writers), epoch)
         started = time.monotonic()
         if started < self._next_count:
             return
+        if counted == self._counted:
+            self._count_side()
+            return
         self._count_managed()
+        self._counted = counted
         ended = time.monotonic()
         self._next_count = ended + (ended - started) * _COUNT_SHARE
 
@@ -553,6 +568,10 @@ class CommandProcessor:
             self._spawn(self._run_restored(ready))
         for (app, object_type), n in counts.items():
             metrics.MANAGED_OBJECTS.labels(app=app, object_type=object_type).set(n)
+        self._count_side()
+
+    def _count_side(self) -> None:
+        """The gauges of what waits beside the table (small, counted every time)."""
         self.scheduler.count_escrow()
         deferred = self.deferrals.counts()
         for app in self.writers:

@@ -86,4 +86,10 @@ def test_the_managed_count_waits_in_proportion_to_how_long_it_took(monkeypatch: 
     assert table.walks == 1  # 0.5 s of walking buys ~10 s of rest, not 5
     clock[0] += 10.0
     p.count_managed()
+    assert table.walks == 1  # nothing changed since: the last count stands
+    p.on_changelog(b"a/u9", None)  # a write of the table (any partition's)
+    p.count_managed()
     assert table.walks == 2
+    clock[0] += 20.0
+    p.count_managed(epoch=7)  # partitions moved (a new generation)
+    assert table.walks == 3
