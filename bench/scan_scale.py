@@ -19,7 +19,8 @@ For each size N, on a fresh topic prefix, one real broker and one real scim2-ser
    ``full scan finished`` log line (one per commands partition: its scan-end handling,
    the sweep for objects the scan did not mention, done);
 4. target writes: POST/PUT/PATCH/DELETE requests in scim2-server's request log (goal 0);
-   RSS per service (sampled every 0.2 s, peak) and CPU seconds per service over the run,
+   RSS per service (sampled every 0.2 s, peak: ``peak_rss_mb`` during the scan,
+   ``peak_rss_restore_mb`` while the writer restored) and CPU seconds per service over the run,
    and the machine's load average at the end.
 
 The last line printed is one JSON object with every figure. Goals (issue 18), at
@@ -135,6 +136,12 @@ class Sampler:
                 self.peak_mb[name] = max(self.peak_mb.get(name, 0.0), rss)
                 self.cpu_s[name] = times.user + times.system
 
+    def restart_peaks(self) -> dict[str, float]:
+        """The peaks so far (rounded); from now on, peaks start again."""
+        self.sample()
+        peaks, self.peak_mb = self.peak_mb, {}
+        return {k: round(v, 1) for k, v in peaks.items()}
+
     def stop(self) -> None:
         self.sample()
         self._stop = True
@@ -197,6 +204,7 @@ def run_size(bootstrap: str, n: int, args: argparse.Namespace) -> dict[str, Any]
         wait_log(writer_log, b"writer state restored", 1, sup, args.timeout)
         restore_s = time.monotonic() - started
         log(f"{n}: writer restored in {restore_s:.1f}s; starting ingest (the full scan)")
+        restore_peak_mb = sampler.restart_peaks()
         scan_start = time.monotonic()
         sup.start_one("ingest")
         done = wait_log(writer_log, b"full scan finished", args.partitions, sup, args.timeout)
@@ -214,6 +222,7 @@ def run_size(bootstrap: str, n: int, args: argparse.Namespace) -> dict[str, Any]
     figures = {"objects": n, "preload_s": round(load_s, 1), "writer_restore_s": round(restore_s, 1),
                "end_to_end_s": round(end_to_end, 1), "target_writes": writes,
                "peak_rss_mb": {k: round(v, 1) for k, v in sampler.peak_mb.items()},
+               "peak_rss_restore_mb": restore_peak_mb,
                "cpu_s": {k: round(v, 1) for k, v in sampler.cpu_s.items()},
                "loadavg": [round(x, 2) for x in os.getloadavg()]}
     log(f"{n}: {figures}")
