@@ -43,6 +43,7 @@ from services.runtime.records import (
     too_large,
 )
 from services.runtime.settings import Settings
+from services.runtime.state import partition_for
 from services.runtime.topics import Topics
 
 __all__ = ["LiveApps", "build_app", "compile_apps", "graph_for"]
@@ -139,7 +140,7 @@ def build_app(settings: Settings, loaded: LoadedConfig, bootstrap: str) -> Any:
     app.task(live.run)
     feed = _group_feed(app, apps, bootstrap, topics.changes)
 
-    send = _sender(app, commands.get_topic_name())
+    send = _sender(app, commands.get_topic_name(), settings.partitions)
 
     async def on_change(change: DirectoryChange) -> None:
         graph = await graph_for(feed if apps.expand_groups.is_set() else None, change)
@@ -212,13 +213,17 @@ async def _guarded(event: Any, work: Awaitable[None],
         await report(malformed_message("mapper", event, f"{type(exc).__name__}: {exc}", code="MapperFailed"))
 
 
-def _sender(app: Any, topic: str) -> Callable[..., Awaitable[None]]:
-    """Sends one record to ``topic``: (key, value, partition or None for the key's)."""
+def _sender(app: Any, topic: str, partitions: int) -> Callable[..., Awaitable[None]]:
+    """Sends one record to ``topic`` of ``partitions``: (key, value, partition or None for
+    the key's)."""
     async def send(key: bytes, value: bytes, partition: int | None = None) -> None:
         # Straight to the producer, not through faust's Topic.send and its per-message
         # bookkeeping (a tenth of the mapper's CPU in a full scan). faust flushes this same
         # producer before it commits an offset, so a change is acknowledged only once its
-        # commands are on the topic, as before.
+        # commands are on the topic, as before. The key's partition is the one the
+        # producer's partitioner would pick, computed faster (partition_for).
+        if partition is None:
+            partition = partition_for(key, partitions)
         sent = await app.producer.send(topic, key, value, partition, None, None)
         sent.add_done_callback(_undelivered)
 

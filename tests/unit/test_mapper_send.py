@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from aiokafka.errors import KafkaTimeoutError
+from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
@@ -41,17 +42,19 @@ class _App:
 
 async def test_a_command_goes_to_the_topic_with_its_key_and_partition() -> None:
     app = _App()
-    send = _sender(app, "p.provisioning.commands")
+    send = _sender(app, "p.provisioning.commands", 6)
     await send(b"app/u1", b"{}")
     await send(b"cycle", b"{}", 3)
-    assert app.producer.sent == [("p.provisioning.commands", b"app/u1", b"{}", None, None, None),
+    # The key's partition as the producer's own partitioner picks it.
+    mine = DefaultPartitioner()(b"app/u1", list(range(6)), list(range(6)))
+    assert app.producer.sent == [("p.provisioning.commands", b"app/u1", b"{}", mine, None, None),
                                  ("p.provisioning.commands", b"cycle", b"{}", 3, None, None)]
 
 
 async def test_a_command_the_producer_gave_up_on_is_logged_and_counted(
         caplog: pytest.LogCaptureFixture) -> None:
     app = _App()
-    send = _sender(app, "p.provisioning.commands")
+    send = _sender(app, "p.provisioning.commands", 6)
     before = _undelivered_count()
     await send(b"app/u1", b"{}")
     await send(b"app/u2", b"{}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -173,3 +174,18 @@ def test_new_changelogs_join_the_marker_and_ids_a_broker_does_not_give_are_not_c
     assert (slot / "db").is_dir()
     assert json.loads((slot / MARKER).read_text())["topics"] == {
         "x-changelog": "00000000-0000-0000-0000-000000000000", "y-changelog": "9"}
+
+
+def test_murmur2_is_kafkas_for_keys_of_every_length() -> None:
+    from aiokafka.partitioner import murmur2 as aiokafka_murmur2
+
+    from services.runtime.state import murmur2
+
+    draw = random.Random(7)
+    keys = [draw.randbytes(n) for n in range(64) for _ in range(50)]
+    keys += [b"", b"hr/u1", "app/\u00fcser-\u00e9".encode(), b"\xff" * 33]
+    for key in keys:
+        assert murmur2(key) == aiokafka_murmur2(key), key
+    # Known answers from the Java client's Utils.murmur2 (its test suite).
+    assert murmur2(b"21") == (-973932308) & 0xFFFFFFFF
+    assert murmur2(b"foobar") == (-790332482) & 0xFFFFFFFF
