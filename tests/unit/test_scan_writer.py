@@ -16,7 +16,7 @@ import pytest
 from schemas import ManagedObject
 from services.runtime.kafka import partition_for
 from services.runtime.settings import load_settings
-from services.writer.cycles import FinishedScan
+from services.writer.cycles import FinishedScan, SeenKeys
 from services.writer.worker import CommandProcessor
 from tests.support.writer_harness import Recorder
 
@@ -54,7 +54,7 @@ def keys_on(partition: int, n: int) -> list[bytes]:
 def scan(seen: list[bytes], partition: int = 0) -> FinishedScan:
     return FinishedScan(app="a", source="s", cycle_id="c1", partition=partition,
                         started=T0 + timedelta(hours=1), sweep=True, reason="complete",
-                        seen=frozenset(seen))
+                        seen=SeenKeys(seen))
 
 
 def test_the_sweep_decodes_only_what_the_scan_did_not_mention() -> None:
