@@ -754,6 +754,8 @@ class SkippedRecords:
         self._commits: dict[Any, tuple[int | None, float, bool]] = {}
         """Per partition: the committed offset last seen, since when, and whether reported."""
         self._tries: dict[tuple[Any, int], int] = {}
+        self._asked: dict[tuple[Any, int | None], int | None] = {}
+        """Where the group starts partitions faust holds no committed offset of (:meth:`_starts`)."""
         """Seeks back to a partition's offset so far."""
         self._idle_since: float | None = time.monotonic()
         """When the agent last finished an event and waited for the next (None: busy)."""
@@ -819,7 +821,9 @@ class SkippedRecords:
             if offset > awaited:
                 return False  # fetched before the seek: read again after the records sought
             del self._seeking[key]
-        expected = self._next.get(key, self._committed(tp))
+        expected = self._next.get(key)
+        if expected is None:  # the first record of this partition in this generation
+            expected = (await self._starts([tp]))[tp]
         if awaited is None and expected is not None and offset > expected:
             tries = self._tries.get((tp, expected), 0)
             if tries < _SEEK_TRIES:
@@ -846,6 +850,28 @@ class SkippedRecords:
         committed = getattr(self._app.consumer, "_committed_offset", {}).get(tp)
         return committed if isinstance(committed, int) else None
 
+    async def _starts(self, tps: list[Any]) -> dict[Any, int | None]:
+        """Where the group's consumer starts each partition: the committed offset faust
+        holds; where it holds none, the group's committed offset as the broker has it now;
+        for a partition the group never committed, the log's first offset, as
+        ``auto_offset_reset="earliest"`` does. A writer killed before its first commit
+        leaves its partitions so, and their records are as skippable as any: the survivor
+        of such a takeover once waited for ever on one whose records faust had dropped."""
+        generation = getattr(self._app, "consumer_generation_id", None)
+        starts = {tp: self._committed(tp) for tp in tps}
+        unknown = [tp for tp, offset in starts.items() if offset is None]
+        ask = [tp for tp in unknown if (tp, generation) not in self._asked]
+        if ask:  # once per partition and generation: nobody else commits it meanwhile
+            found = await _group_committed(self._app.consumer, ask)
+            fresh = [tp for tp in ask if found[tp] is None]
+            if fresh:
+                earliest: Mapping[Any, int] = await self._app.consumer.earliest_offsets(*fresh)
+                found.update({tp: earliest.get(tp) for tp in fresh})
+            self._asked = {key: offset for key, offset in self._asked.items() if key[1] == generation}
+            self._asked.update({(tp, generation): found[tp] for tp in ask})
+        starts.update({tp: self._asked.get((tp, generation)) for tp in unknown})
+        return starts
+
     async def reread_head(self, topic: str) -> list[int]:
         """Seek back each partition of ``topic`` whose first record delivered in this
         generation came after the group's committed offset, two looks in a row: the records
@@ -858,12 +884,13 @@ class SkippedRecords:
         if getattr(app, "rebalancing", False):
             return []
         generation, sought = getattr(app, "consumer_generation_id", None), []
-        for tp in app.consumer.assignment():
-            if tp.topic != topic:
-                continue
+        delivered = [tp for tp in app.consumer.assignment()
+                     if tp.topic == topic and (tp, generation) in self._first]
+        starts = await self._starts(delivered) if delivered else {}
+        for tp in delivered:
             key = (tp, generation)
-            first, committed = self._first.get(key), self._committed(tp)
-            if first is None or committed is None or first <= committed:
+            first, committed = self._first[key], starts[tp]
+            if committed is None or first <= committed:
                 self._head_gaps.pop(key, None)
                 continue
             if self._head_gaps.get(key) != committed:
@@ -923,8 +950,9 @@ class SkippedRecords:
             return []
         ends = await consumer.highwaters(*tps)
         generation, now, sought = getattr(app, "consumer_generation_id", None), time.monotonic(), []
+        starts = await self._starts([tp for tp in tps if (tp, generation) not in self._next])
         for tp in tps:
-            expected = self._next.get((tp, generation), self._committed(tp))
+            expected = self._next.get((tp, generation), starts.get(tp))
             end = ends.get(tp)
             if expected is None or end is None or end <= expected:
                 continue
@@ -944,6 +972,19 @@ class SkippedRecords:
             await self._seek_back(tp, expected, generation)
             sought.append(tp.partition)
         return sought
+
+
+async def _group_committed(consumer: Any, tps: list[Any]) -> dict[Any, int | None]:
+    """The group's committed offsets of ``tps`` as the broker holds them (None: never
+    committed), asked through faust's consumer thread: faust's own copy is filled only as
+    it seeks or commits, and leaves out a partition never committed and a commit of 0."""
+    thread = consumer._thread
+    client = thread._ensure_consumer()
+    offsets: dict[Any, int | None] = {}
+    for tp in tps:
+        offset = await thread.call_thread(client.committed, tp)
+        offsets[tp] = offset if isinstance(offset, int) and offset >= 0 else None
+    return offsets
 
 
 def watch_delivery(app: Any, service: str, topic: str, *, idle: float = STALL_IDLE) -> SkippedRecords:

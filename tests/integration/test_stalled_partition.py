@@ -150,3 +150,29 @@ def test_records_after_skipped_ones_wait_for_them_and_each_comes_once(broker: Br
     skipped = [line for line in worker.seen if "records were skipped" in line]
     assert skipped and all("first=11 " in line for line in skipped), skipped
     assert not [line for line in worker.seen if "records are not delivered" in line]
+
+
+def test_records_dropped_at_the_head_of_a_partition_never_committed_are_read_again(
+        broker: Broker, tmp_path: Path) -> None:
+    # A writer killed before its first commit leaves its partitions with no committed
+    # offset; faust of the survivor dropped the first records it fetched of one. The watch
+    # asks the group (the broker: no commit) and the log (it starts at 0), so the first
+    # record delivered, at 5, shows the gap.
+    values = [f"head-{i}" for i in range(5)] + [f"x-{i}" for i in range(5)]
+    producer = plain_producer(broker.bootstrap)
+    with _worker(broker, tmp_path) as worker:
+        try:
+            producer.send(worker.topic, value=b"ready", partition=0).get(timeout=30)
+            worker.wait_for(lambda: worker.got(0) == ["ready"], timeout=90)
+            for value in values:
+                producer.send(worker.topic, value=value.encode(), partition=1)
+            producer.flush()
+            worker.wait_for(lambda: len(worker.got(1)) >= len(values), timeout=60)
+            worker.read_for(2.0)  # a record delivered twice would come now
+            committed = _committed(broker, worker.group, worker.topic, 1, until=len(values))
+        finally:
+            producer.close()
+    assert worker.got(1) == values
+    assert committed == len(values)
+    skipped = [line for line in worker.seen if "records were skipped" in line]
+    assert skipped and all("partition=1 " in line and "first=0 " in line for line in skipped), skipped

@@ -40,9 +40,30 @@ class Consumer:
     seeks: list[tuple[TP, int]] = field(default_factory=list)
     ends: dict[TP, int] = field(default_factory=dict)
     _paused_partitions: set[TP] = field(default_factory=set)
+    starts: dict[TP, int] = field(default_factory=dict)
+    """Each partition's first offset in the log (0 unless said)."""
+    group: dict[TP, int] = field(default_factory=dict)
+    """The group's committed offsets as the broker holds them, where faust's copy
+    (``_committed_offset``) lacks them."""
 
     async def seek(self, tp: TP, offset: int) -> None:
         self.seeks.append((tp, offset))
+
+    async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
+        return {tp: self.starts.get(tp, 0) for tp in tps}
+
+    @property
+    def _thread(self) -> Any:  # faust's consumer thread, as far as the watch asks it
+        return self
+
+    def _ensure_consumer(self) -> Any:  # aiokafka's consumer, likewise
+        return self
+
+    async def call_thread(self, fun: Any, *args: Any) -> Any:
+        return await fun(*args)
+
+    async def committed(self, tp: TP) -> int | None:
+        return self.group.get(tp)
 
     def assignment(self) -> set[TP]:
         return set(self.ends)
@@ -61,9 +82,13 @@ class App:
     rebalancing: bool = False
 
 
-def _run(offsets: list[int], *, committed: int | None = None, generation: int = 1) -> Consumer:
+def _run(offsets: list[int], *, committed: int | None = None, generation: int = 1,
+         group: int | None = None, start: int = 0) -> Consumer:
+    """``committed``: faust's copy of the group's offset; ``group``: the broker's, where
+    faust has none; ``start``: the log's first offset."""
     tp = TP("commands", 0)
-    consumer = Consumer({tp: committed} if committed is not None else {})
+    consumer = Consumer({tp: committed} if committed is not None else {},
+                        group={tp: group} if group is not None else {}, starts={tp: start})
     guard = SkippedRecords(App(consumer), "writer")
 
     async def feed() -> None:
@@ -79,12 +104,25 @@ def test_consecutive_offsets_need_no_seek() -> None:
 
 def test_a_gap_is_sought_back_once_and_tracking_resumes_after_it() -> None:
     # 5 and 6 were skipped; 7, 8 arrive (fetched before the seek), then 5.. again.
-    consumer = _run([3, 4, 7, 8, 5, 6, 7, 8, 9, 12])
+    consumer = _run([3, 4, 7, 8, 5, 6, 7, 8, 9, 12], committed=3)
     assert consumer.seeks == [(TP("commands", 0), 5), (TP("commands", 0), 10)]
 
 
 def test_records_skipped_before_the_first_one_delivered_are_read_again() -> None:
     assert _run([4, 5], committed=2).seeks == [(TP("commands", 0), 2)]
+
+
+def test_a_partition_the_group_never_committed_is_expected_from_the_log_start() -> None:
+    # A writer killed before its first commit leaves its partitions so: the consumer
+    # starts them at the log's first offset (auto_offset_reset earliest).
+    assert _run([4, 5]).seeks == [(TP("commands", 0), 0)]
+    assert _run([0, 1, 2]).seeks == []
+    assert _run([40, 41], start=40).seeks == []  # the log starts there (retention)
+
+
+def test_a_committed_offset_faust_does_not_hold_is_asked_of_the_group() -> None:
+    assert _run([9, 10], group=7).seeks == [(TP("commands", 0), 7)]
+    assert _run([7, 8], group=7).seeks == []
 
 
 def test_a_redelivery_from_an_earlier_offset_is_not_a_gap() -> None:
@@ -155,6 +193,19 @@ def test_a_partition_never_delivered_is_sought_to_its_committed_offset_and_resum
     assert asyncio.run(watch.unstall("commands")) == [2]
     assert app.consumer.seeks == [(c, 20)]
     assert c not in app.consumer._paused_partitions
+
+
+def test_a_partition_never_committed_and_never_delivered_is_sought_to_the_log_start(
+        monkeypatch: Any) -> None:
+    # The CI failure this guards: writer-2 was killed before its first commit; the survivor
+    # took its partition, faust dropped what it fetched of it, and it waited for ever.
+    c, d = TP("commands", 0), TP("commands", 1)
+    app, watch, clock = _stalled(monkeypatch, {c: 670, d: 660}, {})
+    app.consumer.starts[d] = 600  # the log of d starts later (retention)
+    app.consumer.group[d] = 630  # and the broker holds a commit of d that faust does not
+    clock.now += 11
+    assert sorted(asyncio.run(watch.unstall("commands"))) == [0, 1]
+    assert sorted(app.consumer.seeks, key=lambda seek: seek[0].partition) == [(c, 0), (d, 630)]
 
 
 def test_a_seek_that_brought_nothing_is_tried_again_less_and_less_often(monkeypatch: Any) -> None:
@@ -281,10 +332,11 @@ def test_a_fence_ends_with_a_rebalance_or_after_a_while(monkeypatch: Any) -> Non
 
 
 def test_records_skipped_before_the_first_one_delivered_are_read_again_once_known() -> None:
-    # The agent's first record of partition 0 in this generation was 20 while faust did not
-    # know the committed offset yet; the group's committed offset is 5: 5..19 never came.
+    # The agent's first record of partition 0 in this generation was 20 while nobody knew
+    # of an earlier offset (the log started there, as far as the broker said); faust then
+    # learns the group's committed offset, 5: 5..19 never came.
     tp = TP("commands", 0)
-    consumer = Consumer(ends={tp: 30})
+    consumer = Consumer(ends={tp: 30}, starts={tp: 20})
     watch = SkippedRecords(App(consumer), "writer")
     handled: list[int] = []
 
