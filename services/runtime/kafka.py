@@ -823,7 +823,11 @@ class SkippedRecords:
             del self._seeking[key]
         expected = self._next.get(key)
         if expected is None:  # the first record of this partition in this generation
-            expected = (await self._starts([tp]))[tp]
+            expected = self._committed(tp)
+            if expected is None and offset > 0:
+                # No commit faust knows of: ask the group and the log (once; a second or
+                # so through faust's consumer thread). From offset 0 nothing can be missing.
+                expected = (await self._starts([tp]))[tp]
         if awaited is None and expected is not None and offset > expected:
             tries = self._tries.get((tp, expected), 0)
             if tries < _SEEK_TRIES:
@@ -884,8 +888,8 @@ class SkippedRecords:
         if getattr(app, "rebalancing", False):
             return []
         generation, sought = getattr(app, "consumer_generation_id", None), []
-        delivered = [tp for tp in app.consumer.assignment()
-                     if tp.topic == topic and (tp, generation) in self._first]
+        delivered = [tp for tp in app.consumer.assignment()  # from offset 0 nothing is missing
+                     if tp.topic == topic and self._first.get((tp, generation), 0) > 0]
         starts = await self._starts(delivered) if delivered else {}
         for tp in delivered:
             key = (tp, generation)
