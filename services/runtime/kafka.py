@@ -754,9 +754,9 @@ class SkippedRecords:
         self._commits: dict[Any, tuple[int | None, float, bool]] = {}
         """Per partition: the committed offset last seen, since when, and whether reported."""
         self._tries: dict[tuple[Any, int], int] = {}
+        """Seeks back to a partition's offset so far."""
         self._asked: dict[tuple[Any, int | None], int | None] = {}
         """Where the group starts partitions faust holds no committed offset of (:meth:`_starts`)."""
-        """Seeks back to a partition's offset so far."""
         self._idle_since: float | None = time.monotonic()
         """When the agent last finished an event and waited for the next (None: busy)."""
         self._unstalled: dict[Any, tuple[int, float, float]] = {}
