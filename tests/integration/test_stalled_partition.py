@@ -106,6 +106,29 @@ def _worker(broker: Broker, tmp_path: Path) -> Iterator[Worker]:
         worker.stop()
 
 
+def _send_after_ready(broker: Broker, tmp_path: Path, partition: int,
+                      values: list[str]) -> tuple[Worker, int | None]:
+    """Start a worker, wait for it to read ``ready`` on partition 0, send ``values`` to
+    ``partition``, wait until it got them and 2 s more (a record delivered twice would come
+    then); the worker (stopped) and the group's committed offset of ``partition`` once it
+    reaches the end."""
+    producer = plain_producer(broker.bootstrap)
+    with _worker(broker, tmp_path) as worker:
+        try:
+            producer.send(worker.topic, value=b"ready", partition=0).get(timeout=30)
+            worker.wait_for(lambda: worker.got(0) == ["ready"], timeout=90)
+            end = len(worker.got(partition)) + len(values)  # offsets of a fresh topic
+            for value in values:
+                producer.send(worker.topic, value=value.encode(), partition=partition)
+            producer.flush()
+            worker.wait_for(lambda: len(worker.got(partition)) >= end, timeout=60)
+            worker.read_for(2.0)
+            committed = _committed(broker, worker.group, worker.topic, partition, until=end)
+        finally:
+            producer.close()
+    return worker, committed
+
+
 def test_a_partition_the_consumer_stopped_delivering_is_read_again(broker: Broker, tmp_path: Path) -> None:
     producer = plain_producer(broker.bootstrap)
     with _worker(broker, tmp_path) as worker:
@@ -132,19 +155,7 @@ def test_records_after_skipped_ones_wait_for_them_and_each_comes_once(broker: Br
     # watch sees the gap, faust holds the rest of the batch; it must not reach the agent
     # before the skipped records, and the records fetched again must not be dropped.
     values = [f"a-{i}" for i in range(10)] + [f"skip-{i}" for i in range(10)] + [f"b-{i}" for i in range(180)]
-    producer = plain_producer(broker.bootstrap)
-    with _worker(broker, tmp_path) as worker:
-        try:
-            producer.send(worker.topic, value=b"ready", partition=0).get(timeout=30)
-            worker.wait_for(lambda: worker.got(0) == ["ready"], timeout=90)
-            for value in values:
-                producer.send(worker.topic, value=value.encode(), partition=0)
-            producer.flush()
-            worker.wait_for(lambda: len(worker.got(0)) >= 1 + len(values), timeout=60)
-            worker.read_for(2.0)  # a record delivered twice would come now
-            committed = _committed(broker, worker.group, worker.topic, 0, until=1 + len(values))
-        finally:
-            producer.close()
+    worker, committed = _send_after_ready(broker, tmp_path, 0, values)
     assert worker.got(0) == ["ready", *values]
     assert committed == 1 + len(values)  # the records dropped and read again were acknowledged
     skipped = [line for line in worker.seen if "records were skipped" in line]
@@ -159,19 +170,7 @@ def test_records_dropped_at_the_head_of_a_partition_never_committed_are_read_aga
     # asks the group (the broker: no commit) and the log (it starts at 0), so the first
     # record delivered, at 5, shows the gap.
     values = [f"head-{i}" for i in range(5)] + [f"x-{i}" for i in range(5)]
-    producer = plain_producer(broker.bootstrap)
-    with _worker(broker, tmp_path) as worker:
-        try:
-            producer.send(worker.topic, value=b"ready", partition=0).get(timeout=30)
-            worker.wait_for(lambda: worker.got(0) == ["ready"], timeout=90)
-            for value in values:
-                producer.send(worker.topic, value=value.encode(), partition=1)
-            producer.flush()
-            worker.wait_for(lambda: len(worker.got(1)) >= len(values), timeout=60)
-            worker.read_for(2.0)  # a record delivered twice would come now
-            committed = _committed(broker, worker.group, worker.topic, 1, until=len(values))
-        finally:
-            producer.close()
+    worker, committed = _send_after_ready(broker, tmp_path, 1, values)
     assert worker.got(1) == values
     assert committed == len(values)
     skipped = [line for line in worker.seen if "records were skipped" in line]
